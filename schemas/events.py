@@ -1,0 +1,183 @@
+"""The event contract as typed records (schema version 1).
+
+One JSON object per event, flat: the envelope fields every event has, then the fields of
+its ``type``. These structs are the single source of the contract: the JSON Schema files in
+``schemas/json/v1/`` are generated from them (``python -m schemas.jsonschema``) and a test
+fails when the committed files drift.
+
+Unknown fields are errors (``forbid_unknown_fields``): that is what keeps card numbers,
+e-mail addresses and other data the policy never promised to collect out of the pipeline.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Final, Literal
+
+import msgspec
+from msgspec import Meta
+
+SCHEMA_VERSION: Final = 1
+SUPPORTED_SCHEMA_VERSIONS: Final = frozenset({1})
+
+MAX_EVENT_BYTES: Final = 64 * 1024
+MAX_USER_AGENT_BYTES: Final = 2 * 1024
+
+Identifier = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")]
+AwareDatetime = Annotated[datetime, Meta(tz=True)]
+# IP syntax is checked after decoding (``schemas.validate``): a regex for IPv6 would be
+# unreadable, and the standard library's parser is the reference.
+IpAddress = Annotated[
+    str,
+    Meta(
+        max_length=45,
+        extra_json_schema={"anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]},
+    ),
+]
+UserAgent = Annotated[str, Meta(max_length=MAX_USER_AGENT_BYTES)]
+UrlPath = Annotated[str, Meta(min_length=1, max_length=2048)]
+ContentType = Annotated[str, Meta(max_length=255, pattern=r"^[\w.+-]+/[\w.+-]+$")]
+ByteCount = Annotated[int, Meta(ge=0, le=1 << 50)]
+CountryCode = Annotated[str, Meta(pattern=r"^[A-Z]{2}$")]
+CurrencyCode = Annotated[str, Meta(pattern=r"^[A-Z]{3}$")]
+# Money is a decimal string, never a float: invoices must be exact to the cent.
+DecimalAmount = Annotated[str, Meta(pattern=r"^-?[0-9]{1,15}(\.[0-9]{1,6})?$")]
+
+
+class Geo(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, frozen=True):
+    """Client-supplied geolocation: any of country, region, city or coordinates."""
+
+    country: CountryCode | None = None
+    region: Annotated[str, Meta(max_length=64)] | None = None
+    city: Annotated[str, Meta(max_length=128)] | None = None
+    lat: Annotated[float, Meta(ge=-90, le=90)] | None = None
+    lon: Annotated[float, Meta(ge=-180, le=180)] | None = None
+
+
+class EventBase(
+    msgspec.Struct,
+    tag_field="type",
+    forbid_unknown_fields=True,
+    omit_defaults=True,
+    kw_only=True,
+    frozen=True,
+):
+    """The envelope every event carries."""
+
+    schema_version: Literal[1]
+    event_id: Identifier
+    occurred_at: AwareDatetime
+    account_id: Identifier
+    user_id: Identifier | None = None
+    session_id: Identifier | None = None
+    ip: IpAddress | None = None
+    user_agent: UserAgent | None = None
+    geo: Geo | None = None
+    dnt: bool = False
+    gpc: bool = False
+
+
+class Request(EventBase, tag="request", kw_only=True):
+    """An HTTP request to the service (API call or asset)."""
+
+    method: Annotated[str, Meta(pattern=r"^[A-Z]{3,10}$")] = "GET"
+    path: UrlPath
+    status: Annotated[int, Meta(ge=100, le=599)] = 200
+    response_bytes: ByteCount = 0
+    referrer: Annotated[str, Meta(max_length=2048)] | None = None
+
+
+class PageView(EventBase, tag="page_view", kw_only=True):
+    """A web page (or a specific piece of content on it) viewed in the console."""
+
+    path: UrlPath
+    referrer: Annotated[str, Meta(max_length=2048)] | None = None
+
+
+class Login(EventBase, tag="login", kw_only=True):
+    """A user logged in; starts a session."""
+
+    method: Literal["password", "sso", "api_key"] = "password"
+
+
+class Logout(EventBase, tag="logout", kw_only=True):
+    """A user logged out; carries how long the session lasted."""
+
+    session_duration_s: Annotated[float, Meta(ge=0, le=31 * 24 * 3600)]
+
+
+class Upload(EventBase, tag="upload", kw_only=True):
+    """Content uploaded to the service."""
+
+    bytes: ByteCount
+    content_type: ContentType = "application/octet-stream"
+    source: Literal["device", "cloud", "api"] = "device"
+
+
+class Download(EventBase, tag="download", kw_only=True):
+    """Content downloaded from (delivered by) the service."""
+
+    bytes: ByteCount
+    content_type: ContentType = "application/octet-stream"
+
+
+class Payment(EventBase, tag="payment", kw_only=True):
+    """A payment transaction as reported by the payment provider. Never card data."""
+
+    amount: DecimalAmount
+    currency: CurrencyCode
+    provider: Annotated[str, Meta(min_length=1, max_length=64)]
+    provider_reference: Annotated[str, Meta(min_length=1, max_length=128)]
+
+
+class AccountLifecycle(EventBase, tag="account", kw_only=True):
+    """Registration and lifecycle of an account (no ``user_id``) or of one of its users."""
+
+    action: Literal["registered", "disabled", "terminated"]
+
+
+class ConsentChange(EventBase, tag="consent", kw_only=True):
+    """A person's choice about identifiable collection (opt-out stops it, opt-in resumes)."""
+
+    choice: Literal["opt_out", "opt_in"]
+
+
+Event = (
+    Request
+    | PageView
+    | Login
+    | Logout
+    | Upload
+    | Download
+    | Payment
+    | AccountLifecycle
+    | ConsentChange
+)
+
+EVENT_TYPES: Final[dict[str, type[EventBase]]] = {
+    cls.__struct_config__.tag: cls  # type: ignore[misc]
+    for cls in (
+        Request,
+        PageView,
+        Login,
+        Logout,
+        Upload,
+        Download,
+        Payment,
+        AccountLifecycle,
+        ConsentChange,
+    )
+}
+
+ENVELOPE_FIELDS: Final = frozenset(EventBase.__struct_fields__)
+
+
+def type_specific_fields(event_type: str) -> tuple[str, ...]:
+    """The fields of ``event_type`` beyond the envelope, in declaration order."""
+    cls = EVENT_TYPES[event_type]
+    return tuple(f for f in cls.__struct_fields__ if f not in ENVELOPE_FIELDS)
+
+
+def encode(event: Event) -> bytes:
+    """The canonical JSON bytes of an event (what producers send)."""
+    return msgspec.json.encode(event)
