@@ -36,7 +36,10 @@ IpAddress = Annotated[
 ]
 UserAgent = Annotated[str, Meta(max_length=MAX_USER_AGENT_BYTES)]
 UrlPath = Annotated[str, Meta(min_length=1, max_length=2048)]
-ContentType = Annotated[str, Meta(max_length=255, pattern=r"^[\w.+-]+/[\w.+-]+$")]
+# ASCII classes, not ``\w``: Python's ``\w`` matches any Unicode letter while ECMA-262 (the
+# regex dialect of JSON Schema) matches ASCII only, so producers in other languages would
+# disagree with Sieve about the same content type.
+ContentType = Annotated[str, Meta(max_length=255, pattern=r"^[A-Za-z0-9_.+-]+/[A-Za-z0-9_.+-]+$")]
 ByteCount = Annotated[int, Meta(ge=0, le=1 << 50)]
 CountryCode = Annotated[str, Meta(pattern=r"^[A-Z]{2}$")]
 CurrencyCode = Annotated[str, Meta(pattern=r"^[A-Z]{3}$")]
@@ -77,7 +80,9 @@ class EventBase(
     gpc: bool = False
 
 
-class Request(EventBase, tag="request", kw_only=True):
+# Subclasses repeat frozen=True: msgspec inherits it, but mypy (dataclass_transform) does not
+# and reports "non-frozen dataclass cannot inherit from a frozen dataclass" otherwise.
+class Request(EventBase, tag="request", kw_only=True, frozen=True):
     """An HTTP request to the service (API call or asset)."""
 
     method: Annotated[str, Meta(pattern=r"^[A-Z]{3,10}$")] = "GET"
@@ -87,26 +92,26 @@ class Request(EventBase, tag="request", kw_only=True):
     referrer: Annotated[str, Meta(max_length=2048)] | None = None
 
 
-class PageView(EventBase, tag="page_view", kw_only=True):
+class PageView(EventBase, tag="page_view", kw_only=True, frozen=True):
     """A web page (or a specific piece of content on it) viewed in the console."""
 
     path: UrlPath
     referrer: Annotated[str, Meta(max_length=2048)] | None = None
 
 
-class Login(EventBase, tag="login", kw_only=True):
+class Login(EventBase, tag="login", kw_only=True, frozen=True):
     """A user logged in; starts a session."""
 
     method: Literal["password", "sso", "api_key"] = "password"
 
 
-class Logout(EventBase, tag="logout", kw_only=True):
+class Logout(EventBase, tag="logout", kw_only=True, frozen=True):
     """A user logged out; carries how long the session lasted."""
 
     session_duration_s: Annotated[float, Meta(ge=0, le=31 * 24 * 3600)]
 
 
-class Upload(EventBase, tag="upload", kw_only=True):
+class Upload(EventBase, tag="upload", kw_only=True, frozen=True):
     """Content uploaded to the service."""
 
     bytes: ByteCount
@@ -114,14 +119,14 @@ class Upload(EventBase, tag="upload", kw_only=True):
     source: Literal["device", "cloud", "api"] = "device"
 
 
-class Download(EventBase, tag="download", kw_only=True):
+class Download(EventBase, tag="download", kw_only=True, frozen=True):
     """Content downloaded from (delivered by) the service."""
 
     bytes: ByteCount
     content_type: ContentType = "application/octet-stream"
 
 
-class Payment(EventBase, tag="payment", kw_only=True):
+class Payment(EventBase, tag="payment", kw_only=True, frozen=True):
     """A payment transaction as reported by the payment provider. Never card data."""
 
     amount: DecimalAmount
@@ -130,13 +135,13 @@ class Payment(EventBase, tag="payment", kw_only=True):
     provider_reference: Annotated[str, Meta(min_length=1, max_length=128)]
 
 
-class AccountLifecycle(EventBase, tag="account", kw_only=True):
+class AccountLifecycle(EventBase, tag="account", kw_only=True, frozen=True):
     """Registration and lifecycle of an account (no ``user_id``) or of one of its users."""
 
     action: Literal["registered", "disabled", "terminated"]
 
 
-class ConsentChange(EventBase, tag="consent", kw_only=True):
+class ConsentChange(EventBase, tag="consent", kw_only=True, frozen=True):
     """A person's choice about identifiable collection (opt-out stops it, opt-in resumes)."""
 
     choice: Literal["opt_out", "opt_in"]

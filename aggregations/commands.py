@@ -1,0 +1,185 @@
+"""``sieve sql | publish | pricing | analytics | dashboard``: thin adapters over the core.
+
+Each command builds :class:`streams.settings.Settings` once and passes plain values (data
+root, k, grace, price plan file) to the pure functions; the clock is read here, never below.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import click
+import duckdb
+from rich.console import Console
+
+from aggregations.render import FORMATS, Format, render, table_rows
+from streams.settings import Settings
+
+_FORMAT = click.option(
+    "--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
+    help="Output: a table for people, csv or json for programs.",
+)
+
+
+def _settings() -> Settings:
+    # mypy (without the pydantic plugin) does not see that every field has a default.
+    return Settings()  # type: ignore[call-arg]
+
+
+def _console() -> Console:
+    # Piped output is not cut to 80 columns: tables keep their full values.
+    console = Console()
+    return console if console.is_terminal else Console(width=100_000)
+
+
+def _catalog(data_root: str) -> duckdb.DuckDBPyConnection:
+    from aggregations.catalog import open_catalog
+    from aggregations.publish import ensure_layout
+    from aggregations.storage import resolve_root
+
+    ensure_layout(resolve_root(data_root))
+    return open_catalog(data_root, lock_down=True)
+
+
+@click.command("sql")
+@click.argument("query")
+@_FORMAT
+def sql_command(query: str, fmt: Format) -> None:
+    """Run QUERY over the published datasets (views: metering_hourly, metering_daily,
+    metering_corrections, analytics_hourly, analytics_daily). Reads SIEVE_DATA_ROOT.
+
+    Only files under published/ can be read: facts and identifiable data are out of reach.
+    """
+    connection = _catalog(_settings().data_root)
+    try:
+        relation = connection.sql(query)
+    except duckdb.Error as error:
+        raise click.ClickException(f"query failed: {error}") from None
+    if relation is None:
+        return
+    columns, rows = relation.columns, [list(r) for r in relation.fetchall()]
+    render(columns, rows, fmt, _console())
+
+
+@click.command("publish")
+@click.option(
+    "--catalog/--no-catalog", default=True, show_default=True,
+    help="Also (re)write the analysts' catalog file <data root>/catalog.duckdb.",
+)
+def publish_command(catalog: bool) -> None:
+    """Publish metering and k-anonymous analytics for every closed window.
+
+    Reads SIEVE_DATA_ROOT, SIEVE_GRACE_PERIOD, SIEVE_K_ANONYMITY. Idempotent: running it
+    again with no new facts writes nothing.
+    """
+    from aggregations.catalog import default_catalog_path, open_catalog
+    from aggregations.publish import publish
+    from aggregations.storage import resolve_root
+
+    settings = _settings()
+    started = time.perf_counter()
+    report = publish(settings.data_root, datetime.now(UTC), settings.grace_period,
+                     settings.k_anonymity)
+    seconds = time.perf_counter() - started
+    rate = report.facts / seconds if seconds > 0 else 0.0
+    click.echo(
+        f"watermark {report.watermark.isoformat() if report.watermark else '-'}:"
+        f" {report.facts} facts read in {seconds:.2f}s ({rate:,.0f} facts/s)"
+    )
+    click.echo(
+        f"metering hourly: {report.hourly_base} new, {report.hourly_corrections} corrections;"
+        f" daily: {report.daily_base} new, {report.daily_corrections} corrections"
+    )
+    click.echo(f"analytics: {report.analytics_batches} batches, {report.analytics_rows} cells")
+    if report.held_back_days:
+        days = ", ".join(d.isoformat() for d in report.held_back_days)
+        click.echo(f"held back (fewer than k people so far): {days}")
+    if report.run_id is None:
+        click.echo("nothing new to publish")
+    if catalog and resolve_root(settings.data_root).is_local:
+        path = default_catalog_path(settings.data_root)
+        try:
+            open_catalog(settings.data_root, path).close()
+            click.echo(f"catalog: {path}")
+        except duckdb.IOException as error:  # an analyst holds the file open
+            click.echo(f"catalog not refreshed ({error}); the views read new files anyway")
+
+
+@click.command("pricing")
+@click.option("--period", required=True, help="The month to invoice, YYYY-MM.")
+@click.option("--account", default=None, help="Only this account id.")
+@_FORMAT
+def pricing_command(period: str, account: str | None, fmt: Format) -> None:
+    """Invoice lines and totals per account for a month, from exact metering.
+
+    Reads SIEVE_DATA_ROOT and SIEVE_PRICE_PLAN_FILE (the packaged plan if unset).
+    """
+    from aggregations.pricing import invoice, load_plan, period_bounds, period_usage
+
+    settings = _settings()
+    try:
+        period_bounds(period)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--period") from None
+    plan = load_plan(settings.price_plan_file)
+    result = invoice(period_usage(_catalog(settings.data_root), period, account), plan, period)
+    columns = ["account_id", "metric", "band", "quantity", "included", "billable",
+               "unit_price", "amount"]
+    rows: list[list[Any]] = [[getattr(line, c) for c in columns] for line in result.lines]
+    if fmt != "table":
+        render(columns, rows, fmt, _console())
+        return
+    console = _console()
+    render(columns, rows, fmt, console, title=f"Invoice lines {period} ({result.currency})")
+    totals = [[t.account_id, t.currency, t.amount] for t in result.totals]
+    render(["account_id", "currency", "total"], totals, fmt, console, title="Totals")
+
+
+@click.command("analytics")
+@click.argument("report", required=False)
+@click.option("--since", type=click.DateTime(["%Y-%m-%d"]), default=None,
+              help="First day (default: 30 days before --until).")
+@click.option("--until", type=click.DateTime(["%Y-%m-%d"]), default=None,
+              help="Last day, inclusive (default: today, UTC).")
+@click.option("--limit", type=click.IntRange(1), default=1000, show_default=True)
+@_FORMAT
+def analytics_command(
+    report: str | None, since: datetime | None, until: datetime | None, limit: int, fmt: Format
+) -> None:
+    """Ready-made k-anonymous reports; without REPORT, list them. Reads SIEVE_DATA_ROOT."""
+    from aggregations.reports import REPORTS, run_report
+
+    if report is None:
+        render(["report", "description"], [[r.name, r.description] for r in REPORTS.values()],
+               fmt, _console())
+        return
+    if report not in REPORTS:
+        raise click.BadParameter(
+            f"unknown report {report!r}; one of: {', '.join(REPORTS)}", param_hint="REPORT"
+        )
+    last: date = until.date() if until else datetime.now(UTC).date()
+    first: date = since.date() if since else last - timedelta(days=30)
+    try:
+        table = run_report(_catalog(_settings().data_root), report, first, last, limit)
+    except duckdb.Error as error:
+        raise click.ClickException(f"report {report} failed: {error}") from None
+    columns, rows = table_rows(table)
+    render(columns, rows, fmt, _console(), title=f"{report} {first} .. {last}")
+
+
+@click.command("dashboard")
+def dashboard_command() -> None:
+    """The analytics dashboard (not implemented yet)."""
+    raise click.ClickException("dashboard: not implemented yet")
+
+
+__all__ = [
+    "analytics_command",
+    "dashboard_command",
+    "pricing_command",
+    "publish_command",
+    "sql_command",
+]
+

@@ -1,0 +1,111 @@
+"""``sieve collect``: serve the HTTP collector until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+from typing import cast
+
+import click
+from aiohttp import web
+
+from streams.collector.keys import WriteKeys
+from streams.collector.server import EVENTS_PATH, create_collector_app
+from streams.errors import ConfigurationError
+from streams.settings import Settings, describe_environment
+
+ENV_EPILOG = "\b\nEnvironment:\n" + describe_environment()
+# The access log without the client's address and user agent: those are personal data,
+# and stdout is no place to keep them (they reach the pipeline only inside events).
+ACCESS_LOG_FORMAT = '%t "%r" %s %b %Tf'
+
+
+@click.command("collect", epilog=ENV_EPILOG)
+@click.option("--host", default=None, help="Address to bind [default: SIEVE_COLLECTOR_HOST].")
+@click.option(
+    "--port", type=int, default=None, help="Port to bind [default: SIEVE_COLLECTOR_PORT]."
+)
+def collect_command(host: str | None, port: int | None) -> None:
+    """Run the HTTP collector: POST /v1/events (JSON array or NDJSON) -> the raw topic.
+
+    Clients authenticate with a write key of their account (Authorization: Bearer <key>),
+    listed in SIEVE_WRITE_KEYS_FILE.
+    """
+    from streams.producer import EventProducer  # imported late: kafka-python is heavy
+
+    # Every Settings field has a default, but mypy sees that only with the pydantic plugin
+    # (as in streams.broker.commands).
+    settings = cast(Callable[[], Settings], Settings)()
+    if settings.write_keys_file is None:
+        raise ConfigurationError(
+            "SIEVE_WRITE_KEYS_FILE is not set: the collector needs a JSON file"
+            ' {"<account_id>": ["<key>", ...]} of the keys clients write with'
+        )
+    write_keys = WriteKeys.load(settings.write_keys_file)
+    producer = EventProducer.from_settings(settings)
+    try:
+        app = create_collector_app(
+            producer=producer,
+            write_keys=write_keys,
+            max_body_bytes=settings.collector_max_body_bytes,
+        )
+        bind_host = settings.collector_host if host is None else host
+        bind_port = settings.collector_port if port is None else port
+
+        def announce(urls: list[str]) -> None:
+            where = ", ".join(f"{url}{EVENTS_PATH}" for url in urls)
+            click.echo(
+                f"sieve collector: POST {where} -> topic {settings.raw_topic}"
+                f" (write keys: {len(write_keys)}, accounts: {len(write_keys.accounts)});"
+                " Ctrl+C stops"
+            )
+
+        asyncio.run(serve(app, bind_host, bind_port, announce))
+    finally:
+        # Requests in flight were answered before serve() returned; close() still delivers
+        # whatever a timed-out request left queued (for up to 30 s) before disconnecting.
+        producer.close(timeout=30.0)
+
+
+async def serve(
+    app: web.Application, host: str, port: int, on_ready: Callable[[list[str]], None]
+) -> None:
+    """Serve ``app`` until SIGINT/SIGTERM; requests in flight finish before this returns."""
+    runner = web.AppRunner(app, access_log_format=ACCESS_LOG_FORMAT)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        try:
+            await site.start()
+        except OSError as error:
+            raise ConfigurationError(
+                f"the collector cannot listen on {host}:{port} ({error.strerror or error});"
+                " choose another --port or SIEVE_COLLECTOR_PORT"
+            ) from None
+        on_ready([_url(address) for address in runner.addresses])
+        await _until_stopped()
+    finally:
+        # Stops accepting, then waits for running handlers (their acks) before closing.
+        await runner.cleanup()
+
+
+async def _until_stopped() -> None:
+    stopped = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for stop_signal in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(stop_signal, stopped.set)
+    try:
+        await stopped.wait()
+    finally:
+        for stop_signal in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(stop_signal)
+
+
+def _url(address: object) -> str:
+    # runner.addresses holds (host, port) for IPv4 and (host, port, flow, scope) for IPv6.
+    if isinstance(address, tuple) and len(address) >= 2:
+        host, port = address[0], address[1]
+        shown = f"[{host}]" if ":" in str(host) else str(host)
+        return f"http://{shown}:{port}"
+    return str(address)

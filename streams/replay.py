@@ -1,0 +1,378 @@
+"""``sieve replay FILE``: feed an Apache access log or JSON lines to the raw topic.
+
+Combined log format (Apache/nginx ``combined``)::
+
+    host ident user [dd/Mon/yyyy:HH:MM:SS +zzzz] "METHOD target PROTO" status bytes "ref" "agent"
+
+Each line becomes one ``request`` event of account ``--account`` (no user, no session).
+Its ``event_id`` is a UUID5 of the line number and the line's text, so replaying the same
+file again produces the same ids and the worker's dedup drops the second copy.
+A line that does not parse into a valid event is counted and skipped; the summary shows
+how many and the first line numbers.
+
+JSON lines are forwarded as they are (one value per line, as ``sieve generate --out``
+writes): checking them is the worker's job, and a line the contract rejects ends up in
+the dead-letter topic with its reason rather than vanishing here. The key is the line's
+``account_id`` when it has one, else ``--account``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import ipaddress
+import re
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import IO, Any, Final, Literal, cast
+
+import click
+import msgspec
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+from schemas.events import MAX_USER_AGENT_BYTES, Request, encode
+from streams.errors import ConfigurationError
+from streams.generate.sinks import RawSink, open_sink
+from streams.settings import Settings
+
+Format = Literal["combined", "jsonl"]
+DEFAULT_ACCOUNT: Final = "replay"
+CLIENT_ID: Final = "sieve-replay"
+# Fixed forever: changing it would change every replayed event id.
+REPLAY_NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, "urn:sieve:replay")
+# How many unparsed line numbers the summary lists.
+SHOWN_BAD_LINES: Final = 10
+
+
+def _quoted(name: str) -> str:
+    # A quoted field may contain \" and \\ (Apache escapes them). Written as an unrolled
+    # loop, several times faster than the obvious (?:[^"\\]|\\.)*.
+    return rf'"(?P<{name}>[^"\\]*(?:\\.[^"\\]*)*)"'
+
+
+_COMBINED: Final = re.compile(
+    r"^(?P<host>\S+) \S+ \S+ \[(?P<time>[^\]]+)\] "
+    + _quoted("request")
+    + r" (?P<status>\d{3}) (?P<bytes>\d+|-) "
+    + _quoted("referrer")
+    + " "
+    + _quoted("agent")
+    + r"\s*$"
+)
+_REQUEST_LINE: Final = re.compile(
+    r"^(?P<method>[A-Z]{3,10}) (?P<target>\S+)(?: HTTP/\d(?:\.\d)?)?$"
+)
+_TIME: Final = re.compile(
+    r"^(\d{2})/([A-Z][a-z]{2})/(\d{4}):(\d{2}):(\d{2}):(\d{2}) ([+-])(\d{2})(\d{2})$"
+)
+# Month names are English whatever the locale (strptime's %b would follow the locale).
+_MONTHS: Final = {
+    name: number
+    for number, name in enumerate(
+        ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"),
+        start=1,
+    )
+}
+_UNESCAPE: Final = re.compile(r"\\([\\\"])")
+
+
+def _unescape(text: str) -> str:
+    return _UNESCAPE.sub(r"\1", text) if "\\" in text else text
+
+
+def _parse_time(text: str) -> datetime | None:
+    match = _TIME.match(text)
+    if match is None:
+        return None
+    day, month_name, year, hour, minute, second, sign, off_h, off_m = match.groups()
+    month = _MONTHS.get(month_name)
+    if month is None:
+        return None
+    offset = timedelta(hours=int(off_h), minutes=int(off_m))
+    try:
+        return datetime(
+            int(year), month, int(day), int(hour), int(minute), int(second),
+            tzinfo=timezone(-offset if sign == "-" else offset),
+        )  # fmt: skip
+    except ValueError:  # 31/Feb, an offset of 24 hours or more
+        return None
+
+
+def replay_event_id(line_number: int, line: str) -> str:
+    """The id of the event of ``line`` (1-based ``line_number``): same line, same id."""
+    return str(uuid.uuid5(REPLAY_NAMESPACE, f"{line_number}\n{line}"))
+
+
+def parse_combined_line(
+    line: str, line_number: int = 1, account_id: str = DEFAULT_ACCOUNT
+) -> Request | None:
+    """The ``request`` event of one combined-format line, or None if it does not parse.
+
+    None also when a field breaks the contract (the host is not an IP address, a field is
+    over its length limit), so every event returned passes the worker's validation.
+    ``response_bytes`` "-" is 0; referrer and user agent "-" (or empty) are absent.
+    """
+    line = line.rstrip("\r\n")
+    match = _COMBINED.match(line)
+    if match is None:
+        return None
+    request = _REQUEST_LINE.match(_unescape(match["request"]))
+    occurred_at = _parse_time(match["time"])
+    host = match["host"]
+    if request is None or occurred_at is None or not _is_ip(host):
+        return None
+    referrer = _unescape(match["referrer"])
+    agent = _unescape(match["agent"])
+    if agent and len(agent.encode("utf-8")) > MAX_USER_AGENT_BYTES:
+        return None
+    doc: dict[str, Any] = {
+        "type": "request",
+        "schema_version": 1,
+        "event_id": replay_event_id(line_number, line),
+        "occurred_at": occurred_at,
+        "account_id": account_id,
+        "ip": host,
+        "method": request["method"],
+        "path": request["target"],
+        "status": int(match["status"]),
+        "response_bytes": 0 if match["bytes"] == "-" else int(match["bytes"]),
+    }
+    if referrer not in ("", "-"):
+        doc["referrer"] = referrer
+    if agent not in ("", "-"):
+        doc["user_agent"] = agent
+    try:
+        # convert() checks every constraint of the contract; the constructor checks none.
+        return msgspec.convert(doc, Request)
+    except msgspec.ValidationError:
+        return None
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def detect_format(first_line: str) -> Format:
+    """JSON lines start with an object; anything else is taken for a combined log."""
+    return "jsonl" if first_line.lstrip().startswith("{") else "combined"
+
+
+@dataclass
+class ReplayReport:
+    """What a replay did with each line of the file."""
+
+    format: Format
+    lines: int = 0
+    sent: int = 0
+    blank: int = 0
+    unparsed: int = 0
+    first_unparsed: list[int] = field(default_factory=list)
+    # JSON lines only: lines forwarded although they are not a JSON object with an
+    # account_id (keyed by --account; the worker dead-letters what is invalid).
+    unkeyed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    key: bytes
+    value: bytes
+
+
+_JSON_DECODER: Final = msgspec.json.Decoder()
+
+
+def _jsonl_key(line: bytes) -> bytes | None:
+    """The line's account_id as a key, or None if it is not a JSON object with one."""
+    try:
+        doc = _JSON_DECODER.decode(line)
+    except msgspec.DecodeError:
+        return None
+    account = doc.get("account_id") if isinstance(doc, dict) else None
+    return account.encode("utf-8") if isinstance(account, str) and account else None
+
+
+def replay_records(
+    lines: Iterable[str], fmt: Format, report: ReplayReport, account_id: str = DEFAULT_ACCOUNT
+) -> Iterator[RawRecord]:
+    """The records of ``lines`` (1-based numbering), counting into ``report``. Pure."""
+    default_key = account_id.encode("utf-8")
+    for number, line in enumerate(lines, 1):
+        report.lines += 1
+        text = line.rstrip("\r\n")
+        if not text.strip():
+            report.blank += 1
+            continue
+        if fmt == "jsonl":
+            value = text.encode("utf-8")
+            key = _jsonl_key(value)
+            if key is None:
+                report.unkeyed += 1
+                key = default_key
+            report.sent += 1
+            yield RawRecord(key, value)
+            continue
+        event = parse_combined_line(text, number, account_id)
+        if event is None:
+            report.unparsed += 1
+            if len(report.first_unparsed) < SHOWN_BAD_LINES:
+                report.first_unparsed.append(number)
+            continue
+        report.sent += 1
+        yield RawRecord(default_key, encode(event))
+
+
+def _open_text(path: Path) -> IO[str]:
+    # Rotated logs are usually gzipped; undecodable bytes become U+FFFD instead of
+    # aborting the replay (such a line then usually fails to parse and is counted).
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8", errors="replace", newline="")
+    return path.open("r", encoding="utf-8", errors="replace", newline="")
+
+
+def _first_content_line(path: Path) -> str:
+    with _open_text(path) as text:
+        for line in text:
+            if line.strip():
+                return line
+    return ""
+
+
+def run_replay(
+    path: Path,
+    sink: RawSink,
+    *,
+    fmt: Format | None = None,
+    account_id: str = DEFAULT_ACCOUNT,
+    console: Console | None = None,
+) -> ReplayReport:
+    """Replay ``path`` into ``sink`` (closed at the end, even on error); ``fmt`` None
+    detects the format from the first non-blank line."""
+    with ExitStack() as stack:
+        stack.callback(sink.close)
+        try:
+            chosen = fmt or detect_format(_first_content_line(path))
+            text = stack.enter_context(_open_text(path))
+        except OSError as error:
+            raise ConfigurationError(f"cannot read {path}: {error}") from error
+        report = ReplayReport(chosen)
+        lines: Iterable[str] = text
+        if console is not None:
+            progress = stack.enter_context(
+                Progress(
+                    TextColumn(f"[bold]replay {path.name}"),
+                    BarColumn(),
+                    DownloadColumn(),
+                    TaskProgressColumn(),
+                    TimeElapsedColumn(),
+                    console=console,
+                    transient=True,
+                )
+            )
+            # Progress in characters read, against the file size: exact for ASCII logs,
+            # indeterminate for gzipped ones (the size on disk is not the text's).
+            total = None if path.suffix == ".gz" else path.stat().st_size
+            lines = _tracked(text, progress, total)
+        send = sink.send
+        for record in replay_records(lines, chosen, report, account_id):
+            send(record.key, record.value)
+    return report
+
+
+def _tracked(lines: Iterable[str], progress: Progress, total: int | None) -> Iterator[str]:
+    task = progress.add_task("replay", total=total)
+    done = 0
+    for number, line in enumerate(lines, 1):
+        done += len(line)
+        # Redrawing per line would cost more than parsing it.
+        if number % 2_000 == 0:
+            progress.update(task, completed=done)
+        yield line
+    progress.update(task, completed=done, total=total or done)
+
+
+def _lines(n: int) -> str:
+    return f"{n:,} line" if n == 1 else f"{n:,} lines"
+
+
+def describe(report: ReplayReport) -> list[str]:
+    """The summary lines a person reads after a replay."""
+    lines = [f"{report.lines:,} lines ({report.format}): {report.sent:,} sent"]
+    if report.blank:
+        lines.append(f"{_lines(report.blank)} blank, skipped")
+    if report.unparsed:
+        shown = ", ".join(str(n) for n in report.first_unparsed)
+        more = ", ..." if report.unparsed > len(report.first_unparsed) else ""
+        lines.append(
+            f"{_lines(report.unparsed)} skipped, not a valid combined-format request: "
+            f"line {shown}{more}"
+        )
+    if report.unkeyed:
+        lines.append(
+            f"{_lines(report.unkeyed)} had no account_id (not a JSON object, or none in it): "
+            "sent keyed by --account; the worker will dead-letter the invalid ones"
+        )
+    return lines
+
+
+@click.command("replay")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["auto", "combined", "jsonl"]),
+    default="auto",
+    show_default=True,
+    help="Input format; auto looks at the first non-blank line ('{' means JSON lines).",
+)
+@click.option(
+    "--account",
+    default=DEFAULT_ACCOUNT,
+    show_default=True,
+    help="Account id of the replayed requests (and key of JSON lines without one).",
+)
+@click.option("--topic", help="Topic to produce to; default: SIEVE_RAW_TOPIC (created if missing).")
+@click.option(
+    "--out",
+    "out_path",
+    metavar="FILE",
+    help="Write the records as JSON lines instead of producing; '-': stdout.",
+)
+def replay_command(
+    file: Path, fmt: str, account: str, topic: str | None, out_path: str | None
+) -> None:
+    """Send each line of FILE to the raw topic: an Apache/nginx combined access log
+    (each line a `request` event) or JSON lines (forwarded as they are).
+
+    Event ids derive from the line number and text, so replaying a file twice yields the
+    same ids. Uses SIEVE_BOOTSTRAP_SERVERS, SIEVE_RAW_TOPIC, SIEVE_RAW_PARTITIONS and
+    SIEVE_RAW_RETENTION_HOURS.
+    """
+    console = Console(stderr=out_path == "-")
+    settings = cast(Callable[[], Settings], Settings)()
+    topic = topic or settings.raw_topic
+    if out_path is None:
+        from streams.topics import create_topics, raw_topic_spec
+
+        spec = raw_topic_spec(topic, settings.raw_partitions, settings.raw_retention_hours)
+        create_topics(settings.bootstrap_servers, [spec])
+    sink, where = open_sink(out_path, settings.bootstrap_servers, topic, CLIENT_ID)
+    console.print(f"replaying {file} -> {where}")
+    chosen: Format | None = None if fmt == "auto" else cast(Format, fmt)
+    report = run_replay(file, sink, fmt=chosen, account_id=account, console=console)
+    for line in describe(report):
+        console.print(line)

@@ -1,0 +1,309 @@
+"""``sieve retention sweep``, ``sieve subject export`` and ``sieve subject erase``.
+
+The edge of the identifiable side: settings, the key file, the policy and the clock are read
+here and passed inward. Sweeps and erasures of one local data root take an exclusive lock
+(``_locks/identifiable.lock``), so two of them never rewrite the same file at once; on an
+object store the per-file change check of :mod:`streams.subject.identifiable_store` is what
+remains.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import cast
+
+import click
+import pyarrow.fs as pafs
+from rich.console import Console
+from rich.table import Table
+
+from streams.encryption import ParquetEncryption
+from streams.errors import ConfigurationError, SieveError
+from streams.privacy.keyring import Keyring
+from streams.privacy.retention import RetentionPolicy, load_policy
+from streams.settings import Settings, describe_environment
+from streams.subject.access import (
+    DeadLetterTopic,
+    find_dead_letters,
+    iter_subject_tables,
+    write_export,
+)
+from streams.subject.erasure import ErasureReport, erase_subject
+from streams.subject.identifiable_store import Subject
+from streams.subject.retention_sweep import SweepReport, account_ends_from_store, sweep
+from streams.worker.sink import open_data_root
+
+ENV_EPILOG = "\b\nEnvironment:\n" + describe_environment()
+_LOCK_PATH = "_locks/identifiable.lock"
+
+
+class MaintenanceBusyError(SieveError):
+    """Another sweep or erasure holds the data root's lock."""
+
+    transient = True
+
+
+# --- sieve retention ---------------------------------------------------------------------
+
+
+@click.group("retention", epilog=ENV_EPILOG)
+def retention() -> None:
+    """Retention of identifiable records (the periods live in the policy file)."""
+
+
+@retention.command("sweep", epilog=ENV_EPILOG)
+@click.option("--dry-run", is_flag=True, help="Count what would be deleted; change nothing.")
+@click.option(
+    "--now",
+    "now_text",
+    metavar="ISO",
+    help="Sweep as of this instant (ISO 8601 with a UTC offset); default: the current time.",
+)
+def sweep_command(dry_run: bool, now_text: str | None) -> None:
+    """Delete every identifiable record whose retention period is over.
+
+    Records with an expiry older than NOW go; account-bound records (content, account) go
+    the class's days after their account's termination. Safe to interrupt and to repeat.
+    """
+    now = _parse_now(now_text) if now_text else datetime.now(UTC)
+    settings = _settings()
+    policy, encryption = _policy(settings), _encryption(settings)
+    filesystem, root = open_data_root(settings.data_root)
+    with _maintenance_lock(filesystem, root):
+        ends = account_ends_from_store(filesystem, root, policy, encryption)
+        report = sweep(filesystem, root, policy, encryption, now, ends, dry_run=dry_run)
+    Console().print(_sweep_table(report, len(ends)))
+
+
+# --- sieve subject -----------------------------------------------------------------------
+
+
+@click.group("subject", epilog=ENV_EPILOG)
+def subject() -> None:
+    """Requests of one person: access (export) and erasure."""
+
+
+@subject.command("export", epilog=ENV_EPILOG)
+@click.argument("account_id")
+@click.option(
+    "--user", "user_id", metavar="USER_ID", help="One user of the account (default: all)."
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the JSON lines here (mode 0600) instead of to standard output.",
+)
+@click.option(
+    "--dead-letters",
+    is_flag=True,
+    help="Also search the dead-letter topic (reads all of it from the broker).",
+)
+def export_command(
+    account_id: str, user_id: str | None, out: Path | None, dead_letters: bool
+) -> None:
+    """Export everything held about ACCOUNT_ID (or one of its users), decrypted, as JSON lines.
+
+    One line per identifiable record (and dead letter), then a summary line; the summary is
+    also printed to standard error.
+    """
+    settings = _settings()
+    encryption = _encryption(settings)
+    filesystem, root = open_data_root(settings.data_root)
+    person = Subject(account_id, user_id)
+    letters = find_dead_letters(_dead_letter_topic(settings), person) if dead_letters else None
+    tables = iter_subject_tables(filesystem, root, encryption, person)
+    if out is None:
+        summary = write_export(tables, letters, person, sys.stdout)
+    else:
+        # The export is decrypted personal data: private file, and never half of one.
+        temporary = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex}")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                summary = write_export(tables, letters, person, handle)
+            os.replace(temporary, out)
+        finally:
+            temporary.unlink(missing_ok=True)
+    table = Table(title=f"Export of {person}")
+    table.add_column("held")
+    table.add_column("records", justify="right")
+    for cls, count in summary.rows_by_class.items():
+        table.add_row(f"identifiable: {cls}", f"{count:,}")
+    table.add_row("identifiable, total", f"{summary.rows:,}")
+    shown = "not searched" if summary.dead_letters is None else f"{summary.dead_letters:,}"
+    table.add_row("dead letters", shown)
+    Console(stderr=True).print(table)
+
+
+@subject.command("erase", epilog=ENV_EPILOG)
+@click.argument("account_id")
+@click.option(
+    "--user", "user_id", metavar="USER_ID", help="One user of the account (default: all)."
+)
+@click.option(
+    "--include-billing",
+    is_flag=True,
+    help="Erase payment records too (kept by default: tax law requires them).",
+)
+@click.option(
+    "--dead-letters/--no-dead-letters",
+    default=True,
+    show_default=True,
+    help="Tombstone the person's dead letters on the dead-letter topic.",
+)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def erase_command(
+    account_id: str, user_id: str | None, include_billing: bool, dead_letters: bool, yes: bool
+) -> None:
+    """Erase ACCOUNT_ID (or one of its users) from identifiable files and dead letters.
+
+    Anonymized facts and published aggregates stay as they are (they identify no one, and
+    changing them would falsify invoices). Idempotent: after an error, run it again.
+    """
+    settings = _settings()
+    policy, encryption = _policy(settings), _encryption(settings)
+    filesystem, root = open_data_root(settings.data_root)
+    topic = _dead_letter_topic(settings) if dead_letters else None
+    with _maintenance_lock(filesystem, root):
+
+        def run(dry_run: bool) -> ErasureReport:
+            return erase_subject(
+                filesystem,
+                root,
+                encryption,
+                policy,
+                account_id,
+                user_id,
+                include_billing=include_billing,
+                dead_letters=topic,
+                dry_run=dry_run,
+            )
+
+        if not yes:
+            preview = run(dry_run=True)
+            Console(stderr=True).print(_erasure_table(preview))
+            click.confirm(f"Erase {preview.subject} as shown?", abort=True, err=True)
+        report = run(dry_run=False)
+    Console().print(_erasure_table(report))
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _parse_now(text: str) -> datetime:
+    try:
+        now = datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r} is not an ISO 8601 instant", param_hint="--now"
+        ) from None
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise click.BadParameter(
+            f"{text!r} has no UTC offset (write e.g. {text}+00:00)", param_hint="--now"
+        )
+    return now.astimezone(UTC)
+
+
+def _settings() -> Settings:
+    # Every Settings field has a default, but mypy sees that only with the pydantic plugin
+    # (the same idiom as the other commands).
+    return cast(Callable[[], Settings], Settings)()
+
+
+def _policy(settings: Settings) -> RetentionPolicy:
+    return load_policy(settings.policy_file)
+
+
+def _encryption(settings: Settings) -> ParquetEncryption:
+    if settings.keyring_file is None:
+        raise ConfigurationError(
+            "SIEVE_KEYRING_FILE is not set: identifiable files are encrypted with its keys"
+        )
+    # Every encryption key, not only the active one (as the worker does): files written
+    # before a rotation must still open, and each rewrite moves a file onto the active key.
+    return ParquetEncryption(*Keyring.load(settings.keyring_file).encryption_keys())
+
+
+def _dead_letter_topic(settings: Settings) -> DeadLetterTopic:
+    return DeadLetterTopic(settings.bootstrap_servers, settings.dead_letter_topic)
+
+
+@contextmanager
+def _maintenance_lock(filesystem: pafs.FileSystem, root: str) -> Iterator[None]:
+    if not isinstance(filesystem, pafs.LocalFileSystem) or os.name != "posix":
+        yield
+        return
+    import fcntl
+
+    path = Path(root) / _LOCK_PATH
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise MaintenanceBusyError(
+                f"another retention sweep or erasure is running on {root}; try again when it ends"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _sweep_table(report: SweepReport, ended_accounts: int) -> Table:
+    verb = "would remove" if report.dry_run else "removed"
+    table = Table(title=f"Retention sweep as of {report.now.isoformat()} ({verb})")
+    for name in ("class", "files deleted", "files rewritten", "rows removed"):
+        table.add_column(name, justify="left" if name == "class" else "right")
+    for cls, counts in sorted(report.by_class.items()):
+        table.add_row(
+            cls,
+            f"{counts.files_deleted:,}",
+            f"{counts.files_rewritten:,}",
+            f"{counts.rows_removed:,}",
+        )
+    table.caption = (
+        f"{report.files_seen:,} files seen, {report.files_decided_without_reading_rows:,} decided"
+        f" without reading rows; {ended_accounts:,} ended accounts"
+        + (
+            f"; {report.temporary_files_skipped} temporary files skipped"
+            if report.temporary_files_skipped
+            else ""
+        )
+        + (
+            f"; classes not in the policy: {sorted(report.unknown_classes)}"
+            if report.unknown_classes
+            else ""
+        )
+    )
+    return table
+
+
+def _erasure_table(report: ErasureReport) -> Table:
+    verb = "would be" if report.dry_run else "was"
+    table = Table(title=f"Erasure of {report.subject} (what {verb} done)")
+    table.add_column("what")
+    table.add_column("records", justify="right")
+    for cls, count in report.rows_removed.items():
+        table.add_row(f"erased: {cls}", f"{count:,}")
+    table.add_row("erased, total", f"{report.total_removed:,}")
+    for cls, count in report.rows_retained.items():
+        table.add_row(f"retained (legal obligation): {cls}", f"{count:,}")
+    table.add_row(
+        "files rewritten / deleted", f"{report.files_rewritten:,} / {report.files_deleted:,}"
+    )
+    tombstoned = report.dead_letters_tombstoned
+    table.add_row(
+        "dead letters tombstoned", "not searched" if tombstoned is None else f"{tombstoned:,}"
+    )
+    if report.temporary_files_skipped:
+        # In-flight writes of a worker, or leftovers its recovery removes: run again later.
+        table.add_row("temporary files not searched", f"{report.temporary_files_skipped:,}")
+    table.caption = "anonymized facts and published aggregates are kept (they identify no one)"
+    return table

@@ -1,0 +1,386 @@
+"""Encrypted identifiable files: list them, read one, replace or delete one.
+
+Files live at ``identifiable/retention_class=<c>/region=<r>/date=<YYYY-MM-DD>/<stem>.parquet``
+(:mod:`streams.worker.sink`); the hive path tells the class, region and event date of every
+row without decrypting anything, which is what lets the retention sweep prune.
+
+Listing walks ``identifiable/`` instead of going through the commit markers: a file of a
+range a crashed worker has not committed yet is still data Sieve holds, and an erasure must
+reach it. Temporary files (``*.tmp-*``) are in-flight writes, or leftovers that the worker's
+partition recovery deletes; they are never read or touched here, only counted.
+
+Replacing a file writes ``<path>.tmp-<uuid>``, syncs it, then renames it over the same path,
+encrypted with the active key (so every rewrite also moves an old file onto the current
+key). After a crash each file is either the old or the new version, never half of one; a
+leftover temporary file holds a subset of the original's rows under the same name prefix, so
+the worker's recovery of that partition removes it.
+
+Before the rename (or delete) the file is checked to still be the one that was read (size and
+modification time). Two maintenance runs that interleave (a sweep and an erasure) would
+otherwise let one put back rows the other just removed; on a change :func:`rewrite_file`
+reads the file again.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Final, Literal
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from cryptography.exceptions import InvalidTag
+
+from schemas.arrow import IDENTIFIABLE, conform
+from streams.encryption import ParquetEncryption
+from streams.errors import SieveError
+from streams.worker.sink import TMP_INFIX
+
+IDENTIFIABLE_DIR: Final = "identifiable"
+_PARTITION_KEYS: Final = ("retention_class", "region", "date")
+# The sink's row-group size: a rewritten file reads like a freshly written one.
+_ROW_GROUP_ROWS: Final = 128 * 1024
+_ATTEMPTS: Final = 3
+
+
+class UnreadableFileError(SieveError):
+    """An identifiable file cannot be decrypted or read; the message names the file."""
+
+    exit_code = 2
+
+    def __init__(self, relative_path: str, cause: BaseException) -> None:
+        self.relative_path = relative_path
+        # InvalidTag (a wrong key) has no message of its own.
+        detail = f"{type(cause).__name__}: {cause}" if str(cause) else type(cause).__name__
+        super().__init__(
+            f"cannot read identifiable file {relative_path} ({detail}); is the encryption key"
+            " that wrote it still in the keyring?"
+        )
+
+
+class FileChangedError(SieveError):
+    """An identifiable file changed between reading and replacing it; read it again."""
+
+    transient = True
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        super().__init__(
+            f"{path} changed while it was being rewritten (another sweep or erasure running?);"
+            " run the command again"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """One person: a user of an account, or the account itself (``user_id`` None = all of it)."""
+
+    account_id: str
+    user_id: str | None = None
+
+    def __str__(self) -> str:
+        return self.account_id if self.user_id is None else f"{self.account_id}/{self.user_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class IdentifiableFile:
+    """One identifiable file and what its path says about its rows."""
+
+    path: str  # in the filesystem
+    relative_path: str  # to the data root
+    # From the hive path; None when the path does not follow the layout (then only the rows
+    # themselves can tell).
+    retention_class: str | None
+    region: str | None
+    date: date | None
+    size: int
+    mtime_ns: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    files: list[IdentifiableFile]
+    temporary_files: int  # ``*.tmp-*`` seen and skipped
+
+
+@dataclass(frozen=True, slots=True)
+class ExpiryBounds:
+    """What the (encrypted) footer statistics say about a file's ``expires_at`` column."""
+
+    rows: int
+    nulls: int
+    earliest: datetime | None  # of the non-null values
+    latest: datetime | None
+
+
+Outcome = Literal["unchanged", "rewritten", "deleted", "vanished"]
+
+
+@dataclass(frozen=True, slots=True)
+class FileRewrite:
+    """What :func:`rewrite_file` did (or, in a dry run, would have done) to one file."""
+
+    file: IdentifiableFile
+    rows: pa.Table  # as read, before removal
+    removed: pa.BooleanArray  # aligned with ``rows``
+    outcome: Outcome
+
+    @property
+    def removed_rows(self) -> pa.Table:
+        return self.rows.filter(self.removed)
+
+
+def parse_partition(relative_path: str) -> tuple[str, str, date] | None:
+    """``(class, region, date)`` from ``identifiable/retention_class=c/region=r/date=d/f``."""
+    parts = relative_path.split("/")
+    if len(parts) != 5 or parts[0] != IDENTIFIABLE_DIR:
+        return None
+    values = []
+    for segment, key in zip(parts[1:4], _PARTITION_KEYS, strict=True):
+        name, sep, value = segment.partition("=")
+        if name != key or not sep or not value:
+            return None
+        values.append(value)
+    try:
+        day = date.fromisoformat(values[2])
+    except ValueError:
+        return None
+    return values[0], values[1], day
+
+
+def list_files(filesystem: pafs.FileSystem, root: str) -> Listing:
+    """Every identifiable Parquet file under ``root``, sorted by path; temporary files skipped."""
+    base = f"{root}/{IDENTIFIABLE_DIR}"
+    selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
+    files: list[IdentifiableFile] = []
+    temporary = 0
+    for info in filesystem.get_file_info(selector):
+        if info.type != pafs.FileType.File:
+            continue
+        if TMP_INFIX in info.base_name:
+            temporary += 1
+            continue
+        if not info.base_name.endswith(".parquet"):
+            continue
+        relative = info.path[len(root) + 1 :]
+        partition = parse_partition(relative)
+        cls, region, day = partition if partition is not None else (None, None, None)
+        files.append(
+            IdentifiableFile(
+                path=info.path,
+                relative_path=relative,
+                retention_class=cls,
+                region=region,
+                date=day,
+                size=int(info.size or 0),
+                mtime_ns=info.mtime_ns,
+            )
+        )
+    files.sort(key=lambda file: file.relative_path)
+    return Listing(files=files, temporary_files=temporary)
+
+
+def read_rows(
+    filesystem: pafs.FileSystem,
+    file: IdentifiableFile,
+    encryption: ParquetEncryption,
+    columns: list[str] | None = None,
+) -> pa.Table:
+    """The decrypted rows of one file (optionally only some columns)."""
+    with _reading(file), filesystem.open_input_file(file.path) as source:
+        # ParquetFile, not pq.read_table: the dataset reader would add the hive path's
+        # ``date`` as a column, and the file must read back with exactly its own schema.
+        parquet = pq.ParquetFile(source, decryption_properties=encryption.decryption_properties())
+        return parquet.read(columns=columns)
+
+
+def expiry_bounds(
+    filesystem: pafs.FileSystem, file: IdentifiableFile, encryption: ParquetEncryption
+) -> ExpiryBounds | None:
+    """``expires_at`` bounds from the footer statistics (decrypts the footer only).
+
+    None when a row group carries no usable statistics; the caller then reads the rows.
+    """
+    with _reading(file), filesystem.open_input_file(file.path) as source:
+        parquet = pq.ParquetFile(source, decryption_properties=encryption.decryption_properties())
+        metadata = parquet.metadata
+    schema = metadata.schema.to_arrow_schema()
+    if "expires_at" not in schema.names:
+        return None
+    column = schema.get_field_index("expires_at")
+    nulls = 0
+    earliest: datetime | None = None
+    latest: datetime | None = None
+    for index in range(metadata.num_row_groups):
+        group = metadata.row_group(index)
+        stats = group.column(column).statistics
+        if stats is None or stats.null_count is None:
+            return None
+        nulls += stats.null_count
+        if stats.null_count == group.num_rows:
+            continue  # all null: no min/max to read
+        if not stats.has_min_max:
+            return None
+        low, high = _utc(stats.min), _utc(stats.max)
+        earliest = low if earliest is None else min(earliest, low)
+        latest = high if latest is None else max(latest, high)
+    return ExpiryBounds(rows=metadata.num_rows, nulls=nulls, earliest=earliest, latest=latest)
+
+
+def rewrite_file(
+    filesystem: pafs.FileSystem,
+    file: IdentifiableFile,
+    encryption: ParquetEncryption,
+    remove: Callable[[pa.Table], pa.BooleanArray],
+    *,
+    dry_run: bool = False,
+) -> FileRewrite:
+    """Read ``file``, drop the rows ``remove`` marks, and put the rest back at the same path.
+
+    No row removed: the file is left alone. All removed: the file is deleted. Otherwise it is
+    replaced (temporary file, sync, rename). ``dry_run`` decides without writing. A file that
+    changes meanwhile is read again (up to three times, then :class:`FileChangedError`); one
+    that disappeared (another run deleted it) is reported ``vanished``.
+
+    After a crash the file is either untouched or fully replaced; running the same removal
+    again is a no-op for rows already removed (idempotent).
+    """
+    current = file
+    for _attempt in range(_ATTEMPTS):
+        try:
+            rows = read_rows(filesystem, current, encryption)
+        except FileNotFoundError:
+            return _vanished(current)
+        removed = _as_mask(remove(rows), rows.num_rows)
+        count = pc.sum(removed).as_py() or 0
+        if count == 0:
+            return FileRewrite(current, rows, removed, "unchanged")
+        outcome: Outcome = "deleted" if count == rows.num_rows else "rewritten"
+        if dry_run:
+            return FileRewrite(current, rows, removed, outcome)
+        try:
+            if outcome == "deleted":
+                delete_file(filesystem, current)
+            else:
+                _replace(filesystem, current, rows.filter(pc.invert(removed)), encryption)
+            return FileRewrite(current, rows, removed, outcome)
+        except FileChangedError:
+            refreshed = refresh(filesystem, current)
+            if refreshed is None:
+                return _vanished(current)
+            current = refreshed
+    raise FileChangedError(file.path)
+
+
+def delete_file(filesystem: pafs.FileSystem, file: IdentifiableFile) -> None:
+    """Delete ``file`` if it is still the version that was listed (else FileChangedError)."""
+    _check_unchanged(filesystem, file)
+    filesystem.delete_file(file.path)
+
+
+def refresh(filesystem: pafs.FileSystem, file: IdentifiableFile) -> IdentifiableFile | None:
+    """``file`` with its current size and modification time; None if it no longer exists."""
+    info = filesystem.get_file_info(file.path)
+    if info.type != pafs.FileType.File:
+        return None
+    return IdentifiableFile(
+        path=file.path,
+        relative_path=file.relative_path,
+        retention_class=file.retention_class,
+        region=file.region,
+        date=file.date,
+        size=int(info.size or 0),
+        mtime_ns=info.mtime_ns,
+    )
+
+
+def subject_mask(rows: pa.Table, subject: Subject) -> pa.BooleanArray:
+    """Rows about ``subject``: its account's rows, or only its user's when it names one."""
+    mask = pc.equal(rows["account_id"], subject.account_id)
+    if subject.user_id is not None:
+        mask = pc.and_(mask, pc.equal(rows["user_id"], subject.user_id))
+    # A null user id compared with a user id is null: "not this person", never "unknown".
+    return _as_mask(pc.fill_null(mask, False), rows.num_rows)
+
+
+@contextmanager
+def _reading(file: IdentifiableFile) -> Iterator[None]:
+    """Turn a failed read or decryption into one error that names the file."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise  # gone since it was listed: callers decide (another run deleted it)
+    except (OSError, KeyError, ValueError, InvalidTag) as error:
+        raise UnreadableFileError(file.relative_path, error) from error
+
+
+def _vanished(file: IdentifiableFile) -> FileRewrite:
+    return FileRewrite(file, IDENTIFIABLE.empty_table(), pa.array([], pa.bool_()), "vanished")
+
+
+def _replace(
+    filesystem: pafs.FileSystem,
+    file: IdentifiableFile,
+    rows: pa.Table,
+    encryption: ParquetEncryption,
+) -> None:
+    rows = conform(rows, IDENTIFIABLE)
+    temporary = f"{file.path}{TMP_INFIX}{uuid.uuid4().hex}"
+    try:
+        with pq.ParquetWriter(
+            temporary,
+            IDENTIFIABLE,
+            filesystem=filesystem,
+            compression="zstd",
+            encryption_properties=encryption.encryption_properties(),
+            # The footer is encrypted; the sweep reads expires_at bounds from it.
+            write_statistics=True,
+        ) as writer:
+            writer.write_table(rows, row_group_size=_ROW_GROUP_ROWS)
+        _sync(filesystem, temporary)
+        _check_unchanged(filesystem, file)
+        filesystem.move(temporary, file.path)
+    except BaseException:
+        # Never leave a second copy of identifiable rows behind on a failed replace.
+        if filesystem.get_file_info(temporary).type == pafs.FileType.File:
+            filesystem.delete_file(temporary)
+        raise
+
+
+def _check_unchanged(filesystem: pafs.FileSystem, file: IdentifiableFile) -> None:
+    info = filesystem.get_file_info(file.path)
+    if info.type != pafs.FileType.File or info.size != file.size or info.mtime_ns != file.mtime_ns:
+        raise FileChangedError(file.path)
+
+
+def _sync(filesystem: pafs.FileSystem, path: str) -> None:
+    # As in the sink: rename-after-write survives a killed process; fsync makes the new
+    # version survive a machine crash before the old one is gone. Object stores write whole.
+    if isinstance(filesystem, pafs.LocalFileSystem):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _as_mask(values: pa.Array | pa.ChunkedArray, length: int) -> pa.BooleanArray:
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks() if values.num_chunks else pa.array([], pa.bool_())
+    if len(values) != length or values.type != pa.bool_():
+        raise ValueError(
+            f"a removal mask must be {length} booleans, got {len(values)} {values.type}"
+        )
+    return pc.fill_null(values, False)
+
+
+def _utc(value: object) -> datetime:
+    if not isinstance(value, datetime):
+        raise TypeError(f"expires_at statistics are not timestamps: {value!r}")
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)

@@ -1,0 +1,106 @@
+"""The faust application of a worker, built from settings (no module-level App).
+
+Faust owns the process: lifecycle and signals, the web server (``/metrics``), and timers.
+The raw topic's hot path is the :class:`~streams.worker.service.RawTopicService` it hosts
+(see that module for why it is not a faust agent).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib.metadata import version as package_version
+
+import faust
+from mode import Service
+
+from streams.encryption import ParquetEncryption
+from streams.enrich.geo import make_geolocator
+from streams.enrich.useragent import UserAgentParser
+from streams.privacy.keyring import Keyring
+from streams.privacy.retention import load_policy
+from streams.settings import Settings
+from streams.worker.metrics import WorkerMetrics
+from streams.worker.pipeline import PipelineContext
+from streams.worker.service import ConsumerOptions, RawTopicService
+from streams.worker.sink import RangeWriter, open_data_root
+
+LAG_REFRESH_SECONDS = 5.0
+
+
+def sieve_version() -> str:
+    try:
+        return package_version("sieve")
+    except Exception:  # noqa: BLE001 - running from a source tree without metadata
+        return "0+unknown"
+
+
+@dataclass
+class Worker:
+    """What ``create_app`` built: the app and the service, for callers and tests."""
+
+    app: faust.App
+    service: RawTopicService
+    metrics: WorkerMetrics
+
+
+def build_service(settings: Settings, keyring: Keyring, metrics: WorkerMetrics) -> RawTopicService:
+    """The raw-topic service with everything it needs, from settings and a loaded keyring."""
+    filesystem, root = open_data_root(settings.data_root)
+    version = sieve_version()
+    context = PipelineContext(
+        keyring=keyring,
+        policy=load_policy(settings.policy_file),
+        user_agents=UserAgentParser(),
+        geolocator=make_geolocator(settings.geoip_database),
+        honour_dnt=settings.honour_dnt,
+        honour_gpc=settings.honour_gpc,
+        dedup_horizon_seconds=int(settings.dedup_horizon.total_seconds()),
+        worker_version=version,
+    )
+    encryption = ParquetEncryption(*keyring.encryption_keys())
+    options = ConsumerOptions(
+        bootstrap_servers=settings.bootstrap_servers,
+        topic=settings.raw_topic,
+        dead_letter_topic=settings.dead_letter_topic,
+        group_id=settings.consumer_group,
+        batch_max_records=settings.batch_max_records,
+        roll_max_records=settings.roll_max_records,
+        roll_interval_seconds=settings.roll_interval_seconds,
+    )
+    writer = RangeWriter(filesystem, root, encryption, version)
+    return RawTopicService(options, context, filesystem, root, writer, metrics)
+
+
+def create_app(settings: Settings, keyring: Keyring) -> Worker:
+    """A faust app hosting the raw-topic service, a /metrics page and a lag timer."""
+    metrics = WorkerMetrics()
+    service = build_service(settings, keyring, metrics)
+    app = faust.App(
+        f"{settings.consumer_group}-app",
+        broker=f"kafka://{settings.bootstrap_servers.split(',')[0]}",
+        web_enabled=True,
+        web_host="127.0.0.1",
+        web_port=settings.metrics_port,
+        web_in_thread=False,
+        topic_replication_factor=1,
+        store="memory://",
+        datadir=str(settings.work_dir / "faust"),
+    )
+
+    @app.service
+    class HostedRawTopicService(Service):
+        """Starts and stops the raw-topic service with the faust worker."""
+
+        async def on_start(self) -> None:
+            await self.add_runtime_dependency(service)
+
+    @app.page("/metrics")
+    async def metrics_page(view: faust.web.View, request: faust.web.Request) -> faust.web.Response:
+        return view.text(metrics.render())
+
+    @app.timer(interval=LAG_REFRESH_SECONDS)
+    async def refresh_lag() -> None:
+        await service.refresh_lag()
+
+    del HostedRawTopicService, metrics_page, refresh_lag
+    return Worker(app=app, service=service, metrics=metrics)

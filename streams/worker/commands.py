@@ -1,0 +1,106 @@
+"""``sieve worker`` and ``sieve status``."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from schemas.commits import iter_markers
+from streams.errors import ConfigurationError
+from streams.settings import Settings, describe_environment
+from streams.worker.sink import open_data_root
+
+ENV_EPILOG = "\b\nEnvironment:\n" + describe_environment()
+
+
+@click.command("worker", epilog=ENV_EPILOG)
+@click.option("--loglevel", default="warning", show_default=True, help="faust/mode log level.")
+def worker_command(loglevel: str) -> None:
+    """Run a stream processor: raw topic -> dead letters, identifiable logs, anonymized facts.
+
+    Start as many as the raw topic has partitions; they share the consumer group.
+    """
+    import faust
+
+    from streams.privacy.keyring import Keyring
+    from streams.worker.app import create_app
+
+    settings = Settings()
+    if settings.keyring_file is None:
+        raise ConfigurationError(
+            "SIEVE_KEYRING_FILE is not set: the worker needs pseudonymization and encryption keys"
+            " (make a key file with `sieve demo` or see the README, 'Keys')"
+        )
+    keyring = Keyring.load(settings.keyring_file)
+    worker = create_app(settings, keyring)
+    faust.Worker(worker.app, loglevel=loglevel, quiet=True).execute_from_commandline()
+
+
+def committed_totals(data_root: str, topic: str) -> tuple[Counter[str], Counter[str], Counter[str], int]:
+    """Totals over every committed range: (counts, dead letters by reason, identifiable by class, ranges)."""
+    filesystem, root = open_data_root(data_root)
+    totals: Counter[str] = Counter()
+    dead: Counter[str] = Counter()
+    identifiable: Counter[str] = Counter()
+    ranges = 0
+    for marker in iter_markers(filesystem, root, topic):
+        ranges += 1
+        counts = marker.counts
+        totals.update(
+            raw=counts.raw,
+            accepted=counts.accepted,
+            duplicates=counts.duplicates,
+            facts=counts.facts,
+            bytes_written=counts.bytes_written,
+        )
+        dead.update(counts.dead_lettered)
+        identifiable.update(counts.identifiable)
+    return totals, dead, identifiable, ranges
+
+
+@click.command("status", epilog=ENV_EPILOG)
+def status_command() -> None:
+    """What the workers have committed so far, and how far behind they are."""
+    settings = Settings()
+    totals, dead, identifiable, ranges = committed_totals(settings.data_root, settings.raw_topic)
+    table = Table(title=f"Committed from {settings.raw_topic} ({ranges} ranges)")
+    table.add_column("counter")
+    table.add_column("value", justify="right")
+    for name in ("raw", "accepted", "duplicates"):
+        table.add_row(name, f"{totals[name]:,}")
+    table.add_row("dead-lettered", f"{sum(dead.values()):,}")
+    for reason, count in sorted(dead.items()):
+        table.add_row(f"  {reason}", f"{count:,}")
+    for cls, count in sorted(identifiable.items()):
+        table.add_row(f"identifiable: {cls}", f"{count:,}")
+    table.add_row("facts", f"{totals['facts']:,}")
+    table.add_row("bytes written", f"{totals['bytes_written']:,}")
+    table.add_row("lag", _lag_text(settings))
+    Console().print(table)
+
+
+def _lag_text(settings: Settings) -> str:
+    from kafka import KafkaConsumer, TopicPartition
+    from kafka.errors import KafkaError
+
+    try:
+        consumer = KafkaConsumer(
+            bootstrap_servers=settings.bootstrap_servers,
+            group_id=settings.consumer_group,
+            enable_auto_commit=False,
+            request_timeout_ms=5000,
+            api_version_auto_timeout_ms=5000,
+        )
+    except KafkaError as error:
+        return f"broker unreachable ({type(error).__name__})"
+    try:
+        partitions = consumer.partitions_for_topic(settings.raw_topic) or set()
+        tps = [TopicPartition(settings.raw_topic, p) for p in sorted(partitions)]
+        ends = consumer.end_offsets(tps)
+        behind = sum(ends[tp] - (consumer.committed(tp) or 0) for tp in tps)
+        return f"{behind:,} records"
+    finally:
+        consumer.close()

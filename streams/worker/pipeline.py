@@ -1,0 +1,262 @@
+"""One input partition's processing: decode, dedup, consent, enrich, split, buffer.
+
+No Kafka here: the consumer service hands in batches of :class:`RawRecord` in offset order
+and takes back dead letters and, when a range is due, a :class:`PendingRange` to commit.
+Everything the range's outputs depend on comes from the records themselves and the
+committed state, so replaying a range after a crash produces the same rows.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from schemas import arrow as schemas_arrow
+from schemas.commits import CommitMarker, RangeCounts
+from schemas.decode import decode_batch
+from schemas.events import Event
+from streams.enrich.geo import GeoLocator, resolve_countries
+from streams.enrich.useragent import UserAgentParser
+from streams.privacy.consent import ConsentState, decide
+from streams.privacy.keyring import Keyring
+from streams.privacy.pseudonymize import consent_keys, event_keys
+from streams.privacy.retention import RetentionPolicy
+from streams.privacy.split import Enrichment, split
+from streams.worker.deadletter import DeadLetter, dead_letter
+from streams.worker.dedup import Deduplicator
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    """One Kafka record of the raw topic, as plain data."""
+
+    offset: int
+    timestamp_ms: int
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes]] = ()
+
+
+@dataclass(frozen=True)
+class PipelineContext:
+    """What every partition pipeline of a worker shares (built once at start)."""
+
+    keyring: Keyring
+    policy: RetentionPolicy
+    user_agents: UserAgentParser
+    geolocator: GeoLocator
+    honour_dnt: bool
+    honour_gpc: bool
+    dedup_horizon_seconds: int
+    worker_version: str
+
+
+@dataclass(frozen=True)
+class PendingRange:
+    """A buffered offset range ready to be written and committed."""
+
+    first_offset: int
+    last_offset: int
+    identifiable: pa.Table
+    facts: pa.Table
+    counts: RangeCounts
+    watermark: str | None
+    consent_changes: list[tuple[str, str]]
+
+
+@dataclass
+class _Buffer:
+    first_offset: int | None = None
+    last_offset: int | None = None
+    identifiable: list[pa.Table] = field(default_factory=list)
+    facts: list[pa.Table] = field(default_factory=list)
+    raw: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+    dead_lettered: Counter[str] = field(default_factory=Counter)
+    identifiable_by_class: Counter[str] = field(default_factory=Counter)
+    fact_rows: int = 0
+    consent_changes: list[tuple[str, str]] = field(default_factory=list)
+
+
+class PartitionPipeline:
+    """Stateful processing of one partition; state = what its committed ranges imply."""
+
+    def __init__(self, topic: str, partition: int, context: PipelineContext) -> None:
+        self.topic = topic
+        self.partition = partition
+        self._context = context
+        self._dedup = Deduplicator(context.dedup_horizon_seconds)
+        self._consent = ConsentState()
+        self._buffer = _Buffer()
+
+    # --- recovery ------------------------------------------------------------------------
+    def restore(self, filesystem: pafs.FileSystem, root: str, markers: Sequence[CommitMarker]) -> None:
+        """Rebuild dedup and consent state from the partition's committed ranges."""
+        changes = [change for marker in markers for change in marker.consent_changes]
+        self._consent = ConsentState().with_changes(changes)
+        watermark_text = next((m.watermark for m in reversed(markers) if m.watermark), None)
+        if watermark_text is None:
+            return
+        watermark = int(datetime.fromisoformat(watermark_text).timestamp())
+        floor = watermark - self._context.dedup_horizon_seconds
+        keys: list[str] = []
+        hours: list[int] = []
+        for marker in reversed(markers):
+            fact_files = [f for f in marker.files if f.startswith("facts/")]
+            recent = [f for f in fact_files if _date_of(f) >= _day_floor(floor)]
+            for path in recent:
+                table = pq.read_table(f"{root}/{path}", filesystem=filesystem, columns=["event_key", "occurred_hour"])
+                keys.extend(table["event_key"].to_pylist())
+                hours.extend(pc.cast(table["occurred_hour"], pa.int64()).to_pylist())
+            if fact_files and not recent and all(_date_of(f) < _day_floor(floor) for f in fact_files):
+                break
+        self._dedup.seed(keys, hours, watermark)
+
+    # --- processing ----------------------------------------------------------------------
+    def process(self, records: Sequence[RawRecord]) -> list[DeadLetter]:
+        """Take a batch in offset order into the buffer; return its dead letters."""
+        if not records:
+            return []
+        buffer = self._buffer
+        if buffer.first_offset is None:
+            buffer.first_offset = records[0].offset
+        buffer.last_offset = records[-1].offset
+        buffer.raw += len(records)
+
+        decoded = decode_batch([r.value for r in records])
+        letters = []
+        for rejection in decoded.rejections:
+            record = records[rejection.index]
+            buffer.dead_lettered[rejection.code] += 1
+            letters.append(
+                dead_letter(
+                    rejection,
+                    value=record.value,
+                    original_headers=record.headers,
+                    topic=self.topic,
+                    partition=self.partition,
+                    offset=record.offset,
+                    worker_version=self._context.worker_version,
+                )
+            )
+        positions = [i for i, event in enumerate(decoded.events) if event is not None]
+        if not positions:
+            return letters
+        events: list[Event] = [decoded.events[i] for i in positions]  # type: ignore[misc]
+        keys = event_keys([e.event_id for e in events], self._context.keyring)
+        hours = [_hour_epoch(e.occurred_at) for e in events]
+        fresh = self._dedup.filter(keys, hours)
+        buffer.duplicates += fresh.count(False)
+        chosen = [i for i, ok in enumerate(fresh) if ok]
+        if not chosen:
+            return letters
+        events = [events[i] for i in chosen]
+        records_kept = [records[positions[i]] for i in chosen]
+        buffer.accepted += len(events)
+
+        keep, self._consent, changes = decide(
+            events,
+            consent_keys(
+                [e.account_id for e in events], [e.user_id for e in events], self._context.keyring
+            ),
+            consent_keys([e.account_id for e in events], [None] * len(events), self._context.keyring),
+            self._consent,
+            honour_dnt=self._context.honour_dnt,
+            honour_gpc=self._context.honour_gpc,
+            policy=self._context.policy,
+        )
+        buffer.consent_changes.extend(changes)
+
+        user_agents = self._context.user_agents.parse_many([e.user_agent for e in events])
+        countries = resolve_countries(
+            [e.geo.country if e.geo else None for e in events],
+            [e.ip for e in events],
+            self._context.geolocator,
+        )
+        result = split(
+            events,
+            keep_identifiable=keep,
+            received_at_ms=[r.timestamp_ms for r in records_kept],
+            partition=self.partition,
+            offsets=[r.offset for r in records_kept],
+            enrichment=Enrichment(
+                country=countries,
+                device_class=[u.device_class for u in user_agents],
+                browser_family=[u.browser_family for u in user_agents],
+                os_family=[u.os_family for u in user_agents],
+                is_bot=[u.is_bot for u in user_agents],
+            ),
+            policy=self._context.policy,
+            keyring=self._context.keyring,
+        )
+        buffer.identifiable.append(result.identifiable)
+        buffer.facts.append(result.facts)
+        buffer.fact_rows += result.facts.num_rows
+        if result.identifiable.num_rows:
+            for cls, count in Counter(result.identifiable["retention_class"].to_pylist()).items():
+                buffer.identifiable_by_class[cls] += count
+        return letters
+
+    @property
+    def buffered_records(self) -> int:
+        return self._buffer.raw
+
+    @property
+    def buffered_rows(self) -> int:
+        return self._buffer.fact_rows
+
+    def take_range(self) -> PendingRange | None:
+        """Hand over the buffered range (and start a new buffer); None when empty."""
+        buffer = self._buffer
+        if buffer.first_offset is None or buffer.last_offset is None:
+            return None
+        self._buffer = _Buffer()
+        watermark = (
+            datetime.fromtimestamp(self._dedup.watermark, tz=UTC).isoformat()
+            if self._dedup.watermark is not None
+            else None
+        )
+        return PendingRange(
+            first_offset=buffer.first_offset,
+            last_offset=buffer.last_offset,
+            identifiable=_concat(buffer.identifiable, schemas_arrow.IDENTIFIABLE),
+            facts=_concat(buffer.facts, schemas_arrow.FACTS),
+            counts=RangeCounts(
+                raw=buffer.raw,
+                accepted=buffer.accepted,
+                duplicates=buffer.duplicates,
+                dead_lettered=dict(buffer.dead_lettered),
+                identifiable=dict(buffer.identifiable_by_class),
+                facts=buffer.fact_rows,
+                bytes_written=0,
+            ),
+            watermark=watermark,
+            consent_changes=buffer.consent_changes,
+        )
+
+
+def _concat(tables: list[pa.Table], schema: pa.Schema) -> pa.Table:
+    if not tables:
+        return schema.empty_table()
+    return pa.concat_tables(tables)
+
+
+def _hour_epoch(moment: datetime) -> int:
+    seconds = int(moment.timestamp())
+    return seconds - seconds % 3600
+
+
+def _date_of(relative_path: str) -> str:
+    # facts/date=YYYY-MM-DD/<stem>.parquet
+    return relative_path.split("/")[1].removeprefix("date=")
+
+
+def _day_floor(epoch_seconds: int) -> str:
+    return datetime.fromtimestamp(epoch_seconds, tz=UTC).strftime("%Y-%m-%d")

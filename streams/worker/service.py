@@ -1,0 +1,228 @@
+"""The raw-topic batch consumer: a mode Service that the faust worker hosts.
+
+Why not a faust agent: faust dispatches every message through its own task machinery
+(~180 µs an event, DESIGN.md "Speed"; ``bench/`` measures it again), which caps a worker at
+a few thousand events/s however the agent batches. This service fetches with aiokafka's
+``getmany`` in batches of ``batch_max_records``, transforms whole batches as Arrow columns
+(streams.worker.pipeline) and writes ranges exactly once (streams.worker.sink). It uses its
+own consumer group with manual commits and a rebalance listener, so per-partition recovery
+is ours, not faust's (faust-streaming#606: its commits can run ahead of processing).
+
+Order of effects for a range: dead letters flushed -> files + marker written -> offsets
+committed. A Kafka commit that fails (rebalance) loses nothing: the commit markers are the
+truth, and whoever owns the partition next seeks by them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pyarrow.fs as pafs
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.structs import OffsetAndMetadata
+from mode import Service
+
+from streams.worker.metrics import WorkerMetrics
+from streams.worker.pipeline import PartitionPipeline, PipelineContext, RawRecord
+from streams.worker.sink import RangeWriter, recover_partition
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ConsumerOptions:
+    """Plain values the service needs (from Settings, built at the edge)."""
+
+    bootstrap_servers: str
+    topic: str
+    dead_letter_topic: str
+    group_id: str
+    batch_max_records: int
+    roll_max_records: int
+    roll_interval_seconds: float
+
+
+class RawTopicService(Service):
+    """Consumes the raw topic in large batches and commits ranges exactly once."""
+
+    def __init__(
+        self,
+        options: ConsumerOptions,
+        context: PipelineContext,
+        filesystem: pafs.FileSystem,
+        root: str,
+        writer: RangeWriter,
+        metrics: WorkerMetrics,
+        **kwargs: object,
+    ) -> None:
+        self.options = options
+        self.context = context
+        self.filesystem = filesystem
+        self.root = root
+        self.writer = writer
+        self.metrics = metrics
+        self.pipelines: dict[int, PartitionPipeline] = {}
+        self._opened_at: dict[int, float] = {}
+        self._lock = asyncio.Lock()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self.assigned_event = asyncio.Event()
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+
+    async def on_start(self) -> None:
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self.options.bootstrap_servers,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=20,
+        )
+        await self._producer.start()
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.options.bootstrap_servers,
+            group_id=self.options.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+            fetch_max_bytes=64 * 1024 * 1024,
+            # Writing a large range can take seconds; heartbeats run on their own task, but
+            # give slow disks room before the group evicts us.
+            max_poll_interval_ms=600_000,
+            session_timeout_ms=30_000,
+        )
+        self._consumer.subscribe([self.options.topic], listener=_Listener(self))
+        await self._consumer.start()
+
+    async def on_stop(self) -> None:
+        # Commit what is buffered on a clean stop; on a kill the buffer is simply replayed.
+        if self._consumer is not None:
+            async with self._lock:
+                for partition in list(self.pipelines):
+                    await self._flush(partition)
+            await self._consumer.stop()
+        if self._producer is not None:
+            await self._producer.stop()
+
+    @Service.task
+    async def _consume(self) -> None:
+        assert self._consumer is not None
+        while not self.should_stop:
+            batches = await self._consumer.getmany(
+                timeout_ms=200, max_records=self.options.batch_max_records
+            )
+            async with self._lock:
+                for tp, messages in batches.items():
+                    pipeline = self.pipelines.get(tp.partition)
+                    if pipeline is None:  # revoked while fetched
+                        continue
+                    records = [
+                        RawRecord(m.offset, m.timestamp, m.value, tuple(m.headers or ())) for m in messages
+                    ]
+                    letters = await asyncio.to_thread(pipeline.process, records)
+                    await self._send_dead_letters(letters)
+                    self._opened_at.setdefault(tp.partition, time.monotonic())
+                await self._flush_due()
+
+    async def _send_dead_letters(self, letters: Sequence[object]) -> None:
+        assert self._producer is not None
+        for letter in letters:
+            await self._producer.send(
+                self.options.dead_letter_topic,
+                key=letter.key,  # type: ignore[attr-defined]
+                value=letter.value,  # type: ignore[attr-defined]
+                headers=letter.headers,  # type: ignore[attr-defined]
+            )
+
+    async def _flush_due(self) -> None:
+        now = time.monotonic()
+        for partition, pipeline in list(self.pipelines.items()):
+            opened = self._opened_at.get(partition)
+            if opened is None:
+                continue
+            if (
+                pipeline.buffered_rows >= self.options.roll_max_records
+                or now - opened >= self.options.roll_interval_seconds
+            ):
+                await self._flush(partition)
+
+    async def _flush(self, partition: int) -> None:
+        """Dead letters acknowledged, files and marker written, then the offset committed."""
+        pipeline = self.pipelines.get(partition)
+        self._opened_at.pop(partition, None)
+        if pipeline is None:
+            return
+        pending = pipeline.take_range()
+        if pending is None:
+            return
+        assert self._producer is not None and self._consumer is not None
+        await self._producer.flush()
+        marker = await asyncio.to_thread(
+            self.writer.commit,
+            topic=self.options.topic,
+            partition=partition,
+            first_offset=pending.first_offset,
+            last_offset=pending.last_offset,
+            identifiable=pending.identifiable,
+            facts=pending.facts,
+            counts=pending.counts,
+            watermark=pending.watermark,
+            consent_changes=pending.consent_changes,
+        )
+        self.metrics.add(marker.counts)
+        tp = TopicPartition(self.options.topic, partition)
+        try:
+            await self._consumer.commit({tp: OffsetAndMetadata(pending.last_offset + 1, "")})
+        except (CommitFailedError, KafkaError) as error:
+            logger.warning("offset commit for partition %s failed (%s); markers stay the truth", partition, error)
+
+    async def on_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        assert self._consumer is not None
+        for tp in assigned:
+            if tp.topic != self.options.topic or tp.partition in self.pipelines:
+                continue
+            recovered = await asyncio.to_thread(recover_partition, self.filesystem, self.root, tp.topic, tp.partition)
+            pipeline = PartitionPipeline(tp.topic, tp.partition, self.context)
+            await asyncio.to_thread(pipeline.restore, self.filesystem, self.root, recovered.markers)
+            self.pipelines[tp.partition] = pipeline
+            if recovered.next_offset is not None:
+                self._consumer.seek(tp, recovered.next_offset)
+            if recovered.removed_files:
+                logger.info("partition %s: removed %d uncommitted files", tp.partition, len(recovered.removed_files))
+        self.assigned_event.set()
+
+    async def on_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        async with self._lock:
+            for tp in revoked:
+                if tp.topic == self.options.topic and tp.partition in self.pipelines:
+                    await self._flush(tp.partition)
+                    del self.pipelines[tp.partition]
+
+    async def refresh_lag(self) -> None:
+        """Update the lag gauge: records between our position and the end of each partition."""
+        consumer = self._consumer
+        if consumer is None:
+            return
+        for tp in consumer.assignment():
+            highwater = consumer.highwater(tp)
+            if highwater is None:
+                continue
+            try:
+                position = await consumer.position(tp)
+            except KafkaError:
+                continue
+            self.metrics.lag[tp.partition] = max(0, highwater - position)
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, service: RawTopicService) -> None:
+        self._service = service
+
+    async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        await self._service.on_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        await self._service.on_assigned(assigned)

@@ -1,0 +1,1 @@
+"""Tests against the real local Kafka broker (the session `kafka` fixture)."""

@@ -1,0 +1,121 @@
+"""The DuckDB catalog over real published files: exact current values, only published data."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from aggregations.catalog import VIEWS, default_catalog_path, open_catalog
+from aggregations.pricing import invoice, parse_plan, period_usage
+from aggregations.publish import ensure_layout, publish
+from aggregations.storage import resolve_root
+from aggregations.testing import fact, facts_table, write_committed_facts
+
+DAY = datetime(2026, 11, 1, tzinfo=UTC)
+NOW = datetime(2026, 11, 10, tzinfo=UTC)
+GRACE = timedelta(hours=1)
+
+
+def _traffic() -> list[dict[str, object]]:
+    rows = [
+        fact(DAY + timedelta(hours=h), type=t, subject_key=f"p{p}", bytes=1_000_000_000,
+             country="FR" if p < 15 else "LU", account_id="acct-1")
+        for p in range(17)
+        for h in (1, 2)
+        for t in ("download", "login")
+    ]
+    return [*rows, fact(DAY + timedelta(days=1, hours=5), subject_key="x")]
+
+
+@pytest.fixture
+def published(tmp_path: Path) -> Path:
+    write_committed_facts(tmp_path, facts_table(_traffic()), first_offset=0)
+    publish(str(tmp_path), NOW, GRACE, 10)
+    late = [fact(DAY + timedelta(hours=1), type="download", subject_key="late", bytes=5,
+                 event_key="late-1")]
+    write_committed_facts(tmp_path, facts_table(late), first_offset=1000)
+    publish(str(tmp_path), NOW, GRACE, 10)
+    return tmp_path
+
+
+def test_metering_views_show_the_exact_current_value(published: Path) -> None:
+    catalog = open_catalog(str(published))
+    hour1 = catalog.execute(
+        "SELECT downloads, download_bytes, active_users, corrections FROM metering_hourly"
+        " WHERE hour = ? AND account_id = 'acct-1'", [DAY + timedelta(hours=1)],
+    ).fetchall()
+    assert hour1 == [(18, 17_000_000_005, 18, 1)]
+    daily = catalog.execute(
+        "SELECT date, sessions, download_bytes, active_users FROM metering_daily"
+    ).fetchall()
+    assert daily == [(date(2026, 11, 1), 34, 34_000_000_005, 18)]
+    fixes = catalog.execute(
+        "SELECT grain, downloads, download_bytes, active_users FROM metering_corrections"
+        " ORDER BY grain"
+    ).fetchall()
+    assert fixes == [("day", 1, 5, 1), ("hour", 1, 5, 1)]
+
+
+def test_analytics_views_hold_only_cells_of_k_people(published: Path) -> None:
+    catalog = open_catalog(str(published))
+    smallest = catalog.sql(
+        "SELECT min(people) FROM (SELECT people FROM analytics_daily"
+        " UNION ALL SELECT people FROM analytics_hourly)"
+    ).fetchall()
+    assert smallest[0][0] >= 10
+    countries = catalog.sql(
+        "SELECT cell, value, events, people FROM analytics_daily WHERE dimension = 'country'"
+        " ORDER BY cell"
+    ).fetchall()
+    # LU (2 people) alone would be an "other" under k, so the smallest published value
+    # joins it; FR is the only one, so the whole day is "other" and FR is not shown alone
+    # (FR = total - LU would reveal LU).
+    assert countries == [("other", None, 68, 17)]
+
+
+def test_catalog_shows_no_facts_and_lock_down_reads_nothing_else(published: Path) -> None:
+    catalog = open_catalog(str(published), lock_down=True)
+    names = {row[0] for row in catalog.sql("SELECT table_name FROM information_schema.tables")
+             .fetchall()}
+    assert names == set(VIEWS)
+    facts_glob = f"{published}/facts/**/*.parquet"
+    with pytest.raises(duckdb.Error, match="disabled by configuration"):
+        catalog.execute("SELECT count(*) FROM read_parquet(?)", [facts_glob]).fetchall()
+    with pytest.raises(duckdb.Error):
+        catalog.execute("SET enable_external_access = true")
+
+
+def test_persistent_catalog_file_works_from_a_plain_duckdb(published: Path,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           tmp_path_factory: pytest.TempPathFactory
+                                                           ) -> None:
+    path = default_catalog_path(str(published))
+    open_catalog(str(published), path).close()
+    monkeypatch.chdir(tmp_path_factory.mktemp("elsewhere"))
+    analyst = duckdb.connect(str(path), read_only=True)
+    assert analyst.sql("SELECT sum(downloads) FROM metering_hourly").fetchall() == [(35,)]
+
+
+def test_views_bind_before_the_first_publish(tmp_path: Path) -> None:
+    ensure_layout(resolve_root(str(tmp_path)))
+    catalog = open_catalog(str(tmp_path))
+    for view in VIEWS:
+        assert catalog.sql(f"SELECT count(*) FROM {view}").fetchall() == [(0,)]
+
+
+def test_invoice_from_the_catalog(published: Path) -> None:
+    plan = parse_plan(
+        'currency = "EUR"\n[metrics.download_bytes]\nunit_size = "1000000000"\n'
+        'included = "10"\ntiers = [ { up_to = "20", unit_price = "0.08" },'
+        ' { unit_price = "0.05" } ]\n'
+    )
+    usage = period_usage(open_catalog(str(published)), "2026-11", "acct-1")
+    result = invoice(usage, plan, "2026-11")
+    # 34.000000005 GB: 10 free + 10 * 0.08 = 0.80; 14.000000005 * 0.05 = 0.70000000025 -> 0.70
+    assert [line.amount for line in result.lines] == [Decimal("0.80"), Decimal("0.70")]
+    assert result.totals[0].amount == Decimal("1.50")
+    assert period_usage(open_catalog(str(published)), "2026-12").num_rows == 0

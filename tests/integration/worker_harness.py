@@ -1,0 +1,132 @@
+"""Run real `sieve worker` processes against the session broker, and wait on their outputs.
+
+Workers run as subprocesses so tests can SIGKILL them at any moment. Progress is read
+from the commit markers (what is durably committed), never from logs or timing.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+
+from streams.privacy.keyring import write_new_keyring
+from streams.worker.commands import committed_totals
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.2) -> None:
+    """Poll ``condition`` until it holds; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+@dataclass
+class WorkerSetup:
+    """Everything one pipeline under test shares: topics, group, data root, keys."""
+
+    bootstrap_servers: str
+    raw_topic: str
+    dead_letter_topic: str
+    root: Path
+    group: str
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.data_root = self.root / "data"
+        self.keyring_file = self.root / "keyring.json"
+        if not self.keyring_file.exists():
+            write_new_keyring(self.keyring_file)
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SIEVE_")}
+        env.update(
+            SIEVE_BOOTSTRAP_SERVERS=self.bootstrap_servers,
+            SIEVE_RAW_TOPIC=self.raw_topic,
+            SIEVE_DEAD_LETTER_TOPIC=self.dead_letter_topic,
+            SIEVE_CONSUMER_GROUP=self.group,
+            SIEVE_DATA_ROOT=str(self.data_root),
+            SIEVE_WORK_DIR=str(self.root / "work"),
+            SIEVE_KEYRING_FILE=str(self.keyring_file),
+            SIEVE_ROLL_INTERVAL_SECONDS="1.0",
+            SIEVE_ROLL_MAX_RECORDS="20000",
+        )
+        env.update(self.extra_env)
+        return env
+
+    def totals(self) -> Mapping[str, int]:
+        counts, dead, identifiable, ranges = committed_totals(str(self.data_root), self.raw_topic)
+        return {**counts, "dead_lettered": sum(dead.values()), "ranges": ranges}
+
+    def committed_raw(self) -> int:
+        return self.totals().get("raw", 0)
+
+    def fact_rows(self) -> duckdb.DuckDBPyRelation:
+        return duckdb.sql(f"SELECT * FROM read_parquet('{self.data_root}/facts/**/*.parquet')")
+
+
+class WorkerProcess:
+    """One `sieve worker` subprocess (its own process group, so kill reaches it whole)."""
+
+    def __init__(self, setup: WorkerSetup, name: str, command: list[str] | None = None) -> None:
+        self.setup = setup
+        self.name = name
+        self.command = command or [sys.executable, "-m", "streams.cli", "worker"]
+        self.log_path = setup.root / f"{name}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        env = self.setup.env()
+        env["SIEVE_METRICS_PORT"] = str(free_port())
+        self.metrics_port = int(env["SIEVE_METRICS_PORT"])
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            self.command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        log.close()
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to flush, commit or clean up."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
+
+    def stop(self, timeout: float = 60) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log_tail(self, lines: int = 40) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def leftover_temporary_files(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if ".tmp-" in p.name]

@@ -1,0 +1,149 @@
+"""Pricing: exact to the cent with hand-computed usage, tiers, and clear plan errors."""
+
+from __future__ import annotations
+
+from datetime import date
+from decimal import Decimal
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from aggregations.pricing import (
+    PricePlanError,
+    invoice,
+    load_plan,
+    parse_plan,
+    period_bounds,
+)
+from aggregations.schemas import METRICS
+
+PLAN = """\
+currency = "EUR"
+
+[metrics.requests]
+unit = "1,000 requests"
+unit_size = "1000"
+included = "10"
+unit_price = "0.015"
+
+[metrics.download_bytes]
+unit = "GB"
+unit_size = "1000000000"
+included = "10"
+tiers = [
+  { up_to = "100", unit_price = "0.08" },
+  { unit_price = "0.05" },
+]
+
+[metrics.active_users]
+aggregate = "max"
+included = "2"
+unit_price = "0.125"
+"""
+
+
+def _usage(rows: list[dict[str, object]]) -> pa.Table:
+    full = [{"date": date(2026, 11, 1), **{m: 0 for m in METRICS}, **r} for r in rows]
+    for row in full:
+        row["session_seconds"] = Decimal(str(row["session_seconds"]))
+    return pa.Table.from_pylist(full)
+
+
+def test_invoice_exact_to_the_cent_with_tiers() -> None:
+    usage = _usage(
+        [
+            {"account_id": "A", "requests": 12_345, "download_bytes": 100_000_000_000,
+             "active_users": 3},
+            {"account_id": "A", "date": date(2026, 11, 2), "requests": 3_000,
+             "download_bytes": 50_500_000_000, "active_users": 7},
+            {"account_id": "B", "download_bytes": 5_000_000_000, "active_users": 1},
+        ]
+    )
+    result = invoice(usage, parse_plan(PLAN), "2026-11")
+    lines = {(l.account_id, l.metric, l.band): l for l in result.lines}  # noqa: E741
+    # requests: 15.345 thousand, 10 included: 5.345 * 0.015 = 0.080175 -> 0.08
+    req = lines[("A", "requests", "")]
+    assert (req.quantity, req.included, req.billable, req.amount) == (
+        Decimal("15.345"), Decimal("10"), Decimal("5.345"), Decimal("0.08"))
+    # downloads: 150.5 GB; 0-100 band: 10 free, 90 * 0.08 = 7.20; 100- band: 50.5 * 0.05
+    # = 2.525, half-even -> 2.52 (half-up would say 2.53).
+    low, high = lines[("A", "download_bytes", "0-100")], lines[("A", "download_bytes", "100-")]
+    assert (low.quantity, low.included, low.billable, low.amount) == (
+        Decimal("100"), Decimal("10"), Decimal("90"), Decimal("7.20"))
+    assert (high.quantity, high.billable, high.unit_price, high.amount) == (
+        Decimal("50.5"), Decimal("50.5"), Decimal("0.05"), Decimal("2.52"))
+    # active users: the peak day (7), 2 included: 5 * 0.125 = 0.625 -> 0.62 (half-even)
+    assert lines[("A", "active_users", "")].amount == Decimal("0.62")
+    totals = {t.account_id: t.amount for t in result.totals}
+    assert totals == {"A": Decimal("10.42"), "B": Decimal("0.00")}
+    # B: 5 GB, all included, and no line for an unreached tier.
+    assert ("B", "download_bytes", "100-") not in lines
+    assert lines[("B", "download_bytes", "0-100")].billable == 0
+    assert all(isinstance(l.amount, Decimal) for l in result.lines)  # noqa: E741
+
+
+def test_totals_are_sums_of_rounded_lines() -> None:
+    usage = _usage([{"account_id": "A", "requests": 10_333, "active_users": 3}])
+    result = invoice(usage, parse_plan(PLAN), "2026-11")
+    assert result.totals[0].amount == sum(l.amount for l in result.lines)  # noqa: E741
+
+
+def test_packaged_plan_loads() -> None:
+    plan = load_plan(None)
+    assert plan.currency == "EUR"
+    assert {m.metric for m in plan.metrics} <= set(METRICS)
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "key", "reason"),
+    [
+        ('currency = "EUR"\n[metrics.requests]\nunit_price = 0.1\n', 3,
+         "metrics.requests.unit_price", "decimal string"),
+        ('currency = "EUR"\n[metrics.requests]\nunit_price = "0.1\n', 3, "(syntax)", ""),
+        ('currency = "EUR"\n\n[metrics.pageviews]\nunit_price = "1"\n', 3,
+         "metrics.pageviews", "unknown metric"),
+        ('currency = "EURO"\n[metrics.requests]\nunit_price = "1"\n', 1, "currency", "ISO 4217"),
+        ('currency = "EUR"\n[metrics.requests]\nincluded = "5"\n'
+         'tiers = [ { up_to = "3", unit_price = "1" }, { unit_price = "1" } ]\n', 4,
+         "metrics.requests.tiers[0].up_to", "greater than 5"),
+        ('currency = "EUR"\n[metrics.requests]\n'
+         'tiers = [ { up_to = "3", unit_price = "1" } ]\n', 3,
+         "metrics.requests.tiers[0].up_to", "last tier"),
+        ('currency = "EUR"\n[metrics.requests]\nunit_price = "abc"\n', 3,
+         "metrics.requests.unit_price", "not a decimal"),
+        ('currency = "EUR"\n[metrics.requests]\nunit_price = "-1"\n', 3,
+         "metrics.requests.unit_price", ">= 0"),
+        ('currency = "EUR"\n[metrics.requests]\nunit_price = "1"\ncolour = "red"\n', 4,
+         "metrics.requests.colour", "unknown key"),
+        ('currency = "EUR"\n[metrics.requests]\nunit = "x"\n', 2,
+         "metrics.requests", "exactly one"),
+    ],
+)
+def test_malformed_plans_name_line_and_key(text: str, line: int | None, key: str,
+                                           reason: str) -> None:
+    with pytest.raises(PricePlanError) as caught:
+        parse_plan(text, "plan.toml")
+    error = caught.value
+    assert (error.key, error.line) == (key, line)
+    assert reason in error.reason
+    assert str(error).startswith("price plan plan.toml: ")
+
+
+def test_unknown_metric_points_at_its_table_header() -> None:
+    text = 'currency = "EUR"\n\n[metrics.pageviews]\nunit_price = "1"\n'
+    with pytest.raises(PricePlanError) as caught:
+        parse_plan(text)
+    assert "metrics.pageviews" in str(caught.value)
+
+
+def test_unreadable_plan_file_is_a_configuration_error(tmp_path: Path) -> None:
+    with pytest.raises(Exception, match="cannot read"):
+        load_plan(tmp_path / "missing.toml")
+
+
+def test_period_bounds() -> None:
+    assert period_bounds("2026-12") == (date(2026, 12, 1), date(2027, 1, 1))
+    for bad in ("2026-13", "2026-1", "nov"):
+        with pytest.raises(ValueError):
+            period_bounds(bad)
