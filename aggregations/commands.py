@@ -25,7 +25,7 @@ _FORMAT = click.option(
 
 def _settings() -> Settings:
     # mypy (without the pydantic plugin) does not see that every field has a default.
-    return Settings()  # type: ignore[call-arg]
+    return Settings()
 
 
 def _console() -> Console:

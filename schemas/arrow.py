@@ -23,7 +23,7 @@ IDENTIFIABLE: Final = pa.schema(
         pa.field("event_id", pa.string(), nullable=False),
         pa.field("type", pa.string(), nullable=False),
         pa.field("occurred_at", _UTC_US, nullable=False),
-        # The Kafka record timestamp: when the event reached the raw topic (deterministic on replay).
+        # The Kafka record timestamp: when the event reached the raw topic (same on replay).
         pa.field("received_at", _UTC_MS, nullable=False),
         pa.field("account_id", pa.string(), nullable=False),
         pa.field("user_id", pa.string()),
@@ -86,7 +86,7 @@ class SchemaMismatchError(ValueError):
 
 
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """Cast ``table`` to ``schema`` (column order and types); missing or extra columns are errors."""
+    """``table`` cast to ``schema`` (order and types); missing or extra columns are errors."""
     missing = [n for n in schema.names if n not in table.column_names]
     extra = [n for n in table.column_names if n not in schema.names]
     if missing or extra:

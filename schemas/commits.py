@@ -20,7 +20,7 @@ _MARKER_NAME = re.compile(r"^(\d{20})-(\d{20})\.json$")
 
 
 class RangeCounts(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """What became of every raw message of the range: accepted + duplicates + dead-lettered = all."""
+    """What became of each raw message of the range: raw = accepted + duplicates + dead-lettered."""
 
     raw: int
     accepted: int

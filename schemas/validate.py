@@ -1,8 +1,9 @@
 """Every problem of one event, each with its JSON path, a stable code and a reason.
 
-The checks are the generated JSON Schema of the event's ``type`` (``schemas.jsonschema``,
-draft 2020-12, formats checked) plus the rules JSON Schema cannot say: the size of the
-event, the UTF-8 length of the user agent, the supported schema versions.
+The checks are the JSON Schema of the event's ``type`` (draft 2020-12, formats checked),
+built in memory by ``schemas.jsonschema`` (a test keeps the committed files equal to it, so
+an installed package needs no data files), plus the rules JSON Schema cannot say: the size
+of the event, the UTF-8 length of the user agent, the supported schema versions.
 
 Privacy: a reason never contains the value it is about. Reasons go into dead-letter
 headers and logs, and values are personal data (an IP address, a user agent), so every

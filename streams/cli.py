@@ -16,29 +16,29 @@ import click
 from streams.errors import SieveError
 from streams.settings import describe_environment
 
-COMMANDS: dict[str, str] = {
-    "broker": "streams.broker.commands:broker",
-    "topics": "streams.topics:topics_command",
-    "generate": "streams.generate.commands:generate",
-    "replay": "streams.replay:replay_command",
-    "collect": "streams.collector:collect_command",
-    "worker": "streams.worker.commands:worker_command",
-    "status": "streams.worker.commands:status_command",
-    "retention": "streams.subject.commands:retention",
-    "subject": "streams.subject.commands:subject",
-    "sql": "aggregations.commands:sql_command",
-    "publish": "aggregations.commands:publish_command",
-    "pricing": "aggregations.commands:pricing_command",
-    "analytics": "aggregations.commands:analytics_command",
-    "dashboard": "aggregations.commands:dashboard_command",
-    "demo": "streams.demo:demo_command",
+COMMANDS: dict[str, tuple[str, str]] = {
+    "broker": ("streams.broker.commands:broker", "Start, stop or inspect the local Kafka broker."),
+    "topics": ("streams.topics:topics_command", "Create the raw and dead-letter topics."),
+    "generate": ("streams.generate.commands:generate", "Produce realistic, deterministic traffic."),
+    "replay": ("streams.replay:replay_command", "Replay an access log or JSON lines as events."),
+    "collect": ("streams.collector:collect_command", "Run the HTTP collector."),
+    "worker": ("streams.worker.commands:worker_command", "Run a stream processor."),
+    "status": ("streams.worker.commands:status_command", "Committed counts and lag."),
+    "retention": ("streams.subject.commands:retention", "Enforce retention on identifiable logs."),
+    "subject": ("streams.subject.commands:subject", "Access export and erasure for one person."),
+    "sql": ("aggregations.commands:sql_command", "Query the anonymized datasets with DuckDB."),
+    "publish": ("aggregations.commands:publish_command", "Publish metering and analytics."),
+    "pricing": ("aggregations.commands:pricing_command", "Invoice lines for a period."),
+    "analytics": ("aggregations.commands:analytics_command", "Ready analytics reports."),
+    "dashboard": ("aggregations.commands:dashboard_command", "Write or serve the dashboard."),
+    "demo": ("streams.demo:demo_command", "Run the whole pipeline end to end."),
 }
 
 
 class LazyGroup(click.Group):
     """A group whose subcommands are imported only when used."""
 
-    def __init__(self, *args: Any, lazy: dict[str, str], **kwargs: Any) -> None:
+    def __init__(self, *args: Any, lazy: dict[str, tuple[str, str]], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._lazy = lazy
 
@@ -47,11 +47,17 @@ class LazyGroup(click.Group):
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name in self._lazy:
-            module_name, attr = self._lazy[cmd_name].split(":")
+            module_name, attr = self._lazy[cmd_name][0].split(":")
             command = getattr(importlib.import_module(module_name), attr)
             assert isinstance(command, click.Command)
             return command
         return super().get_command(ctx, cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # Listing must not import every command's module (faust, DuckDB): use the static help.
+        rows = [(name, self._lazy[name][1]) for name in sorted(self._lazy)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
 
 ENV_HELP = "Environment variables (all commands read the ones they need):\n\n\b\n" + (
@@ -68,7 +74,10 @@ def cli() -> None:
 def main() -> None:
     """Run the CLI; a SieveError prints one clear line instead of a traceback."""
     try:
-        cli.main(standalone_mode=False)
+        result = cli.main(standalone_mode=False)
+        # Without standalone mode click returns ctx.exit()'s code instead of exiting.
+        if isinstance(result, int) and not isinstance(result, bool):
+            sys.exit(result)
     except click.exceptions.Exit as done:
         sys.exit(done.exit_code)
     except click.ClickException as bad_usage:

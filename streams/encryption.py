@@ -34,17 +34,23 @@ class KeyringKmsClient(pqe.KmsClient):
         try:
             return AESGCM(self._master_keys[master_key_identifier])
         except KeyError:
-            raise KeyError(f"no encryption key with id {master_key_identifier!r} in the keyring") from None
+            raise KeyError(
+                f"no encryption key with id {master_key_identifier!r} in the keyring"
+            ) from None
 
     def wrap_key(self, key_bytes: bytes, master_key_identifier: str) -> str:
         nonce = os.urandom(_NONCE_BYTES)
-        sealed = self._aead(master_key_identifier).encrypt(nonce, key_bytes, master_key_identifier.encode())
+        sealed = self._aead(master_key_identifier).encrypt(
+            nonce, key_bytes, master_key_identifier.encode()
+        )
         return base64.b64encode(nonce + sealed).decode()
 
     def unwrap_key(self, wrapped_key: str, master_key_identifier: str) -> bytes:
         raw = base64.b64decode(wrapped_key)
         nonce, sealed = raw[:_NONCE_BYTES], raw[_NONCE_BYTES:]
-        return self._aead(master_key_identifier).decrypt(nonce, sealed, master_key_identifier.encode())
+        return self._aead(master_key_identifier).decrypt(
+            nonce, sealed, master_key_identifier.encode()
+        )
 
     def __repr__(self) -> str:
         return f"KeyringKmsClient(keys={sorted(self._master_keys)})"

@@ -41,7 +41,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from schemas.events import MAX_USER_AGENT_BYTES, Request, encode
+from schemas.events import MAX_USER_AGENT_BYTES, Identifier, Request, encode
 from streams.errors import ConfigurationError
 from streams.generate.sinks import RawSink, open_sink
 from streams.settings import Settings
@@ -237,8 +237,9 @@ def replay_records(
 
 
 def _open_text(path: Path) -> IO[str]:
-    # Rotated logs are usually gzipped; undecodable bytes become U+FFFD instead of
-    # aborting the replay (such a line then usually fails to parse and is counted).
+    # Rotated logs are usually gzipped. Undecodable bytes become U+FFFD instead of
+    # aborting the replay: a combined line then usually fails to parse and is counted;
+    # a JSON line is forwarded with the replacement characters (valid UTF-8 from then on).
     if path.suffix == ".gz":
         return gzip.open(path, "rt", encoding="utf-8", errors="replace", newline="")
     return path.open("r", encoding="utf-8", errors="replace", newline="")
@@ -362,6 +363,11 @@ def replay_command(
     same ids. Uses SIEVE_BOOTSTRAP_SERVERS, SIEVE_RAW_TOPIC, SIEVE_RAW_PARTITIONS and
     SIEVE_RAW_RETENTION_HOURS.
     """
+    try:
+        msgspec.convert(account, Identifier)
+    except msgspec.ValidationError as bad:
+        # Caught here: otherwise every line would fail to parse, for a reason not in it.
+        raise click.BadParameter(f"not a valid account id: {bad}", param_hint="--account") from bad
     console = Console(stderr=out_path == "-")
     settings = cast(Callable[[], Settings], Settings)()
     topic = topic or settings.raw_topic

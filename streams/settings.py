@@ -68,7 +68,8 @@ class Settings(BaseSettings):
     honour_dnt: bool = Field(True, description="Keep no identifiable record of DNT events.")
     honour_gpc: bool = Field(True, description="Keep no identifiable record of GPC events.")
     policy_file: Path | None = Field(
-        None, description="Retention policy TOML; the packaged streams/privacy/policy.toml if unset."
+        None,
+        description="Retention policy TOML; the packaged streams/privacy/policy.toml if unset.",
     )
     geoip_database: Path | None = Field(
         None, description="A MaxMind-format (.mmdb) database to use instead of the packaged one."
@@ -93,7 +94,9 @@ class Settings(BaseSettings):
 
     # --- aggregations ---------------------------------------------------------------------
     k_anonymity: int = Field(
-        10, ge=2, description="Smallest number of distinct people a published analytics cell describes."
+        10,
+        ge=2,
+        description="Smallest number of distinct people a published analytics cell describes.",
     )
     grace_period: timedelta = Field(
         timedelta(hours=1), description="How long after a window ends late events still update it."
@@ -115,5 +118,7 @@ def describe_environment() -> str:
         shown = "(required)" if default is None and "keyring" in name else repr(default)
         if isinstance(default, Path):
             shown = str(default)
+        elif isinstance(default, timedelta):
+            shown = f"{int(default.total_seconds())} (seconds, or ISO 8601 like PT1H)"
         lines.append(f"{ENV_PREFIX}{name.upper()}={shown}  {field.description}")
     return "\n".join(lines)

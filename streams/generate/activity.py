@@ -52,9 +52,6 @@ _EXTERNAL_REFERRERS: Final = (
 # What a session is made of, by share of its body (between login and logout).
 _BODY_KINDS: Final = ("page_view", "request", "upload", "download", "consent")
 _BODY_CUM: Final = (0.34, 0.86, 0.93, 0.993, 1.0)
-# Bytes per second of a user's uplink/downlink: an upload completes size/speed after it starts.
-_UPLINK_BPS: Final = 2_500_000
-_DOWNLINK_BPS: Final = 12_000_000
 LOGOUT_SHARE: Final = 0.85
 GEO_SHARE: Final = 0.1
 

@@ -212,7 +212,6 @@ class _Run:
         rng, account = self.rng, self.accounts[unit.account]
         events: list[tuple[int, Event]] = []
         if unit.first_of_account:
-            account.registered = True
             self.truth.accounts += 1
             events.append(activity.lifecycle(rng, account, unit.earliest_us, "registered"))
         if unit.kind == _SESSION:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final, Literal
 
 from streams.generate.catalog import (
@@ -76,10 +76,8 @@ class Account:
     currency: str
     server_ip: str
     churn: tuple[Literal["disabled", "terminated"], ...]
-    registered: bool = False
     # Latest occurred_at (µs) of any event scheduled for the account so far.
     last_event_us: int = 0
-    key: bytes = field(default=b"")
 
 
 def _hex_id(rng: random.Random, prefix: str, bits: int) -> str:
@@ -128,7 +126,6 @@ def make_accounts(rng: random.Random, n: int, user_agents: tuple[str, ...]) -> l
                 currency=currency,
                 server_ip=pool_of(country).pick(rng, ipv6=False),
                 churn=churn,
-                key=account_id.encode(),
             )
         )
     return accounts

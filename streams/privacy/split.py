@@ -37,7 +37,7 @@ with explicit types; per-row Python work is kept to attribute reads (the hot pat
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from operator import attrgetter
 from typing import Any, Final
 
@@ -121,7 +121,7 @@ def split(
         keep_identifiable=keep_identifiable,
         received_at_ms=received_at_ms,
         offsets=offsets,
-        **{f"enrichment.{name}": getattr(enrichment, name) for name in Enrichment.__slots__},
+        **{f"enrichment.{f.name}": getattr(enrichment, f.name) for f in fields(Enrichment)},
     )
     occurred = pa.array([event.occurred_at for event in events], _UTC_US)
     return SplitResult(
@@ -182,7 +182,7 @@ def _identifiable(
     traffic = policy.classes[policy.traffic_class]
     tags = [_TAG[type(event)] for event in events]
     # Own-class records: consent allows them, or the class is kept regardless.
-    own = [i for i, tag in enumerate(tags) if keep[i]]
+    own = [i for i, tag in enumerate(tags) if keep[i] or classes[tag].keep_despite_opt_out]
     # Detached traffic records: consent allows them and there is an IP address or UA to hold.
     detached = [
         i
@@ -258,8 +258,8 @@ def _expiry(occurred: pa.Array, received_ms: pa.Array, classes: list[RetentionCl
 
 
 def _properties(event: Event) -> str:
-    fields = _PROPERTY_FIELDS[type(event)]
-    return _PROPERTIES_ENCODER.encode({name: getattr(event, name) for name in fields}).decode()
+    names = _PROPERTY_FIELDS[type(event)]
+    return _PROPERTIES_ENCODER.encode({name: getattr(event, name) for name in names}).decode()
 
 
 def _zero(_event: Event) -> int:

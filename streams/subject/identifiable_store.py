@@ -346,10 +346,15 @@ def _replace(
         _sync(filesystem, temporary)
         _check_unchanged(filesystem, file)
         filesystem.move(temporary, file.path)
-    except BaseException:
+    except BaseException as error:
         # Never leave a second copy of identifiable rows behind on a failed replace.
         if filesystem.get_file_info(temporary).type == pafs.FileType.File:
             filesystem.delete_file(temporary)
+        if isinstance(error, FileNotFoundError):
+            # A worker's partition recovery deletes temporary files of its partition (ours
+            # carry the same name prefix) and uncommitted originals: start over from the
+            # file's current state.
+            raise FileChangedError(file.path) from None
         raise
 
 

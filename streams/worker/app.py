@@ -30,7 +30,7 @@ LAG_REFRESH_SECONDS = 5.0
 def sieve_version() -> str:
     try:
         return package_version("sieve")
-    except Exception:  # noqa: BLE001 - running from a source tree without metadata
+    except Exception:
         return "0+unknown"
 
 

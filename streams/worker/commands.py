@@ -39,8 +39,11 @@ def worker_command(loglevel: str) -> None:
     faust.Worker(worker.app, loglevel=loglevel, quiet=True).execute_from_commandline()
 
 
-def committed_totals(data_root: str, topic: str) -> tuple[Counter[str], Counter[str], Counter[str], int]:
-    """Totals over every committed range: (counts, dead letters by reason, identifiable by class, ranges)."""
+def committed_totals(
+    data_root: str, topic: str
+) -> tuple[Counter[str], Counter[str], Counter[str], int]:
+    """Totals of every committed range: counts, dead letters by reason, identifiable by class,
+    and the number of ranges."""
     filesystem, root = open_data_root(data_root)
     totals: Counter[str] = Counter()
     dead: Counter[str] = Counter()
@@ -92,7 +95,6 @@ def _lag_text(settings: Settings) -> str:
             group_id=settings.consumer_group,
             enable_auto_commit=False,
             request_timeout_ms=5000,
-            api_version_auto_timeout_ms=5000,
         )
     except KafkaError as error:
         return f"broker unreachable ({type(error).__name__})"

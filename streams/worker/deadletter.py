@@ -48,5 +48,7 @@ def dead_letter(
         (HEADER_PREFIX + "source.offset", str(offset).encode()),
         (HEADER_PREFIX + "worker.version", worker_version.encode()),
     ]
-    headers.extend((name, data) for name, data in original_headers if not name.startswith(HEADER_PREFIX))
+    headers.extend(
+        (name, data) for name, data in original_headers if not name.startswith(HEADER_PREFIX)
+    )
     return DeadLetter(key=source_key(topic, partition, offset), value=value or b"", headers=headers)

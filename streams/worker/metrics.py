@@ -38,7 +38,7 @@ class WorkerMetrics:
     def render(self) -> str:
         """The Prometheus exposition text of every counter and gauge."""
         lines = [
-            "# HELP sieve_raw_records_total Raw messages committed (accepted + duplicates + dead-lettered).",
+            "# HELP sieve_raw_records_total Raw messages committed (accepted+duplicates+dead).",
             "# TYPE sieve_raw_records_total counter",
             f"sieve_raw_records_total {self.raw}",
             "# HELP sieve_accepted_total Events accepted (valid, not duplicates).",
@@ -47,12 +47,15 @@ class WorkerMetrics:
             "# HELP sieve_duplicates_total Events dropped as duplicates of an accepted event id.",
             "# TYPE sieve_duplicates_total counter",
             f"sieve_duplicates_total {self.duplicates}",
-            "# HELP sieve_dead_lettered_total Raw messages sent to the dead-letter topic, by reason.",
+            "# HELP sieve_dead_lettered_total Raw messages dead-lettered, by reason.",
             "# TYPE sieve_dead_lettered_total counter",
         ]
-        lines += [f'sieve_dead_lettered_total{{reason="{r}"}} {n}' for r, n in sorted(self.dead_lettered.items())]
         lines += [
-            "# HELP sieve_identifiable_records_total Identifiable records written, by retention class.",
+            f'sieve_dead_lettered_total{{reason="{r}"}} {n}'
+            for r, n in sorted(self.dead_lettered.items())
+        ]
+        lines += [
+            "# HELP sieve_identifiable_records_total Identifiable records, by retention class.",
             "# TYPE sieve_identifiable_records_total counter",
         ]
         lines += [

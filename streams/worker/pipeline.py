@@ -24,9 +24,9 @@ from schemas.decode import decode_batch
 from schemas.events import Event
 from streams.enrich.geo import GeoLocator, resolve_countries
 from streams.enrich.useragent import UserAgentParser
-from streams.privacy.consent import ConsentState, decide
+from streams.privacy.consent import ConsentState, batch_consent_keys, decide
 from streams.privacy.keyring import Keyring
-from streams.privacy.pseudonymize import consent_keys, event_keys
+from streams.privacy.pseudonymize import event_keys
 from streams.privacy.retention import RetentionPolicy
 from streams.privacy.split import Enrichment, split
 from streams.worker.deadletter import DeadLetter, dead_letter
@@ -97,7 +97,9 @@ class PartitionPipeline:
         self._buffer = _Buffer()
 
     # --- recovery ------------------------------------------------------------------------
-    def restore(self, filesystem: pafs.FileSystem, root: str, markers: Sequence[CommitMarker]) -> None:
+    def restore(
+        self, filesystem: pafs.FileSystem, root: str, markers: Sequence[CommitMarker]
+    ) -> None:
         """Rebuild dedup and consent state from the partition's committed ranges."""
         changes = [change for marker in markers for change in marker.consent_changes]
         self._consent = ConsentState().with_changes(changes)
@@ -112,10 +114,16 @@ class PartitionPipeline:
             fact_files = [f for f in marker.files if f.startswith("facts/")]
             recent = [f for f in fact_files if _date_of(f) >= _day_floor(floor)]
             for path in recent:
-                table = pq.read_table(f"{root}/{path}", filesystem=filesystem, columns=["event_key", "occurred_hour"])
+                table = pq.read_table(
+                    f"{root}/{path}", filesystem=filesystem, columns=["event_key", "occurred_hour"]
+                )
                 keys.extend(table["event_key"].to_pylist())
                 hours.extend(pc.cast(table["occurred_hour"], pa.int64()).to_pylist())
-            if fact_files and not recent and all(_date_of(f) < _day_floor(floor) for f in fact_files):
+            if (
+                fact_files
+                and not recent
+                and all(_date_of(f) < _day_floor(floor) for f in fact_files)
+            ):
                 break
         self._dedup.seed(keys, hours, watermark)
 
@@ -161,16 +169,14 @@ class PartitionPipeline:
         records_kept = [records[positions[i]] for i in chosen]
         buffer.accepted += len(events)
 
+        person_keys, account_keys = batch_consent_keys(events, self._context.keyring)
         keep, self._consent, changes = decide(
             events,
-            consent_keys(
-                [e.account_id for e in events], [e.user_id for e in events], self._context.keyring
-            ),
-            consent_keys([e.account_id for e in events], [None] * len(events), self._context.keyring),
-            self._consent,
+            person_keys=person_keys,
+            account_keys=account_keys,
+            state=self._consent,
             honour_dnt=self._context.honour_dnt,
             honour_gpc=self._context.honour_gpc,
-            policy=self._context.policy,
         )
         buffer.consent_changes.extend(changes)
 

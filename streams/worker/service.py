@@ -120,7 +120,8 @@ class RawTopicService(Service):
                     if pipeline is None:  # revoked while fetched
                         continue
                     records = [
-                        RawRecord(m.offset, m.timestamp, m.value, tuple(m.headers or ())) for m in messages
+                        RawRecord(m.offset, m.timestamp, m.value, tuple(m.headers or ()))
+                        for m in messages
                     ]
                     letters = await asyncio.to_thread(pipeline.process, records)
                     await self._send_dead_letters(letters)
@@ -177,21 +178,31 @@ class RawTopicService(Service):
         try:
             await self._consumer.commit({tp: OffsetAndMetadata(pending.last_offset + 1, "")})
         except (CommitFailedError, KafkaError) as error:
-            logger.warning("offset commit for partition %s failed (%s); markers stay the truth", partition, error)
+            logger.warning(
+                "offset commit for partition %s failed (%s); markers stay the truth",
+                partition,
+                error,
+            )
 
     async def on_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         assert self._consumer is not None
         for tp in assigned:
             if tp.topic != self.options.topic or tp.partition in self.pipelines:
                 continue
-            recovered = await asyncio.to_thread(recover_partition, self.filesystem, self.root, tp.topic, tp.partition)
+            recovered = await asyncio.to_thread(
+                recover_partition, self.filesystem, self.root, tp.topic, tp.partition
+            )
             pipeline = PartitionPipeline(tp.topic, tp.partition, self.context)
             await asyncio.to_thread(pipeline.restore, self.filesystem, self.root, recovered.markers)
             self.pipelines[tp.partition] = pipeline
             if recovered.next_offset is not None:
                 self._consumer.seek(tp, recovered.next_offset)
             if recovered.removed_files:
-                logger.info("partition %s: removed %d uncommitted files", tp.partition, len(recovered.removed_files))
+                logger.info(
+                    "partition %s: removed %d uncommitted files",
+                    tp.partition,
+                    len(recovered.removed_files),
+                )
         self.assigned_event.set()
 
     async def on_revoked(self, revoked: Sequence[TopicPartition]) -> None:
@@ -217,7 +228,7 @@ class RawTopicService(Service):
             self.metrics.lag[tp.partition] = max(0, highwater - position)
 
 
-class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+class _Listener(ConsumerRebalanceListener):
     def __init__(self, service: RawTopicService) -> None:
         self._service = service
 

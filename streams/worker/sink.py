@@ -73,7 +73,9 @@ def plan_outputs(
         dates = pc.strftime(identifiable["occurred_at"], format="%Y-%m-%d")
         keyed = identifiable.append_column("_date", dates)
         for group in _groups(keyed, ["retention_class", "region", "_date"]):
-            cls, region, date = (group[name][0].as_py() for name in ("retention_class", "region", "_date"))
+            cls, region, date = (
+                group[name][0].as_py() for name in ("retention_class", "region", "_date")
+            )
             planned.append(
                 PlannedFile(
                     f"identifiable/retention_class={cls}/region={region}/date={date}/{stem}.parquet",
@@ -87,15 +89,22 @@ def plan_outputs(
         for group in _groups(keyed, ["_date"]):
             date = group["_date"][0].as_py()
             planned.append(
-                PlannedFile(f"facts/date={date}/{stem}.parquet", group.drop_columns(["_date"]), encrypted=False)
+                PlannedFile(
+                    f"facts/date={date}/{stem}.parquet",
+                    group.drop_columns(["_date"]),
+                    encrypted=False,
+                )
             )
     return planned
 
 
 def _groups(table: pa.Table, keys: list[str]) -> Iterator[pa.Table]:
     """Sub-tables per distinct key combination, rows in their original order (deterministic)."""
-    combos = table.select(keys).group_by(keys, use_threads=False).aggregate([]).sort_by(
-        [(k, "ascending") for k in keys]
+    combos = (
+        table.select(keys)
+        .group_by(keys, use_threads=False)
+        .aggregate([])
+        .sort_by([(k, "ascending") for k in keys])
     )
     for row in combos.to_pylist():
         mask = None
@@ -159,7 +168,9 @@ class RangeWriter:
             consent_changes=consent_changes,
             sieve_version=self._version,
         )
-        self._write_atomically(marker_path(topic, partition, first_offset, last_offset), encode_marker(marker))
+        self._write_atomically(
+            marker_path(topic, partition, first_offset, last_offset), encode_marker(marker)
+        )
         return marker
 
     def _write_parquet(self, file: PlannedFile) -> int:
@@ -229,9 +240,13 @@ def recover_partition(
     last_committed = max((m.last_offset for m in markers), default=-1)
     prefix = f"{topic}+{partition}+"
     removed: list[str] = []
-    for info in _walk_files(filesystem, root, ["identifiable", "facts", f"_commits/{topic}/{partition}"]):
+    for info in _walk_files(
+        filesystem, root, ["identifiable", "facts", f"_commits/{topic}/{partition}"]
+    ):
         name = info.base_name
-        if TMP_INFIX in name and (name.startswith(prefix) or info.path.startswith(f"{root}/_commits/{topic}/{partition}/")):
+        if TMP_INFIX in name and (
+            name.startswith(prefix) or info.path.startswith(f"{root}/_commits/{topic}/{partition}/")
+        ):
             filesystem.delete_file(info.path)
             removed.append(info.path)
             continue
@@ -244,7 +259,9 @@ def recover_partition(
     return RecoveredPartition(next_offset=next_offset, markers=markers, removed_files=removed)
 
 
-def _walk_files(filesystem: pafs.FileSystem, root: str, folders: Iterable[str]) -> Iterator[pafs.FileInfo]:
+def _walk_files(
+    filesystem: pafs.FileSystem, root: str, folders: Iterable[str]
+) -> Iterator[pafs.FileInfo]:
     for folder in folders:
         selector = pafs.FileSelector(f"{root}/{folder}", recursive=True, allow_not_found=True)
         for info in filesystem.get_file_info(selector):

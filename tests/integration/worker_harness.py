@@ -29,7 +29,9 @@ def free_port() -> int:
         return port
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.2) -> None:
+def wait_until(
+    condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.2
+) -> None:
     """Poll ``condition`` until it holds; fail with ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -73,7 +75,7 @@ class WorkerSetup:
         return env
 
     def totals(self) -> Mapping[str, int]:
-        counts, dead, identifiable, ranges = committed_totals(str(self.data_root), self.raw_topic)
+        counts, dead, _identifiable, ranges = committed_totals(str(self.data_root), self.raw_topic)
         return {**counts, "dead_lettered": sum(dead.values()), "ranges": ranges}
 
     def committed_raw(self) -> int:

@@ -7,6 +7,7 @@ import json
 import random
 import re
 import statistics
+import uuid
 from collections import Counter, defaultdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -500,3 +501,12 @@ def test_token_bucket_paces_to_the_rate() -> None:
         bucket.take()
     # 5,100 calls at 1,000/s after a 100-call burst allowance: 5 seconds of waiting.
     assert clock.now == pytest.approx(5.0, rel=1e-6)
+
+
+def test_event_ids_are_the_seeded_uuid4s() -> None:
+    from streams.generate.activity import new_event_id
+
+    ours, reference = random.Random(3), random.Random(3)
+    for _ in range(1_000):
+        expected = uuid.UUID(int=reference.getrandbits(128), version=4)
+        assert new_event_id(ours) == str(expected)

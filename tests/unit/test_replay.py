@@ -230,3 +230,12 @@ def test_gzipped_logs_are_read(tmp_path: Path) -> None:
     plain = ListSink()
     run_replay(SAMPLE, plain)
     assert sink.records == plain.records[:100]
+
+
+def test_an_invalid_account_is_refused_before_reading(tmp_path: Path) -> None:
+    out = tmp_path / "never.jsonl"
+    result = CliRunner().invoke(
+        replay_command, [str(SAMPLE), "--account", "has space", "--out", str(out)]
+    )
+    assert result.exit_code == 2 and "--account" in result.output
+    assert not out.exists()

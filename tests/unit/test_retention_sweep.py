@@ -382,6 +382,31 @@ def test_a_crash_before_the_rename_leaves_the_original_and_no_copy(
     assert sweep(FS, str(tmp_path), POLICY, enc, NOW, {}).rows_removed == 1  # finishes the job
 
 
+def test_a_temporary_file_removed_by_a_worker_recovery_is_written_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    enc = new_encryption()
+    day = datetime(2024, 3, 1, tzinfo=UTC)
+    write_identifiable(
+        tmp_path,
+        [record("t-1", occurred_at=day), record("t-2", occurred_at=day + timedelta(hours=18))],
+        enc,
+    )
+    real_sync = identifiable_store._sync
+    removed: list[str] = []
+
+    def recovery_strikes_once(filesystem: pafs.FileSystem, path: str) -> None:
+        if not removed:
+            os.remove(path)  # what recover_partition does to "<stem>.parquet.tmp-*"
+            removed.append(path)
+        real_sync(filesystem, path)
+
+    monkeypatch.setattr(identifiable_store, "_sync", recovery_strikes_once)
+    report = sweep(FS, str(tmp_path), POLICY, enc, NOW, {})
+    assert removed and report.rows_removed == 1
+    assert stored_ids(tmp_path, enc) == {"t-2"}
+
+
 def test_a_file_changed_during_a_rewrite_is_read_again(tmp_path: Path) -> None:
     enc = new_encryption()
     rows = [record("t-1"), record("t-2"), record("t-3")]

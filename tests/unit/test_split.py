@@ -1,8 +1,9 @@
 """The identifiable / anonymized split.
 
-Events come from local strategies (not ``tests/strategies.py``): they plant recognisable
-values (``user-…``, ``sess-…``, ``UA-…``, ``city-…``) so a leak into the facts is found by
-searching every cell, and keep account ids apart from them.
+Most properties use local strategies: they plant recognisable values (``user-…``,
+``sess-…``, ``UA-…``, ``city-…``) so a leak into the facts is found by searching every
+cell, and keep account ids apart from them. ``tests/strategies.py`` (any valid event, edges
+included) checks the record rules hold for the whole contract.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from streams.privacy.keyring import Keyring
 from streams.privacy.pseudonymize import event_keys, subject_keys
 from streams.privacy.retention import load_policy
 from streams.privacy.split import Enrichment, SplitResult, split
+from tests.strategies import events as shared_events
 
 POLICY = load_policy()
 KEYRING = Keyring.generate()
@@ -516,6 +518,43 @@ def test_rows_come_in_event_order_then_detached_traffic_records() -> None:
 
 
 # --- determinism and contract ----------------------------------------------------------------
+
+
+@st.composite
+def contract_batches(draw: st.DrawFn) -> Batch:
+    """Any valid events (the shared strategies: Unicode, IPv6, far dates and offsets)."""
+    events = draw(st.lists(shared_events(), max_size=8))
+    size = len(events)
+    return Batch(
+        events=events,
+        keep=draw(st.lists(st.booleans(), min_size=size, max_size=size)),
+        received_at_ms=[_ms(event.occurred_at) for event in events],
+        offsets=list(range(size)),
+        enrichment=Enrichment(
+            country=["ZZ"] * size,
+            device_class=["other"] * size,
+            browser_family=["Other"] * size,
+            os_family=["Other"] * size,
+            is_bot=[False] * size,
+        ),
+        partition=0,
+    )
+
+
+@given(contract_batches())
+def test_every_valid_event_splits_by_the_rules(batch: Batch) -> None:
+    result = batch.split()
+    assert result.facts.num_rows == len(batch.events)
+    rows = Counter(
+        zip(
+            result.identifiable["source_offset"].to_pylist(),
+            result.identifiable["retention_class"].to_pylist(),
+            strict=True,
+        )
+    )
+    assert rows == _expected_rows(batch)
+    again = batch.split()
+    assert result.identifiable.equals(again.identifiable) and result.facts.equals(again.facts)
 
 
 @given(batches())
