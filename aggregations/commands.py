@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import click
@@ -170,9 +171,41 @@ def analytics_command(
 
 
 @click.command("dashboard")
-def dashboard_command() -> None:
-    """The analytics dashboard (not implemented yet)."""
-    raise click.ClickException("dashboard: not implemented yet")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where to write the page [default: <data root>/dashboard.html].")
+@click.option("--serve", is_flag=True,
+              help="Then serve the page over HTTP, rebuilt on every request to /.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address --serve binds.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8050, show_default=True,
+              help="Port --serve binds (0: any free port).")
+@click.option("--account", default=None, help="Usage, bandwidth and sessions of this account.")
+def dashboard_command(
+    out: Path | None, serve: bool, host: str, port: int, account: str | None
+) -> None:
+    """Write the dashboard: one self-contained HTML page (it opens with no network) of
+    charts over the published views only. Reads SIEVE_DATA_ROOT and SIEVE_K_ANONYMITY.
+    """
+    import asyncio
+
+    from aggregations import dashboard
+
+    settings = _settings()
+
+    def build() -> str:
+        # The clock is read here, at the edge; the page only shows it.
+        return dashboard.build_dashboard(settings.data_root, account=account,
+                                         k=settings.k_anonymity, generated_at=datetime.now(UTC))
+
+    path = out if out is not None else dashboard.default_output(settings.data_root)
+    dashboard.write_page(path, build())
+    click.echo(f"dashboard: {path}")
+    if serve:
+
+        def announce(urls: list[str]) -> None:
+            click.echo(f"serving the dashboard at {', '.join(urls)} (rebuilt per request);"
+                       " Ctrl+C stops")
+
+        asyncio.run(dashboard.serve(dashboard.create_app(build), host, port, announce))
 
 
 __all__ = [

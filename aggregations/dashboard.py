@@ -29,6 +29,7 @@ import duckdb
 import plotly.graph_objects as go
 import plotly.offline
 from aiohttp import web
+from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from aggregations.storage import resolve_root
@@ -53,9 +54,15 @@ CSP: Final = (
 # No client address in the access log (as the collector): it is personal data.
 ACCESS_LOG_FORMAT: Final = '%t "%r" %s %b %Tf'
 _PLOT_CONFIG: Final = {"displaylogo": False, "responsive": True}
+# One colour per account in both usage panels (plotly would give each trace the next one).
+_ACCOUNT_COLOURS: Final = qualitative.Plotly
+_OTHERS_COLOUR: Final = "#9ca3af"
+_DAY_MS: Final = 86_400_000
 
 Connection = duckdb.DuckDBPyConnection
 Rows = list[tuple[Any, ...]]
+# (label, events, person-days) of one dimension's published cells.
+Cells = list[tuple[str, int, int]]
 
 
 @dataclass(frozen=True)
@@ -165,9 +172,9 @@ def _sessions(connection: Connection, account: str | None) -> Rows:
     )
 
 
-def _cells(connection: Connection, dimension: str) -> Rows:
-    """(label, events, person-days) of one dimension's published day cells, largest first."""
-    return _rows(
+def _cells(connection: Connection, dimension: str) -> Cells:
+    """One dimension's published day cells summed over the range, largest first."""
+    rows = _rows(
         connection,
         f"""
         SELECT {_LABEL} AS label, CAST(sum(events) AS BIGINT) AS events,
@@ -177,6 +184,7 @@ def _cells(connection: Connection, dimension: str) -> Rows:
         """,  # noqa: S608 - constant fragments only
         {"dimension": dimension},
     )
+    return [(str(label), int(events), int(people)) for label, events, people in rows]
 
 
 # --- figures (pure: rows in, plotly figure out) ------------------------------------------
@@ -191,7 +199,18 @@ def _style(figure: go.Figure, height: int) -> go.Figure:
     return figure
 
 
-def top_values(rows: Sequence[tuple[str, int, int]], limit: int) -> list[tuple[str, int, int]]:
+def _day_axis(figure: go.Figure, days: Sequence[date]) -> None:
+    """Ticks on whole days, at most about a dozen: plotly's automatic date ticks land on
+    noon and midnight for short ranges, which reads as hourly data."""
+    if not days:
+        return
+    first, last = min(days), max(days)
+    step = max(1, -(-((last - first).days + 1) // 12))
+    figure.update_xaxes(type="date", tick0=first.isoformat(), dtick=step * _DAY_MS,
+                        tickformat="%b %-d\n%Y")
+
+
+def top_values(rows: Cells, limit: int) -> Cells:
     """The ``limit`` largest rows, the rest summed into one "(all others)" row. Summing
     published cells publishes nothing new: each is already >= k people."""
     head, tail = list(rows[:limit]), rows[limit:]
@@ -206,18 +225,20 @@ def usage_figure(rows: Rows) -> go.Figure:
         subplot_titles=("Requests per day", "Page views per day"),
     )
     accounts = list(dict.fromkeys(row[1] for row in rows))
-    for account in accounts:
+    for index, account in enumerate(accounts):
         mine = [row for row in rows if row[1] == account]
         name = "others" if account is None else str(account)
+        colour = (_OTHERS_COLOUR if account is None
+                  else _ACCOUNT_COLOURS[index % len(_ACCOUNT_COLOURS)])
         days = [row[0] for row in mine]
         for line, column in ((1, 2), (2, 3)):
             figure.add_trace(
                 go.Bar(x=days, y=[row[column] for row in mine], name=name, legendgroup=name,
-                       showlegend=line == 1, hovertemplate="%{y:,}"),
+                       marker_color=colour, showlegend=line == 1, hovertemplate="%{y:,}"),
                 row=line, col=1,
             )
     figure.update_layout(barmode="stack")
-    figure.update_xaxes(type="date")
+    _day_axis(figure, [row[0] for row in rows])
     return _style(figure, 560)
 
 
@@ -231,7 +252,7 @@ def bandwidth_figure(rows: Rows) -> go.Figure:
     ])
     figure.update_layout(barmode="group", yaxis={"title": "bytes per day", "tickformat": ".3s",
                                                    "ticksuffix": "B"})
-    figure.update_xaxes(type="date")
+    _day_axis(figure, days)
     return _style(figure, 380)
 
 
@@ -249,12 +270,12 @@ def sessions_figure(rows: Rows) -> go.Figure:
         )
     figure.update_yaxes(title_text="sessions", secondary_y=False)
     figure.update_yaxes(title_text="minutes", secondary_y=True, rangemode="tozero",
-                        showgrid=False)
-    figure.update_xaxes(type="date")
+                        showgrid=False, tickformat=".1f")
+    _day_axis(figure, days)
     return _style(figure, 380)
 
 
-def geography_figure(rows: Sequence[tuple[str, int, int]]) -> go.Figure:
+def geography_figure(rows: Cells) -> go.Figure:
     shown = list(reversed(top_values(rows, TOP_VALUES)))  # largest on top
     labels = [row[0] for row in shown]
     figure = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.04,
@@ -269,7 +290,7 @@ def geography_figure(rows: Sequence[tuple[str, int, int]]) -> go.Figure:
     return figure
 
 
-def devices_figure(by_dimension: dict[str, Sequence[tuple[str, int, int]]]) -> go.Figure:
+def devices_figure(by_dimension: dict[str, Cells]) -> go.Figure:
     figure = make_subplots(rows=1, cols=len(DEVICE_DIMENSIONS), horizontal_spacing=0.12,
                            subplot_titles=[title for _, title in DEVICE_DIMENSIONS])
     longest = 1
@@ -404,13 +425,14 @@ section h2 { margin: 4px 0; font-size: 19px; }
 def _page(title: str, header: str, body: str, plotly_js: str) -> str:
     if "</script" in plotly_js.lower():
         raise ValueError("plotly.js contains '</script': it cannot be inlined as it is")
+    script = f"<script>{plotly_js}</script>" if plotly_js else ""
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{html.escape(title)}</title><style>{_STYLE}</style>"
-        f"{f'<script>{plotly_js}</script>' if plotly_js else ''}</head>\n<body><header><h1>{html.escape(title)}</h1>"
-        f"{header}</header><main>{body}</main></body></html>\n"
+        f"<title>{html.escape(title)}</title><style>{_STYLE}</style>{script}</head>\n"
+        f"<body><header><h1>{html.escape(title)}</h1>{header}</header>"
+        f"<main>{body}</main></body></html>\n"
     )
 
 

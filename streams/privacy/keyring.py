@@ -78,8 +78,9 @@ class Keyring:
         )
 
     @classmethod
-    def load(cls, path: Path) -> Keyring:
+    def load(cls, path: Path | str) -> Keyring:
         """Read a key file; any problem is a :class:`ConfigurationError` naming the file."""
+        path = Path(path)
         _check_private(path)
         try:
             text = path.read_text(encoding="utf-8")
@@ -182,13 +183,14 @@ class Keyring:
         raise TypeError("a Keyring cannot be pickled; pass the key file path instead")
 
 
-def write_new_keyring(path: Path) -> Keyring:
+def write_new_keyring(path: Path | str) -> Keyring:
     """Generate a keyring and write it to ``path`` with mode 0600; never overwrites.
 
     The file appears atomically (written to a private temporary file, then hard-linked to
     ``path``, which fails if ``path`` exists), so a reader never sees half a key file.
     """
     keyring = Keyring.generate()
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     if path.exists():
         raise ConfigurationError(f"keyring file {path} already exists; refusing to overwrite it")

@@ -26,8 +26,9 @@ traffic records. Same input, equal tables (no clock, no randomness), so a replay
 writes the same files.
 
 Expiry is counted from the earlier of event time and arrival time (the Kafka record
-timestamp): a client clock set years ahead must not stretch how long its IP address is
-kept, and both instants are in the input, so replays agree.
+timestamp; event time alone when the record has none, -1): a client clock set years ahead
+must not stretch how long its IP address is kept, and both instants are in the input, so
+replays agree.
 
 Columns are built once per field with comprehensions over the batch and handed to Arrow
 with explicit types; per-row Python work is kept to attribute reads (the hot path: about
@@ -145,7 +146,6 @@ def _facts(
     account_ids = [event.account_id for event in events]
     days = occurred.cast(pa.date32()).to_pylist()  # UTC dates: the subject key's day
     subjects = subject_keys(account_ids, [event.user_id for event in events], days, keyring)
-    zero = _zero
     pseudonyms = event_keys([event.event_id for event in events], keyring)
     columns = {
         "event_key": pa.array(pseudonyms, pa.string()),
@@ -157,7 +157,7 @@ def _facts(
         "browser_family": pa.array(enrichment.browser_family, pa.string()),
         "os_family": pa.array(enrichment.os_family, pa.string()),
         "is_bot": pa.array(enrichment.is_bot, pa.bool_()),
-        "bytes": pa.array([_BYTES.get(type(event), zero)(event) for event in events], pa.int64()),
+        "bytes": pa.array([_BYTES.get(type(event), _zero)(event) for event in events], pa.int64()),
         "session_seconds": pa.array(
             [event.session_duration_s if type(event) is Logout else 0.0 for event in events],
             pa.float64(),
@@ -175,7 +175,7 @@ def _identifiable(
     received_at_ms: Sequence[int],
     partition: int,
     offsets: Sequence[int],
-    ip_country: Sequence[str],
+    enriched_country: Sequence[str],
     policy: RetentionPolicy,
 ) -> pa.Table:
     classes = {tag: policy.class_of(tag) for tag in EVENT_TYPES}
@@ -204,7 +204,7 @@ def _identifiable(
         policy.region_of(
             event.geo.country
             if event.geo is not None and event.geo.country is not None
-            else ip_country[i]
+            else enriched_country[i]
         )
         for i, event in zip(rows, row_events, strict=True)
     ]
@@ -227,11 +227,11 @@ def _identifiable(
             [e.user_agent if t else None for e, t in zip(row_events, holds_traffic, strict=True)],
             pa.string(),
         ),
-        "geo_country": pa.array([g and g.country for g in geos], pa.string()),
-        "geo_region": pa.array([g and g.region for g in geos], pa.string()),
-        "geo_city": pa.array([g and g.city for g in geos], pa.string()),
-        "geo_lat": pa.array([g and g.lat for g in geos], pa.float64()),
-        "geo_lon": pa.array([g and g.lon for g in geos], pa.float64()),
+        "geo_country": pa.array([None if g is None else g.country for g in geos], pa.string()),
+        "geo_region": pa.array([None if g is None else g.region for g in geos], pa.string()),
+        "geo_city": pa.array([None if g is None else g.city for g in geos], pa.string()),
+        "geo_lat": pa.array([None if g is None else g.lat for g in geos], pa.float64()),
+        "geo_lon": pa.array([None if g is None else g.lon for g in geos], pa.float64()),
         "properties": pa.array(
             [_properties(event) for event in own_events] + [_EMPTY_PROPERTIES] * len(detached),
             pa.string(),
@@ -249,8 +249,11 @@ def _identifiable(
 def _expiry(occurred: pa.Array, received_ms: pa.Array, classes: list[RetentionClass]) -> pa.Array:
     # Anchor: the earlier of event and arrival time (see the module docstring). Integer
     # microseconds: Arrow has no element-wise min over timezone-aware timestamps.
+    occurred_us = occurred.cast(pa.int64())
     received_us = pc.multiply_checked(received_ms, _US_PER_MS)
-    anchor = pc.min_element_wise(occurred.cast(pa.int64()), received_us)
+    anchor = pc.min_element_wise(occurred_us, received_us)
+    # Kafka reports a record without a timestamp as -1: that is no arrival time, not 1969.
+    anchor = pc.if_else(pc.less(received_ms, 0), occurred_us, anchor)
     periods = pa.array(
         [None if cls.account_bound else cls.days * _US_PER_DAY for cls in classes], pa.int64()
     )

@@ -411,6 +411,13 @@ def test_expiry_counts_from_arrival_when_the_event_claims_a_later_time() -> None
     assert row["expires_at"] == arrived + timedelta(days=30)
 
 
+def test_a_record_without_kafka_timestamp_expires_from_event_time() -> None:
+    batch = _example_batch([_request(ip="10.0.0.1")])
+    batch.received_at_ms = [-1]
+    (row,) = _rows(batch.split().identifiable)
+    assert row["expires_at"] == T0 + timedelta(days=30)
+
+
 @given(batches())
 def test_region_follows_client_geo_country_else_the_ip_country(batch: Batch) -> None:
     position = {offset: i for i, offset in enumerate(batch.offsets)}

@@ -1,0 +1,408 @@
+"""The dashboard in a real browser: headless Chromium, driven over the DevTools protocol.
+
+One Chromium per page check, with no network (DNS answers nothing), drives a fresh tab:
+it records every console message, uncaught exception, browser log entry (CSP violations,
+failed loads) and network request, loads the page, waits until plotly has drawn every
+chart (a condition polled per animation frame, with a deadline), reads back what each
+chart drew, and takes a full-page screenshot. The assertions then say: no error, no
+request beyond the file itself, every chart drew marks with data, and the screenshot is
+a real picture. A second check feeds the same machinery a page with a console error, an
+exception and an external script, so a silent harness cannot pass.
+
+Chromium is Debian's ``chromium`` at /usr/bin/chromium (``.ci/run`` installs it). Missing,
+the tests fail under CI and skip elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import itertools
+import json
+import os
+import re
+import signal
+import struct
+import zlib
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+
+from aggregations.dashboard import CHART_IDS, build_dashboard, create_app, write_page
+from tests.unit.test_dashboard import K, TOP_8, make_published
+
+CHROMIUM = Path("/usr/bin/chromium")
+STEP_TIMEOUT_S = 30.0  # any one browser step; a cold CI machine is slow, not this slow
+WIDTH = 1400
+
+
+def chromium() -> Path:
+    if CHROMIUM.is_file() and os.access(CHROMIUM, os.X_OK):
+        return CHROMIUM
+    message = f"{CHROMIUM} is missing: install it with `apt-get install -y chromium` (.ci/run does)"
+    if os.environ.get("CI"):
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+# --- a minimal DevTools protocol client ----------------------------------------------------
+
+
+class DevTools:
+    """Commands over one browser websocket (flat sessions); events are kept in order."""
+
+    def __init__(self, socket: aiohttp.ClientWebSocketResponse) -> None:
+        self._socket = socket
+        self._ids = itertools.count(1)
+        self._replies: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._waiters: list[tuple[str, asyncio.Future[dict[str, Any]]]] = []
+        self.events: list[dict[str, Any]] = []
+
+    async def read(self) -> None:
+        async for message in self._socket:
+            data = json.loads(message.data)
+            if "id" in data:
+                reply = self._replies.pop(data["id"])
+                if "error" in data:
+                    reply.set_exception(AssertionError(f"DevTools error: {data['error']}"))
+                else:
+                    reply.set_result(data.get("result", {}))
+                continue
+            self.events.append(data)
+            for method, waiter in list(self._waiters):
+                if method == data["method"] and not waiter.done():
+                    waiter.set_result(data)
+                    self._waiters.remove((method, waiter))
+
+    async def call(
+        self, method: str, params: dict[str, Any] | None = None, session: str | None = None
+    ) -> dict[str, Any]:
+        number = next(self._ids)
+        reply: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._replies[number] = reply
+        message: dict[str, Any] = {"id": number, "method": method, "params": params or {}}
+        if session is not None:
+            message["sessionId"] = session
+        await self._socket.send_str(json.dumps(message))
+        return await asyncio.wait_for(reply, STEP_TIMEOUT_S)
+
+    def expect(self, method: str) -> asyncio.Future[dict[str, Any]]:
+        """A future for the next ``method`` event; register it before causing the event."""
+        waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._waiters.append((method, waiter))
+        return waiter
+
+
+@contextlib.asynccontextmanager
+async def browser(profile: Path) -> AsyncIterator[DevTools]:
+    """A headless Chromium (its own process group, killed at the end) and its DevTools."""
+    process = await asyncio.create_subprocess_exec(
+        str(chromium()), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+        "--no-first-run", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--disable-extensions", "--hide-scrollbars", "--mute-audio",
+        # No name resolves: a page reaching for a CDN fails (and is logged) even when online.
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+        f"--user-data-dir={profile}", "--remote-debugging-address=127.0.0.1",
+        "--remote-debugging-port=0", "about:blank",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )
+    stderr: list[str] = []
+    try:
+        url = await asyncio.wait_for(_devtools_url(process, stderr), STEP_TIMEOUT_S)
+        # Keep draining stderr, or a chatty Chromium blocks on a full pipe.
+        drain = asyncio.create_task(_drain(process, stderr))
+        async with aiohttp.ClientSession() as http, http.ws_connect(
+            url, max_msg_size=0, timeout=aiohttp.ClientWSTimeout(ws_close=5)
+        ) as socket:
+            tools = DevTools(socket)
+            reader = asyncio.create_task(tools.read())
+            try:
+                yield tools
+            finally:
+                with contextlib.suppress(Exception):
+                    await tools.call("Browser.close")
+                reader.cancel()
+        await asyncio.wait_for(process.wait(), STEP_TIMEOUT_S)
+        drain.cancel()
+    finally:
+        if process.returncode is None:
+            os.killpg(process.pid, signal.SIGKILL)  # the group this test started
+            await process.wait()
+
+
+async def _devtools_url(process: asyncio.subprocess.Process, stderr: list[str]) -> str:
+    assert process.stderr is not None
+    while line := (await process.stderr.readline()).decode(errors="replace"):
+        stderr.append(line)
+        if found := re.search(r"DevTools listening on (ws://\S+)", line):
+            return found.group(1)
+    raise AssertionError("chromium exited without a DevTools endpoint:\n" + "".join(stderr))
+
+
+async def _drain(process: asyncio.subprocess.Process, stderr: list[str]) -> None:
+    assert process.stderr is not None
+    while line := await process.stderr.readline():
+        stderr.append(line.decode(errors="replace"))
+
+
+# --- what a page did in the browser ------------------------------------------------------
+
+# Waits (one check per animation frame, 20 s at most) until every chart div has been drawn
+# by plotly, then reports what each one holds.
+_CHARTS_JS = """
+(async (ids) => {
+  const drawn = () => ids.every(id => {
+    const div = document.getElementById(id);
+    return div && div._fullLayout && div.querySelector('svg.main-svg');
+  });
+  const deadline = performance.now() + 20000;
+  while (!drawn() && performance.now() < deadline) {
+    await new Promise(resolve => requestAnimationFrame(resolve));
+  }
+  const area = el => { const b = el.getBBox(); return b.width * b.height; };
+  return ids.map(id => {
+    const div = document.getElementById(id);
+    if (!div) return {id, present: false};
+    const texts = sel => [...div.querySelectorAll(sel)].map(t => t.textContent);
+    return {
+      id, present: true,
+      svgs: div.querySelectorAll('svg.main-svg').length,
+      traces: div.querySelectorAll('g.trace').length,
+      bars: [...div.querySelectorAll('g.trace.bars g.point path')].filter(p => area(p) > 0)
+        .length,
+      lines: [...div.querySelectorAll('g.trace.scatter path.js-line')]
+        .filter(p => (p.getAttribute('d') || '').length > 10).length,
+      legend: texts('g.legend text.legendtext'),
+      ticks: texts('g[class$="tick"] > text'),  // xtick, x2tick, ytick, y2tick, ...
+      titles: texts('text.gtitle, g.annotation text, text[class$="title"]'),
+      width: div.getBoundingClientRect().width,
+    };
+  });
+})(%s)
+"""
+
+
+@dataclass
+class PageVisit:
+    charts: dict[str, dict[str, Any]]
+    problems: list[str]  # console errors, exceptions, error log entries
+    requests: list[str]  # every URL the page asked for
+    screenshot: bytes
+    events: list[dict[str, Any]] = field(repr=False)
+
+
+def _problems(events: list[dict[str, Any]]) -> list[str]:
+    found = []
+    for event in events:
+        method, params = event["method"], event.get("params", {})
+        if method == "Runtime.exceptionThrown":
+            details = params["exceptionDetails"]
+            found.append(f"exception: {details.get('exception', {}).get('description')}"
+                         f" {details.get('text')}")
+        elif method == "Runtime.consoleAPICalled" and params["type"] in ("error", "assert",
+                                                                         "warning"):
+            args = [a.get("value", a.get("description")) for a in params["args"]]
+            found.append(f"console.{params['type']}: {args}")
+        elif method == "Log.entryAdded" and params["entry"]["level"] in ("error", "warning"):
+            entry = params["entry"]
+            found.append(f"log {entry['source']}: {entry['text']} {entry.get('url', '')}")
+    return found
+
+
+async def visit(url: str, profile: Path, ids: tuple[str, ...] = CHART_IDS) -> PageVisit:
+    async with browser(profile) as tools:
+        target = await tools.call("Target.createTarget", {"url": "about:blank"})
+        attached = await tools.call(
+            "Target.attachToTarget", {"targetId": target["targetId"], "flatten": True})
+        session = attached["sessionId"]
+        for domain in ("Runtime", "Log", "Network", "Page"):
+            await tools.call(f"{domain}.enable", session=session)
+        await tools.call("Emulation.setDeviceMetricsOverride", {
+            "width": WIDTH, "height": 2400, "deviceScaleFactor": 1, "mobile": False,
+        }, session=session)
+        loaded = tools.expect("Page.loadEventFired")
+        navigated = await tools.call("Page.navigate", {"url": url}, session=session)
+        assert "errorText" not in navigated, navigated
+        await asyncio.wait_for(loaded, STEP_TIMEOUT_S)
+        result = await tools.call("Runtime.evaluate", {
+            "expression": _CHARTS_JS % json.dumps(list(ids)), "awaitPromise": True,
+            "returnByValue": True,
+        }, session=session)
+        assert "exceptionDetails" not in result, result
+        height = await tools.call("Runtime.evaluate", {
+            "expression": "document.documentElement.scrollHeight", "returnByValue": True,
+        }, session=session)
+        shot = await tools.call("Page.captureScreenshot", {
+            "format": "png", "captureBeyondViewport": True,
+            "clip": {"x": 0, "y": 0, "width": WIDTH,
+                     "height": height["result"]["value"], "scale": 1},
+        }, session=session)
+        events = list(tools.events)
+    charts = {chart["id"]: chart for chart in result["result"]["value"]}
+    requests = [e["params"]["request"]["url"] for e in events
+                if e["method"] == "Network.requestWillBeSent"]
+    return PageVisit(charts, _problems(events), requests, base64.b64decode(shot["data"]),
+                     events)
+
+
+# --- PNG: enough decoding to know the picture is not blank ---------------------------------
+
+
+def png_rows(png: bytes) -> tuple[int, int, list[bytes]]:
+    """(width, height, raw rows) of an 8-bit RGB or RGBA, non-interlaced PNG."""
+    assert png[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    chunks: dict[bytes, list[bytes]] = {}
+    at = 8
+    while at < len(png):
+        (length,) = struct.unpack(">I", png[at:at + 4])
+        kind = png[at + 4:at + 8]
+        chunks.setdefault(kind, []).append(png[at + 8:at + 8 + length])
+        at += 12 + length
+    width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", chunks[b"IHDR"][0])
+    assert (depth, colour, interlace) in ((8, 2, 0), (8, 6, 0)), "unexpected PNG format"
+    channels = 3 if colour == 2 else 4
+    raw = zlib.decompress(b"".join(chunks[b"IDAT"]))
+    stride = width * channels + 1
+    assert len(raw) == stride * height
+    previous = bytes(stride - 1)
+    rows = []
+    for y in range(height):
+        line = raw[y * stride:(y + 1) * stride]
+        row = _unfilter(line[0], bytearray(line[1:]), previous, channels)
+        rows.append(row)
+        previous = row
+    return width, height, rows
+
+
+def _unfilter(kind: int, row: bytearray, above: bytes, bpp: int) -> bytes:
+    if kind == 1:  # Sub
+        for i in range(bpp, len(row)):
+            row[i] = (row[i] + row[i - bpp]) & 0xFF
+    elif kind == 2:  # Up
+        row = bytearray((a + b) & 0xFF for a, b in zip(row, above, strict=True))
+    elif kind == 3:  # Average
+        for i in range(len(row)):
+            left = row[i - bpp] if i >= bpp else 0
+            row[i] = (row[i] + ((left + above[i]) >> 1)) & 0xFF
+    elif kind == 4:  # Paeth
+        for i in range(len(row)):
+            a = row[i - bpp] if i >= bpp else 0
+            b, c = above[i], above[i - bpp] if i >= bpp else 0
+            p = a + b - c
+            pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+            row[i] = (row[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 0xFF
+    return bytes(row)
+
+
+def pixel_colours(rows: list[bytes], width: int) -> Counter[bytes]:
+    """How many pixels have each colour (channels as bytes)."""
+    channels = len(rows[0]) // width
+    colours: Counter[bytes] = Counter()
+    for row in rows:
+        colours.update(row[i:i + channels] for i in range(0, len(row), channels))
+    return colours
+
+
+# --- the tests ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dashboard_visit(tmp_path_factory: pytest.TempPathFactory) -> tuple[PageVisit, Path]:
+    chromium()
+    root = make_published(tmp_path_factory.mktemp("data"))
+    page = root / "dashboard.html"
+    write_page(page, build_dashboard(root, k=K))
+    seen = asyncio.run(visit(page.as_uri(), tmp_path_factory.mktemp("profile")))
+    screenshot = root / "dashboard.png"
+    screenshot.write_bytes(seen.screenshot)
+    return seen, page
+
+
+def test_no_console_errors_and_no_network(dashboard_visit: tuple[PageVisit, Path]) -> None:
+    seen, page = dashboard_visit
+    assert seen.problems == []
+    assert seen.requests == [page.as_uri()]  # the file itself; nothing else, online or not
+
+
+@pytest.mark.parametrize("chart_id", CHART_IDS)
+def test_every_chart_is_drawn_with_data(
+    dashboard_visit: tuple[PageVisit, Path], chart_id: str
+) -> None:
+    chart = dashboard_visit[0].charts[chart_id]
+    assert chart["present"] and chart["svgs"] >= 1, chart
+    assert chart["traces"] >= 1 and chart["bars"] > 0, chart
+    assert chart["width"] > 1000, chart  # responsive: the plot fills the section
+    labels = " ".join(chart["legend"] + chart["ticks"] + chart["titles"])
+    expected = {
+        "chart-usage": [*TOP_8, "others", "Requests per day", "Page views per day", "Nov 1"],
+        "chart-bandwidth": ["uploaded", "downloaded", "bytes per day"],
+        "chart-sessions": ["sessions started", "median session length", "minutes"],
+        "chart-geography": ["FR", "DE", "(other)", "Events", "Person-days"],
+        "chart-devices": ["desktop", "mobile", "Firefox", "Chrome Mobile", "Linux", "Android"],
+    }[chart_id]
+    assert [text for text in expected if text not in labels] == [], labels
+    if chart_id == "chart-usage":
+        # 9 series x 2 panels x 3 days, every stacked segment visible.
+        assert chart["bars"] == 9 * 2 * 3
+    if chart_id == "chart-sessions":
+        assert chart["lines"] == 1  # the median length
+
+
+def test_the_screenshot_is_a_picture(dashboard_visit: tuple[PageVisit, Path]) -> None:
+    seen, page = dashboard_visit
+    shot = page.with_suffix(".png")
+    assert shot.stat().st_size > 50_000
+    width, height, rows = png_rows(seen.screenshot)
+    assert width == WIDTH and height > 2000
+    # Known pixels prove the decoding (all five PNG filters occur in Chromium's output):
+    # the header's #1f2937 at the top left, the page's #f4f6f9 in the bottom margin.
+    channels = len(rows[0]) // width
+    assert rows[5][5 * channels:5 * channels + 3] == bytes.fromhex("1f2937")
+    assert rows[height - 5][5 * channels:5 * channels + 3] == bytes.fromhex("f4f6f9")
+    colours = pixel_colours(rows, width)
+    background, most = colours.most_common(1)[0]
+    # A blank page is one colour; the dashboard has a dark header, white cards, coloured
+    # bars and text: hundreds of colours, and the commonest covers well under all of it.
+    assert len(colours) > 50, colours.most_common(5)
+    assert most < 0.8 * width * height, (background, most)
+
+
+def test_the_served_page_renders_too(tmp_path: Path) -> None:
+    chromium()
+    root = make_published(tmp_path / "data")
+
+    async def scenario() -> PageVisit:
+        server = TestServer(create_app(lambda: build_dashboard(root, k=K)), host="127.0.0.1")
+        await server.start_server()
+        try:
+            return await visit(str(server.make_url("/")), tmp_path / "profile")
+        finally:
+            await server.close()
+
+    seen = asyncio.run(scenario())
+    assert seen.problems == []
+    assert all(seen.charts[i]["bars"] > 0 for i in CHART_IDS), seen.charts
+
+
+def test_the_harness_sees_errors_and_requests(tmp_path: Path) -> None:
+    chromium()
+    bad = tmp_path / "bad.html"
+    bad.write_text(
+        '<!DOCTYPE html><html><head><script src="https://cdn.example.invalid/x.js"></script>'
+        "</head><body><div id=\"chart-x\"></div><script>console.error('boom');"
+        "null.property;</script></body></html>"
+    )
+    seen = asyncio.run(visit(bad.as_uri(), tmp_path / "profile", ids=("chart-x",)))
+    problems = "\n".join(seen.problems)
+    assert "boom" in problems and "TypeError" in problems
+    assert "https://cdn.example.invalid/x.js" in seen.requests
+    assert seen.charts["chart-x"]["svgs"] == 0  # nothing drawn, and the harness says so
+
