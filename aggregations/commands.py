@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import click
@@ -171,7 +170,7 @@ def analytics_command(
 
 
 @click.command("dashboard")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Where to write the page [default: <data root>/dashboard.html].")
 @click.option("--serve", is_flag=True,
               help="Then serve the page over HTTP, rebuilt on every request to /.")
@@ -180,12 +179,13 @@ def analytics_command(
               help="Port --serve binds (0: any free port).")
 @click.option("--account", default=None, help="Usage, bandwidth and sessions of this account.")
 def dashboard_command(
-    out: Path | None, serve: bool, host: str, port: int, account: str | None
+    out: str | None, serve: bool, host: str, port: int, account: str | None
 ) -> None:
     """Write the dashboard: one self-contained HTML page (it opens with no network) of
     charts over the published views only. Reads SIEVE_DATA_ROOT and SIEVE_K_ANONYMITY.
     """
     import asyncio
+    from pathlib import Path
 
     from aggregations import dashboard
 
@@ -196,7 +196,7 @@ def dashboard_command(
         return dashboard.build_dashboard(settings.data_root, account=account,
                                          k=settings.k_anonymity, generated_at=datetime.now(UTC))
 
-    path = out if out is not None else dashboard.default_output(settings.data_root)
+    path = Path(out) if out is not None else dashboard.default_output(settings.data_root)
     dashboard.write_page(path, build())
     click.echo(f"dashboard: {path}")
     if serve:

@@ -246,11 +246,11 @@ def bandwidth_figure(rows: Rows) -> go.Figure:
     days = [row[0] for row in rows]
     figure = go.Figure([
         go.Bar(x=days, y=[row[1] for row in rows], customdata=[row[2] for row in rows],
-               name="uploaded", hovertemplate="%{y:.3s}B in %{customdata:,} uploads"),
+               name="uploaded", hovertemplate="%{y:.3~s}B in %{customdata:,} uploads"),
         go.Bar(x=days, y=[row[3] for row in rows], customdata=[row[4] for row in rows],
-               name="downloaded", hovertemplate="%{y:.3s}B in %{customdata:,} downloads"),
+               name="downloaded", hovertemplate="%{y:.3~s}B in %{customdata:,} downloads"),
     ])
-    figure.update_layout(barmode="group", yaxis={"title": "bytes per day", "tickformat": ".3s",
+    figure.update_layout(barmode="group", yaxis={"title": "bytes per day", "tickformat": ".3~s",
                                                    "ticksuffix": "B"})
     _day_axis(figure, days)
     return _style(figure, 380)

@@ -5,6 +5,8 @@ Combined log format (Apache/nginx ``combined``)::
     host ident user [dd/Mon/yyyy:HH:MM:SS +zzzz] "METHOD target PROTO" status bytes "ref" "agent"
 
 Each line becomes one ``request`` event of account ``--account`` (no user, no session).
+A line cut off inside its last field, the user agent, still counts (the rest of the line is
+the agent); any other malformation skips the line.
 Its ``event_id`` is a UUID5 of the line number and the line's text, so replaying the same
 file again produces the same ids and the worker's dedup drops the second copy.
 A line that does not parse into a valid event is counted and skipped; the summary shows
@@ -66,9 +68,16 @@ _COMBINED: Final = re.compile(
     + _quoted("request")
     + r" (?P<status>\d{3}) (?P<bytes>\d+|-) "
     + _quoted("referrer")
-    + " "
-    + _quoted("agent")
-    + r"\s*$"
+    # The user agent, the last field, may be cut off at the end of the line (no closing
+    # quote): a server that died mid-write or a log shipper's line limit truncates the line,
+    # but the request it records was still served, and dropping it would undercount traffic
+    # (issue: the 10,000-line sample must replay to 10,000 requests). Only the final field
+    # gets this leniency, so a stray quote anywhere else still rejects the line; the cut
+    # agent holds no unescaped quote (that would be a malformed line, not a truncated one),
+    # and a cut right after a backslash keeps that backslash. A backslash before a final
+    # quote is read as Apache's escape (it writes a literal backslash as two), so that line
+    # is a cut one whose agent ends in a quote.
+    + r' "(?P<agent>[^"\\]*(?:\\.[^"\\]*)*\\?)(?:"\s*)?$'
 )
 _REQUEST_LINE: Final = re.compile(
     r"^(?P<method>[A-Z]{3,10}) (?P<target>\S+)(?: HTTP/\d(?:\.\d)?)?$"
@@ -121,7 +130,9 @@ def parse_combined_line(
 
     None also when a field breaks the contract (the host is not an IP address, a field is
     over its length limit), so every event returned passes the worker's validation.
-    ``response_bytes`` "-" is 0; referrer and user agent "-" (or empty) are absent.
+    ``response_bytes`` "-" is 0; referrer and user agent "-" (or empty) are absent. A user
+    agent cut off at the end of the line (no closing quote) is the rest of the line: the
+    truncated line still records a served request.
     """
     line = line.rstrip("\r\n")
     match = _COMBINED.match(line)

@@ -35,6 +35,7 @@ def worker_command(loglevel: str) -> None:
             " (make a key file with `sieve demo` or see the README, 'Keys')"
         )
     keyring = Keyring.load(settings.keyring_file)
+    settings.work_dir.mkdir(parents=True, exist_ok=True)
     worker = create_app(settings, keyring)
     faust.Worker(worker.app, loglevel=loglevel, quiet=True).execute_from_commandline()
 

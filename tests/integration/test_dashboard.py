@@ -36,10 +36,11 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from aggregations.dashboard import CHART_IDS, build_dashboard, create_app, write_page
-from tests.unit.test_dashboard import K, TOP_8, make_published
+from tests.unit.test_dashboard import TOP_8, K, make_published
 
 CHROMIUM = Path("/usr/bin/chromium")
 STEP_TIMEOUT_S = 30.0  # any one browser step; a cold CI machine is slow, not this slow
+VISIT_TIMEOUT_S = 120.0  # a whole page visit, start to screenshot
 WIDTH = 1400
 
 
@@ -80,6 +81,10 @@ class DevTools:
                 if method == data["method"] and not waiter.done():
                     waiter.set_result(data)
                     self._waiters.remove((method, waiter))
+        # The browser went away (Browser.close, or a crash): nobody waits for a reply forever.
+        for reply in self._replies.values():
+            if not reply.done():
+                reply.set_exception(ConnectionError("the browser closed the DevTools socket"))
 
     async def call(
         self, method: str, params: dict[str, Any] | None = None, session: str | None = None
@@ -115,6 +120,7 @@ async def browser(profile: Path) -> AsyncIterator[DevTools]:
         start_new_session=True,
     )
     stderr: list[str] = []
+    drain: asyncio.Task[None] | None = None
     try:
         url = await asyncio.wait_for(_devtools_url(process, stderr), STEP_TIMEOUT_S)
         # Keep draining stderr, or a chatty Chromium blocks on a full pipe.
@@ -131,8 +137,9 @@ async def browser(profile: Path) -> AsyncIterator[DevTools]:
                     await tools.call("Browser.close")
                 reader.cancel()
         await asyncio.wait_for(process.wait(), STEP_TIMEOUT_S)
-        drain.cancel()
     finally:
+        if drain is not None:
+            drain.cancel()
         if process.returncode is None:
             os.killpg(process.pid, signal.SIGKILL)  # the group this test started
             await process.wait()
@@ -155,15 +162,15 @@ async def _drain(process: asyncio.subprocess.Process, stderr: list[str]) -> None
 
 # --- what a page did in the browser ------------------------------------------------------
 
-# Waits (one check per animation frame, 20 s at most) until every chart div has been drawn
-# by plotly, then reports what each one holds.
+# Waits (one check per animation frame, until a deadline) until every chart div has been
+# drawn by plotly, then reports what each one holds.
 _CHARTS_JS = """
-(async (ids) => {
+(async (ids, patience) => {
   const drawn = () => ids.every(id => {
     const div = document.getElementById(id);
     return div && div._fullLayout && div.querySelector('svg.main-svg');
   });
-  const deadline = performance.now() + 20000;
+  const deadline = performance.now() + patience;
   while (!drawn() && performance.now() < deadline) {
     await new Promise(resolve => requestAnimationFrame(resolve));
   }
@@ -186,7 +193,7 @@ _CHARTS_JS = """
       width: div.getBoundingClientRect().width,
     };
   });
-})(%s)
+})(%s, %d)
 """
 
 
@@ -211,14 +218,18 @@ def _problems(events: list[dict[str, Any]]) -> list[str]:
                                                                          "warning"):
             args = [a.get("value", a.get("description")) for a in params["args"]]
             found.append(f"console.{params['type']}: {args}")
-        elif method == "Log.entryAdded" and params["entry"]["level"] in ("error", "warning"):
+        # The browser's own warnings (interventions, deprecations) vary by version: only its
+        # errors count. The page's console warnings do count: plotly warns through them.
+        elif method == "Log.entryAdded" and params["entry"]["level"] == "error":
             entry = params["entry"]
             found.append(f"log {entry['source']}: {entry['text']} {entry.get('url', '')}")
     return found
 
 
-async def visit(url: str, profile: Path, ids: tuple[str, ...] = CHART_IDS) -> PageVisit:
-    async with browser(profile) as tools:
+async def visit(
+    url: str, profile: Path, ids: tuple[str, ...] = CHART_IDS, patience_ms: int = 20_000
+) -> PageVisit:
+    async with asyncio.timeout(VISIT_TIMEOUT_S), browser(profile) as tools:
         target = await tools.call("Target.createTarget", {"url": "about:blank"})
         attached = await tools.call(
             "Target.attachToTarget", {"targetId": target["targetId"], "flatten": True})
@@ -233,7 +244,7 @@ async def visit(url: str, profile: Path, ids: tuple[str, ...] = CHART_IDS) -> Pa
         assert "errorText" not in navigated, navigated
         await asyncio.wait_for(loaded, STEP_TIMEOUT_S)
         result = await tools.call("Runtime.evaluate", {
-            "expression": _CHARTS_JS % json.dumps(list(ids)), "awaitPromise": True,
+            "expression": _CHARTS_JS % (json.dumps(list(ids)), patience_ms), "awaitPromise": True,
             "returnByValue": True,
         }, session=session)
         assert "exceptionDetails" not in result, result
@@ -400,7 +411,8 @@ def test_the_harness_sees_errors_and_requests(tmp_path: Path) -> None:
         "</head><body><div id=\"chart-x\"></div><script>console.error('boom');"
         "null.property;</script></body></html>"
     )
-    seen = asyncio.run(visit(bad.as_uri(), tmp_path / "profile", ids=("chart-x",)))
+    # Nothing will ever draw there: a short deadline keeps the test fast.
+    seen = asyncio.run(visit(bad.as_uri(), tmp_path / "profile", ("chart-x",), 500))
     problems = "\n".join(seen.problems)
     assert "boom" in problems and "TypeError" in problems
     assert "https://cdn.example.invalid/x.js" in seen.requests

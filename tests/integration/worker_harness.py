@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,15 +30,24 @@ def free_port() -> int:
 
 
 def wait_until(
-    condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.2
+    condition: Callable[[], bool],
+    timeout: float,
+    what: str,
+    interval: float = 0.2,
+    workers: Sequence[WorkerProcess] = (),
 ) -> None:
-    """Poll ``condition`` until it holds; fail with ``what`` after ``timeout`` seconds."""
+    """Poll ``condition`` until it holds; fail with ``what`` after ``timeout`` seconds, or
+    at once when every one of ``workers`` has exited (with the end of their logs)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
             return
+        if workers and not any(worker.alive() for worker in workers):
+            logs = "\n".join(f"--- {w.name}:\n{w.log_tail()}" for w in workers)
+            raise AssertionError(f"every worker exited while waiting for {what}\n{logs}")
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+    logs = "\n".join(f"--- {w.name}:\n{w.log_tail()}" for w in workers)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{logs}")
 
 
 @dataclass

@@ -99,8 +99,3 @@ def test_analytics_reports(data_root: Path) -> None:
     assert (day["sessions"], day["median_session_seconds"]) == (48, 690.0)
     unknown = CliRunner().invoke(analytics_command, ["nope"])
     assert unknown.exit_code != 0 and "unknown report" in unknown.output
-
-
-def test_dashboard_is_a_stub() -> None:
-    result = CliRunner().invoke(dashboard_command, [])
-    assert result.exit_code != 0 and "not implemented yet" in result.output

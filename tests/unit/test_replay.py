@@ -23,7 +23,8 @@ from streams.replay import (
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "access-log-sample.log"
 SAMPLE_LINES = SAMPLE.read_text("utf-8").splitlines()
-# Line 8,899 of the upstream file is cut short inside its user agent (no closing quote).
+# Line 8,899 of the upstream file is cut short inside its user agent (no closing quote);
+# replay still takes it (a truncated line is a served request), with the rest as its agent.
 TRUNCATED_LINE = 8_899
 
 
@@ -40,8 +41,10 @@ class ListSink:
 
 
 def fields_by_quotes(line: str) -> dict[str, str]:
-    """An independent reading of a combined line: split on its quotes and spaces."""
-    prefix, request, middle, referrer, _, agent, rest = line.split('"')
+    """An independent reading of a combined line: split on its quotes and spaces. A line
+    cut inside its user agent has one quote fewer: the agent is everything after the last."""
+    prefix, request, middle, referrer, _, agent, *tail = line.split('"')
+    rest = tail[0] if tail else ""
     host, ident, user, stamp, offset = prefix.split()
     status, size = middle.split()
     method, target, protocol = request.split(" ")
@@ -68,17 +71,33 @@ def test_the_sample_has_ten_thousand_lines() -> None:
     assert len(SAMPLE_LINES) == 10_000
 
 
-def test_every_well_formed_line_of_the_real_log_parses(parsed: list[Request | None]) -> None:
+def test_every_line_of_the_real_log_parses(parsed: list[Request | None]) -> None:
     failed = [n for n, event in enumerate(parsed, 1) if event is None]
-    assert failed == [TRUNCATED_LINE]
-    assert sum(event is not None for event in parsed) == 9_999
-    assert SAMPLE_LINES[TRUNCATED_LINE - 1].count('"') == 5  # the sixth quote is missing
+    assert failed == []
+    assert sum(event is not None for event in parsed) == 10_000
+
+
+def test_the_truncated_line_keeps_the_rest_of_the_line_as_its_agent(
+    parsed: list[Request | None],
+) -> None:
+    line = SAMPLE_LINES[TRUNCATED_LINE - 1]
+    # The only line with a quote missing: the sixth, which would close the user agent.
+    assert [n for n, text in enumerate(SAMPLE_LINES, 1) if text.count('"') != 6] == [TRUNCATED_LINE]
+    assert line.count('"') == 5
+    event = parsed[TRUNCATED_LINE - 1]
+    assert event is not None
+    after_opening_quote = line[line.rindex('"') + 1 :]
+    assert event.user_agent == after_opening_quote
+    assert (
+        event.user_agent
+        == "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html"
+    )
+    assert event.ip == "46.118.127.106" and event.path == "/scripts/grok-py-test/configlib.py"
+    assert event.occurred_at == datetime(2015, 5, 20, 12, 5, 17, tzinfo=UTC)
 
 
 def test_parsed_fields_match_the_raw_text(parsed: list[Request | None]) -> None:
-    for number, (line, event) in enumerate(zip(SAMPLE_LINES, parsed, strict=True), 1):
-        if number == TRUNCATED_LINE:
-            continue
+    for line, event in zip(SAMPLE_LINES, parsed, strict=True):
         assert event is not None
         raw = fields_by_quotes(line)
         assert event.ip == raw["host"]
@@ -154,7 +173,14 @@ def test_offsets_escapes_and_dashes() -> None:
         LINE.replace('"GET /a%20b?x=1 HTTP/1.0"', '"-"'),  # a request Apache could not read
         LINE.replace("GET", "get"),
         LINE.replace(" 200 ", " 999 "),  # out of the status range
-        LINE[:-1],  # cut short
+        LINE[: LINE.index("frank") + 14],  # cut short inside the timestamp
+        LINE[: LINE.index("a%20b")],  # cut short inside the request
+        LINE[: LINE.rindex(' "-" ') + 3],  # cut short inside the referrer
+        LINE[: LINE.rindex(' "curl')],  # cut short before the user agent begins
+        LINE + " extra",  # text after the closing quote
+        LINE[:-1] + 'x"y',  # a cut agent with a bare quote in it: malformed, not cut
+        LINE.replace('"-" "curl', '"-"  "curl'),  # two spaces between fields
+        LINE.replace("curl/8.5.0", "x" * 3000)[:-1],  # a cut agent over the size limit
         LINE.replace("curl/8.5.0", "x" * 3000),  # user agent over the size limit
         "",
         "not a log line at all",
@@ -162,6 +188,32 @@ def test_offsets_escapes_and_dashes() -> None:
 )
 def test_lines_that_do_not_parse(line: str) -> None:
     assert parse_combined_line(line) is None
+
+
+@pytest.mark.parametrize(
+    ("line", "agent"),
+    [
+        # The closing quote lost: the escaped quote before it stays part of the agent.
+        (LINE[:-1], 'curl/8.5.0 "quoted"'),
+        (LINE[: LINE.index(" \\")], "curl/8.5.0"),
+        (LINE[: LINE.index("8.5.0")], "curl/"),
+        (LINE[: LINE.index("8.5.0")] + "  ", "curl/  "),  # the rest of the line, spaces too
+        (LINE[: LINE.index("quoted") - 1], "curl/8.5.0 \\"),  # cut after a backslash
+        (LINE[: LINE.rindex('"curl') + 1], None),  # only the opening quote: no agent
+    ],
+)
+def test_a_user_agent_cut_off_at_the_end_of_the_line_is_the_rest_of_it(
+    line: str, agent: str | None
+) -> None:
+    event = parse_combined_line(line, 3)
+    assert event is not None
+    assert event.user_agent == agent
+    # Everything before the agent is read as on a complete line; only the id differs.
+    complete = parse_combined_line(LINE, 3)
+    assert complete is not None
+    assert msgspec.structs.replace(event, user_agent=None, event_id="") == msgspec.structs.replace(
+        complete, user_agent=None, event_id=""
+    )
 
 
 def test_detect_format() -> None:
@@ -191,24 +243,38 @@ def test_run_replay_reports_and_closes_the_sink() -> None:
     report = run_replay(SAMPLE, sink)
     assert sink.closed
     assert report.format == "combined"
-    assert (report.lines, report.sent, report.unparsed) == (10_000, 9_999, 1)
-    assert report.first_unparsed == [TRUNCATED_LINE]
-    assert len(sink.records) == 9_999
+    assert (report.lines, report.sent, report.unparsed) == (10_000, 10_000, 0)
+    assert report.first_unparsed == []
+    assert len(sink.records) == 10_000
     assert {key for key, _ in sink.records} == {b"replay"}
-    assert "1 line skipped" in " ".join(describe(report)) and "8899" in " ".join(describe(report))
+    assert describe(report) == ["10,000 lines (combined): 10,000 sent"]
     # Replaying again sends the very same bytes (same ids: the worker dedups them).
     again = ListSink()
     run_replay(SAMPLE, again)
     assert again.records == sink.records
 
 
+def test_unparsed_lines_are_counted_and_named(tmp_path: Path) -> None:
+    path = tmp_path / "access.log"
+    lines = [SAMPLE_LINES[0], "garbage", "", LINE.replace(" 200 ", " 999 "), SAMPLE_LINES[1]]
+    path.write_text("\n".join(lines) + "\n", "utf-8")
+    sink = ListSink()
+    report = run_replay(path, sink, fmt="combined")
+    assert (report.lines, report.sent, report.blank, report.unparsed) == (5, 2, 1, 2)
+    assert report.first_unparsed == [2, 4]
+    assert describe(report)[1:] == [
+        "1 line blank, skipped",
+        "2 lines skipped, not a valid combined-format request: line 2, 4",
+    ]
+
+
 def test_replay_command_to_a_file_round_trips(tmp_path: Path) -> None:
     out = tmp_path / "replayed.jsonl"
     result = CliRunner().invoke(replay_command, [str(SAMPLE), "--out", str(out), "--account", "a1"])
     assert result.exit_code == 0, result.output
-    assert "9,999 sent" in result.output and "8899" in result.output
+    assert "10,000 sent" in result.output and "skipped" not in result.output
     values = out.read_bytes().splitlines()
-    assert len(values) == 9_999
+    assert len(values) == 10_000
     decoder = msgspec.json.Decoder(Request)
     assert all(decoder.decode(v).account_id == "a1" for v in values)
     # The JSON-lines output replays to identical values.

@@ -1,0 +1,727 @@
+"""``sieve demo``: the whole pipeline, end to end, on a month of realistic traffic.
+
+Broker -> topics -> keys -> one worker (a real ``sieve worker`` subprocess) -> generated
+traffic for the previous full UTC month -> every record committed -> publish -> the month's
+invoice, analytics, counts, dashboard and catalog. :func:`run_demo` is the core (tests call
+it with their own settings, broker and clock); :func:`demo_command` is the edge.
+
+Contracts:
+
+- Re-runs: the data root is *fresh on every run*. The demo leaves a marker file in the data
+  root and, on the next run, empties a data root that carries it; it refuses a data root
+  holding anything else (that may be someone's real data). The consumer group is moved to
+  the end of the raw topic before the worker starts, so records of an earlier (perhaps
+  interrupted) run are never counted again. Same seed, events, accounts and month: the same
+  records and the same invoice.
+- Cleanup: what the demo started (the worker, the broker) is stopped on success, on any
+  error and on Ctrl-C or SIGTERM; a broker that was already running, one given with
+  ``--bootstrap``, or one kept with ``--keep-broker`` is left running.
+- Keys: a key file is made in the work folder (mode 0600) only when SIEVE_KEYRING_FILE is
+  unset and none exists there; key material is never printed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from types import FrameType
+from typing import Any, Final
+
+import click
+import duckdb
+import pyarrow.fs as pafs
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka.errors import CommitFailedError
+from kafka.structs import OffsetAndMetadata
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from aggregations import dashboard
+from aggregations.catalog import default_catalog_path, open_catalog
+from aggregations.pricing import Invoice, invoice, load_plan, period_usage
+from aggregations.publish import PublishReport, publish
+from aggregations.render import render, table_rows
+from aggregations.reports import run_report
+from aggregations.storage import resolve_root
+from streams.broker.control import LocalBroker
+from streams.errors import SieveError
+from streams.generate.commands import generate_to_topic
+from streams.generate.model import TrafficConfig
+from streams.generate.records import GroundTruth
+from streams.generate.user_agents import load_user_agents
+from streams.privacy.keyring import Keyring, write_new_keyring
+from streams.settings import ENV_PREFIX, Settings, describe_environment
+from streams.topics import ensure_topics_from_settings
+from streams.worker.commands import committed_totals
+
+# 1.5 M records take about 2 minutes in all on a busy 2-core machine (generation, at ~17,000
+# records/s through kafka-python, is the slowest step; the worker keeps up while it runs).
+DEFAULT_EVENTS: Final = 1_500_000
+DEFAULT_ACCOUNTS: Final = 8
+# Traffic keeps flowing this long past the month's end (plus the grace period): only events
+# of the next month move the watermark past the month's last hour and day, closing them for
+# the invoice. Six hours makes an empty stretch (a quiet night with few accounts) unlikely;
+# the demo checks and says so if it happened anyway.
+TAIL: Final = timedelta(hours=6)
+STALL_TIMEOUT_S: Final = 180.0
+WORKER_START_TIMEOUT_S: Final = 120.0
+WORKER_STOP_TIMEOUT_S: Final = 60.0
+BROKER_START_TIMEOUT_S: Final = 90.0
+POLL_S: Final = 0.5
+CLIENT_ID: Final = "sieve-demo"
+MARKER_FILE: Final = ".sieve-demo.json"
+WORKER_LOG: Final = "demo-worker.log"
+FIRST_QUERY: Final = "SELECT * FROM metering_daily LIMIT 5"  # what to type in the catalog
+# (report, row limit) of `sieve analytics` shown for the month.
+ANALYTICS: Final = (("daily-active-people", 31), ("top-countries", 10), ("devices", 20))
+# The columns `sieve pricing` prints; tests/integration/test_demo.py checks the printed
+# invoice against the command's output character for character.
+INVOICE_COLUMNS: Final = [
+    "account_id",
+    "metric",
+    "band",
+    "quantity",
+    "included",
+    "billable",
+    "unit_price",
+    "amount",
+]
+
+Report = tuple[str, list[str], list[list[Any]]]  # (title, columns, rows)
+
+
+class DemoError(SieveError):
+    """The demo could not finish; the message says which step and why."""
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    """What ``sieve demo`` was asked for (the command line's options)."""
+
+    events: int = DEFAULT_EVENTS
+    accounts: int = DEFAULT_ACCOUNTS
+    seed: int = 1
+    keep_broker: bool = False
+    bootstrap: str | None = None  # use this broker instead of starting the local one
+    stall_timeout_s: float = STALL_TIMEOUT_S
+
+
+@dataclass(frozen=True)
+class Month:
+    """The invoiced month: ``name`` ("2026-10") and its UTC bounds [start, end)."""
+
+    name: str
+    start: datetime
+    end: datetime
+
+    @classmethod
+    def before(cls, now: datetime) -> Month:
+        """The previous full calendar UTC month: only a past month's invoice is complete."""
+        this = now.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        start = (this - timedelta(days=1)).replace(day=1)
+        return cls(f"{start:%Y-%m}", start, this)
+
+    @property
+    def days(self) -> tuple[date, date]:
+        """First and last day (inclusive), as reports take them."""
+        return self.start.date(), (self.end - timedelta(days=1)).date()
+
+    def traffic_end(self, now: datetime, grace: timedelta) -> datetime:
+        """Where generated traffic stops: past the month's end by ``grace`` + :data:`TAIL`,
+        but never after ``now``'s hour (no events from the future)."""
+        hour = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+        return max(self.end, min(self.end + grace + TAIL, hour))
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    """What one run produced; everything the demo printed comes from these values."""
+
+    month: Month
+    truth: GroundTruth
+    counts: Counter[str]  # raw, accepted, duplicates, facts, bytes_written (commit markers)
+    dead_letters: Counter[str]  # by reason
+    published: PublishReport
+    invoice: Invoice
+    dashboard: Path
+    catalog: Path | None
+
+    @property
+    def dead_lettered(self) -> int:
+        return sum(self.dead_letters.values())
+
+
+# --- progress --------------------------------------------------------------------------------
+
+
+class Timeline:
+    """One status line per step: a spinner while it runs, then ✓ or ✗ with its duration."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.began = time.monotonic()
+        self.current = "starting"
+        self.detail = ""  # set by the step's body: shown after the title
+
+    @contextlib.contextmanager
+    def step(self, title: str, *, spinner: bool = True) -> Iterator[Any]:
+        """Run one step. Yields the spinner (``.update(text)``), or None for a step that
+        draws its own progress bar (rich shows one live display at a time)."""
+        self.current, self.detail = title, ""
+        started = time.monotonic()
+        try:
+            if spinner:
+                with self.console.status(escape(title)) as status:
+                    yield status
+            else:
+                yield None
+        except BaseException:
+            self.console.print(f"[red]✗[/] {escape(title)} [dim]({self._since(started)})")
+            raise
+        detail = f": {escape(self.detail)}" if self.detail else ""
+        self.console.print(f"[green]✓[/] {escape(title)}{detail} [dim]({self._since(started)})")
+
+    def _since(self, started: float) -> str:
+        now = time.monotonic()
+        return f"{now - started:.1f} s, {now - self.began:.0f} s in all"
+
+
+# --- data root, keys, consumer group ---------------------------------------------------------
+
+
+def prepare_data_root(data_root: str, month: Month) -> str:
+    """Make ``data_root`` an empty folder holding only the demo's marker; say what was done.
+
+    Raises DemoError when it holds anything and no marker: it may be real data.
+    """
+    root = resolve_root(data_root)
+    selector = pafs.FileSelector(root.path, allow_not_found=True)
+    names = {info.base_name for info in root.fs.get_file_info(selector)}
+    if names and MARKER_FILE not in names:
+        raise DemoError(
+            f"the data root {data_root} holds data the demo did not make; the demo starts"
+            " from an empty data root on every run: point SIEVE_DATA_ROOT at a new folder"
+        )
+    if names:
+        root.fs.delete_dir_contents(root.path)
+    root.fs.create_dir(root.path, recursive=True)
+    with root.fs.open_output_stream(root.join(MARKER_FILE)) as out:
+        out.write(json.dumps({"made_by": "sieve demo", "month": month.name}).encode())
+    return "emptied: it held the previous demo's data" if names else "new"
+
+
+def ensure_keyring(settings: Settings) -> tuple[Path, bool]:
+    """The key file the worker will use (checked now, not in the worker), and whether the
+    demo made it just now."""
+    path = settings.keyring_file or settings.work_dir / "keyring.json"
+    if settings.keyring_file is not None or path.exists():
+        Keyring.load(path)
+        return path, False
+    write_new_keyring(path)
+    return path, True
+
+
+def start_group_at_end(bootstrap_servers: str, group: str, topic: str) -> int:
+    """Commit the end of every partition of ``topic`` as ``group``'s position; return how
+    many earlier records the group thereby skips. The group must have no live member.
+
+    A consumer rather than the admin client: it waits out the group coordinator's start on
+    a fresh broker (the first group creates the offsets topic).
+    """
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap_servers,
+        group_id=group,
+        client_id=CLIENT_ID,
+        enable_auto_commit=False,
+    )
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        ends = consumer.end_offsets(tps)
+        starts = consumer.beginning_offsets(tps)
+        before = {tp: max(consumer.committed(tp) or 0, starts[tp]) for tp in tps}
+        try:
+            consumer.commit({tp: OffsetAndMetadata(ends[tp], "", -1) for tp in tps})
+        except CommitFailedError as busy:
+            raise DemoError(
+                f"cannot move consumer group {group} to the end of {topic}: is a worker of"
+                " that group still running? Stop it or set SIEVE_CONSUMER_GROUP"
+            ) from busy
+    finally:
+        consumer.close()
+    return sum(ends[tp] - before[tp] for tp in tps)
+
+
+# --- the worker ------------------------------------------------------------------------------
+
+
+def _env_value(value: object) -> str:
+    if isinstance(value, timedelta):
+        return f"PT{value.total_seconds()}S"  # ISO 8601: pydantic reads no bare seconds
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def worker_environment(settings: Settings, keyring_file: Path) -> dict[str, str]:
+    """This process's environment with every SIEVE_* variable taken from ``settings``: the
+    worker sees exactly the demo's configuration, whatever the shell held."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if value is not None:
+            env[f"{ENV_PREFIX}{name.upper()}"] = _env_value(value)
+    env[f"{ENV_PREFIX}KEYRING_FILE"] = str(keyring_file)
+    if "metrics_port" not in settings.model_fields_set:
+        # The default port may be another worker's (one running beside the demo).
+        env[f"{ENV_PREFIX}METRICS_PORT"] = str(_free_port())
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class WorkerProcess:
+    """One ``sieve worker`` subprocess in its own session: Ctrl-C reaches only the demo,
+    which then stops the worker with SIGTERM so it commits what it buffered."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with log_path.open("wb") as log:  # this run's log only: an old one would mislead
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "streams.cli", "worker"],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, timeout_s: float = WORKER_STOP_TIMEOUT_S) -> int | None:
+        """SIGTERM (faust flushes and commits), SIGKILL after ``timeout_s``; the exit code."""
+        if self.alive():
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=30)
+        return self.process.returncode
+
+    def failed(self, problem: str, console: Console) -> DemoError:
+        """The error for ``problem``, after showing the end of the worker's log."""
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        console.print("\n".join(text.splitlines()[-25:]), style="dim", markup=False)
+        return DemoError(f"{problem} (worker log: {self.log_path})")
+
+    def check(self, console: Console, doing: str) -> None:
+        if not self.alive():
+            code = self.process.returncode
+            raise self.failed(f"the worker exited (code {code}) while {doing}", console)
+
+
+def wait_until_ready(
+    bootstrap_servers: str, group: str, worker: WorkerProcess, console: Console
+) -> None:
+    """Return once ``group`` is stable with a member. Not needed for correctness (the
+    group's position is fixed, the worker catches up), but a worker that cannot start
+    fails here rather than after the generation."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id=CLIENT_ID)
+    try:
+        deadline = time.monotonic() + WORKER_START_TIMEOUT_S
+        while True:
+            described = admin.describe_groups([group])[group]
+            if described["group_state"] == "Stable" and described["members"]:
+                return
+            worker.check(console, "starting")
+            if time.monotonic() > deadline:
+                timeout = f"{WORKER_START_TIMEOUT_S:.0f} s"
+                raise worker.failed(f"the worker did not join {group} in {timeout}", console)
+            time.sleep(POLL_S)
+    finally:
+        admin.close()
+
+
+def wait_until_committed(
+    settings: Settings, records: int, worker: WorkerProcess, console: Console, stall_s: float
+) -> tuple[Counter[str], Counter[str]]:
+    """Poll the commit markers until ``records`` raw records are committed; return the
+    totals and the dead letters by reason. Fails when the worker exits or commits nothing
+    for ``stall_s`` seconds."""
+    columns = (TextColumn("[bold]process"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("process", total=records)
+        last_raw, last_change = -1, time.monotonic()
+        while True:
+            totals, dead, _, _ = committed_totals(settings.data_root, settings.raw_topic)
+            raw = totals["raw"]
+            progress.update(task, completed=raw)
+            if raw >= records:
+                return totals, dead
+            if raw != last_raw:
+                last_raw, last_change = raw, time.monotonic()
+            worker.check(console, f"{raw:,} of {records:,} records were committed")
+            if time.monotonic() - last_change > stall_s:
+                problem = f"the worker committed nothing for {stall_s:.0f} s"
+                raise worker.failed(f"{problem} ({raw:,} of {records:,} records)", console)
+            time.sleep(POLL_S)
+
+
+# --- printing --------------------------------------------------------------------------------
+
+
+def print_invoice(console: Console, bill: Invoice) -> None:
+    """The invoice as ``sieve pricing --period`` prints it: same renderer, columns, titles."""
+    rows = [[getattr(line, column) for column in INVOICE_COLUMNS] for line in bill.lines]
+    title = f"Invoice lines {bill.period} ({bill.currency})"
+    render(INVOICE_COLUMNS, rows, "table", console, title=title)
+    totals = [[t.account_id, t.currency, t.amount] for t in bill.totals]
+    render(["account_id", "currency", "total"], totals, "table", console, title="Totals")
+
+
+def month_reports(connection: duckdb.DuckDBPyConnection, month: Month) -> list[Report]:
+    """The :data:`ANALYTICS` reports over the month, titled as ``sieve analytics`` does."""
+    first, last = month.days
+    reports = []
+    for name, limit in ANALYTICS:
+        columns, rows = table_rows(run_report(connection, name, first, last, limit))
+        reports.append((f"{name} {first} .. {last}", columns, rows))
+    return reports
+
+
+def counts_table(result: DemoResult) -> Table:
+    """What the worker committed against what the generator planted, row by row."""
+    truth, counts = result.truth, result.counts
+    table = Table(title="Records (commit markers vs generator truth)")
+    for column in ("counter", "committed", "generated", ""):
+        table.add_column(column, justify="left" if column == "counter" else "right")
+
+    def row(name: str, committed: int, expected: int) -> None:
+        mark = "[green]✓" if committed == expected else "[red]✗"
+        table.add_row(name, f"{committed:,}", f"{expected:,}", mark)
+
+    row("raw", counts["raw"], truth.records)
+    row("accepted", counts["accepted"], truth.by_kind["event"])
+    row("duplicates", counts["duplicates"], truth.by_kind["duplicate"])
+    row("dead-lettered", result.dead_lettered, truth.by_kind["malformed"])
+    for reason in sorted(set(result.dead_letters) | set(truth.malformed_by_reason)):
+        committed, expected = result.dead_letters[reason], truth.malformed_by_reason.get(reason, 0)
+        if committed or expected:
+            row(f"  {reason}", committed, expected)
+    adds_up = counts["raw"] == counts["accepted"] + counts["duplicates"] + result.dead_lettered
+    table.caption = f"raw = accepted + duplicates + dead-lettered: {'yes' if adds_up else 'NO'}"
+    return table
+
+
+def _published_text(report: PublishReport) -> str:
+    mark = report.watermark.isoformat() if report.watermark else "-"
+    held = len(report.held_back_days)
+    return (
+        f"watermark {mark}, {report.facts:,} facts -> metering {report.hourly_base:,} hourly"
+        f" + {report.daily_base:,} daily rows, analytics {report.analytics_batches} batches"
+        f" ({report.analytics_rows:,} cells)" + (f", {held} days held back (< k)" if held else "")
+    )
+
+
+# --- the steps -------------------------------------------------------------------------------
+
+
+def _start_broker(settings: Settings, timeline: Timeline) -> tuple[str, LocalBroker | None]:
+    """Start the local broker; return its address and the broker to stop at the end, or
+    None when it was already running (someone else's: left alone)."""
+    local = LocalBroker(settings.broker_dir, settings.broker_port, settings.broker_controller_port)
+    with timeline.step("Starting the local Kafka broker") as spinner:
+        was_running = local.running_pid() is not None
+        status = local.start(BROKER_START_TIMEOUT_S, progress=spinner.update)
+        timeline.detail = f"Kafka {status.version} at {status.bootstrap_servers}" + (
+            " (already running: left running)" if was_running else ""
+        )
+    return local.bootstrap_servers, None if was_running else local
+
+
+def _stop_broker(local: LocalBroker, timeline: Timeline) -> None:
+    with timeline.step("Stopping the broker"):
+        local.stop()
+
+
+def _prepare(settings: Settings, month: Month, timeline: Timeline) -> Path:
+    """Topics, the data root, the key file and the group's position; the key file's path."""
+    with timeline.step("Preparing topics, data root, keys and consumer group"):
+        created = ensure_topics_from_settings(settings)
+        state = prepare_data_root(settings.data_root, month)
+        keyring_file, made = ensure_keyring(settings)
+        group, topic = settings.consumer_group, settings.raw_topic
+        skipped = start_group_at_end(settings.bootstrap_servers, group, topic)
+        topics = ", ".join(f"{n} ({'created' if c else 'exists'})" for n, c in created.items())
+        timeline.detail = (
+            f"topics {topics}; data root {settings.data_root} ({state}); key file {keyring_file}"
+            f" ({'made, mode 0600' if made else 'existing'}); group {group}"
+            + (f" skips {skipped:,} earlier records" if skipped else "")
+        )
+    return keyring_file
+
+
+def _start_worker(
+    settings: Settings, keyring_file: Path, timeline: Timeline, running: contextlib.ExitStack
+) -> WorkerProcess:
+    with timeline.step("Starting a worker"):
+        env = worker_environment(settings, keyring_file)
+        worker = WorkerProcess(env, settings.work_dir / WORKER_LOG)
+        running.callback(_stop_worker, worker, timeline)
+        wait_until_ready(
+            settings.bootstrap_servers, settings.consumer_group, worker, timeline.console
+        )
+        timeline.detail = f"pid {worker.process.pid}, log {worker.log_path}"
+    return worker
+
+
+def _stop_worker(worker: WorkerProcess, timeline: Timeline) -> None:
+    if not worker.alive():
+        return
+    with timeline.step("Stopping the worker"):
+        code = worker.stop()
+        timeline.detail = "clean" if code == 0 else f"exit code {code} (log: {worker.log_path})"
+
+
+def _generate(
+    settings: Settings, options: DemoOptions, month: Month, now: datetime, timeline: Timeline
+) -> GroundTruth:
+    end = month.traffic_end(now, settings.grace_period)
+    config = TrafficConfig(
+        count=options.events,
+        start=month.start,
+        end=end,
+        user_agents=load_user_agents(None),
+        seed=options.seed,
+        accounts=options.accounts,
+    )
+    with timeline.step(f"Generating {options.events:,} records", spinner=False):
+        report = generate_to_topic(
+            config, settings.bootstrap_servers, settings.raw_topic, console=timeline.console
+        )
+        timeline.detail = (
+            f"{month.start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC into"
+            f" {settings.raw_topic} at {report.records_per_s:,.0f}/s"
+        )
+    return report.truth
+
+
+def _publish(settings: Settings, month: Month, now: datetime, timeline: Timeline) -> PublishReport:
+    with timeline.step("Publishing metering and k-anonymous analytics"):
+        published = publish(
+            settings.data_root, now=now, grace=settings.grace_period, k=settings.k_anonymity
+        )
+        timeline.detail = _published_text(published)
+    if published.watermark is None or published.watermark < month.end + settings.grace_period:
+        timeline.console.print(
+            f"[yellow]note:[/] {month.name} is not closed (no events late enough after its"
+            " end): the invoice covers its closed days only"
+        )
+    return published
+
+
+def _price_and_analyse(
+    settings: Settings, month: Month, timeline: Timeline
+) -> tuple[Invoice, list[Report]]:
+    with timeline.step(f"Pricing and analytics for {month.name}"):
+        # Locked down as `sieve pricing` opens it: only published/ is readable.
+        connection = open_catalog(settings.data_root, lock_down=True)
+        try:
+            plan = load_plan(settings.price_plan_file)
+            bill = invoice(period_usage(connection, month.name), plan, month.name)
+            reports = month_reports(connection, month)
+        finally:
+            connection.close()
+        timeline.detail = f"{len(bill.totals)} accounts invoiced"
+    return bill, reports
+
+
+def _write_outputs(
+    settings: Settings, now: datetime, timeline: Timeline
+) -> tuple[Path, Path | None]:
+    """The dashboard page (in the data root when it is a local folder, else in the work
+    folder) and the analysts' DuckDB catalog file (local data roots only)."""
+    with timeline.step("Writing the dashboard and the analysts' catalog"):
+        local = resolve_root(settings.data_root).is_local
+        page = (
+            dashboard.default_output(settings.data_root)
+            if local
+            else settings.work_dir / dashboard.PAGE_FILE
+        )
+        html = dashboard.build_dashboard(
+            settings.data_root, k=settings.k_anonymity, generated_at=now
+        )
+        dashboard.write_page(page, html)
+        if not local:
+            return page, None
+        catalog = default_catalog_path(settings.data_root)
+        open_catalog(settings.data_root, catalog).close()
+    return page, catalog
+
+
+def _absolute(settings: Settings, bootstrap: str) -> Settings:
+    """``settings`` on ``bootstrap``, with absolute local paths: the printed paths work from
+    any folder, and the worker resolves them as the demo does."""
+    root = resolve_root(settings.data_root)
+    data_root = root.path if root.is_local else settings.data_root
+    work_dir = settings.work_dir.absolute()
+    update = {"bootstrap_servers": bootstrap, "data_root": data_root, "work_dir": work_dir}
+    return settings.model_copy(update=update)
+
+
+def run_demo(
+    settings: Settings, options: DemoOptions, *, now: datetime, console: Console
+) -> DemoResult:
+    """Run the whole demo (see the module docstring) and print what it made. ``now`` picks
+    the invoice month and stamps the published rows. Raises DemoError, or the SieveError
+    of the step that failed."""
+    timeline = Timeline(console)
+    month = Month.before(now)
+    console.print(
+        f"[bold]Sieve demo[/]: {options.events:,} records, {options.accounts} accounts, seed"
+        f" {options.seed}, invoice month {month.name}"
+    )
+    try:
+        with contextlib.ExitStack() as running:  # leaving it stops the worker, then the broker
+            bootstrap = options.bootstrap
+            if bootstrap is None:
+                bootstrap, started = _start_broker(settings, timeline)
+                if started is not None and not options.keep_broker:
+                    running.callback(_stop_broker, started, timeline)
+            settings = _absolute(settings, bootstrap)
+            keyring_file = _prepare(settings, month, timeline)
+            worker = _start_worker(settings, keyring_file, timeline, running)
+            truth = _generate(settings, options, month, now, timeline)
+            with timeline.step("Processing: every record committed", spinner=False):
+                counts, dead = wait_until_committed(
+                    settings, options.events, worker, console, options.stall_timeout_s
+                )
+                timeline.detail = f"{counts['raw']:,} records, {counts['accepted']:,} accepted"
+        published = _publish(settings, month, now, timeline)
+        bill, reports = _price_and_analyse(settings, month, timeline)
+        page, catalog = _write_outputs(settings, now, timeline)
+    except (SieveError, KeyboardInterrupt):
+        raise
+    except Exception as error:  # one clear line naming the step; the cause stays chained
+        raise DemoError(f"{timeline.current} failed: {type(error).__name__}: {error}") from error
+    result = DemoResult(month, truth, counts, dead, published, bill, page, catalog)
+    _print_result(console, result, settings, reports)
+    console.print(f"[green]Demo finished in {time.monotonic() - timeline.began:.0f} s")
+    return result
+
+
+def _print_result(
+    console: Console, result: DemoResult, settings: Settings, reports: list[Report]
+) -> None:
+    print_invoice(console, result.invoice)
+    for title, columns, rows in reports:
+        render(columns, rows, "table", console, title=title)
+    console.print(counts_table(result))
+    console.print(f"[bold]Dashboard:[/] {escape(str(result.dashboard))}  (open it in a browser)")
+    if result.catalog is not None:
+        console.print(
+            f"[bold]Catalog:[/] duckdb {escape(str(result.catalog))}  then  {FIRST_QUERY}"
+        )
+    again = f"SIEVE_DATA_ROOT={settings.data_root} sieve pricing --period {result.month.name}"
+    console.print(f"[bold]Again:[/] {escape(again)}  (or sieve analytics, sql, dashboard)")
+
+
+# --- the command -----------------------------------------------------------------------------
+
+
+def _interrupted(signum: int, frame: FrameType | None) -> None:
+    # SIGTERM (a CI timeout, `kill`) takes the Ctrl-C path: what the demo started is stopped.
+    raise KeyboardInterrupt
+
+
+def _console() -> Console:
+    # Piped output is not cut to 80 columns (as `sieve pricing`): tables keep their values.
+    console = Console()
+    return console if console.is_terminal else Console(width=100_000)
+
+
+@click.command("demo", epilog="\b\nEnvironment:\n" + describe_environment())
+@click.option(
+    "--events",
+    type=click.IntRange(min=1),
+    default=DEFAULT_EVENTS,
+    show_default=True,
+    help="Records to generate (duplicates, late and malformed ones included).",
+)
+@click.option(
+    "--accounts",
+    type=click.IntRange(min=1),
+    default=DEFAULT_ACCOUNTS,
+    show_default=True,
+    help="Customer accounts in the traffic.",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Same seed, events, accounts and month: the same records and invoice.",
+)
+@click.option("--keep-broker", is_flag=True, help="Leave the local broker running afterwards.")
+@click.option(
+    "--bootstrap",
+    metavar="HOST:PORT",
+    help="Use this Kafka instead of starting the local broker (it is left running).",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=1),
+    default=STALL_TIMEOUT_S,
+    show_default=True,
+    help="Give up when the worker commits nothing this many seconds.",
+)
+def demo_command(
+    events: int,
+    accounts: int,
+    seed: int,
+    keep_broker: bool,
+    bootstrap: str | None,
+    timeout: float,
+) -> None:
+    """Run the whole pipeline end to end: the local broker, topics, keys, a worker, a month
+    of generated traffic for a few accounts, publishing; then last month's invoice,
+    analytics, the record counts, the dashboard and the analysts' catalog.
+
+    Every run starts from an empty SIEVE_DATA_ROOT: the demo replaces the data of its own
+    earlier run and refuses a data root it did not make. SIEVE_WORK_DIR holds the broker,
+    the key file the demo makes (unless SIEVE_KEYRING_FILE is set) and the worker's log.
+    """
+    options = DemoOptions(
+        events=events,
+        accounts=accounts,
+        seed=seed,
+        keep_broker=keep_broker,
+        bootstrap=bootstrap,
+        stall_timeout_s=timeout,
+    )
+    now = datetime.now(UTC)  # the only clock read: it picks the month and stamps the rows
+    previous = signal.signal(signal.SIGTERM, _interrupted)
+    try:
+        run_demo(Settings(), options, now=now, console=_console())
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,171 @@
+"""Exactly once under SIGKILL: every accepted event appears once in each output.
+
+Workers are real `sieve worker` subprocesses on the session broker, killed with SIGKILL
+(no flush, no commit, no cleanup) at random moments, between a range's commit marker and
+its offset commit on purpose, and one of two workers in a group mid-way.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import duckdb
+import pyarrow.compute as pc
+
+from schemas.commits import iter_markers
+from streams.generate.commands import generate_to_topic
+from streams.generate.records import GroundTruth
+from streams.topics import TopicSpec, create_topics
+from streams.worker.sink import open_data_root
+from tests.conftest import KafkaBroker
+from tests.integration.pipeline_truth import read_identifiable, traffic_config
+from tests.integration.worker_harness import (
+    WorkerProcess,
+    WorkerSetup,
+    leftover_temporary_files,
+    wait_until,
+)
+
+DRAIN_TIMEOUT_S = 300
+
+
+def _prepared(
+    kafka: KafkaBroker, root: Path, count: int, partitions: int, seed: int
+) -> tuple[WorkerSetup, GroundTruth]:
+    suffix = uuid.uuid4().hex[:8]
+    raw, dead = f"test.crash.raw.{suffix}", f"test.crash.dead.{suffix}"
+    create_topics(kafka.bootstrap_servers, [TopicSpec(raw, partitions, {}), TopicSpec(dead, 1, {})])
+    report = generate_to_topic(traffic_config(count, seed=seed), kafka.bootstrap_servers, raw)
+    return WorkerSetup(kafka.bootstrap_servers, raw, dead, root, f"g-{suffix}"), report.truth
+
+
+def _drained(setup: WorkerSetup, count: int) -> Callable[[], bool]:
+    return lambda: setup.committed_raw() >= count
+
+
+def assert_exactly_once(setup: WorkerSetup, truth: GroundTruth, count: int) -> None:
+    """Every output holds each accepted event once; ranges tile the input; nothing is left over."""
+    totals = setup.totals()
+    assert totals["raw"] == count
+    assert totals["accepted"] == truth.by_kind["event"]
+    assert totals["duplicates"] == truth.by_kind["duplicate"]
+    assert totals["dead_lettered"] == truth.by_kind["malformed"]
+
+    facts = duckdb.sql(f"SELECT * FROM read_parquet('{setup.data_root}/facts/**/*.parquet')")
+    ((rows, distinct),) = facts.aggregate("count(*), count(DISTINCT event_key)").fetchall()
+    assert rows == distinct == truth.by_kind["event"]
+
+    identifiable = read_identifiable(setup.data_root, setup.keyring_file)
+    pairs = pc.binary_join_element_wise(
+        identifiable["event_id"], identifiable["retention_class"], "/"
+    )
+    assert len(pc.unique(pairs)) == identifiable.num_rows > 0
+
+    assert leftover_temporary_files(setup.data_root) == []
+    filesystem, root = open_data_root(str(setup.data_root))
+    ranges: dict[int, list[tuple[int, int]]] = {}
+    for marker in iter_markers(filesystem, root, setup.raw_topic):
+        ranges.setdefault(marker.partition, []).append((marker.first_offset, marker.last_offset))
+    for partition_ranges in ranges.values():
+        partition_ranges.sort()
+        assert partition_ranges[0][0] == 0
+        for (_, last), (first, _) in itertools.pairwise(partition_ranges):
+            assert first == last + 1, f"ranges overlap or leave a gap: {partition_ranges}"
+
+
+def test_five_random_sigkills_lose_and_repeat_nothing(kafka: KafkaBroker, tmp_path: Path) -> None:
+    count = 150_000
+    setup, truth = _prepared(kafka, tmp_path, count, partitions=3, seed=11)
+    # Small fetches and ranges: many commits per second, so kills land mid-write as often as
+    # mid-fetch, and the input outlasts five kill-and-restart cycles.
+    setup.extra_env.update(SIEVE_BATCH_MAX_RECORDS="1000", SIEVE_ROLL_MAX_RECORDS="4000")
+    seed = random.randrange(1 << 30)
+    moments = random.Random(seed)
+    print(f"kill moments drawn with seed {seed}")
+    kills = 0
+    worker = WorkerProcess(setup, "worker-0").start()
+    try:
+        while kills < 5:
+            before = setup.committed_raw()
+            # A random moment after the worker has made some progress since its restart, so
+            # every kill lands in the middle of real work (fetching, writing or committing).
+            wait_until(
+                lambda before=before: setup.committed_raw() > before,  # type: ignore[misc]
+                timeout=120,
+                what="progress after a restart",
+                workers=[worker],
+            )
+            if setup.committed_raw() >= count:
+                break
+            _pause(moments.uniform(0.05, 1.5), worker)
+            worker.kill()
+            kills += 1
+            worker = WorkerProcess(setup, f"worker-{kills}").start()
+        wait_until(
+            _drained(setup, count), DRAIN_TIMEOUT_S, f"{count} records committed", workers=[worker]
+        )
+    finally:
+        worker.stop()
+    assert_exactly_once(setup, truth, count)
+    assert kills == 5, f"the input drained after only {kills} kills: make it larger"
+
+
+def _pause(seconds: float, worker: WorkerProcess) -> None:
+    """Let the worker run for ``seconds`` (the random kill moment); fail if it dies meanwhile."""
+    assert worker.process is not None
+    try:
+        worker.process.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:  # still running after `seconds`: the normal case
+        return
+    raise AssertionError(f"worker exited on its own:\n{worker.log_tail()}")
+
+
+def test_kill_between_marker_and_offset_commit(kafka: KafkaBroker, tmp_path: Path) -> None:
+    count = 30_000
+    setup, truth = _prepared(kafka, tmp_path, count, partitions=2, seed=12)
+    crashing = WorkerProcess(
+        setup, "crashing", command=[sys.executable, "-m", "tests.integration.crashing_worker", "2"]
+    ).start()
+    assert crashing.process is not None
+    crashing.process.wait(timeout=120)
+    assert crashing.process.returncode == -9, crashing.log_tail()
+    committed_before_restart = setup.totals()["ranges"]
+    assert committed_before_restart >= 2, "the crash came before two ranges were committed"
+    worker = WorkerProcess(setup, "worker").start()
+    try:
+        wait_until(
+            _drained(setup, count), DRAIN_TIMEOUT_S, f"{count} records committed", workers=[worker]
+        )
+    finally:
+        worker.stop()
+    assert_exactly_once(setup, truth, count)
+
+
+def test_two_workers_one_killed_midway(kafka: KafkaBroker, tmp_path: Path) -> None:
+    count = 80_000
+    setup, truth = _prepared(kafka, tmp_path, count, partitions=4, seed=13)
+    first = WorkerProcess(setup, "first").start()
+    second = WorkerProcess(setup, "second").start()
+    try:
+        wait_until(
+            lambda: setup.committed_raw() >= count // 4,
+            timeout=120,
+            what="a quarter of the input committed",
+            workers=[first, second],
+        )
+        first.kill()
+        wait_until(
+            _drained(setup, count), DRAIN_TIMEOUT_S, f"{count} records committed", workers=[second]
+        )
+    finally:
+        first.stop()
+        second.stop()
+    assert_exactly_once(setup, truth, count)
+    filesystem, root = open_data_root(str(setup.data_root))
+    assert {m.partition for m in iter_markers(filesystem, root, setup.raw_topic)} == {0, 1, 2, 3}
