@@ -56,7 +56,7 @@ from aggregations.publish import PublishReport, publish
 from aggregations.render import render, table_rows
 from aggregations.reports import run_report
 from aggregations.storage import resolve_root
-from streams.broker.control import LocalBroker
+from streams.broker.control import LocalBroker, port_is_free
 from streams.errors import SieveError
 from streams.generate.commands import generate_to_topic
 from streams.generate.model import TrafficConfig
@@ -67,9 +67,10 @@ from streams.settings import ENV_PREFIX, Settings, describe_environment
 from streams.topics import ensure_topics_from_settings
 from streams.worker.commands import committed_totals
 
-# 1.5 M records take about 2 minutes in all on a busy 2-core machine (generation, at ~17,000
-# records/s through kafka-python, is the slowest step; the worker keeps up while it runs).
-DEFAULT_EVENTS: Final = 1_500_000
+# About two minutes in all on a busy 2-core machine, well under five with a cold jar fetch:
+# generation is the slow step (13,000-17,000 records/s through kafka-python's producer);
+# the worker keeps up while it runs and finishes seconds after it.
+DEFAULT_EVENTS: Final = 1_200_000
 DEFAULT_ACCOUNTS: Final = 8
 # Traffic keeps flowing this long past the month's end (plus the grace period): only events
 # of the next month move the watermark past the month's last hour and day, closing them for
@@ -452,11 +453,39 @@ def _start_broker(settings: Settings, timeline: Timeline) -> tuple[str, LocalBro
     local = LocalBroker(settings.broker_dir, settings.broker_port, settings.broker_controller_port)
     with timeline.step("Starting the local Kafka broker") as spinner:
         was_running = local.running_pid() is not None
+        if not was_running:
+            spinner.update("waiting for the ports of a broker stopped moments ago")
+            wait_for_lingering_ports((local.port, local.controller_port))
         status = local.start(BROKER_START_TIMEOUT_S, progress=spinner.update)
         timeline.detail = f"Kafka {status.version} at {status.bootstrap_servers}" + (
             " (already running: left running)" if was_running else ""
         )
     return local.bootstrap_servers, None if was_running else local
+
+
+def wait_for_lingering_ports(ports: tuple[int, ...], timeout_s: float = 70.0) -> None:
+    """Wait (at most ``timeout_s``) while a port is in TIME_WAIT but has no listener.
+
+    A broker stopped moments ago (the previous demo run) leaves its ports in TIME_WAIT for
+    up to a minute; LocalBroker's free-port probe binds without SO_REUSEADDR and calls them
+    taken, although Kafka (which sets it) could bind them. A port that someone listens on
+    is not waited for: LocalBroker.start reports it.
+    """
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and any(_lingering(port) for port in ports):
+        time.sleep(POLL_S)
+
+
+def _lingering(port: int) -> bool:
+    if port_is_free(port):
+        return False
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False  # a live listener: not ours to wait for
+    return True
 
 
 def _stop_broker(local: LocalBroker, timeline: Timeline) -> None:

@@ -33,6 +33,8 @@ from streams.worker.sink import RangeWriter, recover_partition
 
 logger = logging.getLogger(__name__)
 
+COMMIT_TIMEOUT_S = 15.0
+
 
 @dataclass(frozen=True)
 class ConsumerOptions:
@@ -176,8 +178,13 @@ class RawTopicService(Service):
         self.metrics.add(marker.counts)
         tp = TopicPartition(self.options.topic, partition)
         try:
-            await self._consumer.commit({tp: OffsetAndMetadata(pending.last_offset + 1, "")})
-        except (CommitFailedError, KafkaError) as error:
+            # Bounded: the commit is advisory (markers are the truth), and a commit stuck in
+            # a rebalance must not keep the lock the rebalance listener is waiting for.
+            await asyncio.wait_for(
+                self._consumer.commit({tp: OffsetAndMetadata(pending.last_offset + 1, "")}),
+                timeout=COMMIT_TIMEOUT_S,
+            )
+        except (CommitFailedError, KafkaError, TimeoutError) as error:
             logger.warning(
                 "offset commit for partition %s failed (%s); markers stay the truth",
                 partition,

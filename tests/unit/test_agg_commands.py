@@ -13,7 +13,6 @@ from click.testing import CliRunner
 
 from aggregations.commands import (
     analytics_command,
-    dashboard_command,
     pricing_command,
     publish_command,
     sql_command,
