@@ -108,23 +108,23 @@ class PartitionPipeline:
             return
         watermark = int(datetime.fromisoformat(watermark_text).timestamp())
         floor = watermark - self._context.dedup_horizon_seconds
+        # Only facts dated within the horizon can still match (the partition's files are
+        # listed by its markers, so nothing uncommitted is read).
+        first_day = _day_floor(floor)
+        recent = [
+            path
+            for marker in markers
+            for path in marker.files
+            if path.startswith("facts/") and _date_of(path) >= first_day
+        ]
         keys: list[str] = []
         hours: list[int] = []
-        for marker in reversed(markers):
-            fact_files = [f for f in marker.files if f.startswith("facts/")]
-            recent = [f for f in fact_files if _date_of(f) >= _day_floor(floor)]
-            for path in recent:
-                table = pq.read_table(
-                    f"{root}/{path}", filesystem=filesystem, columns=["event_key", "occurred_hour"]
-                )
-                keys.extend(table["event_key"].to_pylist())
-                hours.extend(pc.cast(table["occurred_hour"], pa.int64()).to_pylist())
-            if (
-                fact_files
-                and not recent
-                and all(_date_of(f) < _day_floor(floor) for f in fact_files)
-            ):
-                break
+        for path in recent:
+            table = pq.read_table(
+                f"{root}/{path}", filesystem=filesystem, columns=["event_key", "occurred_hour"]
+            )
+            keys.extend(table["event_key"].to_pylist())
+            hours.extend(pc.cast(table["occurred_hour"], pa.int64()).to_pylist())
         self._dedup.seed(keys, hours, watermark)
 
     # --- processing ----------------------------------------------------------------------

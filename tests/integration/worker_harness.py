@@ -100,7 +100,14 @@ class WorkerProcess:
     def __init__(self, setup: WorkerSetup, name: str, command: list[str] | None = None) -> None:
         self.setup = setup
         self.name = name
-        self.command = command or [sys.executable, "-m", "streams.cli", "worker", "--loglevel", "info"]
+        self.command = command or [
+            sys.executable,
+            "-m",
+            "streams.cli",
+            "worker",
+            "--loglevel",
+            "info",
+        ]
         self.log_path = setup.root / f"{name}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
