@@ -176,12 +176,13 @@ class Timeline:
         self.began = time.monotonic()
         self.current = "starting"
         self.detail = ""  # set by the step's body: shown after the title
+        self.notes: list[str] = []  # set by the step's body: one indented line each
 
     @contextlib.contextmanager
     def step(self, title: str, *, spinner: bool = True) -> Iterator[Any]:
         """Run one step. Yields the spinner (``.update(text)``), or None for a step that
         draws its own progress bar (rich shows one live display at a time)."""
-        self.current, self.detail = title, ""
+        self.current, self.detail, self.notes = title, "", []
         started = time.monotonic()
         try:
             if spinner:
@@ -194,6 +195,8 @@ class Timeline:
             raise
         detail = f": {escape(self.detail)}" if self.detail else ""
         self.console.print(f"[green]✓[/] {escape(title)}{detail} [dim]({self._since(started)})")
+        for note in self.notes:
+            self.console.print(f"    {note}", markup=False, highlight=False)
 
     def _since(self, started: float) -> str:
         now = time.monotonic()
@@ -434,14 +437,15 @@ def counts_table(result: DemoResult) -> Table:
     return table
 
 
-def _published_text(report: PublishReport) -> str:
+def _published_notes(report: PublishReport, k: int) -> list[str]:
     mark = report.watermark.isoformat() if report.watermark else "-"
-    held = len(report.held_back_days)
-    return (
-        f"watermark {mark}, {report.facts:,} facts -> metering {report.hourly_base:,} hourly"
-        f" + {report.daily_base:,} daily rows, analytics {report.analytics_batches} batches"
-        f" ({report.analytics_rows:,} cells)" + (f", {held} days held back (< k)" if held else "")
-    )
+    held = ", ".join(day.isoformat() for day in report.held_back_days)
+    return [
+        f"{report.facts:,} facts up to the watermark {mark}",
+        f"metering (exact): {report.hourly_base:,} hourly and {report.daily_base:,} daily rows",
+        f"analytics (every cell >= {k} people): {report.analytics_batches} daily batches,"
+        f" {report.analytics_rows:,} cells" + (f"; held back: {held}" if held else ""),
+    ]
 
 
 # --- the steps -------------------------------------------------------------------------------
@@ -502,11 +506,13 @@ def _prepare(settings: Settings, month: Month, timeline: Timeline) -> Path:
         group, topic = settings.consumer_group, settings.raw_topic
         skipped = start_group_at_end(settings.bootstrap_servers, group, topic)
         topics = ", ".join(f"{n} ({'created' if c else 'exists'})" for n, c in created.items())
-        timeline.detail = (
-            f"topics {topics}; data root {settings.data_root} ({state}); key file {keyring_file}"
-            f" ({'made, mode 0600' if made else 'existing'}); group {group}"
-            + (f" skips {skipped:,} earlier records" if skipped else "")
-        )
+        position = f"skips {skipped:,} earlier records" if skipped else "nothing to skip"
+        timeline.notes = [
+            f"topics: {topics}",
+            f"data root: {settings.data_root} ({state})",
+            f"key file: {keyring_file} ({'made, mode 0600' if made else 'existing'})",
+            f"consumer group: {group}, at the end of {topic} ({position})",
+        ]
     return keyring_file
 
 
@@ -548,10 +554,11 @@ def _generate(
         report = generate_to_topic(
             config, settings.bootstrap_servers, settings.raw_topic, console=timeline.console
         )
-        timeline.detail = (
-            f"{month.start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC into"
-            f" {settings.raw_topic} at {report.records_per_s:,.0f}/s"
-        )
+        timeline.detail = f"{report.records_per_s:,.0f}/s into {settings.raw_topic}"
+        timeline.notes = [
+            f"event time {month.start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC (past the"
+            " month's end: later events are what close its last windows)"
+        ]
     return report.truth
 
 
@@ -560,7 +567,7 @@ def _publish(settings: Settings, month: Month, now: datetime, timeline: Timeline
         published = publish(
             settings.data_root, now=now, grace=settings.grace_period, k=settings.k_anonymity
         )
-        timeline.detail = _published_text(published)
+        timeline.notes = _published_notes(published, settings.k_anonymity)
     if published.watermark is None or published.watermark < month.end + settings.grace_period:
         timeline.console.print(
             f"[yellow]note:[/] {month.name} is not closed (no events late enough after its"
