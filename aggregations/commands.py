@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
 
 import click
 import duckdb
 from rich.console import Console
 
-from aggregations.render import FORMATS, Format, render, table_rows
+from aggregations.render import FORMATS, Format, render, render_invoice, table_rows
 from streams.settings import Settings
 
 _FORMAT = click.option(
@@ -125,16 +124,7 @@ def pricing_command(period: str, account: str | None, fmt: Format) -> None:
         raise click.BadParameter(str(error), param_hint="--period") from None
     plan = load_plan(settings.price_plan_file)
     result = invoice(period_usage(_catalog(settings.data_root), period, account), plan, period)
-    columns = ["account_id", "metric", "band", "quantity", "included", "billable",
-               "unit_price", "amount"]
-    rows: list[list[Any]] = [[getattr(line, c) for c in columns] for line in result.lines]
-    if fmt != "table":
-        render(columns, rows, fmt, _console())
-        return
-    console = _console()
-    render(columns, rows, fmt, console, title=f"Invoice lines {period} ({result.currency})")
-    totals = [[t.account_id, t.currency, t.amount] for t in result.totals]
-    render(["account_id", "currency", "total"], totals, fmt, console, title="Totals")
+    render_invoice(result, fmt, _console())
 
 
 @click.command("analytics")

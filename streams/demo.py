@@ -53,7 +53,7 @@ from aggregations import dashboard
 from aggregations.catalog import default_catalog_path, open_catalog
 from aggregations.pricing import Invoice, invoice, load_plan, period_usage
 from aggregations.publish import PublishReport, publish
-from aggregations.render import render, table_rows
+from aggregations.render import render, render_invoice, table_rows
 from aggregations.reports import run_report
 from aggregations.storage import resolve_root
 from streams.broker.control import LocalBroker, port_is_free
@@ -72,10 +72,10 @@ from streams.worker.commands import committed_totals
 # the worker keeps up while it runs and finishes seconds after it.
 DEFAULT_EVENTS: Final = 1_200_000
 DEFAULT_ACCOUNTS: Final = 8
-# Traffic keeps flowing this long past the month's end (plus the grace period): only events
-# of the next month move the watermark past the month's last hour and day, closing them for
-# the invoice. Six hours makes an empty stretch (a quiet night with few accounts) unlikely;
-# the demo checks and says so if it happened anyway.
+# Traffic keeps flowing this long past the month's end (plus the grace period), as real
+# traffic would: then event time alone moves the watermark past the month's last hour and
+# day, closing them for the invoice whatever the clock says. Six hours makes an empty
+# stretch (a quiet night with few accounts) unlikely; the demo checks, and says if it was.
 TAIL: Final = timedelta(hours=6)
 STALL_TIMEOUT_S: Final = 180.0
 WORKER_START_TIMEOUT_S: Final = 120.0
@@ -88,18 +88,6 @@ WORKER_LOG: Final = "demo-worker.log"
 FIRST_QUERY: Final = "SELECT * FROM metering_daily LIMIT 5"  # what to type in the catalog
 # (report, row limit) of `sieve analytics` shown for the month.
 ANALYTICS: Final = (("daily-active-people", 31), ("top-countries", 10), ("devices", 20))
-# The columns `sieve pricing` prints; tests/integration/test_demo.py checks the printed
-# invoice against the command's output character for character.
-INVOICE_COLUMNS: Final = [
-    "account_id",
-    "metric",
-    "band",
-    "quantity",
-    "included",
-    "billable",
-    "unit_price",
-    "amount",
-]
 
 Report = tuple[str, list[str], list[list[Any]]]  # (title, columns, rows)
 
@@ -395,12 +383,8 @@ def wait_until_committed(
 
 
 def print_invoice(console: Console, bill: Invoice) -> None:
-    """The invoice as ``sieve pricing --period`` prints it: same renderer, columns, titles."""
-    rows = [[getattr(line, column) for column in INVOICE_COLUMNS] for line in bill.lines]
-    title = f"Invoice lines {bill.period} ({bill.currency})"
-    render(INVOICE_COLUMNS, rows, "table", console, title=title)
-    totals = [[t.account_id, t.currency, t.amount] for t in bill.totals]
-    render(["account_id", "currency", "total"], totals, "table", console, title="Totals")
+    """The invoice exactly as ``sieve pricing --period`` prints it (the same function)."""
+    render_invoice(bill, "table", console)
 
 
 def month_reports(connection: duckdb.DuckDBPyConnection, month: Month) -> list[Report]:
@@ -557,7 +541,7 @@ def _generate(
         timeline.detail = f"{report.records_per_s:,.0f}/s into {settings.raw_topic}"
         timeline.notes = [
             f"event time {month.start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC (past the"
-            " month's end: later events are what close its last windows)"
+            " month's end, as real traffic: its events close the month's last windows)"
         ]
     return report.truth
 
@@ -675,9 +659,9 @@ def _print_result(
     console.print(counts_table(result))
     console.print(f"[bold]Dashboard:[/] {escape(str(result.dashboard))}  (open it in a browser)")
     if result.catalog is not None:
-        console.print(
-            f"[bold]Catalog:[/] duckdb {escape(str(result.catalog))}  then  {FIRST_QUERY}"
-        )
+        catalog = escape(str(result.catalog))
+        console.print(f"[bold]Catalog:[/] duckdb {catalog}  then  {FIRST_QUERY}")
+        console.print(f'    (no duckdb shell? sieve sql "{FIRST_QUERY}" reads the same views)')
     again = f"SIEVE_DATA_ROOT={settings.data_root} sieve pricing --period {result.month.name}"
     console.print(f"[bold]Again:[/] {escape(again)}  (or sieve analytics, sql, dashboard)")
 

@@ -119,6 +119,6 @@ def describe_environment() -> str:
         if isinstance(default, Path):
             shown = str(default)
         elif isinstance(default, timedelta):
-            shown = f"{int(default.total_seconds())} (seconds, or ISO 8601 like PT1H)"
+            shown = f"PT{int(default.total_seconds())}S (an ISO 8601 duration, e.g. PT1H)"
         lines.append(f"{ENV_PREFIX}{name.upper()}={shown}  {field.description}")
     return "\n".join(lines)

@@ -136,6 +136,8 @@ def answers_metadata(bootstrap_servers: str, timeout_s: float = 2.0) -> bool:
 def port_is_free(port: int, host: str = LOOPBACK) -> bool:
     """True iff nothing listens on ``host:port`` (we could bind it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # As Kafka binds: a port left in TIME_WAIT by a broker stopped a moment ago is free.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError:
