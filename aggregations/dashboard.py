@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import html
 import os
-import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -34,6 +33,7 @@ from plotly.subplots import make_subplots
 
 from aggregations.storage import resolve_root
 from streams.errors import ConfigurationError
+from streams.http_server import serve_until_stopped
 
 PAGE_FILE: Final = "dashboard.html"
 TOP_ACCOUNTS: Final = 8
@@ -52,7 +52,6 @@ CSP: Final = (
     "base-uri 'none'"
 )
 # No client address in the access log (as the collector): it is personal data.
-ACCESS_LOG_FORMAT: Final = '%t "%r" %s %b %Tf'
 _PLOT_CONFIG: Final = {"displaylogo": False, "responsive": True}
 # One colour per account in both usage panels (plotly would give each trace the next one).
 _ACCOUNT_COLOURS: Final = qualitative.Plotly
@@ -524,37 +523,4 @@ async def serve(
     app: web.Application, host: str, port: int, on_ready: Callable[[list[str]], None]
 ) -> None:
     """Serve ``app`` until SIGINT or SIGTERM; ``on_ready`` gets the URLs once listening."""
-    runner = web.AppRunner(app, access_log_format=ACCESS_LOG_FORMAT)
-    await runner.setup()
-    try:
-        try:
-            await web.TCPSite(runner, host, port).start()
-        except OSError as error:
-            raise ConfigurationError(
-                f"the dashboard cannot listen on {host}:{port} ({error.strerror or error});"
-                " choose another --port"
-            ) from None
-        on_ready([_url(address) for address in runner.addresses])
-        await _until_stopped()
-    finally:
-        await runner.cleanup()
-
-
-async def _until_stopped() -> None:
-    stopped = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for stop_signal in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(stop_signal, stopped.set)
-    try:
-        await stopped.wait()
-    finally:
-        for stop_signal in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(stop_signal)
-
-
-def _url(address: object) -> str:
-    # runner.addresses holds (host, port) for IPv4 and (host, port, flow, scope) for IPv6.
-    if isinstance(address, tuple) and len(address) >= 2:
-        host = f"[{address[0]}]" if ":" in str(address[0]) else str(address[0])
-        return f"http://{host}:{address[1]}/"
-    return str(address)
+    await serve_until_stopped(app, host, port, on_ready, what="dashboard", port_hint="--port")

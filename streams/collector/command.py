@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import signal
 from collections.abc import Callable
 from typing import cast
 
@@ -13,12 +12,12 @@ from aiohttp import web
 from streams.collector.keys import WriteKeys
 from streams.collector.server import EVENTS_PATH, create_collector_app
 from streams.errors import ConfigurationError
+from streams.http_server import serve_until_stopped
 from streams.settings import Settings, describe_environment
 
 ENV_EPILOG = "\b\nEnvironment:\n" + describe_environment()
 # The access log without the client's address and user agent: those are personal data,
 # and stdout is no place to keep them (they reach the pipeline only inside events).
-ACCESS_LOG_FORMAT = '%t "%r" %s %b %Tf'
 
 
 @click.command("collect", epilog=ENV_EPILOG)
@@ -72,40 +71,6 @@ async def serve(
     app: web.Application, host: str, port: int, on_ready: Callable[[list[str]], None]
 ) -> None:
     """Serve ``app`` until SIGINT/SIGTERM; requests in flight finish before this returns."""
-    runner = web.AppRunner(app, access_log_format=ACCESS_LOG_FORMAT)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, host, port)
-        try:
-            await site.start()
-        except OSError as error:
-            raise ConfigurationError(
-                f"the collector cannot listen on {host}:{port} ({error.strerror or error});"
-                " choose another --port or SIEVE_COLLECTOR_PORT"
-            ) from None
-        on_ready([_url(address) for address in runner.addresses])
-        await _until_stopped()
-    finally:
-        # Stops accepting, then waits for running handlers (their acks) before closing.
-        await runner.cleanup()
-
-
-async def _until_stopped() -> None:
-    stopped = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for stop_signal in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(stop_signal, stopped.set)
-    try:
-        await stopped.wait()
-    finally:
-        for stop_signal in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(stop_signal)
-
-
-def _url(address: object) -> str:
-    # runner.addresses holds (host, port) for IPv4 and (host, port, flow, scope) for IPv6.
-    if isinstance(address, tuple) and len(address) >= 2:
-        host, port = address[0], address[1]
-        shown = f"[{host}]" if ":" in str(host) else str(host)
-        return f"http://{shown}:{port}"
-    return str(address)
+    await serve_until_stopped(
+        app, host, port, on_ready, what="collector", port_hint="--port or SIEVE_COLLECTOR_PORT"
+    )

@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
-import os
 import re
-import stat
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
 from streams.errors import ConfigurationError
+from streams.secret_files import parse_secret_json, read_private_text
 
 # Random keys of fewer characters are guessable by a patient client; 16 base64 characters
 # are 96 bits.
@@ -76,26 +74,17 @@ class WriteKeys:
     @classmethod
     def load(cls, path: Path) -> WriteKeys:
         """Read a write keys file; any problem is a :class:`ConfigurationError` naming it."""
-        _check_private(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigurationError(
-                f"write keys file {path} cannot be read ({type(exc).__name__})"
-            ) from None
+        text = read_private_text(
+            path,
+            "write keys file",
+            'set SIEVE_WRITE_KEYS_FILE to a JSON file {"<account_id>": ["<key>", ...]}',
+        )
         return cls.from_json(text, source=str(path))
 
     @classmethod
     def from_json(cls, text: str, *, source: str = "<write keys>") -> WriteKeys:
         """Parse the file format; ``source`` names the file in error messages."""
-        try:
-            document = json.loads(text)
-        except json.JSONDecodeError as exc:
-            # Only the position: the exception's ``doc`` attribute is the secret file itself.
-            raise ConfigurationError(
-                f"write keys file {source} is not valid JSON"
-                f" (line {exc.lineno}, column {exc.colno})"
-            ) from None
+        document = parse_secret_json(text, "write keys file", source)
         keys_by_account = _parse_document(document, source)
         try:
             return cls(keys_by_account)
@@ -173,23 +162,3 @@ def _parse_document(document: object, source: str) -> dict[str, list[str]]:
     return parsed
 
 
-def _check_private(path: Path) -> None:
-    try:
-        info = path.stat()
-    except FileNotFoundError:
-        raise ConfigurationError(
-            f"write keys file {path} does not exist (set SIEVE_WRITE_KEYS_FILE to a JSON file"
-            ' {"<account_id>": ["<key>", ...]})'
-        ) from None
-    except OSError as exc:
-        raise ConfigurationError(
-            f"write keys file {path} cannot be read ({type(exc).__name__})"
-        ) from None
-    if not stat.S_ISREG(info.st_mode):
-        raise ConfigurationError(f"write keys file {path} is not a regular file")
-    # Windows has no POSIX modes (st_mode always looks world-readable there).
-    if os.name == "posix" and info.st_mode & 0o077:
-        raise ConfigurationError(
-            f"write keys file {path} is accessible by group or others"
-            f" (mode {stat.S_IMODE(info.st_mode):04o}); run `chmod 600 {path}`"
-        )

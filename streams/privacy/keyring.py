@@ -26,13 +26,13 @@ import json
 import os
 import re
 import secrets
-import stat
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
 
 from streams.errors import ConfigurationError
+from streams.secret_files import parse_secret_json, read_private_text
 
 MIN_KEY_BYTES: Final = 32
 _GENERATED_KEY_BYTES: Final = 32
@@ -81,25 +81,17 @@ class Keyring:
     def load(cls, path: Path | str) -> Keyring:
         """Read a key file; any problem is a :class:`ConfigurationError` naming the file."""
         path = Path(path)
-        _check_private(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigurationError(
-                f"keyring file {path} cannot be read ({type(exc).__name__})"
-            ) from None
+        text = read_private_text(
+            path,
+            "keyring file",
+            "create one with `sieve demo` or streams.privacy.keyring.write_new_keyring",
+        )
         return cls.from_json(text, source=str(path))
 
     @classmethod
     def from_json(cls, text: str, *, source: str = "<keyring>") -> Keyring:
         """Parse the key file format; ``source`` names the file in error messages."""
-        try:
-            document = json.loads(text)
-        except json.JSONDecodeError as exc:
-            # Only the position: the exception's ``doc`` attribute is the secret file itself.
-            raise ConfigurationError(
-                f"keyring file {source} is not valid JSON (line {exc.lineno}, column {exc.colno})"
-            ) from None
+        document = parse_secret_json(text, "keyring file", source)
         if not isinstance(document, dict):
             raise ConfigurationError(f"keyring file {source} must hold a JSON object")
         pseudo, pseudo_active, consent = _parse_section(document, "pseudonymization", source)
@@ -213,28 +205,6 @@ def write_new_keyring(path: Path | str) -> Keyring:
 
 
 # --- helpers ---------------------------------------------------------------------------------
-
-
-def _check_private(path: Path) -> None:
-    try:
-        info = path.stat()
-    except FileNotFoundError:
-        raise ConfigurationError(
-            f"keyring file {path} does not exist (create one with `sieve demo` or"
-            " streams.privacy.keyring.write_new_keyring)"
-        ) from None
-    except OSError as exc:
-        raise ConfigurationError(
-            f"keyring file {path} cannot be read ({type(exc).__name__})"
-        ) from None
-    if not stat.S_ISREG(info.st_mode):
-        raise ConfigurationError(f"keyring file {path} is not a regular file")
-    # Windows has no POSIX modes (st_mode always looks world-readable there).
-    if os.name == "posix" and info.st_mode & 0o077:
-        raise ConfigurationError(
-            f"keyring file {path} is accessible by group or others"
-            f" (mode {stat.S_IMODE(info.st_mode):04o}); run `chmod 600 {path}`"
-        )
 
 
 def _parse_section(
