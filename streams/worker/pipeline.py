@@ -88,9 +88,19 @@ class _Buffer:
 class PartitionPipeline:
     """Stateful processing of one partition; state = what its committed ranges imply."""
 
-    def __init__(self, topic: str, partition: int, context: PipelineContext) -> None:
+    def __init__(
+        self,
+        topic: str,
+        partition: int,
+        context: PipelineContext,
+        next_offset: int | None = None,
+    ) -> None:
         self.topic = topic
         self.partition = partition
+        # The offset this pipeline must see next (None: whatever Kafka's committed offset
+        # gives first). Records before it are committed already; a record after it means
+        # the fetch skipped some, and the caller must rewind.
+        self.next_offset = next_offset
         self._context = context
         self._dedup = Deduplicator(context.dedup_horizon_seconds)
         self._consent = ConsentState()
@@ -136,6 +146,7 @@ class PartitionPipeline:
         if buffer.first_offset is None:
             buffer.first_offset = records[0].offset
         buffer.last_offset = records[-1].offset
+        self.next_offset = records[-1].offset + 1
         buffer.raw += len(records)
 
         decoded = decode_batch([r.value for r in records])

@@ -16,17 +16,20 @@ truth, and whoever owns the partition next seeks by them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow.fs as pafs
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 from mode import Service
 
+from streams.worker.deadletter import DeadLetter
 from streams.worker.metrics import WorkerMetrics
 from streams.worker.pipeline import PartitionPipeline, PipelineContext, RawRecord
 from streams.worker.sink import RangeWriter, recover_partition
@@ -118,9 +121,10 @@ class RawTopicService(Service):
             )
             async with self._lock:
                 for tp, messages in batches.items():
-                    pipeline = self.pipelines.get(tp.partition)
-                    if pipeline is None:  # revoked while fetched
+                    messages = self._in_sequence(tp, messages)
+                    if not messages:
                         continue
+                    pipeline = self.pipelines[tp.partition]
                     records = [
                         RawRecord(m.offset, m.timestamp, m.value, tuple(m.headers or ()))
                         for m in messages
@@ -130,14 +134,43 @@ class RawTopicService(Service):
                     self._opened_at.setdefault(tp.partition, time.monotonic())
                 await self._flush_due()
 
-    async def _send_dead_letters(self, letters: Sequence[object]) -> None:
+    def _in_sequence(self, tp: TopicPartition, messages: list[Any]) -> list[Any]:
+        """The fetched messages the partition's pipeline must process next, in order.
+
+        A fetch can race a rebalance: records may arrive for a partition whose assignment
+        is still being recovered, or from the position Kafka had before recovery moved it
+        to the offset after the last commit marker. Records already committed are dropped;
+        records that would leave a gap, or that have no pipeline yet, are fetched again
+        (rewind). Nothing is skipped: a skipped record would be lost, since the position
+        has moved past it.
+        """
+        pipeline = self.pipelines.get(tp.partition)
+        if pipeline is None:
+            self._rewind(tp, messages[0].offset)
+            return []
+        expected = pipeline.next_offset
+        if expected is None:
+            return messages
+        fresh = [m for m in messages if m.offset >= expected]
+        if fresh and fresh[0].offset > expected:
+            self._rewind(tp, expected)
+            return []
+        return fresh
+
+    def _rewind(self, tp: TopicPartition, offset: int) -> None:
+        assert self._consumer is not None
+        # No longer assigned: nothing to rewind, the next owner starts from the markers.
+        with contextlib.suppress(IllegalStateError):
+            self._consumer.seek(tp, offset)
+
+    async def _send_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
         assert self._producer is not None
         for letter in letters:
             await self._producer.send(
                 self.options.dead_letter_topic,
-                key=letter.key,  # type: ignore[attr-defined]
-                value=letter.value,  # type: ignore[attr-defined]
-                headers=letter.headers,  # type: ignore[attr-defined]
+                key=letter.key,
+                value=letter.value,
+                headers=letter.headers,
             )
 
     async def _flush_due(self) -> None:
@@ -192,6 +225,12 @@ class RawTopicService(Service):
             )
 
     async def on_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        # Under the lock: the consume loop must see a partition either not yet assigned or
+        # fully recovered (pipeline restored, position moved past the last marker).
+        async with self._lock:
+            await self._assign(assigned)
+
+    async def _assign(self, assigned: Sequence[TopicPartition]) -> None:
         assert self._consumer is not None
         for tp in assigned:
             if tp.topic != self.options.topic or tp.partition in self.pipelines:
@@ -199,7 +238,9 @@ class RawTopicService(Service):
             recovered = await asyncio.to_thread(
                 recover_partition, self.filesystem, self.root, tp.topic, tp.partition
             )
-            pipeline = PartitionPipeline(tp.topic, tp.partition, self.context)
+            pipeline = PartitionPipeline(
+                tp.topic, tp.partition, self.context, next_offset=recovered.next_offset
+            )
             await asyncio.to_thread(pipeline.restore, self.filesystem, self.root, recovered.markers)
             self.pipelines[tp.partition] = pipeline
             if recovered.next_offset is not None:
