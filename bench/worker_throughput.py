@@ -13,9 +13,11 @@ bare
     not timed; its records are not counted).
 worker
     ``RawTopicService`` (what ``sieve worker`` hosts) in this process, fresh group and data
-    root. Timed from ``service.start()`` until the commit markers count every record: raw
-    topic to committed Parquet, group join, partition recovery and the last roll included.
-    Also reported: the rate from its first fetched batch, and the phases of the run.
+    root. Timed from ``service.start()`` until every record is committed (the service's
+    counters, which move right after each commit marker is written; the markers are re-read
+    at the end and checked against the generator's ground truth): raw topic to committed
+    Parquet, group join, partition recovery and the last roll interval included. Also
+    reported: the rate from its first fetched batch, and where the run's time went.
 naive
     a faust agent ``async for value in stream`` doing the worker's work one event at a time
     (the worker's own ``PartitionPipeline.process`` on a one-record batch: decode, event key,
@@ -24,7 +26,9 @@ naive
     the end of that write; capped at ``--naive-seconds`` of processing, rate over what it
     processed.
 
-Targets (the issue): worker >= 50 % of bare, worker >= 5x naive.
+Targets (the issue): worker >= 50 % of bare, worker >= 5x naive. ``--gc-experiment`` adds
+a fourth path (the worker after ``gc.freeze()``, a proposed change) and ``--profile`` one
+more worker run under cProfile; neither enters the ratios. bench/README.md has the numbers.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ import logging
 import os
 import platform
 import pstats
+import signal
 import socket
 import statistics
 import sys
@@ -65,7 +70,7 @@ from streams.generate.records import GroundTruth
 from streams.generate.user_agents import load_user_agents
 from streams.privacy.keyring import Keyring
 from streams.settings import Settings
-from streams.topics import dead_letter_topic_spec, raw_topic_spec
+from streams.topics import create_topics, dead_letter_topic_spec, raw_topic_spec
 from streams.worker.app import build_service
 from streams.worker.commands import committed_totals
 from streams.worker.metrics import WorkerMetrics
@@ -147,10 +152,11 @@ def local_broker(folder: Path) -> Iterator[LocalBroker]:
         broker.stop()
 
 
-def create_topics(bootstrap_servers: str, raw: str, dead_letter: str, partitions: int) -> None:
-    from streams.topics import create_topics as create
-
-    create(
+def create_bench_topics(
+    bootstrap_servers: str, raw: str, dead_letter: str, partitions: int
+) -> None:
+    """A fresh raw and dead-letter topic with the configs Sieve gives them."""
+    create_topics(
         bootstrap_servers,
         [
             raw_topic_spec(raw, partitions, retention_hours=72),
@@ -679,7 +685,7 @@ async def run_benchmark(
 ) -> tuple[dict[str, list[Run]], Fixture, Results]:
     suffix = uuid.uuid4().hex[:8]
     topic, dead_letter = f"bench.raw.{suffix}", f"bench.dead-letter.{suffix}"
-    create_topics(bootstrap_servers, topic, dead_letter, partitions)
+    create_bench_topics(bootstrap_servers, topic, dead_letter, partitions)
     try:
         with console.status(f"generating {events:,} events"):
             records, truth = generate(events, seed, days)
@@ -871,6 +877,10 @@ def print_results(console: Console, runs: dict[str, list[Run]], results: Results
     )
 
 
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def _load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -953,6 +963,8 @@ def main(
     # Transient group-coordinator errors on a fresh broker are retried by the clients; a
     # real failure surfaces as an exception or a timeout here.
     logging.basicConfig(level=logging.WARNING if verbose else logging.CRITICAL)
+    # A SIGTERM unwinds like Ctrl-C, so the broker we started is stopped, not orphaned.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     console = Console()
     load_before = _load()
     with contextlib.ExitStack() as stack:

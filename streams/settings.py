@@ -64,6 +64,12 @@ class Settings(BaseSettings):
     dedup_horizon: timedelta = Field(
         timedelta(hours=24), description="How far back (event time) duplicate event ids are caught."
     )
+    session_timeout_seconds: float = Field(
+        30.0,
+        ge=6.0,
+        description="How long the group waits for a silent worker before its partitions move"
+        " to the others (the broker's minimum is 6).",
+    )
     metrics_port: int = Field(6066, description="Port of the worker's web server (/metrics).")
     honour_dnt: bool = Field(True, description="Keep no identifiable record of DNT events.")
     honour_gpc: bool = Field(True, description="Keep no identifiable record of GPC events.")

@@ -66,6 +66,7 @@ def build_service(settings: Settings, keyring: Keyring, metrics: WorkerMetrics) 
         batch_max_records=settings.batch_max_records,
         roll_max_records=settings.roll_max_records,
         roll_interval_seconds=settings.roll_interval_seconds,
+        session_timeout_seconds=settings.session_timeout_seconds,
     )
     writer = RangeWriter(filesystem, root, encryption, version)
     return RawTopicService(options, context, filesystem, root, writer, metrics)
@@ -83,6 +84,10 @@ def create_app(settings: Settings, keyring: Keyring) -> Worker:
         web_port=settings.metrics_port,
         web_in_thread=False,
         topic_replication_factor=1,
+        # faust's own consumer group (no topics of ours) gates the worker's start: a worker
+        # restarted after a kill waits this long for its dead predecessor to leave.
+        broker_session_timeout=settings.session_timeout_seconds,
+        broker_heartbeat_interval=settings.session_timeout_seconds / 3,
         store="memory://",
         datadir=str(settings.work_dir / "faust"),
     )

@@ -50,6 +50,7 @@ class ConsumerOptions:
     batch_max_records: int
     roll_max_records: int
     roll_interval_seconds: float
+    session_timeout_seconds: float = 30.0
 
 
 class RawTopicService(Service):
@@ -97,7 +98,8 @@ class RawTopicService(Service):
             # Writing a large range can take seconds; heartbeats run on their own task, but
             # give slow disks room before the group evicts us.
             max_poll_interval_ms=600_000,
-            session_timeout_ms=30_000,
+            session_timeout_ms=int(self.options.session_timeout_seconds * 1000),
+            heartbeat_interval_ms=int(self.options.session_timeout_seconds * 1000 / 3),
         )
         self._consumer.subscribe([self.options.topic], listener=_Listener(self))
         await self._consumer.start()

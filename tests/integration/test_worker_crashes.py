@@ -80,11 +80,11 @@ def assert_exactly_once(setup: WorkerSetup, truth: GroundTruth, count: int) -> N
 
 
 def test_five_random_sigkills_lose_and_repeat_nothing(kafka: KafkaBroker, tmp_path: Path) -> None:
-    count = 150_000
+    count = 120_000
     setup, truth = _prepared(kafka, tmp_path, count, partitions=3, seed=11)
     # Small fetches and ranges: many commits per second, so kills land mid-write as often as
     # mid-fetch, and the input outlasts five kill-and-restart cycles.
-    setup.extra_env.update(SIEVE_BATCH_MAX_RECORDS="1000", SIEVE_ROLL_MAX_RECORDS="4000")
+    setup.extra_env.update(SIEVE_BATCH_MAX_RECORDS="2000", SIEVE_ROLL_MAX_RECORDS="5000")
     seed = random.randrange(1 << 30)
     moments = random.Random(seed)
     print(f"kill moments drawn with seed {seed}")

@@ -79,6 +79,8 @@ class WorkerSetup:
             SIEVE_KEYRING_FILE=str(self.keyring_file),
             SIEVE_ROLL_INTERVAL_SECONDS="1.0",
             SIEVE_ROLL_MAX_RECORDS="20000",
+            # A killed worker's partitions move after this long (the broker's minimum).
+            SIEVE_SESSION_TIMEOUT_SECONDS="6",
         )
         env.update(self.extra_env)
         return env
