@@ -110,18 +110,22 @@ def split(
     enrichment: Enrichment,
     policy: RetentionPolicy,
     keyring: Keyring,
+    event_keys_of_events: Sequence[str] | None = None,
 ) -> SplitResult:
     """Split a batch of accepted events into identifiable records and anonymized facts.
 
     ``keep_identifiable[i]``: consent allows identifiable records of event i
     (``consent.decide``). ``received_at_ms`` / ``offsets``: the Kafka record timestamp and
-    offset of each event in input ``partition``.
+    offset of each event in input ``partition``. ``event_keys_of_events``: the events'
+    :func:`~streams.privacy.pseudonymize.event_keys`, when the caller has them already
+    (the worker computes them for dedup); computed here otherwise.
     """
     _check_aligned(
         len(events),
         keep_identifiable=keep_identifiable,
         received_at_ms=received_at_ms,
         offsets=offsets,
+        **({} if event_keys_of_events is None else {"event_keys": event_keys_of_events}),
         **{f"enrichment.{f.name}": getattr(enrichment, f.name) for f in fields(Enrichment)},
     )
     occurred = pa.array([event.occurred_at for event in events], _UTC_US)
@@ -136,17 +140,25 @@ def split(
             enrichment.country,
             policy,
         ),
-        facts=_facts(events, occurred, enrichment, keyring),
+        facts=_facts(events, occurred, enrichment, keyring, event_keys_of_events),
     )
 
 
 def _facts(
-    events: Sequence[Event], occurred: pa.Array, enrichment: Enrichment, keyring: Keyring
+    events: Sequence[Event],
+    occurred: pa.Array,
+    enrichment: Enrichment,
+    keyring: Keyring,
+    known_event_keys: Sequence[str] | None,
 ) -> pa.Table:
     account_ids = [event.account_id for event in events]
     days = occurred.cast(pa.date32()).to_pylist()  # UTC dates: the subject key's day
     subjects = subject_keys(account_ids, [event.user_id for event in events], days, keyring)
-    pseudonyms = event_keys([event.event_id for event in events], keyring)
+    pseudonyms = (
+        known_event_keys
+        if known_event_keys is not None
+        else event_keys([event.event_id for event in events], keyring)
+    )
     columns = {
         "event_key": pa.array(pseudonyms, pa.string()),
         "type": pa.array([_TAG[type(event)] for event in events], pa.string()),

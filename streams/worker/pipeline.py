@@ -177,6 +177,7 @@ class PartitionPipeline:
         if not chosen:
             return letters
         events = [events[i] for i in chosen]
+        keys = [keys[i] for i in chosen]
         records_kept = [records[positions[i]] for i in chosen]
         buffer.accepted += len(events)
 
@@ -212,6 +213,7 @@ class PartitionPipeline:
             ),
             policy=self._context.policy,
             keyring=self._context.keyring,
+            event_keys_of_events=keys,
         )
         buffer.identifiable.append(result.identifiable)
         buffer.facts.append(result.facts)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import Sequence
@@ -81,6 +82,11 @@ class RawTopicService(Service):
         super().__init__(**kwargs)  # type: ignore[arg-type]
 
     async def on_start(self) -> None:
+        # The parsers, the geo database and the rules built at start live as long as the
+        # process; freezing them out of the collector's scans measured +18 % throughput
+        # (bench/README.md).
+        gc.collect()
+        gc.freeze()
         self._producer = AIOKafkaProducer(
             bootstrap_servers=self.options.bootstrap_servers,
             acks="all",
