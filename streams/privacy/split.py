@@ -66,6 +66,8 @@ _UTC_S: Final = pa.timestamp("s", tz="UTC")
 _US_PER_DAY: Final = 86_400 * 1_000_000
 _US_PER_MS: Final = 1_000
 _EMPTY_PROPERTIES: Final = "{}"
+# Classes whose records may carry the event's geolocation (not longer than activity's 90 days).
+_GEOLOCATION_CLASSES: Final = frozenset({"traffic", "activity"})
 
 _TAG: Final[dict[type, str]] = {cls: tag for tag, cls in EVENT_TYPES.items()}
 # Sorted keys, so equal properties are equal strings whatever the field order in the input.
@@ -211,7 +213,12 @@ def _identifiable(
     row_classes = own_classes + [traffic] * len(detached)
     # IP and UA stay only on records of the traffic class.
     holds_traffic = [cls.name == traffic.name for cls in own_classes] + [True] * len(detached)
-    geos = [event.geo for event in own_events] + [None] * len(detached)
+    # Geolocation is activity data (policy: 90 days): records of longer-lived classes
+    # (billing 7 years, content and account while the account lives) keep only the region.
+    geos = [
+        event.geo if cls.name in _GEOLOCATION_CLASSES else None
+        for event, cls in zip(own_events, own_classes, strict=True)
+    ] + [None] * len(detached)
     regions = [
         policy.region_of(
             event.geo.country
