@@ -50,6 +50,7 @@ class LazyGroup(click.Group):
             module_name, attr = self._lazy[cmd_name][0].split(":")
             command = getattr(importlib.import_module(module_name), attr)
             assert isinstance(command, click.Command)
+            _with_environment_help(command)
             return command
         return super().get_command(ctx, cmd_name)
 
@@ -58,6 +59,15 @@ class LazyGroup(click.Group):
         rows = [(name, self._lazy[name][1]) for name in sorted(self._lazy)]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
+
+
+def _with_environment_help(command: click.Command) -> None:
+    """Give every command (and subcommand) without an epilog the list of SIEVE_* variables."""
+    if command.epilog is None:
+        command.epilog = ENV_HELP
+    if isinstance(command, click.Group):
+        for subcommand in command.commands.values():
+            _with_environment_help(subcommand)
 
 
 ENV_HELP = "Environment variables (all commands read the ones they need):\n\n\b\n" + (
