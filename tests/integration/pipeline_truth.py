@@ -35,8 +35,10 @@ CLASS_OF = {
 KEPT_DESPITE_OPT_OUT = {"billing", "account"}
 
 
-def traffic_config(count: int, seed: int, days: int = 3, **overrides: float) -> TrafficConfig:
-    end = datetime(2026, 11, 1, tzinfo=UTC)
+def traffic_config(
+    count: int, seed: int, days: int = 3, end: datetime | None = None, **overrides: float
+) -> TrafficConfig:
+    end = end or datetime(2026, 11, 1, tzinfo=UTC)
     return TrafficConfig(
         count=count,
         start=end - timedelta(days=days),
