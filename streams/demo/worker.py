@@ -1,0 +1,151 @@
+"""The demo's worker: a real ``sieve worker`` subprocess, and waiting on what it commits."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from datetime import timedelta
+from pathlib import Path
+from typing import Final
+
+from kafka import KafkaAdminClient
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from streams.errors import SieveError
+from streams.settings import ENV_PREFIX, Settings
+from streams.worker.commands import committed_totals
+
+WORKER_START_TIMEOUT_S: Final = 120.0
+WORKER_STOP_TIMEOUT_S: Final = 60.0
+POLL_S: Final = 0.5
+CLIENT_ID: Final = "sieve-demo"
+
+
+class DemoError(SieveError):
+    """A step of the demo failed; the message says which and what to do."""
+
+
+def _env_value(value: object) -> str:
+    if isinstance(value, timedelta):
+        return f"PT{value.total_seconds()}S"  # ISO 8601: pydantic reads no bare seconds
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def worker_environment(settings: Settings, keyring_file: Path) -> dict[str, str]:
+    """This process's environment with every SIEVE_* variable taken from ``settings``: the
+    worker sees exactly the demo's configuration, whatever the shell held."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if value is not None:
+            env[f"{ENV_PREFIX}{name.upper()}"] = _env_value(value)
+    env[f"{ENV_PREFIX}KEYRING_FILE"] = str(keyring_file)
+    if "metrics_port" not in settings.model_fields_set:
+        # The default port may be another worker's (one running beside the demo).
+        env[f"{ENV_PREFIX}METRICS_PORT"] = str(_free_port())
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class WorkerProcess:
+    """One ``sieve worker`` subprocess in its own session: Ctrl-C reaches only the demo,
+    which then stops the worker with SIGTERM so it commits what it buffered."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with log_path.open("wb") as log:  # this run's log only: an old one would mislead
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "streams.cli", "worker"],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, timeout_s: float = WORKER_STOP_TIMEOUT_S) -> int | None:
+        """SIGTERM (faust flushes and commits), SIGKILL after ``timeout_s``; the exit code."""
+        if self.alive():
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=30)
+        return self.process.returncode
+
+    def failed(self, problem: str, console: Console) -> DemoError:
+        """The error for ``problem``, after showing the end of the worker's log."""
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        console.print("\n".join(text.splitlines()[-25:]), style="dim", markup=False)
+        return DemoError(f"{problem} (worker log: {self.log_path})")
+
+    def check(self, console: Console, doing: str) -> None:
+        if not self.alive():
+            code = self.process.returncode
+            raise self.failed(f"the worker exited (code {code}) while {doing}", console)
+
+
+def wait_until_ready(
+    bootstrap_servers: str, group: str, worker: WorkerProcess, console: Console
+) -> None:
+    """Return once ``group`` is stable with a member. Not needed for correctness (the
+    group's position is fixed, the worker catches up), but a worker that cannot start
+    fails here rather than after the generation."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id=CLIENT_ID)
+    try:
+        deadline = time.monotonic() + WORKER_START_TIMEOUT_S
+        while True:
+            described = admin.describe_groups([group])[group]
+            if described["group_state"] == "Stable" and described["members"]:
+                return
+            worker.check(console, "starting")
+            if time.monotonic() > deadline:
+                timeout = f"{WORKER_START_TIMEOUT_S:.0f} s"
+                raise worker.failed(f"the worker did not join {group} in {timeout}", console)
+            time.sleep(POLL_S)
+    finally:
+        admin.close()
+
+
+def wait_until_committed(
+    settings: Settings, records: int, worker: WorkerProcess, console: Console, stall_s: float
+) -> tuple[Counter[str], Counter[str]]:
+    """Poll the commit markers until ``records`` raw records are committed; return the
+    totals and the dead letters by reason. Fails when the worker exits or commits nothing
+    for ``stall_s`` seconds."""
+    columns = (TextColumn("[bold]process"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("process", total=records)
+        last_raw, last_change = -1, time.monotonic()
+        while True:
+            totals, dead, _, _ = committed_totals(settings.data_root, settings.raw_topic)
+            raw = totals["raw"]
+            progress.update(task, completed=raw)
+            if raw >= records:
+                return totals, dead
+            if raw != last_raw:
+                last_raw, last_change = raw, time.monotonic()
+            worker.check(console, f"{raw:,} of {records:,} records were committed")
+            if time.monotonic() - last_change > stall_s:
+                problem = f"the worker committed nothing for {stall_s:.0f} s"
+                raise worker.failed(f"{problem} ({raw:,} of {records:,} records)", console)
+            time.sleep(POLL_S)
