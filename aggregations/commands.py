@@ -67,7 +67,13 @@ def sql_command(query: str, fmt: Format) -> None:
     "--catalog/--no-catalog", default=True, show_default=True,
     help="Also (re)write the analysts' catalog file <data root>/catalog.duckdb.",
 )
-def publish_command(catalog: bool) -> None:
+@click.option(
+    "--close-through", "close_through", type=click.DateTime(["%Y-%m-%dT%H:%M", "%Y-%m-%d"]),
+    default=None,
+    help="UTC instant up to which the input is complete: windows ending by then close even"
+    " if no later events came (e.g. 2026-11-01 to invoice October on a quiet stream).",
+)
+def publish_command(catalog: bool, close_through: datetime | None) -> None:
     """Publish metering and k-anonymous analytics for every closed window.
 
     Reads SIEVE_DATA_ROOT, SIEVE_GRACE_PERIOD, SIEVE_K_ANONYMITY. Idempotent: running it
@@ -79,8 +85,13 @@ def publish_command(catalog: bool) -> None:
 
     settings = _settings()
     started = time.perf_counter()
-    report = publish(settings.data_root, datetime.now(UTC), settings.grace_period,
-                     settings.k_anonymity)
+    report = publish(
+        settings.data_root,
+        datetime.now(UTC),
+        settings.grace_period,
+        settings.k_anonymity,
+        close_through=close_through.replace(tzinfo=UTC) if close_through else None,
+    )
     seconds = time.perf_counter() - started
     rate = report.facts / seconds if seconds > 0 else 0.0
     click.echo(

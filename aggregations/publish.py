@@ -195,11 +195,24 @@ def _analytics_batches(
 
 
 def plan_publish(
-    facts: Facts, state: PublishedState, now: datetime, grace: timedelta, k: int
+    facts: Facts,
+    state: PublishedState,
+    now: datetime,
+    grace: timedelta,
+    k: int,
+    close_through: datetime | None = None,
 ) -> PublishPlan:
-    """Everything one run publishes, computed without writing (deterministic given inputs)."""
+    """Everything one run publishes, computed without writing (deterministic given inputs).
+
+    ``close_through``: an operator's word that the input is complete up to that instant
+    (never past ``now``): windows ending by then close even when the stream is quiet, e.g.
+    to invoice a month whose last hours saw no later traffic. Events for them that still
+    arrive become corrections, as any late event does.
+    """
     max_hour = pc.max(facts.table["occurred_hour"]).as_py() if facts.table.num_rows else None
     mark = watermark(max_hour, now)
+    if mark is not None and close_through is not None:
+        mark = max(mark, min(close_through, now) + grace)
     if mark is None:
         empty = PublishReport(None, None, 0)
         return PublishPlan(empty, METERING_HOURLY.empty_table(), METERING_DAILY.empty_table(), ())
@@ -262,10 +275,19 @@ def ensure_layout(root: Root) -> None:
     ensure_schema_file(root, ANALYTICS_DIR, ANALYTICS)
 
 
-def publish(data_root: str, now: datetime, grace: timedelta, k: int) -> PublishReport:
-    """Publish every closed window of the committed facts under ``data_root`` (idempotent)."""
+def publish(
+    data_root: str,
+    now: datetime,
+    grace: timedelta,
+    k: int,
+    close_through: datetime | None = None,
+) -> PublishReport:
+    """Publish every closed window of the committed facts under ``data_root`` (idempotent).
+
+    ``close_through``: see :func:`plan_publish`.
+    """
     root = resolve_root(data_root)
     ensure_layout(root)
-    plan = plan_publish(load_facts(root), read_state(root), now, grace, k)
+    plan = plan_publish(load_facts(root), read_state(root), now, grace, k, close_through)
     write_plan(root, plan)
     return plan.report

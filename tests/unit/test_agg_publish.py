@@ -167,3 +167,17 @@ def test_a_day_under_k_publishes_metering_but_no_analytics(tmp_path: Path) -> No
 def test_no_facts_publishes_nothing(tmp_path: Path) -> None:
     report = publish(str(tmp_path), NOW, GRACE, K)
     assert report.run_id is None and report.watermark is None
+
+
+def test_close_through_closes_the_windows_of_a_quiet_stream(tmp_path: Path) -> None:
+    # Only day 1's traffic: without later events its last hours and the day stay open.
+    write_committed_facts(tmp_path, _day_of_traffic(hours=3).slice(0, 120), first_offset=0)
+    quiet = publish(str(tmp_path), NOW, GRACE, K)
+    assert quiet.daily_base == 0 and quiet.hourly_base == 2  # 00:00, 01:00 closed; 02:00 not
+    closed = publish(str(tmp_path), NOW, GRACE, K, close_through=DAY + timedelta(days=1))
+    assert (closed.hourly_base, closed.daily_base) == (1, 1)
+    daily = _rows(tmp_path, METERING_DAILY_DIR, METERING_DAILY)
+    assert [(r["date"], r["uploads"]) for r in daily] == [(date(2026, 11, 1), 60)]
+    # Never past the clock: a close-through in the future closes nothing more.
+    again = publish(str(tmp_path), NOW, GRACE, K, close_through=NOW + timedelta(days=30))
+    assert again.rows_written == 0
