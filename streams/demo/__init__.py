@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
-import socket
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -52,10 +51,9 @@ from aggregations.publish import PublishReport, publish
 from aggregations.render import render, render_invoice, table_rows
 from aggregations.reports import run_report
 from aggregations.storage import resolve_root
-from streams.broker.control import LocalBroker, port_is_free
+from streams.broker.control import LocalBroker
 from streams.demo.worker import (
     CLIENT_ID,
-    POLL_S,
     DemoError,
     WorkerProcess,
     wait_until_committed,
@@ -314,39 +312,11 @@ def _start_broker(settings: Settings, timeline: Timeline) -> tuple[str, LocalBro
     local = LocalBroker(settings.broker_dir, settings.broker_port, settings.broker_controller_port)
     with timeline.step("Starting the local Kafka broker") as spinner:
         was_running = local.running_pid() is not None
-        if not was_running:
-            spinner.update("waiting for the ports of a broker stopped moments ago")
-            wait_for_lingering_ports((local.port, local.controller_port))
         status = local.start(BROKER_START_TIMEOUT_S, progress=spinner.update)
         timeline.detail = f"Kafka {status.version} at {status.bootstrap_servers}" + (
             " (already running: left running)" if was_running else ""
         )
     return local.bootstrap_servers, None if was_running else local
-
-
-def wait_for_lingering_ports(ports: tuple[int, ...], timeout_s: float = 70.0) -> None:
-    """Wait (at most ``timeout_s``) while a port is in TIME_WAIT but has no listener.
-
-    A broker stopped moments ago (the previous demo run) leaves its ports in TIME_WAIT for
-    up to a minute; LocalBroker's free-port probe binds without SO_REUSEADDR and calls them
-    taken, although Kafka (which sets it) could bind them. A port that someone listens on
-    is not waited for: LocalBroker.start reports it.
-    """
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and any(_lingering(port) for port in ports):
-        time.sleep(POLL_S)
-
-
-def _lingering(port: int) -> bool:
-    if port_is_free(port):
-        return False
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False  # a live listener: not ours to wait for
-    return True
 
 
 def _stop_broker(local: LocalBroker, timeline: Timeline) -> None:
