@@ -16,8 +16,9 @@ worker
     root. Timed from ``service.start()`` until every record is committed (the service's
     counters, which move right after each commit marker is written; the markers are re-read
     at the end and checked against the generator's ground truth): raw topic to committed
-    Parquet, group join, partition recovery and the last roll interval included. Also
-    reported: the rate from its first fetched batch, and where the run's time went.
+    Parquet, group join, partition recovery and the last range's write included. Also
+    reported: the rate from its first fetched batch, where the run's time went, and the CPU
+    time per event of this process and of the broker (bare path too).
 naive
     a faust agent ``async for value in stream`` doing the worker's work one event at a time
     (the worker's own ``PartitionPipeline.process`` on a one-record batch: decode, event key,
@@ -127,6 +128,49 @@ class Fixture:
     truth: GroundTruth
     keyring: Keyring
     work: Path
+    broker_pid: int | None = None  # known when the benchmark started the broker itself
+
+
+class CpuMeter:
+    """CPU seconds used by this process (every thread) and by the broker, over a block.
+
+    Rates alone hide the budget: on a shared 2-core machine the question is how many
+    CPU-microseconds each event costs the consumer and the broker, per path.
+    """
+
+    def __init__(self, broker_pid: int | None) -> None:
+        self._broker_pid = broker_pid
+        self.process_s = 0.0
+        self.broker_s: float | None = None
+
+    def __enter__(self) -> CpuMeter:
+        self._process_start = time.process_time()
+        self._broker_start = _process_cpu_s(self._broker_pid)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.process_s = time.process_time() - self._process_start
+        broker_end = _process_cpu_s(self._broker_pid)
+        if self._broker_start is not None and broker_end is not None:
+            self.broker_s = broker_end - self._broker_start
+
+    def detail(self, events: int) -> dict[str, float]:
+        per_event = {"cpu_us_per_event": self.process_s / events * 1e6}
+        if self.broker_s is not None:
+            per_event["broker_cpu_us_per_event"] = self.broker_s / events * 1e6
+        return per_event
+
+
+def _process_cpu_s(pid: int | None) -> float | None:
+    """User + system CPU seconds of ``pid`` from /proc (None where there is no /proc)."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    # Fields 14 and 15 of proc(5), counted after the ")" that ends the command name.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # --- broker, topic, traffic ----------------------------------------------------------------
@@ -247,8 +291,10 @@ async def measure_bare(fixture: Fixture, timeout_s: float) -> Run:
         auto_offset_reset="earliest",
         **FETCH_SIZES,
     )
+    meter = CpuMeter(fixture.broker_pid)
     await consumer.start()
     try:
+        meter.__enter__()
         seen = first_batch = 0
         first: float | None = None
         deadline = time.monotonic() + timeout_s
@@ -261,10 +307,11 @@ async def measure_bare(fixture: Fixture, timeout_s: float) -> Run:
                 first, first_batch = time.perf_counter(), got
             seen += got
         last = time.perf_counter()
+        meter.__exit__()
     finally:
         await consumer.stop()
     assert first is not None
-    return Run(seen - first_batch, last - first)
+    return Run(seen - first_batch, last - first, meter.detail(seen))
 
 
 # --- (b) the worker ------------------------------------------------------------------------
@@ -273,10 +320,11 @@ async def measure_bare(fixture: Fixture, timeout_s: float) -> Run:
 class _WorkerProbe:
     """Times the worker's phases from outside, wrapping bound methods of this one instance.
 
-    ``pipeline.process`` and ``writer.commit`` run in worker threads (``asyncio.to_thread``),
-    strictly one after another (the service holds its lock): the wrappers time them there and,
-    when profiling, enable one thread-side profiler around each call. Two clock reads per
-    10k-record batch: no measurable cost.
+    ``pipeline.process`` runs in a worker thread (``asyncio.to_thread``), one call at a time;
+    ``writer.commit`` runs on the service's writer thread, overlapping the next batches. The
+    wrappers time both; when profiling, the thread-side profiler covers ``process`` only (one
+    profiler cannot follow two threads at once), so the writer shows in the phase times but
+    not in the profile. Two clock reads per 10k-record batch: no measurable cost.
     """
 
     def __init__(self, service: RawTopicService, profiler: cProfile.Profile | None) -> None:
@@ -347,7 +395,7 @@ class _WorkerProbe:
         def timed(**kwargs: Any) -> T:
             started = time.perf_counter()
             try:
-                return self._profiled(lambda: commit(**kwargs))
+                return commit(**kwargs)
             finally:
                 self.commit_s += time.perf_counter() - started
                 self.commits += 1
@@ -436,8 +484,9 @@ async def measure_worker(
     with probe.attached(), _gc_experiment(gc_experiment):
         started = time.perf_counter()
         try:
-            await service.start()
-            await _wait_until(committed_all, timeout_s, "the worker to commit every record")
+            with CpuMeter(fixture.broker_pid) as meter:
+                await service.start()
+                await _wait_until(committed_all, timeout_s, "the worker to commit every record")
             done = time.perf_counter()
         finally:
             if main_profiler is not None:
@@ -467,6 +516,7 @@ async def measure_worker(
             "process_s": probe.process_s,
             "commit_s": probe.commit_s,
             "tail_s": done - probe.last_batch_done_at,
+            **meter.detail(fixture.events),
             "batches": probe.batches,
             "gc_s": probe.gc_s,
             "gc_collections": probe.gc_collections,
@@ -682,6 +732,7 @@ async def run_benchmark(
     gc_experiment: bool,
     profile: bool,
     profile_out: Path | None,
+    broker_pid: int | None = None,
 ) -> tuple[dict[str, list[Run]], Fixture, Results]:
     suffix = uuid.uuid4().hex[:8]
     topic, dead_letter = f"bench.raw.{suffix}", f"bench.dead-letter.{suffix}"
@@ -705,7 +756,7 @@ async def run_benchmark(
         del records
         fixture = Fixture(
             bootstrap_servers, topic, dead_letter, partitions, events, mean_bytes,
-            per_partition, truth, Keyring.generate(), work,
+            per_partition, truth, Keyring.generate(), work, broker_pid,
         )  # fmt: skip
         timeout_s = max(120.0, events / 1000)
         runs: dict[str, list[Run]] = {"bare": [], "worker": [], "naive": []}
@@ -853,6 +904,21 @@ def print_results(console: Console, runs: dict[str, list[Run]], results: Results
         " last batch was processed (first batch -> last batch processed:"
         f" {worker.events / (d['from_first_batch_s'] - d['tail_s']):,.0f} events/s)"
     )
+    bare = median_run(runs["bare"])
+    cpu_rows = [("bare consumer", bare.detail), ("worker", d)]
+    if "cpu_us_per_event" in d:
+        console.print(
+            "CPU per event, median runs (this process, all threads + the broker process): "
+            + "; ".join(
+                f"{label} {detail['cpu_us_per_event']:.1f} us"
+                + (
+                    f" + broker {detail['broker_cpu_us_per_event']:.1f} us"
+                    if "broker_cpu_us_per_event" in detail
+                    else ""
+                )
+                for label, detail in cpu_rows
+            )
+        )
     naive = median_run(runs["naive"])
     nd = naive.detail
     console.print(
@@ -863,7 +929,7 @@ def print_results(console: Console, runs: dict[str, list[Run]], results: Results
         run = results.profile_run
         profile = Table(
             title=f"worker profile: one extra run under cProfile ({run['rate']:,.0f} events/s),"
-            " event-loop thread + pipeline/writer calls in threads, waiting excluded"
+            " event-loop thread + pipeline calls in threads (not the writer), waiting excluded"
         )
         for column in ("function", "own s", "cumulative s", "calls"):
             profile.add_column(column, justify="left" if column == "function" else "right")
@@ -969,10 +1035,12 @@ def main(
     load_before = _load()
     with contextlib.ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sieve-bench-")))
+        broker_pid = None
         if bootstrap is None:
             with console.status("starting a local Kafka broker"):
                 broker = stack.enter_context(local_broker(work / "broker"))
             bootstrap = broker.bootstrap_servers
+            broker_pid = broker.running_pid()
             console.print(f"broker: Kafka {broker.version()} at {bootstrap}, started for this run")
         runs, _fixture, results = asyncio.run(
             run_benchmark(
@@ -990,6 +1058,7 @@ def main(
                 gc_experiment=gc_experiment,
                 profile=profile,
                 profile_out=profile_out,
+                broker_pid=broker_pid,
             )
         )
     results.command = " ".join(["python -m bench.worker_throughput", *sys.argv[1:]])

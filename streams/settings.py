@@ -59,7 +59,9 @@ class Settings(BaseSettings):
         200_000, description="Buffered accepted events per partition before files are written."
     )
     roll_interval_seconds: float = Field(
-        5.0, description="Longest time a partition's buffer waits before it is written."
+        5.0,
+        description="Longest time a partition's buffer waits before it is written (a buffer of"
+        " at least a batch is written at once when the worker has caught up).",
     )
     dedup_horizon: timedelta = Field(
         timedelta(hours=24), description="How far back (event time) duplicate event ids are caught."

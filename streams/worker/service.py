@@ -11,16 +11,24 @@ is ours, not faust's (faust-streaming#606: its commits can run ahead of processi
 Order of effects for a range: dead letters flushed -> files + marker written -> offsets
 committed. A Kafka commit that fails (rebalance) loses nothing: the commit markers are the
 truth, and whoever owns the partition next seeks by them.
+
+Ranges are written in the background while the next batches are processed: Parquet
+encoding, zstd, encryption and fsync release the GIL, so the second core does them
+(bench/README.md). One writer thread takes the ranges in the order they are cut, and a
+partition has at most one range in flight, so each partition's markers and offset commits
+stay in offset order and memory stays bounded.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +40,7 @@ from mode import Service
 
 from streams.worker.deadletter import DeadLetter
 from streams.worker.metrics import WorkerMetrics
-from streams.worker.pipeline import PartitionPipeline, PipelineContext, RawRecord
+from streams.worker.pipeline import PartitionPipeline, PendingRange, PipelineContext
 from streams.worker.sink import RangeWriter, recover_partition
 
 logger = logging.getLogger(__name__)
@@ -52,6 +60,28 @@ class ConsumerOptions:
     roll_max_records: int
     roll_interval_seconds: float
     session_timeout_seconds: float = 30.0
+
+
+def range_is_due(
+    options: ConsumerOptions,
+    *,
+    buffered_rows: int,
+    buffered_records: int,
+    age_seconds: float,
+    caught_up: bool,
+) -> bool:
+    """Whether a partition's buffered range should be cut and written now.
+
+    Big enough, or old enough; or done for now: ``caught_up`` means the last fetch returned
+    nothing for any partition, and a range of at least a batch is then cut at once instead
+    of after the roll interval. A burst that ended is committed without waiting, while a
+    trickle (small ranges) still rolls on the timer and does not make a file per fetch.
+    """
+    return (
+        buffered_rows >= options.roll_max_records
+        or age_seconds >= options.roll_interval_seconds
+        or (caught_up and buffered_records >= options.batch_max_records)
+    )
 
 
 class RawTopicService(Service):
@@ -75,6 +105,8 @@ class RawTopicService(Service):
         self.metrics = metrics
         self.pipelines: dict[int, PartitionPipeline] = {}
         self._opened_at: dict[int, float] = {}
+        self._writes: dict[int, asyncio.Future[None]] = {}  # the range in flight, per partition
+        self._write_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sieve-write")
         self._lock = asyncio.Lock()
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
@@ -115,15 +147,17 @@ class RawTopicService(Service):
         if self._consumer is not None:
             async with self._lock:
                 for partition in list(self.pipelines):
-                    await self._flush(partition)
+                    await self._flush(partition, wait=True)
             await self._consumer.stop()
         if self._producer is not None:
             await self._producer.stop()
+        self._write_thread.shutdown(wait=True)
 
     @Service.task
     async def _consume(self) -> None:
         assert self._consumer is not None
         while not self.should_stop:
+            self._raise_failed_write()
             batches = await self._consumer.getmany(
                 timeout_ms=200, max_records=self.options.batch_max_records
             )
@@ -133,14 +167,10 @@ class RawTopicService(Service):
                     if not messages:
                         continue
                     pipeline = self.pipelines[tp.partition]
-                    records = [
-                        RawRecord(m.offset, m.timestamp, m.value, tuple(m.headers or ()))
-                        for m in messages
-                    ]
-                    letters = await asyncio.to_thread(pipeline.process, records)
+                    letters = await asyncio.to_thread(pipeline.process, messages)
                     await self._send_dead_letters(letters)
                     self._opened_at.setdefault(tp.partition, time.monotonic())
-                await self._flush_due()
+                await self._flush_due(caught_up=not batches)
 
     def _in_sequence(self, tp: TopicPartition, messages: list[Any]) -> list[Any]:
         """The fetched messages the partition's pipeline must process next, in order.
@@ -181,40 +211,68 @@ class RawTopicService(Service):
                 headers=letter.headers,
             )
 
-    async def _flush_due(self) -> None:
+    async def _flush_due(self, *, caught_up: bool) -> None:
         now = time.monotonic()
         for partition, pipeline in list(self.pipelines.items()):
             opened = self._opened_at.get(partition)
-            if opened is None:
-                continue
-            if (
-                pipeline.buffered_rows >= self.options.roll_max_records
-                or now - opened >= self.options.roll_interval_seconds
+            if opened is not None and range_is_due(
+                self.options,
+                buffered_rows=pipeline.buffered_rows,
+                buffered_records=pipeline.buffered_records,
+                age_seconds=now - opened,
+                caught_up=caught_up,
             ):
-                await self._flush(partition)
+                await self._flush(partition, wait=False)
 
-    async def _flush(self, partition: int) -> None:
-        """Dead letters acknowledged, files and marker written, then the offset committed."""
+    async def _flush(self, partition: int, *, wait: bool) -> None:
+        """Cut the partition's range and write it (in the background unless ``wait``)."""
         pipeline = self.pipelines.get(partition)
         self._opened_at.pop(partition, None)
         if pipeline is None:
             return
+        # One range in flight per partition: its marker and offset commit must come first.
+        await self._finish_write(partition)
         pending = pipeline.take_range()
         if pending is None:
             return
-        assert self._producer is not None and self._consumer is not None
+        assert self._producer is not None
+        # The range's dead letters are acknowledged before its marker exists.
         await self._producer.flush()
-        marker = await asyncio.to_thread(
-            self.writer.commit,
-            topic=self.options.topic,
-            partition=partition,
-            first_offset=pending.first_offset,
-            last_offset=pending.last_offset,
-            identifiable=pending.identifiable,
-            facts=pending.facts,
-            counts=pending.counts,
-            watermark=pending.watermark,
-            consent_changes=pending.consent_changes,
+        write = asyncio.ensure_future(self._write_range(partition, pending))
+        self._writes[partition] = write
+        if wait:
+            await self._finish_write(partition)
+
+    def _raise_failed_write(self) -> None:
+        # A range that failed to write must stop the worker now (nothing of it was committed,
+        # so a restart replays it), not when its partition next flushes.
+        for write in self._writes.values():
+            if write.done() and write.exception() is not None:
+                write.result()
+
+    async def _finish_write(self, partition: int) -> None:
+        write = self._writes.pop(partition, None)
+        if write is not None:
+            await write  # a failed write raises here and stops the worker, nothing committed
+
+    async def _write_range(self, partition: int, pending: PendingRange) -> None:
+        """Files and marker written, then the offset committed."""
+        assert self._consumer is not None
+        loop = asyncio.get_running_loop()
+        marker = await loop.run_in_executor(
+            self._write_thread,
+            functools.partial(
+                self.writer.commit,
+                topic=self.options.topic,
+                partition=partition,
+                first_offset=pending.first_offset,
+                last_offset=pending.last_offset,
+                identifiable=pending.identifiable,
+                facts=pending.facts,
+                counts=pending.counts,
+                watermark=pending.watermark,
+                consent_changes=pending.consent_changes,
+            ),
         )
         self.metrics.add(marker.counts)
         tp = TopicPartition(self.options.topic, partition)
@@ -265,7 +323,7 @@ class RawTopicService(Service):
         async with self._lock:
             for tp in revoked:
                 if tp.topic == self.options.topic and tp.partition in self.pipelines:
-                    await self._flush(tp.partition)
+                    await self._flush(tp.partition, wait=True)
                     del self.pipelines[tp.partition]
 
     async def refresh_lag(self) -> None:

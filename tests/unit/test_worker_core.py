@@ -26,6 +26,7 @@ from streams.privacy.retention import load_policy
 from streams.worker.dedup import Deduplicator
 from streams.worker.metrics import WorkerMetrics
 from streams.worker.pipeline import PartitionPipeline, PipelineContext, RawRecord
+from streams.worker.service import ConsumerOptions, range_is_due
 from streams.worker.sink import RangeWriter, open_data_root, recover_partition
 from tests.integration.pipeline_truth import traffic_config
 
@@ -242,3 +243,34 @@ def test_metrics_render_every_counter() -> None:
     assert "sieve_raw_records_total 10" in text
     assert 'sieve_dead_lettered_total{reason="invalid_json"} 1' in text
     assert 'sieve_identifiable_records_total{retention_class="traffic"} 5' in text
+
+
+# --- when a range is cut ---------------------------------------------------------------------
+
+
+def test_a_range_is_cut_when_big_old_or_caught_up_with_a_batch() -> None:
+    options = ConsumerOptions(
+        bootstrap_servers="unused",
+        topic=TOPIC,
+        dead_letter_topic="dead",
+        group_id="g",
+        batch_max_records=10_000,
+        roll_max_records=200_000,
+        roll_interval_seconds=5.0,
+    )
+
+    def due(rows: int, records: int, age: float, caught_up: bool) -> bool:
+        return range_is_due(
+            options,
+            buffered_rows=rows,
+            buffered_records=records,
+            age_seconds=age,
+            caught_up=caught_up,
+        )
+
+    assert due(200_000, 210_000, 0.1, caught_up=False)  # big enough
+    assert due(10, 10, 5.0, caught_up=False)  # old enough
+    assert due(9_000, 10_000, 0.1, caught_up=True)  # a burst ended
+    # A trickle waits for the timer, caught up or not: no file per fetch.
+    assert not due(9_999, 9_999, 4.9, caught_up=True)
+    assert not due(199_999, 210_000, 4.9, caught_up=False)
