@@ -610,19 +610,7 @@ async def measure_naive(
             pending = pipeline.take_range()
             if pending is None:
                 continue
-            writer.commit(
-                topic=fixture.topic,
-                partition=partition,
-                first_offset=pending.first_offset,
-                last_offset=pending.last_offset,
-                # One chunk per event otherwise: slicing and writing 10k one-row chunks
-                # costs seconds, a cost of the naive buffering, not of Parquet.
-                identifiable=pending.identifiable.combine_chunks(),
-                facts=pending.facts.combine_chunks(),
-                counts=pending.counts,
-                watermark=pending.watermark,
-                consent_changes=pending.consent_changes,
-            )
+            writer.commit_range(fixture.topic, partition, pending)
         write_s = time.perf_counter() - write_started
     finally:
         with contextlib.suppress(Exception):

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import gc
 import logging
 import time
@@ -260,19 +259,7 @@ class RawTopicService(Service):
         assert self._consumer is not None
         loop = asyncio.get_running_loop()
         marker = await loop.run_in_executor(
-            self._write_thread,
-            functools.partial(
-                self.writer.commit,
-                topic=self.options.topic,
-                partition=partition,
-                first_offset=pending.first_offset,
-                last_offset=pending.last_offset,
-                identifiable=pending.identifiable,
-                facts=pending.facts,
-                counts=pending.counts,
-                watermark=pending.watermark,
-                consent_changes=pending.consent_changes,
-            ),
+            self._write_thread, self.writer.commit_range, self.options.topic, partition, pending
         )
         self.metrics.add(marker.counts)
         tp = TopicPartition(self.options.topic, partition)

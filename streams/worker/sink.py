@@ -18,6 +18,7 @@ import os
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -34,6 +35,9 @@ from schemas.commits import (
     output_stem,
 )
 from streams.encryption import ParquetEncryption
+
+if TYPE_CHECKING:
+    from streams.worker.pipeline import PendingRange
 
 TMP_INFIX = ".tmp-"
 _ROW_GROUP_ROWS = 128 * 1024
@@ -140,6 +144,20 @@ class RangeWriter:
         self._root = root
         self._encryption = encryption
         self._version = sieve_version
+
+    def commit_range(self, topic: str, partition: int, pending: PendingRange) -> CommitMarker:
+        """:meth:`commit` of a range cut by a partition pipeline."""
+        return self.commit(
+            topic=topic,
+            partition=partition,
+            first_offset=pending.first_offset,
+            last_offset=pending.last_offset,
+            identifiable=pending.identifiable,
+            facts=pending.facts,
+            counts=pending.counts,
+            watermark=pending.watermark,
+            consent_changes=pending.consent_changes,
+        )
 
     def commit(
         self,

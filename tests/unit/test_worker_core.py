@@ -121,17 +121,7 @@ def _writer(root: Path, keyring: Keyring) -> tuple[RangeWriter, str]:
 def _commit(pipeline: PartitionPipeline, writer: RangeWriter, metrics: WorkerMetrics) -> None:
     pending = pipeline.take_range()
     assert pending is not None
-    marker = writer.commit(
-        topic=TOPIC,
-        partition=0,
-        first_offset=pending.first_offset,
-        last_offset=pending.last_offset,
-        identifiable=pending.identifiable,
-        facts=pending.facts,
-        counts=pending.counts,
-        watermark=pending.watermark,
-        consent_changes=pending.consent_changes,
-    )
+    marker = writer.commit_range(TOPIC, 0, pending)
     metrics.add(marker.counts)
 
 
