@@ -143,16 +143,22 @@ class CpuMeter:
         self.process_s = 0.0
         self.broker_s: float | None = None
 
-    def __enter__(self) -> CpuMeter:
+    def start(self) -> None:
         self._process_start = time.process_time()
         self._broker_start = _process_cpu_s(self._broker_pid)
-        return self
 
-    def __exit__(self, *_exc: object) -> None:
+    def stop(self) -> None:
         self.process_s = time.process_time() - self._process_start
         broker_end = _process_cpu_s(self._broker_pid)
         if self._broker_start is not None and broker_end is not None:
             self.broker_s = broker_end - self._broker_start
+
+    def __enter__(self) -> CpuMeter:
+        self.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
 
     def detail(self, events: int) -> dict[str, float]:
         per_event = {"cpu_us_per_event": self.process_s / events * 1e6}
@@ -294,7 +300,6 @@ async def measure_bare(fixture: Fixture, timeout_s: float) -> Run:
     meter = CpuMeter(fixture.broker_pid)
     await consumer.start()
     try:
-        meter.__enter__()
         seen = first_batch = 0
         first: float | None = None
         deadline = time.monotonic() + timeout_s
@@ -305,13 +310,14 @@ async def measure_bare(fixture: Fixture, timeout_s: float) -> Run:
             got = sum(len(messages) for messages in batches.values())
             if got and first is None:
                 first, first_batch = time.perf_counter(), got
+                meter.start()  # the same window as the rate
             seen += got
         last = time.perf_counter()
-        meter.__exit__()
+        meter.stop()
     finally:
         await consumer.stop()
     assert first is not None
-    return Run(seen - first_batch, last - first, meter.detail(seen))
+    return Run(seen - first_batch, last - first, meter.detail(seen - first_batch))
 
 
 # --- (b) the worker ------------------------------------------------------------------------
@@ -893,19 +899,10 @@ def print_results(console: Console, runs: dict[str, list[Run]], results: Results
         f" {worker.events / (d['from_first_batch_s'] - d['tail_s']):,.0f} events/s)"
     )
     bare = median_run(runs["bare"])
-    cpu_rows = [("bare consumer", bare.detail), ("worker", d)]
     if "cpu_us_per_event" in d:
         console.print(
-            "CPU per event, median runs (this process, all threads + the broker process): "
-            + "; ".join(
-                f"{label} {detail['cpu_us_per_event']:.1f} us"
-                + (
-                    f" + broker {detail['broker_cpu_us_per_event']:.1f} us"
-                    if "broker_cpu_us_per_event" in detail
-                    else ""
-                )
-                for label, detail in cpu_rows
-            )
+            "CPU per event, median runs (this process, all threads; the broker process): "
+            + "; ".join(_cpu_words(name, run) for name, run in (("bare", bare), ("worker", worker)))
         )
     naive = median_run(runs["naive"])
     nd = naive.detail
@@ -929,6 +926,15 @@ def print_results(console: Console, runs: dict[str, list[Run]], results: Results
         f"machine: {machine['nproc']} cores, Python {machine['python']}; load average"
         f" {machine['load_before']} before, {machine['load_after']} after"
     )
+
+
+def _cpu_words(label: str, run: Run) -> str:
+    detail = run.detail
+    own = detail["cpu_us_per_event"]
+    words = f"{label} {own:.1f} us ({own * run.rate / 1e6:.2f} cores busy)"
+    if "broker_cpu_us_per_event" in detail:
+        words += f" + broker {detail['broker_cpu_us_per_event']:.1f} us"
+    return words
 
 
 def _exit_on_signal(signum: int, _frame: object) -> None:
