@@ -41,6 +41,7 @@ import gc
 import io
 import json
 import logging
+import multiprocessing
 import os
 import platform
 import pstats
@@ -69,7 +70,7 @@ from streams.broker.control import LocalBroker
 from streams.generate.model import TrafficConfig, TrafficModel
 from streams.generate.records import GroundTruth
 from streams.generate.user_agents import load_user_agents
-from streams.privacy.keyring import Keyring
+from streams.privacy.keyring import Keyring, write_new_keyring
 from streams.settings import Settings
 from streams.topics import create_topics, dead_letter_topic_spec, raw_topic_spec
 from streams.worker.app import build_service
@@ -127,6 +128,7 @@ class Fixture:
     per_partition: dict[int, int]
     truth: GroundTruth
     keyring: Keyring
+    keyring_file: Path  # the same keys, for workers in other processes (they load it)
     work: Path
     broker_pid: int | None = None  # known when the benchmark started the broker itself
 
@@ -532,6 +534,129 @@ async def measure_worker(
     )
 
 
+# --- (b') more workers, one per process --------------------------------------------------
+
+
+def _worker_process(
+    settings: Settings,
+    keyring_file: Path,
+    ready: Any,
+    go: Any,
+    gauges: Any,
+    stop: Any,
+) -> None:
+    """Another worker of the same group in its own process: what a second ``sieve worker`` is.
+
+    It builds everything and says ``ready``; it starts consuming on ``go`` and keeps
+    ``gauges`` (two shared integers) at the number of partitions it holds and the records it
+    has committed: reading them costs the harness nothing, unlike re-reading the markers.
+    """
+    logging.basicConfig(level=logging.CRITICAL)
+    asyncio.run(_serve_worker(settings, keyring_file, ready, go, gauges, stop))
+
+
+async def _serve_worker(
+    settings: Settings, keyring_file: Path, ready: Any, go: Any, gauges: Any, stop: Any
+) -> None:
+    metrics = WorkerMetrics()
+    service = build_service(settings, Keyring.load(keyring_file), metrics)
+    ready.set()
+    await asyncio.to_thread(go.wait)
+    await service.start()
+    try:
+        while not stop.is_set():
+            gauges[0], gauges[1] = len(service.pipelines), metrics.raw
+            await asyncio.sleep(0.02)  # gauges for the harness, not synchronisation
+    finally:
+        await service.stop()
+
+
+async def measure_workers(
+    fixture: Fixture, root: Path, roll_interval_s: float, timeout_s: float, processes: int
+) -> Run:
+    """``processes`` workers in one group: this process and ``processes - 1`` spawned ones.
+
+    The first worker to join takes every partition; the others get theirs only after a
+    rebalance, which the first one learns of at its next heartbeat. So this path times the
+    steady state: from the moment every worker holds partitions (the generation with all of
+    them; what was committed before, which the eager rebalance has just flushed, is not
+    counted) until the workers' counters, which move after each marker, count every record.
+    The markers are re-read at the end and must count every record once. Its session timeout
+    is the shortest allowed (6 s, heartbeats every 2 s) so the steady state is most of the
+    run. Informative only: the targets are about one worker.
+    """
+    group = f"bench-workers-{uuid.uuid4().hex[:8]}"
+    settings = worker_settings(fixture, root, group, roll_interval_s).model_copy(
+        update={"session_timeout_seconds": 6.0}
+    )
+    spawn = multiprocessing.get_context("spawn")
+    ready = [spawn.Event() for _ in range(processes - 1)]
+    gauges = [spawn.Array("q", 2) for _ in range(processes - 1)]  # partitions held, committed
+    go, stop = spawn.Event(), spawn.Event()
+    children = [
+        spawn.Process(
+            target=_worker_process,
+            args=(settings, fixture.keyring_file, is_ready, go, child_gauges, stop),
+            daemon=True,
+        )
+        for is_ready, child_gauges in zip(ready, gauges, strict=True)
+    ]
+    for child in children:
+        child.start()
+    metrics = WorkerMetrics()
+    service = build_service(settings, fixture.keyring, metrics)
+
+    def committed() -> int:
+        if service.crashed or any(not child.is_alive() for child in children):
+            raise RuntimeError("a worker died")
+        return metrics.raw + sum(int(child_gauges[1]) for child_gauges in gauges)
+
+    async def wait_for(events: list[Any], what: str) -> None:
+        for event in events:
+            if not await asyncio.to_thread(event.wait, timeout_s):
+                raise TimeoutError(f"timed out waiting for {what}")
+
+    try:
+        await wait_for(ready, "the worker processes to get ready")
+        go.set()
+        await service.start()
+        await _wait_until(
+            lambda: bool(service.pipelines) and all(child[0] > 0 for child in gauges),
+            timeout_s,
+            "every worker to hold partitions",
+        )
+        children_cpu = [_process_cpu_s(child.pid) or 0.0 for child in children]
+        with CpuMeter(fixture.broker_pid) as meter:
+            started = time.perf_counter()
+            before = committed()
+            await _wait_until(lambda: committed() >= fixture.events, timeout_s, "the workers")
+            done = time.perf_counter()
+        children_cpu = [
+            (_process_cpu_s(child.pid) or 0.0) - cpu
+            for child, cpu in zip(children, children_cpu, strict=True)
+        ]
+    finally:
+        stop.set()
+        await service.stop()
+        for child in children:
+            await asyncio.to_thread(child.join, 60)
+            if child.is_alive():
+                child.kill()
+    totals = committed_totals(settings.data_root, fixture.topic)[0]
+    if totals["raw"] != fixture.events:
+        raise RuntimeError(f"markers count {totals['raw']} raw records, not {fixture.events}")
+    counted = fixture.events - before
+    if counted < fixture.events // 4:
+        raise RuntimeError(
+            f"only {counted:,} records were left when every worker had partitions: use more"
+            " --events for --workers"
+        )
+    detail = meter.detail(counted)
+    detail["cpu_us_per_event"] += sum(children_cpu) / counted * 1e6
+    detail["committed_before"] = float(before)
+    return Run(counted, done - started, detail)
+
+
 # --- (c) the naive faust agent ---------------------------------------------------------------
 
 
@@ -727,6 +852,7 @@ async def run_benchmark(
     profile: bool,
     profile_out: Path | None,
     broker_pid: int | None = None,
+    workers: int = 1,
 ) -> tuple[dict[str, list[Run]], Fixture, Results]:
     suffix = uuid.uuid4().hex[:8]
     topic, dead_letter = f"bench.raw.{suffix}", f"bench.dead-letter.{suffix}"
@@ -750,12 +876,15 @@ async def run_benchmark(
         del records
         fixture = Fixture(
             bootstrap_servers, topic, dead_letter, partitions, events, mean_bytes,
-            per_partition, truth, Keyring.generate(), work, broker_pid,
+            per_partition, truth, write_new_keyring(work / "keyring.json"), work / "keyring.json",
+            work, broker_pid,
         )  # fmt: skip
         timeout_s = max(120.0, events / 1000)
         runs: dict[str, list[Run]] = {"bare": [], "worker": [], "naive": []}
         if gc_experiment:
             runs["worker_gc"] = []
+        if workers > 1:
+            runs["workers"] = []
         for index in range(1, repeat + 1):
             root = work / f"repeat-{index}"
             label = f"[{index}/{repeat}]"
@@ -781,6 +910,14 @@ async def run_benchmark(
                 )
                 runs["worker_gc"].append(tuned)
                 line += f" · worker+gc {tuned.rate:,.0f}/s"
+            if workers > 1:
+                several = await _step(
+                    console,
+                    f"{label} {workers} Sieve workers (processes)",
+                    measure_workers(fixture, root / "workers", roll_interval_s, timeout_s, workers),
+                )
+                runs["workers"].append(several)
+                line += f" · {workers} workers {several.rate:,.0f}/s"
             naive = await _step(
                 console,
                 f"{label} naive faust agent (cap {naive_seconds:.0f} s)",
@@ -807,6 +944,7 @@ async def run_benchmark(
                 "compression": compression or "none",
                 "days": days,
                 "seed": seed,
+                "workers": workers,
             },
             mean_value_bytes=mean_bytes,
             per_partition=per_partition,
@@ -821,6 +959,11 @@ async def run_benchmark(
                     medians["worker_from_first_batch"] / medians["bare"]
                 ),
                 "worker_over_naive": medians["worker"] / medians["naive"],
+                **(
+                    {"workers_over_bare": medians["workers"] / medians["bare"]}
+                    if "workers" in medians
+                    else {}
+                ),
             },
         )
         if profile:
@@ -862,6 +1005,11 @@ def print_results(console: Console, runs: dict[str, list[Run]], results: Results
     ]
     if "worker_gc" in runs:
         rows.insert(3, ("worker+gc", "experiment: same, after gc.freeze()", "worker_gc"))
+    if "workers" in runs:
+        count = options["workers"]
+        rows.insert(
+            3, (f"{count} workers", f"{count} processes, one group: all assigned -> all", "workers")
+        )
     for name, what, key in rows:
         if key == "steady":
             rates = [from_first_batch_rate(run) for run in runs["worker"]]
@@ -884,6 +1032,10 @@ def print_results(console: Console, runs: dict[str, list[Run]], results: Results
         shown = f"{value:.1f}x" if unit else f"{value:.2f}"
         wanted = f">= {target:.0f}x" if unit else f">= {target:.2f}"
         ratio_table.add_row(label, shown, wanted, _verdict(value, target))
+    if "workers_over_bare" in ratios:
+        ratio_table.add_row(
+            f"{options['workers']} workers / bare", f"{ratios['workers_over_bare']:.2f}", "", "info"
+        )
     console.print(ratio_table)
 
     worker = median_run(runs["worker"])
@@ -899,10 +1051,13 @@ def print_results(console: Console, runs: dict[str, list[Run]], results: Results
         f" {worker.events / (d['from_first_batch_s'] - d['tail_s']):,.0f} events/s)"
     )
     bare = median_run(runs["bare"])
+    cpu_runs = [("bare", bare), ("worker", worker)]
+    if "workers" in runs:
+        cpu_runs.append((f"{options['workers']} workers", median_run(runs["workers"])))
     if "cpu_us_per_event" in d:
         console.print(
             "CPU per event, median runs (this process, all threads; the broker process): "
-            + "; ".join(_cpu_words(name, run) for name, run in (("bare", bare), ("worker", worker)))
+            + "; ".join(_cpu_words(name, run) for name, run in cpu_runs)
         )
     naive = median_run(runs["naive"])
     nd = naive.detail
@@ -1002,6 +1157,14 @@ def _load() -> str:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Also write every run and the medians as JSON to this file.",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 16),
+    default=1,
+    show_default=True,
+    help="Also time this many workers in one group, one process each (informative: the"
+    " targets are about one worker).",
+)
 @click.option("--verbose", is_flag=True, help="Show the clients' and faust's log warnings.")
 def main(
     events: int,
@@ -1017,6 +1180,7 @@ def main(
     profile: bool,
     profile_out: Path | None,
     json_out: Path | None,
+    workers: int,
     verbose: bool,
 ) -> None:
     """Worker throughput against the bare consume rate and a naive faust agent, one run."""
@@ -1053,6 +1217,7 @@ def main(
                 profile=profile,
                 profile_out=profile_out,
                 broker_pid=broker_pid,
+                workers=workers,
             )
         )
     results.command = " ".join(["python -m bench.worker_throughput", *sys.argv[1:]])
