@@ -176,6 +176,11 @@ class RawTopicService(Service):
                     await self._flush_due(caught_up=not batches)
         finally:
             fetch.cancel()
+            if fetch.done() and not fetch.cancelled():
+                # Its records are not processed (nothing is committed without a marker, so
+                # they are fetched again); a fetch that failed as the consumer stopped must
+                # not be logged as an exception never retrieved.
+                fetch.exception()
 
     def _fetch(self) -> asyncio.Future[dict[TopicPartition, list[Any]]]:
         assert self._consumer is not None
