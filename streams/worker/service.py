@@ -347,11 +347,25 @@ class RawTopicService(Service):
 
 
 class _Listener(ConsumerRebalanceListener):
+    """Forwards rebalances to the service; a failure there crashes the worker.
+
+    aiokafka logs and swallows a listener's exception: a partition whose recovery failed
+    would then have no pipeline, and the worker would rewind it forever while looking alive.
+    """
+
     def __init__(self, service: RawTopicService) -> None:
         self._service = service
 
     async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
-        await self._service.on_revoked(revoked)
+        try:
+            await self._service.on_revoked(revoked)
+        except Exception as error:
+            await self._service.crash(error)
+            raise
 
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
-        await self._service.on_assigned(assigned)
+        try:
+            await self._service.on_assigned(assigned)
+        except Exception as error:
+            await self._service.crash(error)
+            raise
