@@ -26,7 +26,8 @@ import pyarrow as pa
 from aggregations.engine import connect
 from aggregations.schemas import METRICS
 
-_METRIC_SQL: Final = """
+# The metric columns of one group of facts (the bench prices straight from facts with it).
+METRIC_SQL: Final = """
     count(*) FILTER (WHERE type = 'request') AS requests,
     count(*) FILTER (WHERE type = 'page_view') AS page_views,
     count(*) FILTER (WHERE type = 'login') AS sessions,
@@ -46,7 +47,7 @@ def hourly_usage(facts: pa.Table, last_hour: datetime) -> pa.Table:
     connection.register("facts", facts)
     return connection.sql(
         f"""
-        SELECT occurred_hour AS hour, account_id, {_METRIC_SQL}
+        SELECT occurred_hour AS hour, account_id, {METRIC_SQL}
         FROM facts WHERE occurred_hour <= ?
         GROUP BY ALL ORDER BY hour, account_id
         """,  # noqa: S608 - constant SQL text, the bound is a parameter
@@ -60,7 +61,7 @@ def daily_usage(facts: pa.Table, last_day: date) -> pa.Table:
     connection.register("facts", facts)
     return connection.sql(
         f"""
-        SELECT CAST(occurred_hour AS DATE) AS date, account_id, {_METRIC_SQL}
+        SELECT CAST(occurred_hour AS DATE) AS date, account_id, {METRIC_SQL}
         FROM facts WHERE CAST(occurred_hour AS DATE) <= ?
         GROUP BY ALL ORDER BY date, account_id
         """,  # noqa: S608 - constant SQL text, the bound is a parameter

@@ -359,20 +359,10 @@ def _metering_only(rows: pa.Table, state: PublishedState, mark: datetime) -> Non
 
 # --- pricing ---------------------------------------------------------------------------------
 
-# The metering definitions (aggregations/metering.py), written again against the fact files:
-# per UTC day and account, session time summed as milliseconds like metering does.
-_FACTS_USAGE_SQL: Final = """
-SELECT CAST(occurred_hour AS DATE) AS date, account_id,
-  count(*) FILTER (WHERE type = 'request') AS requests,
-  count(*) FILTER (WHERE type = 'page_view') AS page_views,
-  count(*) FILTER (WHERE type = 'login') AS sessions,
-  CAST(coalesce(sum(CAST(session_seconds AS DECIMAL(18, 3))) FILTER (WHERE type = 'logout'), 0)
-       AS DECIMAL(18, 3)) AS session_seconds,
-  count(*) FILTER (WHERE type = 'upload') AS uploads,
-  CAST(coalesce(sum(bytes) FILTER (WHERE type = 'upload'), 0) AS BIGINT) AS upload_bytes,
-  count(*) FILTER (WHERE type = 'download') AS downloads,
-  CAST(coalesce(sum(bytes) FILTER (WHERE type = 'download'), 0) AS BIGINT) AS download_bytes,
-  count(DISTINCT subject_key) AS active_users
+# The metering definitions (aggregations/metering.py) applied straight to the fact files,
+# per UTC day and account: the same answer, without the published metering tables.
+_FACTS_USAGE_SQL: Final = f"""
+SELECT CAST(occurred_hour AS DATE) AS date, account_id, {metering.METRIC_SQL}
 FROM read_parquet(?)
 WHERE occurred_hour >= ? AND occurred_hour < ?
 GROUP BY ALL

@@ -46,7 +46,6 @@ import os
 import platform
 import pstats
 import signal
-import socket
 import statistics
 import sys
 import tempfile
@@ -66,7 +65,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from rich.console import Console
 from rich.table import Table
 
-from streams.broker.control import LocalBroker
+from streams.broker.control import LocalBroker, start_on_free_ports
 from streams.generate.model import TrafficConfig, TrafficModel
 from streams.generate.records import GroundTruth
 from streams.generate.user_agents import load_user_agents
@@ -184,21 +183,11 @@ def _process_cpu_s(pid: int | None) -> float | None:
 # --- broker, topic, traffic ----------------------------------------------------------------
 
 
-def _free_ports(count: int) -> list[int]:
-    with contextlib.ExitStack() as held:
-        probes = [held.enter_context(socket.socket()) for _ in range(count)]
-        for probe in probes:
-            probe.bind(("127.0.0.1", 0))
-        return [int(probe.getsockname()[1]) for probe in probes]
-
-
 @contextlib.contextmanager
 def local_broker(folder: Path) -> Iterator[LocalBroker]:
     """A broker of our own on free loopback ports, data in ``folder``, jars from the repo."""
-    port, controller_port = _free_ports(2)
-    broker = LocalBroker(folder, port, controller_port, lib_dir=JAR_CACHE)
+    broker = start_on_free_ports(folder, JAR_CACHE, 120.0)
     try:
-        broker.start(120.0)
         yield broker
     finally:
         broker.stop()

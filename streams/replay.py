@@ -382,12 +382,7 @@ def replay_command(
     console = Console(stderr=out_path == "-")
     settings = cast(Callable[[], Settings], Settings)()
     topic = topic or settings.raw_topic
-    if out_path is None:
-        from streams.topics import create_topics, raw_topic_spec
-
-        spec = raw_topic_spec(topic, settings.raw_partitions, settings.raw_retention_hours)
-        create_topics(settings.bootstrap_servers, [spec])
-    sink, where = open_sink(out_path, settings.bootstrap_servers, topic, CLIENT_ID)
+    sink, where = open_sink(out_path, settings, topic, CLIENT_ID)
     console.print(f"replaying {file} -> {where}")
     chosen: Format | None = None if fmt == "auto" else cast(Format, fmt)
     report = run_replay(file, sink, fmt=chosen, account_id=account, console=console)

@@ -11,9 +11,7 @@ other's records and need no cleanup.
 
 from __future__ import annotations
 
-import contextlib
 import re
-import socket
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -21,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.broker.control import LocalBroker, PortTakenError, broker_version
+from streams.broker.control import LocalBroker, broker_version, start_on_free_ports
 from streams.errors import ConfigurationError, SieveError
 from streams.topics import TopicSpec, create_topics
 
@@ -46,40 +44,15 @@ BROKER_KEY = pytest.StashKey[KafkaBroker]()
 TopicFactory = Callable[..., str]
 
 
-def _free_ports(count: int) -> list[int]:
-    """``count`` distinct ports free right now (all held open together while chosen)."""
-    with contextlib.ExitStack() as held:
-        probes = [held.enter_context(socket.socket()) for _ in range(count)]
-        for probe in probes:
-            probe.bind(("127.0.0.1", 0))
-        return [int(probe.getsockname()[1]) for probe in probes]
-
-
-def _start_broker(broker_dir: Path) -> LocalBroker:
-    """Start a broker on free ports; a port taken between choosing and binding it (another
-    session starting at the same time) is retried with new ports."""
-    for attempt in range(1, PORT_ATTEMPTS + 1):
-        port, controller_port = _free_ports(2)
-        local = LocalBroker(broker_dir, port, controller_port, lib_dir=JAR_CACHE)
-        try:
-            local.start(START_TIMEOUT_S)
-            return local
-        except PortTakenError:
-            if attempt == PORT_ATTEMPTS:
-                raise
-        except SieveError:
-            local.stop()  # it may have launched before failing to answer
-            raise
-    raise AssertionError("unreachable")
-
-
 @pytest.fixture(scope="session")
 def kafka(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     KafkaBroker
 ]:
     """One real Kafka broker for the whole session, stopped at its end."""
     try:
-        local = _start_broker(tmp_path_factory.mktemp("kafka"))
+        local = start_on_free_ports(
+            tmp_path_factory.mktemp("kafka"), JAR_CACHE, START_TIMEOUT_S, PORT_ATTEMPTS
+        )
     except SieveError as error:
         pytest.fail(f"the Kafka broker did not start: {error}", pytrace=False)
     info = KafkaBroker(

@@ -145,6 +145,15 @@ def port_is_free(port: int, host: str = LOOPBACK) -> bool:
     return True
 
 
+def free_ports(count: int, host: str = LOOPBACK) -> list[int]:
+    """``count`` distinct ports free right now (all held open together while chosen)."""
+    with contextlib.ExitStack() as held:
+        probes = [held.enter_context(socket.socket()) for _ in range(count)]
+        for probe in probes:
+            probe.bind((host, 0))
+        return [int(probe.getsockname()[1]) for probe in probes]
+
+
 def java_major_version(java: str) -> int:
     """The major version of ``java`` (``1.8`` -> 8, ``17.0.15`` -> 17)."""
     done = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=60)
@@ -531,3 +540,26 @@ def render_log4j2_properties(log_file: Path) -> str:
             "",
         ]
     )
+
+
+def start_on_free_ports(
+    broker_dir: Path, lib_dir: Path | None, timeout_s: float, attempts: int = 3
+) -> LocalBroker:
+    """A started broker on free loopback ports (tests, benchmarks: beside any other broker).
+
+    A port taken between choosing and binding it (another session starting at the same
+    time) is retried with new ports.
+    """
+    for attempt in range(1, attempts + 1):
+        port, controller_port = free_ports(2)
+        broker = LocalBroker(broker_dir, port, controller_port, lib_dir=lib_dir)
+        try:
+            broker.start(timeout_s)
+            return broker
+        except PortTakenError:
+            if attempt == attempts:
+                raise
+        except SieveError:
+            broker.stop()  # it may have launched before failing to answer
+            raise
+    raise AssertionError("unreachable")

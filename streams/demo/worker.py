@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from kafka import KafkaAdminClient
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from streams.broker.control import free_ports
 from streams.errors import SieveError
 from streams.settings import ENV_PREFIX, Settings
 from streams.worker.commands import committed_totals
@@ -50,15 +50,10 @@ def worker_environment(settings: Settings, keyring_file: Path) -> dict[str, str]
     env[f"{ENV_PREFIX}KEYRING_FILE"] = str(keyring_file)
     if "metrics_port" not in settings.model_fields_set:
         # The default port may be another worker's (one running beside the demo).
-        env[f"{ENV_PREFIX}METRICS_PORT"] = str(_free_port())
+        env[f"{ENV_PREFIX}METRICS_PORT"] = str(free_ports(1)[0])
     return env
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 class WorkerProcess:

@@ -284,14 +284,7 @@ def generate(
     console = Console(stderr=out_path == "-")
     settings = cast(Callable[[], Settings], Settings)()
     topic = topic or settings.raw_topic
-    if out_path is None:
-        from streams.topics import create_topics, raw_topic_spec
-
-        # Created here, not by the broker's auto-create, so the raw data gets its short
-        # retention and the configured partitions. An existing topic is left as it is.
-        spec = raw_topic_spec(topic, settings.raw_partitions, settings.raw_retention_hours)
-        create_topics(settings.bootstrap_servers, [spec])
-    sink, where = open_sink(out_path, settings.bootstrap_servers, topic, CLIENT_ID)
+    sink, where = open_sink(out_path, settings, topic, CLIENT_ID)
     console.print(f"generating {count:,} records, seed {seed}, "
                   f"{start.isoformat()} to {end.isoformat()} -> {where}")  # fmt: skip
     report = run_generate(config, sink, rate=rate, console=console)

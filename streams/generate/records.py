@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import IO, Any, Final, Literal
+from typing import IO, Any, Final, Literal, get_args
 
 from schemas.events import EVENT_TYPES, Event
 
@@ -27,15 +27,7 @@ MalformedReason = Literal[
     "too_long",
     "unknown_field",
 ]
-MALFORMED_REASONS: Final[tuple[MalformedReason, ...]] = (
-    "invalid_json",
-    "unsupported_schema_version",
-    "missing_field",
-    "naive_timestamp",
-    "invalid_ip",
-    "too_long",
-    "unknown_field",
-)
+MALFORMED_REASONS: Final[tuple[MalformedReason, ...]] = get_args(MalformedReason)
 
 
 @dataclass(frozen=True, slots=True)

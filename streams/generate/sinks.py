@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import IO, Protocol
+from typing import IO, TYPE_CHECKING, Protocol
 
 from streams.errors import ConfigurationError, TransientError
+
+if TYPE_CHECKING:
+    from streams.settings import Settings
 
 
 class RawSink(Protocol):
@@ -114,11 +117,13 @@ class TokenBucket:
 
 
 def open_sink(
-    out_path: str | None, bootstrap_servers: str, topic: str, client_id: str
+    out_path: str | None, settings: Settings, topic: str, client_id: str
 ) -> tuple[RawSink, str]:
     """A JSON-lines file (``'-'``: stdout) when ``out_path`` is given, else the topic.
 
-    Returns the sink and a description of where it writes.
+    The topic is created first when missing, with the raw topic's settings (short
+    retention, the configured partitions) rather than the broker's auto-create defaults; an
+    existing topic is left as it is. Returns the sink and a description of where it writes.
     """
     import sys
 
@@ -130,4 +135,9 @@ def open_sink(
         except OSError as error:
             raise ConfigurationError(f"cannot write {out_path}: {error}") from error
         return JsonlSink(out, close_file=True), out_path
-    return TopicSink(bootstrap_servers, topic, client_id), f"{topic} at {bootstrap_servers}"
+    from streams.topics import create_topics, raw_topic_spec
+
+    spec = raw_topic_spec(topic, settings.raw_partitions, settings.raw_retention_hours)
+    create_topics(settings.bootstrap_servers, [spec])
+    servers = settings.bootstrap_servers
+    return TopicSink(servers, topic, client_id), f"{topic} at {servers}"

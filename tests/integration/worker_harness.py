@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,15 +17,9 @@ from pathlib import Path
 
 import duckdb
 
+from streams.broker.control import free_ports
 from streams.privacy.keyring import write_new_keyring
 from streams.worker.commands import committed_totals
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def wait_until(
@@ -115,7 +108,7 @@ class WorkerProcess:
 
     def start(self) -> WorkerProcess:
         env = self.setup.env()
-        env["SIEVE_METRICS_PORT"] = str(free_port())
+        env["SIEVE_METRICS_PORT"] = str(free_ports(1)[0])
         self.metrics_port = int(env["SIEVE_METRICS_PORT"])
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
