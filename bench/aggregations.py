@@ -525,6 +525,11 @@ def main(
         if data_root.exists() and any(data_root.iterdir()):
             raise click.UsageError(f"{data_root} is not empty")
         first_day = (END - timedelta(days=days)).date()
+        periods = months(first_day, days)
+        if not periods:
+            raise click.UsageError(
+                f"--days {days} holds no whole calendar month to price; use --days 62 or more"
+            )
         made = synthesize(data_root, make_population(accounts, seed), first_day, days, rate, seed)
         console.print(
             f"synthesized {made.facts:,} facts ({made.facts / made.account_hours:.2f} per "
@@ -561,7 +566,6 @@ def main(
             f"re-meters every committed fact: {_rate(again.facts, seconds)})"
         )
 
-        periods = months(first_day, days)
         pricing = compare_pricing(data_root, periods, load_plan(None), repeat)
         metering_s = statistics.median(pricing.metering_seconds)
         facts_s = statistics.median(pricing.facts_seconds)
