@@ -528,7 +528,7 @@ def main(
         periods = months(first_day, days)
         if not periods:
             raise click.UsageError(
-                f"--days {days} holds no whole calendar month to price; use --days 62 or more"
+                f"--days {days} holds no whole calendar month to price; use --days 31 or more"
             )
         made = synthesize(data_root, make_population(accounts, seed), first_day, days, rate, seed)
         console.print(
