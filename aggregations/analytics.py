@@ -86,7 +86,12 @@ def batch_table(
     ordered = sorted(
         batch.cells,
         key=lambda c: (
-            c.grain, c.dimension, c.cell, c.value or "", c.hour is None, c.hour or published_at
+            c.grain,
+            c.dimension,
+            c.cell,
+            c.value or "",
+            c.hour is None,
+            c.hour or published_at,
         ),
     )
     rows = [

@@ -17,7 +17,11 @@ from aggregations.render import FORMATS, Format, render, render_invoice, table_r
 from streams.settings import Settings
 
 _FORMAT = click.option(
-    "--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default="table",
+    show_default=True,
     help="Output: a table for people, csv or json for programs.",
 )
 
@@ -64,11 +68,15 @@ def sql_command(query: str, fmt: Format) -> None:
 
 @click.command("publish")
 @click.option(
-    "--catalog/--no-catalog", default=True, show_default=True,
+    "--catalog/--no-catalog",
+    default=True,
+    show_default=True,
     help="Also (re)write the analysts' catalog file <data root>/catalog.duckdb.",
 )
 @click.option(
-    "--close-through", "close_through", type=click.DateTime(["%Y-%m-%dT%H:%M", "%Y-%m-%d"]),
+    "--close-through",
+    "close_through",
+    type=click.DateTime(["%Y-%m-%dT%H:%M", "%Y-%m-%d"]),
     default=None,
     help="UTC instant up to which the input is complete: windows ending by then close even"
     " if no later events came (e.g. 2026-11-01 to invoice October on a quiet stream).",
@@ -140,10 +148,18 @@ def pricing_command(period: str, account: str | None, fmt: Format) -> None:
 
 @click.command("analytics")
 @click.argument("report", required=False)
-@click.option("--since", type=click.DateTime(["%Y-%m-%d"]), default=None,
-              help="First day (default: 30 days before --until).")
-@click.option("--until", type=click.DateTime(["%Y-%m-%d"]), default=None,
-              help="Last day, inclusive (default: today, UTC).")
+@click.option(
+    "--since",
+    type=click.DateTime(["%Y-%m-%d"]),
+    default=None,
+    help="First day (default: 30 days before --until).",
+)
+@click.option(
+    "--until",
+    type=click.DateTime(["%Y-%m-%d"]),
+    default=None,
+    help="Last day, inclusive (default: today, UTC).",
+)
 @click.option("--limit", type=click.IntRange(1), default=1000, show_default=True)
 @_FORMAT
 def analytics_command(
@@ -153,8 +169,12 @@ def analytics_command(
     from aggregations.reports import REPORTS, run_report
 
     if report is None:
-        render(["report", "description"], [[r.name, r.description] for r in REPORTS.values()],
-               fmt, _console())
+        render(
+            ["report", "description"],
+            [[r.name, r.description] for r in REPORTS.values()],
+            fmt,
+            _console(),
+        )
         return
     if report not in REPORTS:
         raise click.BadParameter(
@@ -171,13 +191,23 @@ def analytics_command(
 
 
 @click.command("dashboard")
-@click.option("--out", type=click.Path(dir_okay=False), default=None,
-              help="Where to write the page [default: <data root>/dashboard.html].")
-@click.option("--serve", is_flag=True,
-              help="Then serve the page over HTTP, rebuilt on every request to /.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Where to write the page [default: <data root>/dashboard.html].",
+)
+@click.option(
+    "--serve", is_flag=True, help="Then serve the page over HTTP, rebuilt on every request to /."
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address --serve binds.")
-@click.option("--port", type=click.IntRange(0, 65535), default=8050, show_default=True,
-              help="Port --serve binds (0: any free port).")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8050,
+    show_default=True,
+    help="Port --serve binds (0: any free port).",
+)
 @click.option("--account", default=None, help="Usage, bandwidth and sessions of this account.")
 def dashboard_command(
     out: str | None, serve: bool, host: str, port: int, account: str | None
@@ -194,8 +224,12 @@ def dashboard_command(
 
     def build() -> str:
         # The clock is read here, at the edge; the page only shows it.
-        return dashboard.build_dashboard(settings.data_root, account=account,
-                                         k=settings.k_anonymity, generated_at=datetime.now(UTC))
+        return dashboard.build_dashboard(
+            settings.data_root,
+            account=account,
+            k=settings.k_anonymity,
+            generated_at=datetime.now(UTC),
+        )
 
     path = Path(out) if out is not None else dashboard.default_output(settings.data_root)
     dashboard.write_page(path, build())
@@ -203,8 +237,9 @@ def dashboard_command(
     if serve:
 
         def announce(urls: list[str]) -> None:
-            click.echo(f"serving the dashboard at {', '.join(urls)} (rebuilt per request);"
-                       " Ctrl+C stops")
+            click.echo(
+                f"serving the dashboard at {', '.join(urls)} (rebuilt per request); Ctrl+C stops"
+            )
 
         asyncio.run(dashboard.serve(dashboard.create_app(build), host, port, announce))
 
@@ -216,4 +251,3 @@ __all__ = [
     "publish_command",
     "sql_command",
 ]
-

@@ -40,10 +40,16 @@ TOP_ACCOUNTS: Final = 8
 TOP_VALUES: Final = 20
 # Ids of the chart divs, in page order (tests and bookmarks rely on them).
 CHART_IDS: Final = (
-    "chart-usage", "chart-bandwidth", "chart-sessions", "chart-geography", "chart-devices",
+    "chart-usage",
+    "chart-bandwidth",
+    "chart-sessions",
+    "chart-geography",
+    "chart-devices",
 )
 DEVICE_DIMENSIONS: Final = (
-    ("device_class", "Device class"), ("browser_family", "Browser"), ("os_family", "OS"),
+    ("device_class", "Device class"),
+    ("browser_family", "Browser"),
+    ("os_family", "OS"),
 )
 # Inline scripts and styles only; nothing may be fetched, framed or sent anywhere.
 CSP: Final = (
@@ -86,7 +92,7 @@ def _rows(connection: Connection, sql: str, params: dict[str, Any] | None = None
 
 
 def _date_range(connection: Connection) -> tuple[date, date] | None:
-    (first, last), = _rows(
+    ((first, last),) = _rows(
         connection,
         "SELECT min(date), max(date) FROM (SELECT date FROM metering_daily"
         " UNION ALL SELECT date FROM analytics_daily)",
@@ -95,7 +101,7 @@ def _date_range(connection: Connection) -> tuple[date, date] | None:
 
 
 def _smallest_cell(connection: Connection) -> int | None:
-    (people,), = _rows(
+    ((people,),) = _rows(
         connection,
         "SELECT min(people) FROM (SELECT people FROM analytics_daily"
         " UNION ALL SELECT people FROM analytics_hourly)",
@@ -191,9 +197,12 @@ def _cells(connection: Connection, dimension: str) -> Cells:
 
 def _style(figure: go.Figure, height: int) -> go.Figure:
     figure.update_layout(
-        template="plotly_white", height=height, margin={"l": 60, "r": 30, "t": 50, "b": 40},
+        template="plotly_white",
+        height=height,
+        margin={"l": 60, "r": 30, "t": 50, "b": 40},
         legend={"orientation": "h", "yanchor": "bottom", "y": 1.06, "x": 0},
-        hovermode="x unified", font={"size": 13},
+        hovermode="x unified",
+        font={"size": 13},
     )
     return figure
 
@@ -205,8 +214,9 @@ def _day_axis(figure: go.Figure, days: Sequence[date]) -> None:
         return
     first, last = min(days), max(days)
     step = max(1, -(-((last - first).days + 1) // 12))
-    figure.update_xaxes(type="date", tick0=first.isoformat(), dtick=step * _DAY_MS,
-                        tickformat="%b %-d\n%Y")
+    figure.update_xaxes(
+        type="date", tick0=first.isoformat(), dtick=step * _DAY_MS, tickformat="%b %-d\n%Y"
+    )
 
 
 def top_values(rows: Cells, limit: int) -> Cells:
@@ -220,21 +230,33 @@ def top_values(rows: Cells, limit: int) -> Cells:
 
 def usage_figure(rows: Rows) -> go.Figure:
     figure = make_subplots(
-        rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.12,
+        rows=2,
+        cols=1,
+        shared_xaxes=True,
+        vertical_spacing=0.12,
         subplot_titles=("Requests per day", "Page views per day"),
     )
     accounts = list(dict.fromkeys(row[1] for row in rows))
     for index, account in enumerate(accounts):
         mine = [row for row in rows if row[1] == account]
         name = "others" if account is None else str(account)
-        colour = (_OTHERS_COLOUR if account is None
-                  else _ACCOUNT_COLOURS[index % len(_ACCOUNT_COLOURS)])
+        colour = (
+            _OTHERS_COLOUR if account is None else _ACCOUNT_COLOURS[index % len(_ACCOUNT_COLOURS)]
+        )
         days = [row[0] for row in mine]
         for line, column in ((1, 2), (2, 3)):
             figure.add_trace(
-                go.Bar(x=days, y=[row[column] for row in mine], name=name, legendgroup=name,
-                       marker_color=colour, showlegend=line == 1, hovertemplate="%{y:,}"),
-                row=line, col=1,
+                go.Bar(
+                    x=days,
+                    y=[row[column] for row in mine],
+                    name=name,
+                    legendgroup=name,
+                    marker_color=colour,
+                    showlegend=line == 1,
+                    hovertemplate="%{y:,}",
+                ),
+                row=line,
+                col=1,
             )
     figure.update_layout(barmode="stack")
     _day_axis(figure, [row[0] for row in rows])
@@ -243,14 +265,27 @@ def usage_figure(rows: Rows) -> go.Figure:
 
 def bandwidth_figure(rows: Rows) -> go.Figure:
     days = [row[0] for row in rows]
-    figure = go.Figure([
-        go.Bar(x=days, y=[row[1] for row in rows], customdata=[row[2] for row in rows],
-               name="uploaded", hovertemplate="%{y:.3~s}B in %{customdata:,} uploads"),
-        go.Bar(x=days, y=[row[3] for row in rows], customdata=[row[4] for row in rows],
-               name="downloaded", hovertemplate="%{y:.3~s}B in %{customdata:,} downloads"),
-    ])
-    figure.update_layout(barmode="group", yaxis={"title": "bytes per day", "tickformat": ".3~s",
-                                                   "ticksuffix": "B"})
+    figure = go.Figure(
+        [
+            go.Bar(
+                x=days,
+                y=[row[1] for row in rows],
+                customdata=[row[2] for row in rows],
+                name="uploaded",
+                hovertemplate="%{y:.3~s}B in %{customdata:,} uploads",
+            ),
+            go.Bar(
+                x=days,
+                y=[row[3] for row in rows],
+                customdata=[row[4] for row in rows],
+                name="downloaded",
+                hovertemplate="%{y:.3~s}B in %{customdata:,} downloads",
+            ),
+        ]
+    )
+    figure.update_layout(
+        barmode="group", yaxis={"title": "bytes per day", "tickformat": ".3~s", "ticksuffix": "B"}
+    )
     _day_axis(figure, days)
     return _style(figure, 380)
 
@@ -258,18 +293,27 @@ def bandwidth_figure(rows: Rows) -> go.Figure:
 def sessions_figure(rows: Rows) -> go.Figure:
     figure = make_subplots(specs=[[{"secondary_y": True}]])
     days = [row[0] for row in rows]
-    figure.add_trace(go.Bar(x=days, y=[row[1] for row in rows], name="sessions started",
-                            hovertemplate="%{y:,}"), secondary_y=False)
+    figure.add_trace(
+        go.Bar(x=days, y=[row[1] for row in rows], name="sessions started", hovertemplate="%{y:,}"),
+        secondary_y=False,
+    )
     minutes = [None if row[2] is None else round(float(row[2]) / 60, 2) for row in rows]
     if any(m is not None for m in minutes):
         figure.add_trace(
-            go.Scatter(x=days, y=minutes, name="median session length (min, all accounts)",
-                       mode="lines+markers", connectgaps=False, hovertemplate="%{y:.1f} min"),
+            go.Scatter(
+                x=days,
+                y=minutes,
+                name="median session length (min, all accounts)",
+                mode="lines+markers",
+                connectgaps=False,
+                hovertemplate="%{y:.1f} min",
+            ),
             secondary_y=True,
         )
     figure.update_yaxes(title_text="sessions", secondary_y=False)
-    figure.update_yaxes(title_text="minutes", secondary_y=True, rangemode="tozero",
-                        showgrid=False, tickformat=".1f")
+    figure.update_yaxes(
+        title_text="minutes", secondary_y=True, rangemode="tozero", showgrid=False, tickformat=".1f"
+    )
     _day_axis(figure, days)
     return _style(figure, 380)
 
@@ -277,31 +321,63 @@ def sessions_figure(rows: Rows) -> go.Figure:
 def geography_figure(rows: Cells) -> go.Figure:
     shown = list(reversed(top_values(rows, TOP_VALUES)))  # largest on top
     labels = [row[0] for row in shown]
-    figure = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.04,
-                           subplot_titles=("Events", "Person-days"))
-    figure.add_trace(go.Bar(y=labels, x=[row[1] for row in shown], orientation="h",
-                            name="events", hovertemplate="%{y}: %{x:,} events"), row=1, col=1)
-    figure.add_trace(go.Bar(y=labels, x=[row[2] for row in shown], orientation="h",
-                            name="person-days", hovertemplate="%{y}: %{x:,} person-days"),
-                     row=1, col=2)
+    figure = make_subplots(
+        rows=1,
+        cols=2,
+        shared_yaxes=True,
+        horizontal_spacing=0.04,
+        subplot_titles=("Events", "Person-days"),
+    )
+    figure.add_trace(
+        go.Bar(
+            y=labels,
+            x=[row[1] for row in shown],
+            orientation="h",
+            name="events",
+            hovertemplate="%{y}: %{x:,} events",
+        ),
+        row=1,
+        col=1,
+    )
+    figure.add_trace(
+        go.Bar(
+            y=labels,
+            x=[row[2] for row in shown],
+            orientation="h",
+            name="person-days",
+            hovertemplate="%{y}: %{x:,} person-days",
+        ),
+        row=1,
+        col=2,
+    )
     figure = _style(figure, max(260, 60 + 26 * len(shown)))
     figure.update_layout(showlegend=False, hovermode="closest")
     return figure
 
 
 def devices_figure(by_dimension: dict[str, Cells]) -> go.Figure:
-    figure = make_subplots(rows=1, cols=len(DEVICE_DIMENSIONS), horizontal_spacing=0.12,
-                           subplot_titles=[title for _, title in DEVICE_DIMENSIONS])
+    figure = make_subplots(
+        rows=1,
+        cols=len(DEVICE_DIMENSIONS),
+        horizontal_spacing=0.12,
+        subplot_titles=[title for _, title in DEVICE_DIMENSIONS],
+    )
     longest = 1
     for column, (dimension, title) in enumerate(DEVICE_DIMENSIONS, start=1):
         shown = list(reversed(top_values(by_dimension.get(dimension, []), 10)))
         longest = max(longest, len(shown))
         total = sum(row[1] for row in shown) or 1
         figure.add_trace(
-            go.Bar(y=[row[0] for row in shown], x=[100 * row[1] / total for row in shown],
-                   customdata=[row[1] for row in shown], orientation="h", name=title,
-                   hovertemplate="%{y}: %{x:.1f}% (%{customdata:,} events)<extra></extra>"),
-            row=1, col=column,
+            go.Bar(
+                y=[row[0] for row in shown],
+                x=[100 * row[1] / total for row in shown],
+                customdata=[row[1] for row in shown],
+                orientation="h",
+                name=title,
+                hovertemplate="%{y}: %{x:.1f}% (%{customdata:,} events)<extra></extra>",
+            ),
+            row=1,
+            col=column,
         )
     figure.update_xaxes(title_text="% of events", ticksuffix="%")
     figure = _style(figure, max(260, 80 + 28 * longest))
@@ -315,7 +391,8 @@ def devices_figure(by_dimension: dict[str, Cells]) -> go.Figure:
 def _charts(connection: Connection, account: str | None) -> list[Chart]:
     scope = f"account {account}" if account else f"top {TOP_ACCOUNTS} accounts and others"
     usage, bandwidth, sessions = (
-        _usage(connection, account, TOP_ACCOUNTS), _bandwidth(connection, account),
+        _usage(connection, account, TOP_ACCOUNTS),
+        _bandwidth(connection, account),
         _sessions(connection, account),
     )
     countries = _cells(connection, "country")
@@ -324,28 +401,51 @@ def _charts(connection: Connection, account: str | None) -> list[Chart]:
     no_cells = "No k-anonymous cells published yet (days with fewer than k people are held back)."
     all_accounts = " All accounts: analytics have no account dimension." if account else ""
     return [
-        Chart(CHART_IDS[0], "Usage", f"Exact metering, {scope}.",
-              usage_figure(usage) if usage else None, no_metering),
-        Chart(CHART_IDS[1], "Bandwidth", "Bytes uploaded and downloaded per day (exact metering).",
-              bandwidth_figure(bandwidth) if bandwidth else None, no_metering),
-        Chart(CHART_IDS[2], "Sessions",
-              "Sessions started per day (exact metering); median length of the sessions ended"
-              " that day (k-anonymous, over all accounts, shown only where published).",
-              sessions_figure(sessions) if sessions else None, no_metering),
-        Chart(CHART_IDS[3], "Geography",
-              "Events and person-days per country over the range (k-anonymous cells; people are"
-              f" counted once per day, so person-days are not distinct people).{all_accounts}",
-              geography_figure(countries) if countries else None, no_cells),
-        Chart(CHART_IDS[4], "Devices",
-              f"Share of events by device class, browser and OS (k-anonymous).{all_accounts}",
-              devices_figure(devices) if any(devices.values()) else None, no_cells),
+        Chart(
+            CHART_IDS[0],
+            "Usage",
+            f"Exact metering, {scope}.",
+            usage_figure(usage) if usage else None,
+            no_metering,
+        ),
+        Chart(
+            CHART_IDS[1],
+            "Bandwidth",
+            "Bytes uploaded and downloaded per day (exact metering).",
+            bandwidth_figure(bandwidth) if bandwidth else None,
+            no_metering,
+        ),
+        Chart(
+            CHART_IDS[2],
+            "Sessions",
+            "Sessions started per day (exact metering); median length of the sessions ended"
+            " that day (k-anonymous, over all accounts, shown only where published).",
+            sessions_figure(sessions) if sessions else None,
+            no_metering,
+        ),
+        Chart(
+            CHART_IDS[3],
+            "Geography",
+            "Events and person-days per country over the range (k-anonymous cells; people are"
+            f" counted once per day, so person-days are not distinct people).{all_accounts}",
+            geography_figure(countries) if countries else None,
+            no_cells,
+        ),
+        Chart(
+            CHART_IDS[4],
+            "Devices",
+            f"Share of events by device class, browser and OS (k-anonymous).{all_accounts}",
+            devices_figure(devices) if any(devices.values()) else None,
+            no_cells,
+        ),
     ]
 
 
 def _section(chart: Chart) -> str:
     body = (
-        chart.figure.to_html(full_html=False, include_plotlyjs=False, div_id=chart.div_id,
-                             config=_PLOT_CONFIG)
+        chart.figure.to_html(
+            full_html=False, include_plotlyjs=False, div_id=chart.div_id, config=_PLOT_CONFIG
+        )
         if chart.figure is not None
         else f'<p class="empty" id="{chart.div_id}-empty">{html.escape(chart.empty_message)}</p>'
     )
@@ -357,13 +457,22 @@ def _section(chart: Chart) -> str:
 
 def _summary(totals: tuple[Any, ...]) -> str:
     accounts, requests, page_views, sessions, up, down = totals
-    cards = [("accounts", f"{accounts:,}"), ("requests", f"{requests:,}"),
-             ("page views", f"{page_views:,}"), ("sessions", f"{sessions:,}"),
-             ("uploaded", _bytes(up)), ("downloaded", _bytes(down))]
-    return '<div class="cards">' + "".join(
-        f'<div class="card"><b>{html.escape(value)}</b><span>{html.escape(label)}</span></div>'
-        for label, value in cards
-    ) + "</div>"
+    cards = [
+        ("accounts", f"{accounts:,}"),
+        ("requests", f"{requests:,}"),
+        ("page views", f"{page_views:,}"),
+        ("sessions", f"{sessions:,}"),
+        ("uploaded", _bytes(up)),
+        ("downloaded", _bytes(down)),
+    ]
+    return (
+        '<div class="cards">'
+        + "".join(
+            f'<div class="card"><b>{html.escape(value)}</b><span>{html.escape(label)}</span></div>'
+            for label, value in cards
+        )
+        + "</div>"
+    )
 
 
 def _bytes(count: int) -> str:
@@ -376,8 +485,11 @@ def _bytes(count: int) -> str:
 
 
 def _header(
-    span: tuple[date, date] | None, k: int | None, smallest: int | None,
-    account: str | None, generated_at: datetime | None,
+    span: tuple[date, date] | None,
+    k: int | None,
+    smallest: int | None,
+    account: str | None,
+    generated_at: datetime | None,
 ) -> str:
     facts = []
     if span is not None:
@@ -426,7 +538,7 @@ def _page(title: str, header: str, body: str, plotly_js: str) -> str:
         raise ValueError("plotly.js contains '</script': it cannot be inlined as it is")
     script = f"<script>{plotly_js}</script>" if plotly_js else ""
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{html.escape(title)}</title><style>{_STYLE}</style>{script}</head>\n"
@@ -436,7 +548,10 @@ def _page(title: str, header: str, body: str, plotly_js: str) -> str:
 
 
 def render_page(
-    connection: Connection, *, account: str | None = None, k: int | None = None,
+    connection: Connection,
+    *,
+    account: str | None = None,
+    k: int | None = None,
     generated_at: datetime | None = None,
 ) -> str:
     """The page from an open catalog connection (views of :mod:`aggregations.catalog`)."""
@@ -457,8 +572,11 @@ def render_page(
 
 
 def build_dashboard(
-    connection_or_data_root: Connection | str | os.PathLike[str], *,
-    account: str | None = None, k: int | None = None, generated_at: datetime | None = None,
+    connection_or_data_root: Connection | str | os.PathLike[str],
+    *,
+    account: str | None = None,
+    k: int | None = None,
+    generated_at: datetime | None = None,
 ) -> str:
     """A self-contained HTML page of charts over the published views.
 
@@ -468,8 +586,7 @@ def build_dashboard(
     do not record the k they were made with); ``generated_at`` is shown when given.
     """
     if isinstance(connection_or_data_root, duckdb.DuckDBPyConnection):
-        return render_page(connection_or_data_root, account=account, k=k,
-                           generated_at=generated_at)
+        return render_page(connection_or_data_root, account=account, k=k, generated_at=generated_at)
     from aggregations.catalog import open_catalog
     from aggregations.publish import ensure_layout
 
@@ -510,7 +627,9 @@ def create_app(render: Callable[[], str]) -> web.Application:
     async def page(request: web.Request) -> web.Response:
         body = await asyncio.to_thread(render)
         return web.Response(
-            text=body, content_type="text/html", charset="utf-8",
+            text=body,
+            content_type="text/html",
+            charset="utf-8",
             headers={"Cache-Control": "no-store", "Content-Security-Policy": CSP},
         )
 

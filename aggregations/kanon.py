@@ -113,8 +113,9 @@ def _hour_cells(
     hours = {hour: merge(groups) for hour, groups in by_hour.items()}
     published, pooled = rollup(hours, k)
     out = [
-        ProtectedCell("hour", dimension, cell, value, hour, hours[hour].events,
-                      len(hours[hour].people))
+        ProtectedCell(
+            "hour", dimension, cell, value, hour, hours[hour].events, len(hours[hour].people)
+        )
         for hour in published
     ]
     if pooled:

@@ -86,8 +86,7 @@ def changes(recomputed: pa.Table, published: pa.Table, window: str) -> tuple[pa.
     connection.register("published", published)
     metric_sums = ", ".join(f"CAST(sum({m}) AS {_sql_type(m)}) AS {m}" for m in METRICS)
     deltas = ", ".join(
-        f"CAST(coalesce(r.{m}, 0) - coalesce(p.{m}, 0) AS {_sql_type(m)}) AS {m}"
-        for m in METRICS
+        f"CAST(coalesce(r.{m}, 0) - coalesce(p.{m}, 0) AS {_sql_type(m)}) AS {m}" for m in METRICS
     )
     any_delta = " OR ".join(f"coalesce(r.{m}, 0) <> coalesce(p.{m}, 0)" for m in METRICS)
     keys = f"{window}, account_id"

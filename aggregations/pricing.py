@@ -133,18 +133,25 @@ class _Reader:
         return PricePlanError(self.path, table, reason, _line_of(self.text, table, "\0"))
 
     def decimal(
-        self, raw: dict[str, Any], table: str | None, key: str, *, default: str | None = None,
+        self,
+        raw: dict[str, Any],
+        table: str | None,
+        key: str,
+        *,
+        default: str | None = None,
         label: str | None = None,
     ) -> Decimal:
         name = label or key
         if key not in raw:
             if default is None:
-                raise self.fail(table, name, "missing (a decimal string such as \"0.08\")")
+                raise self.fail(table, name, 'missing (a decimal string such as "0.08")')
             return Decimal(default)
         value = raw[key]
         if not isinstance(value, str):
             raise self.fail(
-                table, name, f"must be a decimal string such as \"0.08\", not {value!r}"
+                table,
+                name,
+                f'must be a decimal string such as "0.08", not {value!r}'
                 " (a TOML float cannot hold most prices exactly)",
             )
         try:
@@ -173,7 +180,7 @@ class _Reader:
             raise self.fail(table, "unit_size", "must be greater than 0")
         aggregate = raw.get("aggregate", "sum")
         if aggregate not in ("sum", "max"):
-            raise self.fail(table, "aggregate", f"must be \"sum\" or \"max\", not {aggregate!r}")
+            raise self.fail(table, "aggregate", f'must be "sum" or "max", not {aggregate!r}')
         included = self.decimal(raw, table, "included", default="0")
         if ("unit_price" in raw) == ("tiers" in raw):
             raise self.fail_table(table, "give exactly one of unit_price or tiers")
@@ -207,7 +214,8 @@ class _Reader:
             up_to = self.decimal(entry, table, "up_to", label=f"{label}.up_to")
             if up_to <= previous:
                 raise self.fail(
-                    table, f"{label}.up_to",
+                    table,
+                    f"{label}.up_to",
                     f"must be greater than {previous} (the included quantity or previous up_to)",
                 )
             previous = up_to
@@ -230,7 +238,7 @@ def parse_plan(text: str, path: str = "<plan>") -> PricePlan:
     currency = raw.get("currency")
     if not isinstance(currency, str) or not _CURRENCY.match(currency):
         raise reader.fail(
-            None, "currency", f"must be an ISO 4217 code such as \"EUR\", not {currency!r}"
+            None, "currency", f'must be an ISO 4217 code such as "EUR", not {currency!r}'
         )
     quantum = reader.decimal(raw, None, "amount_quantum", default="0.01")
     if quantum == 0:

@@ -144,7 +144,11 @@ def _ipc_bytes(table: pa.Table) -> bytes:
 
 
 def _with_run(
-    base: pa.Table, corrections: pa.Table, schema: pa.Schema, run: str, mark: datetime,
+    base: pa.Table,
+    corrections: pa.Table,
+    schema: pa.Schema,
+    run: str,
+    mark: datetime,
     now: datetime,
 ) -> pa.Table:
     def stamp(table: pa.Table, is_correction: bool) -> pa.Table:

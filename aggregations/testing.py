@@ -59,7 +59,11 @@ def facts_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
 
 
 def write_committed_facts(
-    data_root: Path, table: pa.Table, *, first_offset: int, topic: str = "sieve.raw",
+    data_root: Path,
+    table: pa.Table,
+    *,
+    first_offset: int,
+    topic: str = "sieve.raw",
     partition: int = 0,
 ) -> CommitMarker:
     """Write ``table`` as the facts of offsets [first, first + rows - 1], one file per
@@ -82,8 +86,13 @@ def write_committed_facts(
         last_offset=last_offset,
         files=files,
         counts=RangeCounts(
-            raw=table.num_rows, accepted=table.num_rows, duplicates=0, dead_lettered={},
-            identifiable={}, facts=table.num_rows, bytes_written=0,
+            raw=table.num_rows,
+            accepted=table.num_rows,
+            duplicates=0,
+            dead_lettered={},
+            identifiable={},
+            facts=table.num_rows,
+            bytes_written=0,
         ),
         watermark=None,
         consent_changes=[],

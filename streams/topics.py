@@ -168,4 +168,3 @@ def topics_command(timeout: float) -> None:
     created = ensure_topics_from_settings(settings, timeout_s=timeout)
     for name, was_created in created.items():
         click.echo(f"{name}: {'created' if was_created else 'exists (left unchanged)'}")
-

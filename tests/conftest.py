@@ -11,6 +11,7 @@ other's records and need no cleanup.
 
 from __future__ import annotations
 
+import os
 import re
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from streams.broker.control import LocalBroker, broker_version, start_on_free_ports
 from streams.errors import ConfigurationError, SieveError
@@ -39,15 +41,27 @@ class KafkaBroker:
     broker: LocalBroker  # its controller: status(), and the folder it runs in
 
 
+# CI machines are shared and slow: no per-example deadline, no "too slow" health check (one
+# failed a full run once), and a fixed derandomized run so a CI failure reproduces locally
+# with `HYPOTHESIS_PROFILE=ci`. Locally the default profile keeps exploring new examples.
+settings.register_profile(
+    "ci",
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile("dev", deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+
 BROKER_KEY = pytest.StashKey[KafkaBroker]()
 
 TopicFactory = Callable[..., str]
 
 
 @pytest.fixture(scope="session")
-def kafka(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
-    KafkaBroker
-]:
+def kafka(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[KafkaBroker]:
     """One real Kafka broker for the whole session, stopped at its end."""
     try:
         local = start_on_free_ports(

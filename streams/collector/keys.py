@@ -148,8 +148,7 @@ def _check_key(key: object, where: str) -> None:
 def _parse_document(document: object, source: str) -> dict[str, list[str]]:
     if not isinstance(document, dict):
         raise ConfigurationError(
-            f"write keys file {source} must hold a JSON object"
-            ' {"<account_id>": ["<key>", ...]}'
+            f'write keys file {source} must hold a JSON object {{"<account_id>": ["<key>", ...]}}'
         )
     parsed: dict[str, list[str]] = {}
     for account_id, keys in document.items():
@@ -160,5 +159,3 @@ def _parse_document(document: object, source: str) -> dict[str, list[str]]:
             )
         parsed[account_id] = keys
     return parsed
-
-

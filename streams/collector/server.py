@@ -130,9 +130,7 @@ async def post_events(request: web.Request) -> web.Response:
     # In threads: checking a large batch of invalid events takes a second of CPU, and
     # kafka-python blocks (send() on metadata or a full buffer, get() on the ack); on the
     # event loop either would stall every other request.
-    events, problems = await loop.run_in_executor(
-        None, check_batch, items, account_id, signals
-    )
+    events, problems = await loop.run_in_executor(None, check_batch, items, account_id, signals)
     if problems:
         return _invalid(problems, batch_size=len(items))
     deliveries = await loop.run_in_executor(
@@ -240,8 +238,7 @@ def _invalid(problems: list[BatchProblem], *, batch_size: int | None) -> web.Res
     return web.json_response(
         {
             "error": "invalid_batch",
-            "message": f"{what}; nothing was sent, fix the problems and send the whole batch"
-            " again",
+            "message": f"{what}; nothing was sent, fix the problems and send the whole batch again",
             "problems": [problem.as_json() for problem in problems],
         },
         status=400,

@@ -54,8 +54,6 @@ def worker_environment(settings: Settings, keyring_file: Path) -> dict[str, str]
     return env
 
 
-
-
 class WorkerProcess:
     """One ``sieve worker`` subprocess in its own session: Ctrl-C reaches only the demo,
     which then stops the worker with SIGTERM so it commits what it buffered."""

@@ -22,8 +22,14 @@ GRACE = timedelta(hours=1)
 
 def _traffic() -> list[dict[str, object]]:
     rows = [
-        fact(DAY + timedelta(hours=h), type=t, subject_key=f"p{p}", bytes=1_000_000_000,
-             country="FR" if p < 15 else "LU", account_id="acct-1")
+        fact(
+            DAY + timedelta(hours=h),
+            type=t,
+            subject_key=f"p{p}",
+            bytes=1_000_000_000,
+            country="FR" if p < 15 else "LU",
+            account_id="acct-1",
+        )
         for p in range(17)
         for h in (1, 2)
         for t in ("download", "login")
@@ -35,8 +41,15 @@ def _traffic() -> list[dict[str, object]]:
 def published(tmp_path: Path) -> Path:
     write_committed_facts(tmp_path, facts_table(_traffic()), first_offset=0)
     publish(str(tmp_path), NOW, GRACE, 10)
-    late = [fact(DAY + timedelta(hours=1), type="download", subject_key="late", bytes=5,
-                 event_key="late-1")]
+    late = [
+        fact(
+            DAY + timedelta(hours=1),
+            type="download",
+            subject_key="late",
+            bytes=5,
+            event_key="late-1",
+        )
+    ]
     write_committed_facts(tmp_path, facts_table(late), first_offset=1000)
     publish(str(tmp_path), NOW, GRACE, 10)
     return tmp_path
@@ -46,7 +59,8 @@ def test_metering_views_show_the_exact_current_value(published: Path) -> None:
     catalog = open_catalog(str(published))
     hour1 = catalog.execute(
         "SELECT downloads, download_bytes, active_users, corrections FROM metering_hourly"
-        " WHERE hour = ? AND account_id = 'acct-1'", [DAY + timedelta(hours=1)],
+        " WHERE hour = ? AND account_id = 'acct-1'",
+        [DAY + timedelta(hours=1)],
     ).fetchall()
     assert hour1 == [(18, 17_000_000_005, 18, 1)]
     daily = catalog.execute(
@@ -79,8 +93,9 @@ def test_analytics_views_hold_only_cells_of_k_people(published: Path) -> None:
 
 def test_catalog_shows_no_facts_and_lock_down_reads_nothing_else(published: Path) -> None:
     catalog = open_catalog(str(published), lock_down=True)
-    names = {row[0] for row in catalog.sql("SELECT table_name FROM information_schema.tables")
-             .fetchall()}
+    names = {
+        row[0] for row in catalog.sql("SELECT table_name FROM information_schema.tables").fetchall()
+    }
     assert names == set(VIEWS)
     facts_glob = f"{published}/facts/**/*.parquet"
     with pytest.raises(duckdb.Error, match="disabled by configuration"):
@@ -89,10 +104,9 @@ def test_catalog_shows_no_facts_and_lock_down_reads_nothing_else(published: Path
         catalog.execute("SET enable_external_access = true")
 
 
-def test_persistent_catalog_file_works_from_a_plain_duckdb(published: Path,
-                                                           monkeypatch: pytest.MonkeyPatch,
-                                                           tmp_path_factory: pytest.TempPathFactory
-                                                           ) -> None:
+def test_persistent_catalog_file_works_from_a_plain_duckdb(
+    published: Path, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     path = default_catalog_path(str(published))
     open_catalog(str(published), path).close()
     monkeypatch.chdir(tmp_path_factory.mktemp("elsewhere"))

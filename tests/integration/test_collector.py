@@ -415,10 +415,14 @@ def test_a_chunked_body_is_refused_once_past_the_limit_without_reading_on(
     # collector can only answer (rather than hang) if it stops reading at the limit.
     chunk = b"[" + b" " * MAX_BODY
     request = (
-        "POST /v1/events HTTP/1.1\r\nHost: collector\r\nContent-Type: application/json\r\n"
-        f"Authorization: Bearer {KEY}\r\nTransfer-Encoding: chunked\r\n\r\n"
-        f"{len(chunk):x}\r\n"
-    ).encode() + chunk + b"\r\n"
+        (
+            "POST /v1/events HTTP/1.1\r\nHost: collector\r\nContent-Type: application/json\r\n"
+            f"Authorization: Bearer {KEY}\r\nTransfer-Encoding: chunked\r\n\r\n"
+            f"{len(chunk):x}\r\n"
+        ).encode()
+        + chunk
+        + b"\r\n"
+    )
 
     status, _, body = run_against(collector.app(), lambda s: raw_exchange(s, request))
 
@@ -431,10 +435,14 @@ def test_a_chunked_body_within_the_limit_is_accepted(collector: Collector) -> No
     event = page_view()
     data = msgspec.json.encode([event])
     request = (
-        "POST /v1/events HTTP/1.1\r\nHost: collector\r\nContent-Type: application/json\r\n"
-        f"Authorization: Bearer {KEY}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n"
-        f"\r\n{len(data):x}\r\n"
-    ).encode() + data + b"\r\n0\r\n\r\n"
+        (
+            "POST /v1/events HTTP/1.1\r\nHost: collector\r\nContent-Type: application/json\r\n"
+            f"Authorization: Bearer {KEY}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n"
+            f"\r\n{len(data):x}\r\n"
+        ).encode()
+        + data
+        + b"\r\n0\r\n\r\n"
+    )
 
     status, _, body = run_against(collector.app(), lambda s: raw_exchange(s, request))
 

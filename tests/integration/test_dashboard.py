@@ -109,14 +109,26 @@ class DevTools:
 async def browser(profile: Path) -> AsyncIterator[DevTools]:
     """A headless Chromium (its own process group, killed at the end) and its DevTools."""
     process = await asyncio.create_subprocess_exec(
-        str(chromium()), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-        "--no-first-run", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--disable-extensions", "--hide-scrollbars", "--mute-audio",
+        str(chromium()),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-extensions",
+        "--hide-scrollbars",
+        "--mute-audio",
         # No name resolves: a page reaching for a CDN fails (and is logged) even when online.
         "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-        f"--user-data-dir={profile}", "--remote-debugging-address=127.0.0.1",
-        "--remote-debugging-port=0", "about:blank",
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        f"--user-data-dir={profile}",
+        "--remote-debugging-address=127.0.0.1",
+        "--remote-debugging-port=0",
+        "about:blank",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
         start_new_session=True,
     )
     stderr: list[str] = []
@@ -125,9 +137,12 @@ async def browser(profile: Path) -> AsyncIterator[DevTools]:
         url = await asyncio.wait_for(_devtools_url(process, stderr), STEP_TIMEOUT_S)
         # Keep draining stderr, or a chatty Chromium blocks on a full pipe.
         drain = asyncio.create_task(_drain(process, stderr))
-        async with aiohttp.ClientSession() as http, http.ws_connect(
-            url, max_msg_size=0, timeout=aiohttp.ClientWSTimeout(ws_close=5)
-        ) as socket:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.ws_connect(
+                url, max_msg_size=0, timeout=aiohttp.ClientWSTimeout(ws_close=5)
+            ) as socket,
+        ):
             tools = DevTools(socket)
             reader = asyncio.create_task(tools.read())
             try:
@@ -212,10 +227,15 @@ def _problems(events: list[dict[str, Any]]) -> list[str]:
         method, params = event["method"], event.get("params", {})
         if method == "Runtime.exceptionThrown":
             details = params["exceptionDetails"]
-            found.append(f"exception: {details.get('exception', {}).get('description')}"
-                         f" {details.get('text')}")
-        elif method == "Runtime.consoleAPICalled" and params["type"] in ("error", "assert",
-                                                                         "warning"):
+            found.append(
+                f"exception: {details.get('exception', {}).get('description')}"
+                f" {details.get('text')}"
+            )
+        elif method == "Runtime.consoleAPICalled" and params["type"] in (
+            "error",
+            "assert",
+            "warning",
+        ):
             args = [a.get("value", a.get("description")) for a in params["args"]]
             found.append(f"console.{params['type']}: {args}")
         # The browser's own warnings (interventions, deprecations) vary by version: only its
@@ -232,36 +252,64 @@ async def visit(
     async with asyncio.timeout(VISIT_TIMEOUT_S), browser(profile) as tools:
         target = await tools.call("Target.createTarget", {"url": "about:blank"})
         attached = await tools.call(
-            "Target.attachToTarget", {"targetId": target["targetId"], "flatten": True})
+            "Target.attachToTarget", {"targetId": target["targetId"], "flatten": True}
+        )
         session = attached["sessionId"]
         for domain in ("Runtime", "Log", "Network", "Page"):
             await tools.call(f"{domain}.enable", session=session)
-        await tools.call("Emulation.setDeviceMetricsOverride", {
-            "width": WIDTH, "height": 2400, "deviceScaleFactor": 1, "mobile": False,
-        }, session=session)
+        await tools.call(
+            "Emulation.setDeviceMetricsOverride",
+            {
+                "width": WIDTH,
+                "height": 2400,
+                "deviceScaleFactor": 1,
+                "mobile": False,
+            },
+            session=session,
+        )
         loaded = tools.expect("Page.loadEventFired")
         navigated = await tools.call("Page.navigate", {"url": url}, session=session)
         assert "errorText" not in navigated, navigated
         await asyncio.wait_for(loaded, STEP_TIMEOUT_S)
-        result = await tools.call("Runtime.evaluate", {
-            "expression": _CHARTS_JS % (json.dumps(list(ids)), patience_ms), "awaitPromise": True,
-            "returnByValue": True,
-        }, session=session)
+        result = await tools.call(
+            "Runtime.evaluate",
+            {
+                "expression": _CHARTS_JS % (json.dumps(list(ids)), patience_ms),
+                "awaitPromise": True,
+                "returnByValue": True,
+            },
+            session=session,
+        )
         assert "exceptionDetails" not in result, result
-        height = await tools.call("Runtime.evaluate", {
-            "expression": "document.documentElement.scrollHeight", "returnByValue": True,
-        }, session=session)
-        shot = await tools.call("Page.captureScreenshot", {
-            "format": "png", "captureBeyondViewport": True,
-            "clip": {"x": 0, "y": 0, "width": WIDTH,
-                     "height": height["result"]["value"], "scale": 1},
-        }, session=session)
+        height = await tools.call(
+            "Runtime.evaluate",
+            {
+                "expression": "document.documentElement.scrollHeight",
+                "returnByValue": True,
+            },
+            session=session,
+        )
+        shot = await tools.call(
+            "Page.captureScreenshot",
+            {
+                "format": "png",
+                "captureBeyondViewport": True,
+                "clip": {
+                    "x": 0,
+                    "y": 0,
+                    "width": WIDTH,
+                    "height": height["result"]["value"],
+                    "scale": 1,
+                },
+            },
+            session=session,
+        )
         events = list(tools.events)
     charts = {chart["id"]: chart for chart in result["result"]["value"]}
-    requests = [e["params"]["request"]["url"] for e in events
-                if e["method"] == "Network.requestWillBeSent"]
-    return PageVisit(charts, _problems(events), requests, base64.b64decode(shot["data"]),
-                     events)
+    requests = [
+        e["params"]["request"]["url"] for e in events if e["method"] == "Network.requestWillBeSent"
+    ]
+    return PageVisit(charts, _problems(events), requests, base64.b64decode(shot["data"]), events)
 
 
 # --- PNG: enough decoding to know the picture is not blank ---------------------------------
@@ -273,9 +321,9 @@ def png_rows(png: bytes) -> tuple[int, int, list[bytes]]:
     chunks: dict[bytes, list[bytes]] = {}
     at = 8
     while at < len(png):
-        (length,) = struct.unpack(">I", png[at:at + 4])
-        kind = png[at + 4:at + 8]
-        chunks.setdefault(kind, []).append(png[at + 8:at + 8 + length])
+        (length,) = struct.unpack(">I", png[at : at + 4])
+        kind = png[at + 4 : at + 8]
+        chunks.setdefault(kind, []).append(png[at + 8 : at + 8 + length])
         at += 12 + length
     width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", chunks[b"IHDR"][0])
     assert (depth, colour, interlace) in ((8, 2, 0), (8, 6, 0)), "unexpected PNG format"
@@ -286,7 +334,7 @@ def png_rows(png: bytes) -> tuple[int, int, list[bytes]]:
     previous = bytes(stride - 1)
     rows = []
     for y in range(height):
-        line = raw[y * stride:(y + 1) * stride]
+        line = raw[y * stride : (y + 1) * stride]
         row = _unfilter(line[0], bytearray(line[1:]), previous, channels)
         rows.append(row)
         previous = row
@@ -318,7 +366,7 @@ def pixel_colours(rows: list[bytes], width: int) -> Counter[bytes]:
     channels = len(rows[0]) // width
     colours: Counter[bytes] = Counter()
     for row in rows:
-        colours.update(row[i:i + channels] for i in range(0, len(row), channels))
+        colours.update(row[i : i + channels] for i in range(0, len(row), channels))
     return colours
 
 
@@ -376,8 +424,8 @@ def test_the_screenshot_is_a_picture(dashboard_visit: tuple[PageVisit, Path]) ->
     # Known pixels prove the decoding (all five PNG filters occur in Chromium's output):
     # the header's #1f2937 at the top left, the page's #f4f6f9 in the bottom margin.
     channels = len(rows[0]) // width
-    assert rows[5][5 * channels:5 * channels + 3] == bytes.fromhex("1f2937")
-    assert rows[height - 5][5 * channels:5 * channels + 3] == bytes.fromhex("f4f6f9")
+    assert rows[5][5 * channels : 5 * channels + 3] == bytes.fromhex("1f2937")
+    assert rows[height - 5][5 * channels : 5 * channels + 3] == bytes.fromhex("f4f6f9")
     colours = pixel_colours(rows, width)
     background, most = colours.most_common(1)[0]
     # A blank page is one colour; the dashboard has a dark header, white cards, coloured
@@ -417,4 +465,3 @@ def test_the_harness_sees_errors_and_requests(tmp_path: Path) -> None:
     assert "boom" in problems and "TypeError" in problems
     assert "https://cdn.example.invalid/x.js" in seen.requests
     assert seen.charts["chart-x"]["svgs"] == 0  # nothing drawn, and the harness says so
-

@@ -190,9 +190,7 @@ def _string_values(value: bytes) -> list[str]:
     if not isinstance(document, dict):
         return []
     # "type" names the event type, which reasons may name; every other value is content.
-    return [
-        v for k, v in document.items() if k != "type" and isinstance(v, str) and len(v) >= 6
-    ]
+    return [v for k, v in document.items() if k != "type" and isinstance(v, str) and len(v) >= 6]
 
 
 def test_no_personal_data_in_fact_files(pipeline_run: PipelineRun) -> None:

@@ -25,8 +25,14 @@ DAY = datetime(2026, 11, 1, tzinfo=UTC)
 @pytest.fixture
 def data_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     rows = [
-        fact(DAY + timedelta(hours=h), type=t, subject_key=f"p{p}", bytes=2_000_000_000,
-             session_seconds=60.0 * p, account_id=f"acct-{p % 2}")
+        fact(
+            DAY + timedelta(hours=h),
+            type=t,
+            subject_key=f"p{p}",
+            bytes=2_000_000_000,
+            session_seconds=60.0 * p,
+            account_id=f"acct-{p % 2}",
+        )
         for p in range(24)
         for h in (3, 4)
         for t in ("login", "logout", "download")
@@ -55,7 +61,9 @@ def test_sql_formats(data_root: Path) -> None:
     assert json.loads(as_json.output) == [{"date": "2026-11-01", "downloads": 48}]
     as_csv = CliRunner().invoke(sql_command, [query, "--format", "csv"])
     assert list(csv.reader(io.StringIO(as_csv.output))) == [
-        ["date", "downloads"], ["2026-11-01", "48"]]
+        ["date", "downloads"],
+        ["2026-11-01", "48"],
+    ]
     table = CliRunner().invoke(sql_command, [query])
     assert "2026-11-01" in table.output and "48" in table.output
 
@@ -76,8 +84,7 @@ def test_pricing_with_the_packaged_plan(data_root: Path) -> None:
     assert {line["account_id"] for line in lines} == {"acct-0"}
     # acct-0: 12 people x 2 hours x 2 GB = 48 GB: 10 included, 38 * 0.08 = 3.04
     (download,) = [line for line in lines if line["metric"] == "download_bytes"]
-    assert (download["quantity"], download["billable"], download["amount"]) == (
-        "48", "38", "3.04")
+    assert (download["quantity"], download["billable"], download["amount"]) == ("48", "38", "3.04")
     bad = CliRunner().invoke(pricing_command, ["--period", "2026-13"])
     assert bad.exit_code != 0 and "YYYY-MM" in bad.output
 
@@ -88,8 +95,7 @@ def test_analytics_reports(data_root: Path) -> None:
     people = CliRunner().invoke(
         analytics_command, ["daily-active-people", "--until", "2026-11-02", "--format", "json"]
     )
-    assert json.loads(people.output) == [
-        {"date": "2026-11-01", "active_people": 24, "events": 144}]
+    assert json.loads(people.output) == [{"date": "2026-11-01", "active_people": 24, "events": 144}]
     sessions = CliRunner().invoke(
         analytics_command, ["sessions", "--until", "2026-11-02", "--format", "json"]
     )

@@ -42,8 +42,14 @@ def _by_key(table, *keys):  # type: ignore[no-untyped-def]
 def test_hourly_usage_is_exact() -> None:
     rows = _by_key(hourly_usage(_facts(), FAR), "hour", "account_id")
     assert {k: v for k, v in rows[(H10, "acct-1")].items() if k in METRICS} == {
-        "requests": 1, "page_views": 2, "sessions": 1, "session_seconds": Decimal("0.000"),
-        "uploads": 2, "upload_bytes": 150, "downloads": 1, "download_bytes": 70,
+        "requests": 1,
+        "page_views": 2,
+        "sessions": 1,
+        "session_seconds": Decimal("0.000"),
+        "uploads": 2,
+        "upload_bytes": 150,
+        "downloads": 1,
+        "download_bytes": 70,
         "active_users": 2,
     }
     # The session starts at 10 (login) but its time is counted at 11, where it ends.
@@ -89,7 +95,10 @@ def test_changes_base_then_nothing_then_delta() -> None:
     assert base.num_rows == 0
     assert (delta["hour"], delta["account_id"]) == (H10, "acct-1")
     assert {m: delta[m] for m in ("uploads", "upload_bytes", "active_users", "requests")} == {
-        "uploads": 1, "upload_bytes": 5, "active_users": 1, "requests": 0,
+        "uploads": 1,
+        "upload_bytes": 5,
+        "active_users": 1,
+        "requests": 0,
     }
 
 
@@ -105,24 +114,39 @@ _types = st.sampled_from(["request", "page_view", "login", "logout", "upload", "
 @settings(max_examples=40, deadline=None)
 @given(
     st.lists(
-        st.tuples(st.integers(0, 47), _types, st.integers(0, 5), st.integers(0, 10**6),
-                  st.sampled_from(["a", "b"])),
-        min_size=1, max_size=40,
+        st.tuples(
+            st.integers(0, 47),
+            _types,
+            st.integers(0, 5),
+            st.integers(0, 10**6),
+            st.sampled_from(["a", "b"]),
+        ),
+        min_size=1,
+        max_size=40,
     )
 )
 def test_hours_add_up_to_days_except_active_users(events) -> None:  # type: ignore[no-untyped-def]
     table = facts_table(
         [
-            fact(H10.replace(hour=0) + timedelta(hours=h), type=t, subject_key=f"p{p}",
-                 bytes=b, session_seconds=b / 1000, account_id=a)
+            fact(
+                H10.replace(hour=0) + timedelta(hours=h),
+                type=t,
+                subject_key=f"p{p}",
+                bytes=b,
+                session_seconds=b / 1000,
+                account_id=a,
+            )
             for h, t, p, b, a in events
         ]
     )
     hourly = hourly_usage(table, FAR).to_pylist()
     daily = daily_usage(table, date(2030, 1, 1)).to_pylist()
     for day in daily:
-        hours = [h for h in hourly
-                 if h["hour"].date() == day["date"] and h["account_id"] == day["account_id"]]
+        hours = [
+            h
+            for h in hourly
+            if h["hour"].date() == day["date"] and h["account_id"] == day["account_id"]
+        ]
         for metric in METRICS:
             total = sum((h[metric] for h in hours), start=0)
             if metric == "active_users":

@@ -90,17 +90,16 @@ def test_publishes_closed_windows_once_and_is_idempotent(tmp_path: Path) -> None
 def test_late_facts_become_corrections_with_deltas(tmp_path: Path) -> None:
     write_committed_facts(tmp_path, _day_of_traffic(), first_offset=0)
     publish(str(tmp_path), NOW, GRACE, K)
-    late = facts_table(
-        [fact(DAY, type="upload", subject_key="late", bytes=7, event_key="late-1")]
-    )
+    late = facts_table([fact(DAY, type="upload", subject_key="late", bytes=7, event_key="late-1")])
     write_committed_facts(tmp_path, late, first_offset=1000)
     report = publish(str(tmp_path), NOW, GRACE, K)
     assert (report.hourly_base, report.hourly_corrections) == (0, 1)
     assert (report.daily_base, report.daily_corrections) == (0, 1)
-    fixes = [r for r in _rows(tmp_path, METERING_HOURLY_DIR, METERING_HOURLY)
-             if r["is_correction"]]
-    assert [(r["hour"], r["uploads"], r["upload_bytes"], r["active_users"], r["requests"])
-            for r in fixes] == [(DAY, 1, 7, 1, 0)]
+    fixes = [r for r in _rows(tmp_path, METERING_HOURLY_DIR, METERING_HOURLY) if r["is_correction"]]
+    assert [
+        (r["hour"], r["uploads"], r["upload_bytes"], r["active_users"], r["requests"])
+        for r in fixes
+    ] == [(DAY, 1, 7, 1, 0)]
     # The sum of a window's rows is its exact current value.
     daily = _rows(tmp_path, METERING_DAILY_DIR, METERING_DAILY)
     assert sum(r["active_users"] for r in daily) == 21

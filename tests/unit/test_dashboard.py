@@ -67,8 +67,9 @@ def traffic() -> list[dict[str, Any]]:
                 "os_family": "Linux" if desktop else "Android",
             }
             hour = DAY + timedelta(days=day, hours=9 + person % 8)
-            rows += [fact(hour, type="request", **common)
-                     for _ in range(1 + person % ACCOUNTS + day)]
+            rows += [
+                fact(hour, type="request", **common) for _ in range(1 + person % ACCOUNTS + day)
+            ]
             rows += [
                 fact(hour, type="page_view", **common),
                 fact(hour, type="login", **common),
@@ -81,8 +82,7 @@ def traffic() -> list[dict[str, Any]]:
 
 def make_published(root: Path, rows: list[dict[str, Any]] | None = None) -> Path:
     """Committed facts under ``root``, published with k = K; returns ``root``."""
-    write_committed_facts(root, facts_table(traffic() if rows is None else rows),
-                          first_offset=0)
+    write_committed_facts(root, facts_table(traffic() if rows is None else rows), first_offset=0)
     publish(str(root), DAY + timedelta(days=30), timedelta(hours=1), K)
     return root
 
@@ -134,8 +134,11 @@ def _closed(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in rows if r["occurred_hour"] < DAY + timedelta(days=DAYS)]
 
 
-def _sum(rows: Iterable[dict[str, Any]], key: Callable[[dict[str, Any]], Any],
-         value: Callable[[dict[str, Any]], int] = lambda r: 1) -> Counter[Any]:
+def _sum(
+    rows: Iterable[dict[str, Any]],
+    key: Callable[[dict[str, Any]], Any],
+    value: Callable[[dict[str, Any]], int] = lambda r: 1,
+) -> Counter[Any]:
     totals: Counter[Any] = Counter()
     for row in rows:
         totals[key(row)] += value(row)
@@ -187,7 +190,8 @@ def test_usage_shows_the_top_accounts_and_others_per_day(page: str) -> None:
         )
         shown = {
             (t["name"], day): value
-            for t in traces if t["yaxis"] == axis
+            for t in traces
+            if t["yaxis"] == axis
             for day, value in _series(t).items()
         }
         assert shown == dict(expected)
@@ -197,14 +201,19 @@ def test_bandwidth_sessions_and_median_length_per_day(page: str) -> None:
     rows = _closed(traffic())
     upload, download = plotted(page)["chart-bandwidth"]
     assert _series(upload) == dict(
-        _sum((r for r in rows if r["type"] == "upload"), _day, lambda r: r["bytes"]))
+        _sum((r for r in rows if r["type"] == "upload"), _day, lambda r: r["bytes"])
+    )
     assert _series(download) == dict(
-        _sum((r for r in rows if r["type"] == "download"), _day, lambda r: r["bytes"]))
+        _sum((r for r in rows if r["type"] == "download"), _day, lambda r: r["bytes"])
+    )
     sessions, lengths = plotted(page)["chart-sessions"]
     assert _series(sessions) == dict(_sum((r for r in rows if r["type"] == "login"), _day))
     expected_minutes = {
-        day: round(median(r["session_seconds"] for r in rows
-                          if r["type"] == "logout" and _day(r) == day) / 60, 2)
+        day: round(
+            median(r["session_seconds"] for r in rows if r["type"] == "logout" and _day(r) == day)
+            / 60,
+            2,
+        )
         for day in ("2026-11-01", "2026-11-02", "2026-11-03")
     }
     assert _series(lengths) == expected_minutes
@@ -219,7 +228,10 @@ def test_geography_shows_only_k_anonymous_countries(page: str) -> None:
 
     assert dict(zip(events["y"], events["x"], strict=True)) == dict(_sum(rows, label))
     assert dict(zip(person_days["y"], person_days["x"], strict=True)) == {
-        "FR": 14 * DAYS, "DE": 12 * DAYS, "(other)": 14 * DAYS}
+        "FR": 14 * DAYS,
+        "DE": 12 * DAYS,
+        "(other)": 14 * DAYS,
+    }
     assert events["x"] == sorted(events["x"])  # horizontal bars: the largest on top
     body = page.split("</head>")[1]
     assert '"LU"' not in body and '"IT"' not in body
@@ -243,7 +255,8 @@ def test_one_account(published: Path) -> None:
     assert {t["name"] for t in charts["chart-usage"]} == {"acct-03"}
     rows = [r for r in _closed(traffic()) if r["account_id"] == "acct-03"]
     assert _series(charts["chart-bandwidth"][0]) == dict(
-        _sum((r for r in rows if r["type"] == "upload"), _day, lambda r: r["bytes"]))
+        _sum((r for r in rows if r["type"] == "upload"), _day, lambda r: r["bytes"])
+    )
     assert "Sieve dashboard: acct-03" in page
     # Analytics have no account dimension: the page says so rather than implying a filter.
     assert "All accounts: analytics have no account dimension." in page
@@ -264,10 +277,13 @@ def test_nothing_published_yet(tmp_path: Path) -> None:
 
 
 def test_days_under_k_show_metering_and_say_why_analytics_are_missing(tmp_path: Path) -> None:
-    few = [fact(DAY + timedelta(hours=9), type="download", bytes=5, subject_key=f"p{p}")
-           for p in range(3)]
+    few = [
+        fact(DAY + timedelta(hours=9), type="download", bytes=5, subject_key=f"p{p}")
+        for p in range(3)
+    ]
     page = build_dashboard(
-        make_published(tmp_path, [*few, fact(DAY + timedelta(days=1, hours=2))]), k=K)
+        make_published(tmp_path, [*few, fact(DAY + timedelta(days=1, hours=2))]), k=K
+    )
     charts = plotted(page)
     assert set(charts) == {"chart-usage", "chart-bandwidth", "chart-sessions"}
     assert _series(charts["chart-bandwidth"][1]) == {"2026-11-01": 15}
@@ -277,8 +293,9 @@ def test_days_under_k_show_metering_and_say_why_analytics_are_missing(tmp_path: 
 def test_hostile_values_cannot_inject_markup(tmp_path: Path) -> None:
     hostile = "<script>alert(1)</script>"
     rows = [fact(DAY + timedelta(hours=9), account_id=hostile, subject_key="p")]
-    page = build_dashboard(make_published(tmp_path, [*rows, fact(DAY + timedelta(days=1))]),
-                           account=hostile)
+    page = build_dashboard(
+        make_published(tmp_path, [*rows, fact(DAY + timedelta(days=1))]), account=hostile
+    )
     assert hostile not in page
     assert plotted(page)["chart-usage"][0]["name"] == hostile  # escaped, not dropped
 
@@ -328,8 +345,13 @@ def test_serve_rebuilds_the_page_per_request(tmp_path: Path) -> None:
                     write_committed_facts(root, facts_table(late), first_offset=10_000)
                     publish(str(root), DAY + timedelta(days=30), timedelta(hours=1), K)
                 async with session.get(url) as response:
-                    bodies.append((response.status, response.headers["Content-Security-Policy"],
-                                   await response.text()))
+                    bodies.append(
+                        (
+                            response.status,
+                            response.headers["Content-Security-Policy"],
+                            await response.text(),
+                        )
+                    )
         # Handlers are installed: serve() set them up before any other task could run.
         os.kill(os.getpid(), signal.SIGINT)
 

@@ -61,7 +61,8 @@ def _atoms(cells: list[FineCell], published: list[ProtectedCell], dimension: str
     for row in rows:
         if row.grain == "hour" and row.hour is None:
             published_hours = {
-                r.hour for r in rows
+                r.hour
+                for r in rows
                 if r.grain == "hour" and r.cell == row.cell and r.value == row.value and r.hour
             }
             parent = day_set(row.cell, row.value)
@@ -103,8 +104,14 @@ def test_total_minus_published_children_is_zero_or_a_published_remainder(raw, k)
     assert residual == sum(c.events for c in others)
     assert residual == 0 or (len(others) == 1 and others[0].people >= k)
     for parent in day:
-        hours = [c for c in published if c.grain == "hour" and c.cell == parent.cell
-                 and c.value == parent.value and c.dimension == parent.dimension]
+        hours = [
+            c
+            for c in published
+            if c.grain == "hour"
+            and c.cell == parent.cell
+            and c.value == parent.value
+            and c.dimension == parent.dimension
+        ]
         on_their_own = [c for c in hours if c.hour is not None]
         rest = [c for c in hours if c.hour is None]
         residual = parent.events - sum(c.events for c in on_their_own)
@@ -224,8 +231,13 @@ def test_facts_to_published_cells_keep_k(rows, k) -> None:  # type: ignore[no-un
     """The same invariants through DuckDB, from FACTS rows to published cells."""
     table = facts_table(
         [
-            fact(DAY + timedelta(hours=h), country=c, type=t,
-                 subject_key=None if p is None else f"s{p}", session_seconds=float(h * 60))
+            fact(
+                DAY + timedelta(hours=h),
+                country=c,
+                type=t,
+                subject_key=None if p is None else f"s{p}",
+                session_seconds=float(h * 60),
+            )
             for h, c, t, p in rows
         ]
     )

@@ -53,10 +53,19 @@ def _usage(rows: list[dict[str, object]]) -> pa.Table:
 def test_invoice_exact_to_the_cent_with_tiers() -> None:
     usage = _usage(
         [
-            {"account_id": "A", "requests": 12_345, "download_bytes": 100_000_000_000,
-             "active_users": 3},
-            {"account_id": "A", "date": date(2026, 11, 2), "requests": 3_000,
-             "download_bytes": 50_500_000_000, "active_users": 7},
+            {
+                "account_id": "A",
+                "requests": 12_345,
+                "download_bytes": 100_000_000_000,
+                "active_users": 3,
+            },
+            {
+                "account_id": "A",
+                "date": date(2026, 11, 2),
+                "requests": 3_000,
+                "download_bytes": 50_500_000_000,
+                "active_users": 7,
+            },
             {"account_id": "B", "download_bytes": 5_000_000_000, "active_users": 1},
         ]
     )
@@ -65,14 +74,26 @@ def test_invoice_exact_to_the_cent_with_tiers() -> None:
     # requests: 15.345 thousand, 10 included: 5.345 * 0.015 = 0.080175 -> 0.08
     req = lines[("A", "requests", "")]
     assert (req.quantity, req.included, req.billable, req.amount) == (
-        Decimal("15.345"), Decimal("10"), Decimal("5.345"), Decimal("0.08"))
+        Decimal("15.345"),
+        Decimal("10"),
+        Decimal("5.345"),
+        Decimal("0.08"),
+    )
     # downloads: 150.5 GB; 0-100 band: 10 free, 90 * 0.08 = 7.20; 100- band: 50.5 * 0.05
     # = 2.525, half-even -> 2.52 (half-up would say 2.53).
     low, high = lines[("A", "download_bytes", "0-100")], lines[("A", "download_bytes", "100-")]
     assert (low.quantity, low.included, low.billable, low.amount) == (
-        Decimal("100"), Decimal("10"), Decimal("90"), Decimal("7.20"))
+        Decimal("100"),
+        Decimal("10"),
+        Decimal("90"),
+        Decimal("7.20"),
+    )
     assert (high.quantity, high.billable, high.unit_price, high.amount) == (
-        Decimal("50.5"), Decimal("50.5"), Decimal("0.05"), Decimal("2.52"))
+        Decimal("50.5"),
+        Decimal("50.5"),
+        Decimal("0.05"),
+        Decimal("2.52"),
+    )
     # active users: the peak day (7), 2 included: 5 * 0.125 = 0.625 -> 0.62 (half-even)
     assert lines[("A", "active_users", "")].amount == Decimal("0.62")
     totals = {t.account_id: t.amount for t in result.totals}
@@ -98,30 +119,62 @@ def test_packaged_plan_loads() -> None:
 @pytest.mark.parametrize(
     ("text", "line", "key", "reason"),
     [
-        ('currency = "EUR"\n[metrics.requests]\nunit_price = 0.1\n', 3,
-         "metrics.requests.unit_price", "decimal string"),
+        (
+            'currency = "EUR"\n[metrics.requests]\nunit_price = 0.1\n',
+            3,
+            "metrics.requests.unit_price",
+            "decimal string",
+        ),
         ('currency = "EUR"\n[metrics.requests]\nunit_price = "0.1\n', 3, "(syntax)", ""),
-        ('currency = "EUR"\n\n[metrics.pageviews]\nunit_price = "1"\n', 3,
-         "metrics.pageviews", "unknown metric"),
+        (
+            'currency = "EUR"\n\n[metrics.pageviews]\nunit_price = "1"\n',
+            3,
+            "metrics.pageviews",
+            "unknown metric",
+        ),
         ('currency = "EURO"\n[metrics.requests]\nunit_price = "1"\n', 1, "currency", "ISO 4217"),
-        ('currency = "EUR"\n[metrics.requests]\nincluded = "5"\n'
-         'tiers = [ { up_to = "3", unit_price = "1" }, { unit_price = "1" } ]\n', 4,
-         "metrics.requests.tiers[0].up_to", "greater than 5"),
-        ('currency = "EUR"\n[metrics.requests]\n'
-         'tiers = [ { up_to = "3", unit_price = "1" } ]\n', 3,
-         "metrics.requests.tiers[0].up_to", "last tier"),
-        ('currency = "EUR"\n[metrics.requests]\nunit_price = "abc"\n', 3,
-         "metrics.requests.unit_price", "not a decimal"),
-        ('currency = "EUR"\n[metrics.requests]\nunit_price = "-1"\n', 3,
-         "metrics.requests.unit_price", ">= 0"),
-        ('currency = "EUR"\n[metrics.requests]\nunit_price = "1"\ncolour = "red"\n', 4,
-         "metrics.requests.colour", "unknown key"),
-        ('currency = "EUR"\n[metrics.requests]\nunit = "x"\n', 2,
-         "metrics.requests", "exactly one"),
+        (
+            'currency = "EUR"\n[metrics.requests]\nincluded = "5"\n'
+            'tiers = [ { up_to = "3", unit_price = "1" }, { unit_price = "1" } ]\n',
+            4,
+            "metrics.requests.tiers[0].up_to",
+            "greater than 5",
+        ),
+        (
+            'currency = "EUR"\n[metrics.requests]\ntiers = [ { up_to = "3", unit_price = "1" } ]\n',
+            3,
+            "metrics.requests.tiers[0].up_to",
+            "last tier",
+        ),
+        (
+            'currency = "EUR"\n[metrics.requests]\nunit_price = "abc"\n',
+            3,
+            "metrics.requests.unit_price",
+            "not a decimal",
+        ),
+        (
+            'currency = "EUR"\n[metrics.requests]\nunit_price = "-1"\n',
+            3,
+            "metrics.requests.unit_price",
+            ">= 0",
+        ),
+        (
+            'currency = "EUR"\n[metrics.requests]\nunit_price = "1"\ncolour = "red"\n',
+            4,
+            "metrics.requests.colour",
+            "unknown key",
+        ),
+        (
+            'currency = "EUR"\n[metrics.requests]\nunit = "x"\n',
+            2,
+            "metrics.requests",
+            "exactly one",
+        ),
     ],
 )
-def test_malformed_plans_name_line_and_key(text: str, line: int | None, key: str,
-                                           reason: str) -> None:
+def test_malformed_plans_name_line_and_key(
+    text: str, line: int | None, key: str, reason: str
+) -> None:
     with pytest.raises(PricePlanError) as caught:
         parse_plan(text, "plan.toml")
     error = caught.value
