@@ -46,7 +46,7 @@ from rich.table import Table
 
 from aggregations import dashboard
 from aggregations.catalog import default_catalog_path, open_catalog
-from aggregations.pricing import Invoice, invoice, load_plan, period_usage
+from aggregations.pricing import Invoice, load_plan, price_period, published_watermark
 from aggregations.publish import PublishReport, publish
 from aggregations.render import render, render_invoice, table_rows
 from aggregations.reports import run_report
@@ -411,7 +411,16 @@ def _price_and_analyse(
         connection = open_catalog(settings.data_root, lock_down=True)
         try:
             plan = load_plan(settings.price_plan_file)
-            bill = invoice(period_usage(connection, month.name), plan, month.name)
+            # A draft only when the month did not close (the note above says so): the same
+            # invoice, marked the same way, as `sieve pricing --draft`.
+            bill = price_period(
+                connection,
+                plan,
+                month.name,
+                watermark=published_watermark(settings.data_root),
+                grace=settings.grace_period,
+                draft=True,
+            )
             reports = month_reports(connection, month)
         finally:
             connection.close()
@@ -505,7 +514,10 @@ def _print_result(
         catalog = escape(str(result.catalog))
         console.print(f"[bold]Catalog:[/] duckdb {catalog}  then  {FIRST_QUERY}")
         console.print(f'    (no duckdb shell? sieve sql "{FIRST_QUERY}" reads the same views)')
-    again = f"SIEVE_DATA_ROOT={settings.data_root} sieve pricing --period {result.month.name}"
+    draft = " --draft" if result.invoice.status == "draft" else ""
+    again = (
+        f"SIEVE_DATA_ROOT={settings.data_root} sieve pricing --period {result.month.name}{draft}"
+    )
     console.print(f"[bold]Again:[/] {escape(again)}  (or sieve analytics, sql, dashboard)")
 
 
