@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from streams.errors import ConfigurationError
-from streams.privacy.keyring import replace_with_new_keyring, write_new_keyring
+from streams.privacy.keyring import Keyring, replace_with_new_keyring, write_new_keyring
 
 
 @click.group("keys", epilog="Reads no environment variable.")
@@ -27,11 +27,21 @@ def keys() -> None:
     help="Replace an existing file. Its keys are lost: identifiable files encrypted with"
     " them can no longer be read, and pseudonyms change.",
 )
-def new_command(path: Path, force: bool) -> None:
+@click.option(
+    "--exist-ok",
+    is_flag=True,
+    help="If PATH already holds a valid key file, keep it and succeed (for a setup step that"
+    " runs every time, like docker compose's `keys` service).",
+)
+def new_command(path: Path, force: bool, exist_ok: bool) -> None:
     """Write a new key file to PATH (mode 0600); refuse to overwrite one without --force.
 
     Point SIEVE_KEYRING_FILE at it.
     """
+    if exist_ok and not force and path.exists():
+        Keyring.load(path)  # an unreadable or malformed file is an error, not "ok"
+        click.echo(f"key file kept: {path} (it exists)")
+        return
     if force:
         keyring = replace_with_new_keyring(path)
     else:

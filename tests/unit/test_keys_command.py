@@ -51,3 +51,16 @@ def test_keys_new_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     Keyring.load(path)
     assert [p.name for p in tmp_path.iterdir()] == ["keyring.json"]  # no temporary file left
+
+
+def test_exist_ok_keeps_a_valid_key_file_and_refuses_a_broken_one(tmp_path: Path) -> None:
+    path = tmp_path / "keyring.json"
+    assert CliRunner().invoke(keys, ["new", "--exist-ok", str(path)]).exit_code == 0
+    before = path.read_bytes()
+    again = CliRunner().invoke(keys, ["new", "--exist-ok", str(path)])
+    assert again.exit_code == 0 and "kept" in again.output
+    assert path.read_bytes() == before
+
+    path.write_text("{}")
+    broken = CliRunner().invoke(keys, ["new", "--exist-ok", str(path)])
+    assert isinstance(broken.exception, ConfigurationError)
