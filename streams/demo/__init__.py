@@ -69,9 +69,11 @@ from streams.privacy.keyring import Keyring, write_new_keyring
 from streams.settings import Settings, describe_environment
 from streams.topics import ensure_topics_from_settings
 
-# About two minutes in all on a busy 2-core machine, well under five with a cold jar fetch:
-# generation is the slow step (13,000-17,000 records/s through kafka-python's producer);
-# the worker keeps up while it runs and finishes seconds after it.
+# 124 s in all measured on this 2-core machine while other jobs kept its load average at 5
+# (generation 60 s at 20,000 records/s, the worker 27 s behind it, publishing 14 s); the
+# traffic model alone makes ~60,000 records/s on a quiet core, and records go out through
+# aiokafka batches in a child process (streams/generate/topic_sink.py), so generation and
+# the worker share the two cores.
 DEFAULT_EVENTS: Final = 1_200_000
 DEFAULT_ACCOUNTS: Final = 8
 # Traffic keeps flowing this long past the month's end (plus the grace period), as real
