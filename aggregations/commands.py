@@ -128,13 +128,24 @@ def publish_command(catalog: bool, close_through: datetime | None) -> None:
 @click.command("pricing")
 @click.option("--period", required=True, help="The month to invoice, YYYY-MM.")
 @click.option("--account", default=None, help="Only this account id.")
+@click.option(
+    "--draft",
+    is_flag=True,
+    help="Price a month that is not closed yet (its later days are missing); every format"
+    " marks the invoice as a draft.",
+)
 @_FORMAT
-def pricing_command(period: str, account: str | None, fmt: Format) -> None:
-    """Invoice lines and totals per account for a month, from exact metering.
+def pricing_command(period: str, account: str | None, draft: bool, fmt: Format) -> None:
+    """The invoice of a month, per account, from exact metering: each line with its unit,
+    the use and the allowance in those units, the price and the amount; the totals and the
+    currency in every format.
 
-    Reads SIEVE_DATA_ROOT and SIEVE_PRICE_PLAN_FILE (the packaged plan if unset).
+    A month is invoiced once it is closed (its last day's metering is published); before,
+    the command fails with exit code 3 unless --draft. An unknown account, or a month with
+    no metering, fails with exit code 4. Reads SIEVE_DATA_ROOT, SIEVE_PRICE_PLAN_FILE (the
+    packaged plan if unset) and SIEVE_GRACE_PERIOD.
     """
-    from aggregations.pricing import invoice, load_plan, period_bounds, period_usage
+    from aggregations.pricing import load_plan, period_bounds, price_period, published_watermark
 
     settings = _settings()
     try:
@@ -142,8 +153,16 @@ def pricing_command(period: str, account: str | None, fmt: Format) -> None:
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--period") from None
     plan = load_plan(settings.price_plan_file)
-    result = invoice(period_usage(_catalog(settings.data_root), period, account), plan, period)
-    render_invoice(result, fmt, _console())
+    bill = price_period(
+        _catalog(settings.data_root),
+        plan,
+        period,
+        watermark=published_watermark(settings.data_root),
+        grace=settings.grace_period,
+        account_id=account,
+        draft=draft,
+    )
+    render_invoice(bill, fmt, _console())
 
 
 @click.command("analytics")

@@ -1,79 +1,103 @@
-"""Pricing: a price plan (TOML) applied to exact metering, with decimals only.
+"""Pricing: a price plan (:mod:`aggregations.price_plan`) applied to exact metering.
 
-Rounding: each invoice line's amount is ``billable * unit_price`` rounded half-even to the
-plan's ``amount_quantum`` (the cent, "0.01", by default); an account's total is the sum of
-its rounded lines, so a printed invoice always adds up. Quantities are exact decimals
-(metered quantity / ``unit_size``); they are never rounded.
+Quantities: an account's usage of a metric over the period (the sum of its days, or its peak
+day) is divided by the plan's ``unit_size`` and rounded to whole billing units as the plan
+says (``quantity_rounding``; up by default, so 40,149 requests priced per 1,000 are 41
+units). Allowances and tiers apply to those units.
+
+Amounts: each line's billable units times its unit price, rounded half-even to the plan's
+``amount_quantum`` (the cent, "0.01", by default); an account's total is the sum of its
+rounded lines and the invoice's total the sum of the accounts' totals, so a printed invoice
+always adds up.
 
 Tiers are graduated: the usage of the period is cut at each tier's ``up_to`` and each part
 is priced at its own tier's price; the first ``included`` units of the first tier are free.
+
+Closed periods: metering publishes a day once its windows have closed (see
+:mod:`aggregations.windows`). A month is closed when its last day is; an invoice of a month
+that is not closed would miss days, so :func:`price_period` refuses one unless asked for a
+draft, and a draft says so in every format.
 """
 
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass
-from datetime import date
-from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
-from importlib import resources
-from pathlib import Path
-from typing import Any, Final, Literal
+from datetime import date, datetime, timedelta
+from decimal import ROUND_CEILING, ROUND_HALF_EVEN, Decimal
+from typing import Final, Literal
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
-from aggregations.schemas import METRICS
-from streams.errors import ConfigurationError
+from aggregations.price_plan import (
+    DEFAULT_PLAN,
+    MetricPrice,
+    PricePlan,
+    PricePlanError,
+    QuantityRounding,
+    Tier,
+    load_plan,
+    parse_plan,
+)
+from aggregations.schemas import METERING_DAILY_DIR, METERING_HOURLY_DIR, METRICS
+from aggregations.storage import list_parquet, resolve_root
+from aggregations.windows import day_closed, last_closed_day
+from streams.errors import SieveError
 
-DEFAULT_PLAN: Final = "price_plan.toml"
-_CURRENCY = re.compile(r"^[A-Z]{3}$")
-_PERIOD = re.compile(r"^(\d{4})-(\d{2})$")
+__all__ = [
+    "DEFAULT_PLAN",
+    "Invoice",
+    "InvoiceLine",
+    "InvoiceTotal",
+    "MetricPrice",
+    "NoMeteringError",
+    "PeriodNotClosedError",
+    "PricePlan",
+    "PricePlanError",
+    "Tier",
+    "invoice",
+    "load_plan",
+    "parse_plan",
+    "period_bounds",
+    "period_usage",
+    "price_period",
+    "published_watermark",
+]
+
+_PERIOD: Final = re.compile(r"^(\d{4})-(\d{2})$")
+_ONE: Final = Decimal(1)
+
+InvoiceStatus = Literal["final", "draft"]
 
 
-class PricePlanError(ConfigurationError):
-    """The price plan file is malformed; ``path``, ``line`` and ``key`` say where."""
+class PeriodNotClosedError(SieveError):
+    """The month still has days whose metering is not published; ``--draft`` prices it."""
 
-    def __init__(self, path: str, key: str, reason: str, line: int | None = None) -> None:
-        self.path = path
-        self.key = key
-        self.line = line
-        self.reason = reason
-        where = f"line {line}, " if line is not None else ""
-        super().__init__(f"price plan {path}: {where}{key}: {reason}")
+    exit_code = 3
+    transient = True
 
 
-@dataclass(frozen=True)
-class Tier:
-    up_to: Decimal | None  # None: unbounded (the last tier)
-    unit_price: Decimal
+class NoMeteringError(SieveError):
+    """Nothing to invoice: an unknown account, or a period without published metering."""
 
-
-@dataclass(frozen=True)
-class MetricPrice:
-    metric: str
-    unit: str
-    unit_size: Decimal
-    aggregate: Literal["sum", "max"]
-    included: Decimal
-    tiers: tuple[Tier, ...]  # a flat price is one unbounded tier
-
-
-@dataclass(frozen=True)
-class PricePlan:
-    currency: str
-    amount_quantum: Decimal
-    metrics: tuple[MetricPrice, ...]
+    exit_code = 4
 
 
 @dataclass(frozen=True)
 class InvoiceLine:
     account_id: str
     metric: str
+    unit: str  # the plan's billing unit: "1,000 requests", "GB"
     # The band of the usage this line prices, in billing units: "0-100", "100-" or "" (flat).
     band: str
-    quantity: Decimal  # usage in this band (billing units)
-    included: Decimal  # of which free
+    metered: Decimal  # the period's usage as metered (requests, bytes, ...)
+    used: Decimal  # the same in billing units, rounded as the plan says
+    allowance: Decimal  # the plan's included units per period (of the metric)
+    quantity: Decimal  # used units that fall in this band
+    included: Decimal  # of which free (the part of the allowance used here)
     billable: Decimal  # quantity - included
     unit_price: Decimal
     amount: Decimal  # billable * unit_price, rounded half-even to the quantum
@@ -92,178 +116,17 @@ class Invoice:
     currency: str
     lines: tuple[InvoiceLine, ...]
     totals: tuple[InvoiceTotal, ...]
+    # "draft": the month was not closed when priced; its later days may be missing.
+    status: InvoiceStatus = "final"
+    # The last day whose metering is published (None: unknown, or nothing published).
+    covered_through: date | None = None
+
+    @property
+    def total(self) -> Decimal:
+        return sum((total.amount for total in self.totals), Decimal(0))
 
 
-# --- loading -------------------------------------------------------------------------------
-
-
-_HEADER = re.compile(r"^\s*\[\[?\s*([A-Za-z0-9_.\-\s]+?)\s*\]\]?\s*(#.*)?$")
-
-
-def _line_of(text: str, table: str | None, key: str) -> int | None:
-    """Best effort: the line of ``key =`` inside ``[table]`` (or at top level); else the
-    table's header line; else None."""
-    current: str | None = None
-    header_line: int | None = None
-    key_pattern = re.compile(rf"^\s*{re.escape(key)}\s*=")
-    for number, line in enumerate(text.splitlines(), start=1):
-        header = _HEADER.match(line)
-        if header:
-            current = header.group(1)
-            if current == table:
-                header_line = number
-            continue
-        if current == table and key_pattern.match(line):
-            return number
-    return header_line
-
-
-class _Reader:
-    def __init__(self, path: str, text: str) -> None:
-        self.path = path
-        self.text = text
-
-    def fail(self, table: str | None, key: str, reason: str) -> PricePlanError:
-        full = f"{table}.{key}" if table else key
-        base_key = key.split("[", 1)[0]
-        return PricePlanError(self.path, full, reason, _line_of(self.text, table, base_key))
-
-    def fail_table(self, table: str, reason: str) -> PricePlanError:
-        """An error about a whole table: points at its header line."""
-        return PricePlanError(self.path, table, reason, _line_of(self.text, table, "\0"))
-
-    def decimal(
-        self,
-        raw: dict[str, Any],
-        table: str | None,
-        key: str,
-        *,
-        default: str | None = None,
-        label: str | None = None,
-    ) -> Decimal:
-        name = label or key
-        if key not in raw:
-            if default is None:
-                raise self.fail(table, name, 'missing (a decimal string such as "0.08")')
-            return Decimal(default)
-        value = raw[key]
-        if not isinstance(value, str):
-            raise self.fail(
-                table,
-                name,
-                f'must be a decimal string such as "0.08", not {value!r}'
-                " (a TOML float cannot hold most prices exactly)",
-            )
-        try:
-            number = Decimal(value)
-        except InvalidOperation:
-            raise self.fail(table, name, f"{value!r} is not a decimal number") from None
-        if not number.is_finite() or number < 0:
-            raise self.fail(table, name, f"must be a finite number >= 0, not {value!r}")
-        return number
-
-    def metric(self, name: str, raw: Any) -> MetricPrice:
-        table = f"metrics.{name}"
-        if name not in METRICS:
-            raise self.fail_table(table, f"unknown metric; known: {', '.join(METRICS)}")
-        if not isinstance(raw, dict):
-            raise self.fail_table(table, "must be a table")
-        allowed = {"unit", "unit_size", "aggregate", "included", "unit_price", "tiers"}
-        for key in raw:
-            if key not in allowed:
-                raise self.fail(table, key, f"unknown key; allowed: {', '.join(sorted(allowed))}")
-        unit = raw.get("unit", name)
-        if not isinstance(unit, str):
-            raise self.fail(table, "unit", "must be a string")
-        unit_size = self.decimal(raw, table, "unit_size", default="1")
-        if unit_size == 0:
-            raise self.fail(table, "unit_size", "must be greater than 0")
-        aggregate = raw.get("aggregate", "sum")
-        if aggregate not in ("sum", "max"):
-            raise self.fail(table, "aggregate", f'must be "sum" or "max", not {aggregate!r}')
-        included = self.decimal(raw, table, "included", default="0")
-        if ("unit_price" in raw) == ("tiers" in raw):
-            raise self.fail_table(table, "give exactly one of unit_price or tiers")
-        if "unit_price" in raw:
-            tiers: tuple[Tier, ...] = (Tier(None, self.decimal(raw, table, "unit_price")),)
-        else:
-            tiers = self.tiers(table, raw["tiers"], included)
-        return MetricPrice(name, unit, unit_size, aggregate, included, tiers)
-
-    def tiers(self, table: str, raw: Any, included: Decimal) -> tuple[Tier, ...]:
-        if not isinstance(raw, list) or not raw:
-            raise self.fail(table, "tiers", "must be a non-empty array of tables")
-        tiers = []
-        previous = included
-        for index, entry in enumerate(raw):
-            label = f"tiers[{index}]"
-            if not isinstance(entry, dict):
-                raise self.fail(table, label, "must be a table { up_to = ..., unit_price = ... }")
-            for key in entry:
-                if key not in ("up_to", "unit_price"):
-                    raise self.fail(
-                        table, f"{label}.{key}", "unknown key; allowed: up_to, unit_price"
-                    )
-            price = self.decimal(entry, table, "unit_price", label=f"{label}.unit_price")
-            last = index == len(raw) - 1
-            if last:
-                if "up_to" in entry:
-                    raise self.fail(table, f"{label}.up_to", "the last tier has no up_to")
-                tiers.append(Tier(None, price))
-                continue
-            up_to = self.decimal(entry, table, "up_to", label=f"{label}.up_to")
-            if up_to <= previous:
-                raise self.fail(
-                    table,
-                    f"{label}.up_to",
-                    f"must be greater than {previous} (the included quantity or previous up_to)",
-                )
-            previous = up_to
-            tiers.append(Tier(up_to, price))
-        return tuple(tiers)
-
-
-def parse_plan(text: str, path: str = "<plan>") -> PricePlan:
-    """Parse and check a plan; every problem raises PricePlanError naming line and key."""
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as error:
-        match = re.search(r"line (\d+)", str(error))
-        line = int(match.group(1)) if match else None
-        raise PricePlanError(path, "(syntax)", str(error), line) from None
-    reader = _Reader(path, text)
-    for key in raw:
-        if key not in ("currency", "amount_quantum", "metrics"):
-            raise reader.fail(None, key, "unknown key; allowed: currency, amount_quantum, metrics")
-    currency = raw.get("currency")
-    if not isinstance(currency, str) or not _CURRENCY.match(currency):
-        raise reader.fail(
-            None, "currency", f'must be an ISO 4217 code such as "EUR", not {currency!r}'
-        )
-    quantum = reader.decimal(raw, None, "amount_quantum", default="0.01")
-    if quantum == 0:
-        raise reader.fail(None, "amount_quantum", "must be greater than 0")
-    metrics = raw.get("metrics")
-    if not isinstance(metrics, dict) or not metrics:
-        raise reader.fail(None, "metrics", "missing: add at least one [metrics.<name>] table")
-    return PricePlan(
-        currency, quantum, tuple(reader.metric(name, metrics[name]) for name in metrics)
-    )
-
-
-def load_plan(path: Path | None) -> PricePlan:
-    """The plan in ``path``, or the packaged default plan when ``path`` is None."""
-    if path is None:
-        text = resources.files("aggregations").joinpath(DEFAULT_PLAN).read_text("utf-8")
-        return parse_plan(text, f"(packaged) {DEFAULT_PLAN}")
-    try:
-        text = path.read_text("utf-8")
-    except OSError as error:
-        raise ConfigurationError(f"price plan {path}: cannot read it ({error.strerror})") from None
-    return parse_plan(text, str(path))
-
-
-# --- usage and invoices ---------------------------------------------------------------------
+# --- periods ----------------------------------------------------------------------------------
 
 
 def period_bounds(period: str) -> tuple[date, date]:
@@ -275,6 +138,29 @@ def period_bounds(period: str) -> tuple[date, date]:
     start = date(year, month, 1)
     end = date(year + month // 12, month % 12 + 1, 1)
     return start, end
+
+
+def published_watermark(data_root: str) -> datetime | None:
+    """The latest watermark any publish run closed windows with (None: nothing published).
+
+    Every run stamps its rows with it; one file per run, so the column's first value is it.
+    """
+    root = resolve_root(data_root)
+    marks: list[datetime] = []
+    for folder in (METERING_HOURLY_DIR, METERING_DAILY_DIR):
+        for path in list_parquet(root, folder):
+            column = pq.read_table(path, columns=["watermark"], filesystem=root.fs)["watermark"]
+            if len(column):
+                marks.append(pc.max(column).as_py())
+    return max(marks, default=None)
+
+
+def covered_through(mark: datetime | None, grace: timedelta) -> date | None:
+    """The last closed day under the watermark ``mark`` (pure)."""
+    return None if mark is None else last_closed_day(mark, grace)
+
+
+# --- usage and invoices -------------------------------------------------------------------------
 
 
 def period_usage(
@@ -293,21 +179,89 @@ def period_usage(
     ).to_arrow_table()
 
 
-def _quantities(usage: pa.Table, plan: PricePlan) -> dict[str, dict[str, Decimal]]:
-    """Per account, per plan metric: the period's quantity in billing units (exact)."""
+def price_period(
+    connection: duckdb.DuckDBPyConnection,
+    plan: PricePlan,
+    period: str,
+    *,
+    watermark: datetime | None,
+    grace: timedelta,
+    account_id: str | None = None,
+    draft: bool = False,
+) -> Invoice:
+    """The invoice of ``period`` (one account, or all), from the catalog's metering.
+
+    ``watermark``: the published one (:func:`published_watermark`). Raises
+    :class:`PeriodNotClosedError` for a month that is not closed unless ``draft``, and
+    :class:`NoMeteringError` for an account or a period with no published metering.
+    """
+    start, end = period_bounds(period)
+    through = covered_through(watermark, grace)
+    closed = watermark is not None and day_closed(end - timedelta(days=1), watermark, grace)
+    if not closed and not draft:
+        published = f"through {through}" if through is not None else "for no day yet"
+        raise PeriodNotClosedError(
+            f"{period} is not closed: metering is published {published} (a day closes"
+            f" {_duration(grace)} after its end, once later events arrive or `sieve publish"
+            " --close-through` says the input is complete); --draft prices what there is"
+        )
+    usage = period_usage(connection, period, account_id)
+    if account_id is not None and usage.num_rows == 0 and not _known(connection, account_id):
+        raise NoMeteringError(f"unknown account {account_id!r}: no metering published for it")
+    if usage.num_rows == 0:
+        who = f" for account {account_id!r}" if account_id is not None else ""
+        raise NoMeteringError(
+            f"no metering published{who} in {period} ({start} to {end - timedelta(days=1)})"
+        )
+    status: InvoiceStatus = "final" if closed else "draft"
+    return invoice(usage, plan, period, status=status, covered_through=through)
+
+
+def invoice(
+    usage: pa.Table,
+    plan: PricePlan,
+    period: str,
+    *,
+    status: InvoiceStatus = "final",
+    covered_through: date | None = None,
+) -> Invoice:
+    """Invoice lines (per account, per plan metric, per reached tier) and totals (pure).
+
+    ``usage`` holds ``metering_daily`` rows of the period (see :func:`period_usage`).
+    """
+    metered = _metered(usage, plan)
+    lines: list[InvoiceLine] = []
+    totals: list[InvoiceTotal] = []
+    for account in sorted(metered):
+        of_account: list[InvoiceLine] = []
+        for price in plan.metrics:
+            of_account.extend(_lines(account, price, metered[account][price.metric], plan))
+        lines.extend(of_account)
+        total = sum((line.amount for line in of_account), Decimal(0))
+        totals.append(InvoiceTotal(account, plan.currency, total))
+    return Invoice(period, plan.currency, tuple(lines), tuple(totals), status, covered_through)
+
+
+def to_units(metered: Decimal, price: MetricPrice, rounding: QuantityRounding) -> Decimal:
+    """Metered usage in billing units, rounded as the plan says (pure)."""
+    units = metered / price.unit_size
+    if rounding == "exact":
+        return units
+    return units.quantize(_ONE, rounding=ROUND_CEILING if rounding == "up" else ROUND_HALF_EVEN)
+
+
+def _metered(usage: pa.Table, plan: PricePlan) -> dict[str, dict[str, Decimal]]:
+    """Per account, per plan metric: the period's usage as metered (exact)."""
     out: dict[str, dict[str, Decimal]] = {}
     rows = usage.to_pylist()
-    for price in plan.metrics:
-        for row in rows:
+    for row in rows:
+        account = out.setdefault(row["account_id"], {p.metric: Decimal(0) for p in plan.metrics})
+        for price in plan.metrics:
             value = Decimal(row[price.metric])
-            account = out.setdefault(row["account_id"], {})
-            current = account.get(price.metric, Decimal(0))
+            current = account[price.metric]
             account[price.metric] = (
                 current + value if price.aggregate == "sum" else max(current, value)
             )
-    for account in out.values():
-        for price in plan.metrics:
-            account[price.metric] = account.get(price.metric, Decimal(0)) / price.unit_size
     return out
 
 
@@ -316,23 +270,36 @@ def _band(low: Decimal, high: Decimal | None) -> str:
 
 
 def _lines(
-    account: str, price: MetricPrice, quantity: Decimal, quantum: Decimal
+    account: str, price: MetricPrice, metered: Decimal, plan: PricePlan
 ) -> list[InvoiceLine]:
+    used = to_units(metered, price, plan.quantity_rounding)
     lines = []
     low = Decimal(0)
     for index, tier in enumerate(price.tiers):
         high = tier.up_to
-        in_band = max(Decimal(0), (quantity if high is None else min(quantity, high)) - low)
+        in_band = max(Decimal(0), (used if high is None else min(used, high)) - low)
         if index > 0 and in_band == 0:
             break
-        free = max(Decimal(0), min(quantity, price.included) - low) if index == 0 else Decimal(0)
+        free = max(Decimal(0), min(used, price.included) - low) if index == 0 else Decimal(0)
         free = min(free, in_band)
         billable = in_band - free
-        amount = (billable * tier.unit_price).quantize(quantum, rounding=ROUND_HALF_EVEN)
-        band = "" if len(price.tiers) == 1 else _band(low, high)
+        amount = (billable * tier.unit_price).quantize(
+            plan.amount_quantum, rounding=ROUND_HALF_EVEN
+        )
         lines.append(
             InvoiceLine(
-                account, price.metric, band, in_band, free, billable, tier.unit_price, amount
+                account_id=account,
+                metric=price.metric,
+                unit=price.unit,
+                band="" if len(price.tiers) == 1 else _band(low, high),
+                metered=metered,
+                used=used,
+                allowance=price.included,
+                quantity=in_band,
+                included=free,
+                billable=billable,
+                unit_price=tier.unit_price,
+                amount=amount,
             )
         )
         if high is None:
@@ -341,21 +308,16 @@ def _lines(
     return lines
 
 
-def invoice(usage: pa.Table, plan: PricePlan, period: str) -> Invoice:
-    """Invoice lines (per account, per plan metric, per reached tier) and totals per account.
+def _known(connection: duckdb.DuckDBPyConnection, account_id: str) -> bool:
+    # fetchall, not fetchone: DuckDB keeps a half-read result open on the connection.
+    ((count,),) = connection.execute(
+        "SELECT count(*) FROM metering_daily WHERE account_id = ?", [account_id]
+    ).fetchall()
+    return bool(count)
 
-    ``usage`` holds ``metering_daily`` rows of the period (see :func:`period_usage`).
-    """
-    quantities = _quantities(usage, plan)
-    lines: list[InvoiceLine] = []
-    totals: list[InvoiceTotal] = []
-    for account in sorted(quantities):
-        of_account: list[InvoiceLine] = []
-        for price in plan.metrics:
-            of_account.extend(
-                _lines(account, price, quantities[account][price.metric], plan.amount_quantum)
-            )
-        lines.extend(of_account)
-        total = sum((line.amount for line in of_account), Decimal(0))
-        totals.append(InvoiceTotal(account, plan.currency, total))
-    return Invoice(period, plan.currency, tuple(lines), tuple(totals))
+
+def _duration(span: timedelta) -> str:
+    seconds = int(span.total_seconds())
+    if seconds % 3600 == 0:
+        return f"{seconds // 3600} h"
+    return f"{seconds // 60} min" if seconds % 60 == 0 else f"{seconds} s"

@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "analytics": ("aggregations.commands:analytics_command", "Ready analytics reports."),
     "dashboard": ("aggregations.commands:dashboard_command", "Write or serve the dashboard."),
     "demo": ("streams.demo:demo_command", "Run the whole pipeline end to end."),
+    "keys": ("streams.keys_command:keys", "Make a key file (keys new PATH)."),
 }
 
 

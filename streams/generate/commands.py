@@ -17,20 +17,12 @@ from typing import Any, cast
 import click
 import msgspec
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 
 from streams.generate.model import TrafficConfig, TrafficModel
+from streams.generate.progress import RunProgress
 from streams.generate.records import GroundTruth
-from streams.generate.sinks import RawSink, TokenBucket, TopicSink, open_sink
+from streams.generate.sinks import CREATE_TOPIC_HELP, RawSink, TokenBucket, TopicSink, open_sink
 from streams.generate.user_agents import load_user_agents
 from streams.settings import Settings
 
@@ -50,19 +42,6 @@ class GenerateReport:
         return self.truth.records / self.elapsed_s if self.elapsed_s > 0 else float("inf")
 
 
-def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("[bold]generate"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TaskProgressColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-    )
-
-
 def run_generate(
     config: TrafficConfig,
     sink: RawSink,
@@ -72,7 +51,8 @@ def run_generate(
 ) -> GenerateReport:
     """Generate ``config.count`` records into ``sink`` (closed at the end, even on error).
 
-    ``rate`` > 0 paces the records (per second); a ``console`` shows a progress bar.
+    ``rate`` > 0 paces the records (per second); a ``console`` shows progress: a live line
+    on a terminal, a plain line every few seconds otherwise (:mod:`streams.generate.progress`).
     The returned truth is exact for what reached the sink; if ``close`` raises, nothing
     is reported.
     """
@@ -81,17 +61,16 @@ def run_generate(
     started = time.perf_counter()
     with ExitStack() as stack:
         stack.callback(sink.close)
-        progress: Progress | None = None
+        progress: RunProgress | None = None
         if console is not None:
-            progress = stack.enter_context(_progress(console))
-            task = progress.add_task("generate", total=config.count)
+            progress = stack.enter_context(RunProgress(console, "generate", config.count))
         send = sink.send
         for done, record in enumerate(model, 1):
             if bucket is not None:
                 bucket.take()
             send(record.key, record.value)
             if progress is not None and done % PROGRESS_EVERY == 0:
-                progress.update(task, completed=done)
+                progress.update(done)
     return GenerateReport(model.truth, time.perf_counter() - started)
 
 
@@ -229,7 +208,8 @@ def summary_table(report: GenerateReport) -> Table:
     metavar="FILE",
     help="Write JSON lines (one raw value per line) instead of producing; '-': stdout.",
 )
-@click.option("--topic", help="Topic to produce to; default: SIEVE_RAW_TOPIC (created if missing).")
+@click.option("--topic", help="Topic to produce to (it must exist); default: SIEVE_RAW_TOPIC.")
+@click.option("--create-topic", is_flag=True, help=CREATE_TOPIC_HELP)
 @click.option(
     "--truth-json",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -253,6 +233,7 @@ def generate(
     malformed: float,
     out_path: str | None,
     topic: str | None,
+    create_topic: bool,
     truth_json: Path | None,
     user_agents: Path | None,
 ) -> None:
@@ -284,7 +265,7 @@ def generate(
     console = Console(stderr=out_path == "-")
     settings = cast(Callable[[], Settings], Settings)()
     topic = topic or settings.raw_topic
-    sink, where = open_sink(out_path, settings, topic, CLIENT_ID)
+    sink, where = open_sink(out_path, settings, topic, CLIENT_ID, create_topic=create_topic)
     console.print(f"generating {count:,} records, seed {seed}, "
                   f"{start.isoformat()} to {end.isoformat()} -> {where}")  # fmt: skip
     report = run_generate(config, sink, rate=rate, console=console)

@@ -1,16 +1,20 @@
 """Where raw records go (a Kafka topic or a JSON-lines file), and how fast.
 
 Shared by ``sieve generate`` and ``sieve replay``: both hand over bytes that are already
-the wire value, keyed by account.
+the wire value, keyed by account. The topic sink is :class:`streams.generate.topic_sink.TopicSink`
+(batches through aiokafka).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import IO, TYPE_CHECKING, Protocol
+from typing import IO, TYPE_CHECKING, Final, Protocol
 
-from streams.errors import ConfigurationError, TransientError
+from streams.errors import ConfigurationError
+from streams.generate.topic_sink import TopicSink
+
+__all__ = ["CREATE_TOPIC_HELP", "JsonlSink", "RawSink", "TokenBucket", "TopicSink", "open_sink"]
 
 if TYPE_CHECKING:
     from streams.settings import Settings
@@ -22,43 +26,6 @@ class RawSink(Protocol):
     def send(self, key: bytes | None, value: bytes) -> None: ...
 
     def close(self) -> None: ...
-
-
-class TopicSink:
-    """Sends each value as is (``EventProducer.send_raw``) to one topic.
-
-    Delivery failures are counted by the producer's callbacks rather than by keeping a
-    future per record (a million futures would be most of the memory); ``close`` waits
-    for every acknowledgement and raises if any record was lost.
-    """
-
-    def __init__(self, bootstrap_servers: str, topic: str, client_id: str) -> None:
-        from streams.producer import EventProducer  # late: kafka-python is slow to import
-
-        self._producer = EventProducer(bootstrap_servers, topic, client_id=client_id)
-        self.topic = topic
-        self.failures = 0
-        self.first_failure: BaseException | None = None
-
-    def _failed(self, error: BaseException) -> None:
-        self.failures += 1
-        if self.first_failure is None:
-            self.first_failure = error
-
-    def send(self, key: bytes | None, value: bytes) -> None:
-        # The record timestamp defaults to now: it is the receive time (received_at),
-        # while occurred_at, inside the value, is the event time.
-        self._producer.send_raw(key, value).add_errback(self._failed)
-
-    def close(self) -> None:
-        try:
-            self._producer.flush()
-        finally:
-            self._producer.close()
-        if self.failures:
-            raise TransientError(
-                f"{self.failures} records were not delivered to {self.topic}: {self.first_failure}"
-            )
 
 
 class JsonlSink:
@@ -117,13 +84,21 @@ class TokenBucket:
 
 
 def open_sink(
-    out_path: str | None, settings: Settings, topic: str, client_id: str
+    out_path: str | None,
+    settings: Settings,
+    topic: str,
+    client_id: str,
+    *,
+    create_topic: bool = False,
 ) -> tuple[RawSink, str]:
     """A JSON-lines file (``'-'``: stdout) when ``out_path`` is given, else the topic.
 
-    The topic is created first when missing, with the raw topic's settings (short
-    retention, the configured partitions) rather than the broker's auto-create defaults; an
-    existing topic is left as it is. Returns the sink and a description of where it writes.
+    The topic must exist (``sieve topics`` creates Sieve's): a missing one is a
+    ConfigurationError naming it, so a typo in ``--topic`` never makes a new topic. With
+    ``create_topic`` (the ``--create-topic`` option) a missing topic is created first, with
+    the raw topic's settings (short retention, the configured partitions) rather than the
+    broker's defaults; an existing topic is left as it is. Returns the sink and a
+    description of where it writes.
     """
     import sys
 
@@ -135,9 +110,16 @@ def open_sink(
         except OSError as error:
             raise ConfigurationError(f"cannot write {out_path}: {error}") from error
         return JsonlSink(out, close_file=True), out_path
-    from streams.topics import create_topics, raw_topic_spec
-
-    spec = raw_topic_spec(topic, settings.raw_partitions, settings.raw_retention_hours)
-    create_topics(settings.bootstrap_servers, [spec])
     servers = settings.bootstrap_servers
+    if create_topic:
+        from streams.topics import create_topics, raw_topic_spec
+
+        spec = raw_topic_spec(topic, settings.raw_partitions, settings.raw_retention_hours)
+        create_topics(servers, [spec])
     return TopicSink(servers, topic, client_id), f"{topic} at {servers}"
+
+
+CREATE_TOPIC_HELP: Final = (
+    "Create the topic if it does not exist (with the raw topic's partitions and retention);"
+    " without it a missing topic is an error (`sieve topics` creates Sieve's topics)."
+)

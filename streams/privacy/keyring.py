@@ -204,6 +204,29 @@ def write_new_keyring(path: Path | str) -> Keyring:
     return keyring
 
 
+def replace_with_new_keyring(path: Path | str) -> Keyring:
+    """Generate a keyring and write it to ``path`` (mode 0600), replacing any file there.
+
+    For ``sieve keys new --force``: whatever the old file held is gone, so identifiable
+    files encrypted with its keys can no longer be read and pseudonyms change. The new file
+    appears atomically (private temporary file, then rename).
+    """
+    keyring = Keyring.generate()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    temporary = path.with_name(f".{path.name}.tmp-{secrets.token_hex(8)}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(keyring.to_json())
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return keyring
+
+
 # --- helpers ---------------------------------------------------------------------------------
 
 

@@ -14,6 +14,15 @@ it is not (a cut or garbled message). Both ids are required because user ids are
 unique within an account, and an export must never hand one person another's data; an
 erasure searches more broadly (:func:`mentions`).
 
+Temporary files (:mod:`streams.subject.identifiable_store`): a worker's are read too (an
+uncommitted range is still data held) and the ones that cannot be read yet are named in the
+summary; the leftovers of killed sweeps and erasures are copies of rows that are still in
+the files they copy, so they are counted, not exported twice (the next sweep or erasure
+deletes them).
+
+Dead letters are any bytes a producer sent: every function here takes any value, key and
+headers without raising (nesting deeper than the interpreter's recursion limit included).
+
 Nothing is written or changed; the functions are safe to run at any time and repeat.
 """
 
@@ -25,7 +34,7 @@ import json
 import re
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, Any, Final
@@ -36,7 +45,13 @@ import pyarrow.fs as pafs
 from schemas.arrow import IDENTIFIABLE
 from streams.encryption import ParquetEncryption
 from streams.errors import ConfigurationError, TransientError
-from streams.subject.identifiable_store import Subject, list_files, read_rows, subject_mask
+from streams.subject.identifiable_store import (
+    Subject,
+    list_files,
+    read_in_flight,
+    read_rows,
+    subject_mask,
+)
 
 # Characters that continue an id in raw text: a match must not be part of a longer token
 # ("acct-1" is not "acct-10").
@@ -78,19 +93,52 @@ class ExportSummary:
         return sum(self.rows_by_class.values())
 
 
-def iter_subject_tables(
-    filesystem: pafs.FileSystem, root: str, encryption: ParquetEncryption, subject: Subject
-) -> Iterator[pa.Table]:
+class SubjectTables:
     """The subject's rows, one table per file that holds any (the path gives no account, so
-    every file is read)."""
-    for file in list_files(filesystem, root).files:
-        try:
-            rows = read_rows(filesystem, file, encryption)
-        except FileNotFoundError:
-            continue  # deleted since it was listed (a sweep, or a worker's recovery)
-        matching = rows.filter(subject_mask(rows, subject))
+    every file is read); after iterating, what could not be read is in the attributes."""
+
+    def __init__(
+        self,
+        filesystem: pafs.FileSystem,
+        root: str,
+        encryption: ParquetEncryption,
+        subject: Subject,
+    ) -> None:
+        self._filesystem, self._root = filesystem, root
+        self._encryption, self._subject = encryption, subject
+        # Worker temporary files not readable yet (relative paths): a write in progress.
+        self.in_flight_unreadable: list[str] = []
+        # Copies left by killed sweeps and erasures (their rows are in the originals).
+        self.leftover_copies = 0
+
+    def __iter__(self) -> Iterator[pa.Table]:
+        listing = list_files(self._filesystem, self._root)
+        self.leftover_copies = len(listing.leftovers)
+        self.in_flight_unreadable = []
+        for file in listing.files:
+            try:
+                rows = read_rows(self._filesystem, file, self._encryption)
+            except FileNotFoundError:
+                continue  # deleted since it was listed (a sweep, or a worker's recovery)
+            yield from self._matching(rows)
+        for file in listing.in_flight:
+            in_flight = read_in_flight(self._filesystem, file, self._encryption)
+            if in_flight is None:
+                self.in_flight_unreadable.append(file.relative_path)
+            else:
+                yield from self._matching(in_flight)
+
+    def _matching(self, rows: pa.Table) -> Iterator[pa.Table]:
+        matching = rows.filter(subject_mask(rows, self._subject))
         if matching.num_rows:
             yield matching
+
+
+def iter_subject_tables(
+    filesystem: pafs.FileSystem, root: str, encryption: ParquetEncryption, subject: Subject
+) -> SubjectTables:
+    """The subject's rows, one table per file that holds any: see :class:`SubjectTables`."""
+    return SubjectTables(filesystem, root, encryption, subject)
 
 
 @dataclass(frozen=True)
@@ -129,7 +177,7 @@ def export_subject(
 
 
 def write_export(
-    tables: Iterator[pa.Table],
+    tables: Iterable[pa.Table],
     dead_letters: Sequence[DeadLetterRecord] | None,
     subject: Subject,
     out: IO[str],
@@ -137,15 +185,16 @@ def write_export(
     """Write the export as JSON lines: one line per record, then one summary line.
 
     Record lines carry ``"kind": "identifiable"`` (the row, with ``properties`` parsed) or
-    ``"kind": "dead_letter"`` (the value as text, or base64 when it is not UTF-8).
+    ``"kind": "dead_letter"`` (the value as text, or base64 when it is not UTF-8). When
+    ``tables`` is a :class:`SubjectTables`, the summary also names what was not read.
     """
     by_class: Counter[str] = Counter()
     for table in tables:
         for row in table.to_pylist():
             by_class[row["retention_class"]] += 1
-            out.write(_json_line({"kind": "identifiable", **_row_document(row)}))
+            out.write(_row_line(row))
     for letter in dead_letters or ():
-        out.write(_json_line({"kind": "dead_letter", **_dead_letter_document(letter)}))
+        out.write(_json_line({"kind": "dead_letter", **dead_letter_document(letter)}))
     summary = ExportSummary(
         subject=subject,
         rows_by_class=dict(sorted(by_class.items())),
@@ -159,6 +208,14 @@ def write_export(
                 "user_id": subject.user_id,
                 "identifiable_rows_by_class": summary.rows_by_class,
                 "dead_letters": summary.dead_letters,
+                **(
+                    {
+                        "in_flight_unreadable": tables.in_flight_unreadable,
+                        "leftover_copies": tables.leftover_copies,
+                    }
+                    if isinstance(tables, SubjectTables)
+                    else {}
+                ),
             }
         )
     )
@@ -233,17 +290,13 @@ def read_dead_letters(source: DeadLetterTopic) -> list[DeadLetterRecord]:
                     if record.offset >= ends[tp] or record.key is None:
                         # Past the snapshot; or keyless (a compacted topic rejects those).
                         continue
-                    latest[record.key] = (
-                        None
-                        if record.value is None
-                        else DeadLetterRecord(
-                            partition=record.partition,
-                            offset=record.offset,
-                            timestamp_ms=record.timestamp,
-                            key=record.key,
-                            value=record.value,
-                            headers=tuple((name, data or b"") for name, data in record.headers),
-                        )
+                    latest[record.key] = dead_letter_of(
+                        record.partition,
+                        record.offset,
+                        record.timestamp,
+                        record.key,
+                        record.value,
+                        record.headers,
                     )
             pending = {tp for tp in pending if consumer.position(tp) < ends[tp]}
         return sorted(
@@ -256,6 +309,27 @@ def read_dead_letters(source: DeadLetterTopic) -> list[DeadLetterRecord]:
         ) from None
     finally:
         consumer.close()
+
+
+def dead_letter_of(
+    partition: int,
+    offset: int,
+    timestamp_ms: int,
+    key: bytes,
+    value: bytes | None,
+    headers: Iterable[tuple[str, bytes | None]] | None,
+) -> DeadLetterRecord | None:
+    """One consumed record as a dead letter (pure); None for a tombstone (a null value)."""
+    if value is None:
+        return None
+    return DeadLetterRecord(
+        partition=partition,
+        offset=offset,
+        timestamp_ms=timestamp_ms,
+        key=key,
+        value=value,
+        headers=tuple((name, data or b"") for name, data in headers or ()),
+    )
 
 
 def find_dead_letters(
@@ -275,7 +349,9 @@ def find_dead_letters(
 def _json_strings(value: bytes) -> set[str] | None:
     try:
         document = json.loads(value)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):
+        # RecursionError: nested deeper than the interpreter's limit (a hostile producer can
+        # send that in a few KB). Searched as raw bytes then, like a cut message.
         return None
     strings: set[str] = set()
     stack: list[Any] = [document]
@@ -297,23 +373,35 @@ def _token(identifier: str) -> re.Pattern[bytes]:
     )
 
 
-def _row_document(row: dict[str, Any]) -> dict[str, Any]:
-    document = {name: _plain(value) for name, value in row.items()}
+def _row_line(row: dict[str, Any]) -> str:
+    document = {"kind": "identifiable", **{name: _plain(value) for name, value in row.items()}}
     # Unparseable properties are exported as the stored text.
-    with contextlib.suppress(TypeError, ValueError):
+    with contextlib.suppress(TypeError, ValueError, RecursionError):
         document["properties"] = json.loads(row["properties"])
-    return document
+    try:
+        return _json_line(document)
+    except RecursionError:  # parsed, but too deep to write back: the stored text
+        return _json_line({**document, "properties": row["properties"]})
 
 
-def _dead_letter_document(letter: DeadLetterRecord) -> dict[str, Any]:
+def dead_letter_document(letter: DeadLetterRecord) -> dict[str, Any]:
+    """A dead letter as an export line shows it (pure; any bytes and headers)."""
     return {
         "key": _text(letter.key),
         "partition": letter.partition,
         "offset": letter.offset,
-        "timestamp": datetime.fromtimestamp(letter.timestamp_ms / 1000, tz=UTC).isoformat(),
-        "headers": {name: _text(data) for name, data in letter.headers},
+        "timestamp": _instant(letter.timestamp_ms),
+        # A list, not an object: a header name may repeat, and an export omits nothing.
+        "headers": [[name, _text(data)] for name, data in letter.headers],
         "value": _text(letter.value),
     }
+
+
+def _instant(timestamp_ms: int) -> str | int:
+    try:
+        return datetime.fromtimestamp(timestamp_ms / 1000, tz=UTC).isoformat()
+    except (OverflowError, OSError, ValueError):
+        return timestamp_ms  # outside what a datetime holds (-1: no timestamp): as sent
 
 
 def _text(data: bytes) -> str | dict[str, str]:
@@ -329,5 +417,11 @@ def _plain(value: object) -> object:
     return value
 
 
+# Characters JSON leaves unescaped that line readers (``str.splitlines``, JavaScript) take
+# for line breaks: escaped, so one record is always one line.
+_LINE_BREAKS: Final = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
 def _json_line(document: dict[str, Any]) -> str:
-    return json.dumps(document, ensure_ascii=False, sort_keys=False) + "\n"
+    text = json.dumps(document, ensure_ascii=False, sort_keys=False)
+    return text.translate(_LINE_BREAKS) + "\n"

@@ -14,7 +14,7 @@ import sys
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time
 from pathlib import Path
 from typing import cast
 
@@ -49,6 +49,20 @@ class MaintenanceBusyError(SieveError):
     transient = True
 
 
+class ErasureIncompleteError(SieveError):
+    """The erasure removed what it could reach; files in flight may still hold the person."""
+
+    exit_code = 3
+    transient = True
+
+
+class ExportIncompleteError(SieveError):
+    """The export was written, but files in flight could not be read."""
+
+    exit_code = 3
+    transient = True
+
+
 # --- sieve retention ---------------------------------------------------------------------
 
 
@@ -63,7 +77,8 @@ def retention() -> None:
     "--now",
     "now_text",
     metavar="ISO",
-    help="Sweep as of this instant (ISO 8601 with a UTC offset); default: the current time.",
+    help="Sweep as of this instant: a date (2027-01-01, midnight UTC) or an ISO 8601 instant"
+    " with its offset (2027-01-01T06:00:00+00:00, or Z); default: the current time.",
 )
 def sweep_command(dry_run: bool, now_text: str | None) -> None:
     """Delete every identifiable record whose retention period is over.
@@ -71,7 +86,7 @@ def sweep_command(dry_run: bool, now_text: str | None) -> None:
     Records with an expiry older than NOW go; account-bound records (content, account) go
     the class's days after their account's termination. Safe to interrupt and to repeat.
     """
-    now = _parse_now(now_text) if now_text else datetime.now(UTC)
+    now = parse_now(now_text) if now_text else datetime.now(UTC)
     settings = _settings()
     policy, encryption = _policy(settings), _encryption(settings)
     filesystem, root = open_data_root(settings.data_root)
@@ -138,7 +153,21 @@ def export_command(
     table.add_row("identifiable, total", f"{summary.rows:,}")
     shown = "not searched" if summary.dead_letters is None else f"{summary.dead_letters:,}"
     table.add_row("dead letters", shown)
+    if tables.in_flight_unreadable:
+        # A worker is writing them: they are renamed (and readable) within seconds.
+        table.add_row(
+            "worker files in flight, not readable yet", f"{len(tables.in_flight_unreadable):,}"
+        )
+    if tables.leftover_copies:
+        table.add_row(
+            "leftover copies (rows also in their originals)", f"{tables.leftover_copies:,}"
+        )
     Console(stderr=True).print(table)
+    if tables.in_flight_unreadable:
+        raise ExportIncompleteError(
+            f"{len(tables.in_flight_unreadable)} file(s) a worker was writing could not be read"
+            f" ({', '.join(tables.in_flight_unreadable[:3])}); run the export again"
+        )
 
 
 @subject.command("erase", epilog=ENV_EPILOG)
@@ -191,21 +220,41 @@ def erase_command(
             click.confirm(f"Erase {preview.subject} as shown?", abort=True, err=True)
         report = run(dry_run=False)
     Console().print(_erasure_table(report))
+    if not report.complete:
+        raise ErasureIncompleteError(
+            f"{len(report.in_flight_not_erased)} file(s) a worker is writing, or that a killed"
+            f" worker left ({', '.join(report.in_flight_not_erased[:3])}), may hold rows of"
+            f" {report.subject}; a worker commits or removes them (its partition's recovery),"
+            " then run the erasure again"
+        )
 
 
 # --- helpers ---------------------------------------------------------------------------------
 
 
-def _parse_now(text: str) -> datetime:
+def parse_now(text: str) -> datetime:
+    """``--now``: a date (its midnight UTC) or an ISO 8601 instant with an offset.
+
+    A date and time without an offset is refused rather than guessed (the sweep deletes
+    data); the message suggests the same instant in UTC, in a form this function accepts.
+    """
+    text = text.strip()
+    try:
+        return datetime.combine(date.fromisoformat(text), time(0), tzinfo=UTC)
+    except ValueError:
+        pass  # not a bare date
     try:
         now = datetime.fromisoformat(text)
     except ValueError:
         raise click.BadParameter(
-            f"{text!r} is not an ISO 8601 instant", param_hint="--now"
+            f"{text!r} is neither a date (2027-01-01) nor an ISO 8601 instant with its offset"
+            " (2027-01-01T06:00:00+00:00)",
+            param_hint="--now",
         ) from None
     if now.tzinfo is None or now.utcoffset() is None:
+        suggestion = now.replace(tzinfo=UTC).isoformat()
         raise click.BadParameter(
-            f"{text!r} has no UTC offset (write e.g. {text}+00:00)", param_hint="--now"
+            f"{text!r} has no UTC offset; if it is UTC, write {suggestion}", param_hint="--now"
         )
     return now.astimezone(UTC)
 
@@ -272,8 +321,14 @@ def _sweep_table(report: SweepReport, ended_accounts: int) -> Table:
         f"{report.files_seen:,} files seen, {report.files_decided_without_reading_rows:,} decided"
         f" without reading rows; {ended_accounts:,} ended accounts"
         + (
-            f"; {report.temporary_files_skipped} temporary files skipped"
-            if report.temporary_files_skipped
+            f"; {report.leftovers_removed} leftover copies of killed runs"
+            f" {'found' if report.dry_run else 'removed'}"
+            if report.leftovers_removed
+            else ""
+        )
+        + (
+            f"; {report.in_flight_files} worker files in flight left to the worker"
+            if report.in_flight_files
             else ""
         )
         + (
@@ -302,8 +357,10 @@ def _erasure_table(report: ErasureReport) -> Table:
     table.add_row(
         "dead letters tombstoned", "not searched" if tombstoned is None else f"{tombstoned:,}"
     )
-    if report.temporary_files_skipped:
-        # In-flight writes of a worker, or leftovers its recovery removes: run again later.
-        table.add_row("temporary files not searched", f"{report.temporary_files_skipped:,}")
+    if report.leftovers_removed:
+        verb = "found" if report.dry_run else "removed"
+        table.add_row(f"leftover copies of killed runs {verb}", f"{report.leftovers_removed:,}")
+    if report.in_flight_not_erased:
+        table.add_row("worker files in flight, not erased", f"{len(report.in_flight_not_erased):,}")
     table.caption = "anonymized facts and published aggregates are kept (they identify no one)"
     return table

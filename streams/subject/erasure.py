@@ -27,9 +27,17 @@ Not reached by erasure: the raw topic, which holds raw events until its retentio
 and events that arrive after the erasure, which are collected again unless the person opted
 out or the account was terminated first. Erase after the opt-out or termination.
 
+Temporary files (:mod:`streams.subject.identifiable_store`): leftovers of killed sweeps and
+erasures are deleted before anything is searched (they may hold the person's rows: a sweep's
+copy keeps everyone's unexpired rows). A worker's temporary files are read, never deleted:
+one that holds the person's rows, or cannot be read yet, is reported in
+``in_flight_not_erased`` and the erasure is not complete; it is renamed into a final file
+within seconds (which a second run erases) or removed by its partition's recovery.
+
 Guarantees: idempotent (a second run removes nothing and tombstones nothing, since
-tombstoned keys are no longer current); after a crash every file is either untouched or
-without the person's rows, and running the erasure again finishes it.
+tombstoned keys are no longer current); after a crash (even ``kill -9``) every file is
+either untouched or without the person's rows, and running the erasure again finishes it
+and leaves no copy behind.
 """
 
 from __future__ import annotations
@@ -45,10 +53,19 @@ from streams.encryption import ParquetEncryption
 from streams.errors import TransientError
 from streams.privacy.retention import RetentionPolicy
 from streams.subject.access import DeadLetterRecord, DeadLetterTopic, find_dead_letters
-from streams.subject.identifiable_store import Subject, list_files, rewrite_file, subject_mask
+from streams.subject.identifiable_store import (
+    Subject,
+    list_files,
+    read_in_flight,
+    remove_leftovers,
+    rewrite_file,
+    subject_mask,
+)
 
 # The event type whose class the law makes Sieve keep (tax records).
 _PAYMENT_TYPE = "payment"
+# Listings per erasure at most: the first, and one per round of files renamed into place.
+_LISTINGS = 4
 
 
 @dataclass(frozen=True)
@@ -63,11 +80,20 @@ class ErasureReport:
     files_rewritten: int
     files_deleted: int
     dead_letters_tombstoned: int | None  # None: the dead-letter topic was not searched
-    temporary_files_skipped: int
+    # Temporary files of killed sweeps and erasures deleted (in a dry run: found).
+    leftovers_removed: int
+    # Worker temporary files that hold the person's rows or cannot be read yet (relative
+    # paths): not erased, see the module docstring.
+    in_flight_not_erased: tuple[str, ...] = ()
 
     @property
     def total_removed(self) -> int:
         return sum(self.rows_removed.values())
+
+    @property
+    def complete(self) -> bool:
+        """Whether nothing of the person is left outside the legally held classes."""
+        return not self.in_flight_not_erased
 
 
 def legal_hold_classes(policy: RetentionPolicy) -> frozenset[str]:
@@ -97,20 +123,37 @@ def erase_subject(
     held = frozenset() if include_billing else legal_hold_classes(policy)
     removed: Counter[str] = Counter()
     retained: Counter[str] = Counter()
-    rewritten = deleted = 0
-    listing = list_files(filesystem, root)
-    for file in listing.files:
-        result = rewrite_file(
-            filesystem,
-            file,
-            encryption,
-            lambda rows: erasure_mask(rows, subject, held),
-            dry_run=dry_run,
-        )
-        removed.update(result.removed_rows["retention_class"].to_pylist())
-        retained.update(_held_rows(result.rows, subject, held)["retention_class"].to_pylist())
-        rewritten += result.outcome == "rewritten"
-        deleted += result.outcome == "deleted"
+    rewritten = deleted = leftovers = 0
+    seen: set[str] = set()
+    # A second listing catches files a worker renamed into place during the first pass (its
+    # temporary files were in flight then); stop when a listing shows nothing new.
+    for _pass in range(_LISTINGS):
+        listing = list_files(filesystem, root)
+        if dry_run:
+            leftovers = max(leftovers, len(listing.leftovers))
+        else:
+            leftovers += remove_leftovers(filesystem, listing)
+        new = [file for file in listing.files if file.path not in seen]
+        if not new and _pass > 0:
+            break
+        for file in new:
+            seen.add(file.path)
+            result = rewrite_file(
+                filesystem,
+                file,
+                encryption,
+                lambda rows: erasure_mask(rows, subject, held),
+                dry_run=dry_run,
+            )
+            removed.update(result.removed_rows["retention_class"].to_pylist())
+            retained.update(_held_rows(result.rows, subject, held)["retention_class"].to_pylist())
+            rewritten += result.outcome == "rewritten"
+            deleted += result.outcome == "deleted"
+    not_erased = tuple(
+        file.relative_path
+        for file in listing.in_flight
+        if _may_hold(read_in_flight(filesystem, file, encryption), subject, held)
+    )
     tombstoned = None
     if dead_letters is not None:
         tombstoned = tombstone_dead_letters(dead_letters, subject, dry_run=dry_run)
@@ -122,7 +165,8 @@ def erase_subject(
         files_rewritten=rewritten,
         files_deleted=deleted,
         dead_letters_tombstoned=tombstoned,
-        temporary_files_skipped=listing.temporary_files,
+        leftovers_removed=leftovers,
+        in_flight_not_erased=not_erased,
     )
 
 
@@ -178,6 +222,12 @@ def _produce_tombstones(source: DeadLetterTopic, letters: list[DeadLetterRecord]
         ) from None
     finally:
         producer.close(timeout=source.timeout_seconds)
+
+
+def _may_hold(rows: pa.Table | None, subject: Subject, held: frozenset[str]) -> bool:
+    if rows is None:
+        return True  # not readable (yet): it may
+    return bool(pc.any(erasure_mask(rows, subject, held)).as_py()) if rows.num_rows else False
 
 
 def _held_rows(rows: pa.Table, subject: Subject, held: frozenset[str]) -> pa.Table:

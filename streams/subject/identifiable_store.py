@@ -6,14 +6,30 @@ row without decrypting anything, which is what lets the retention sweep prune.
 
 Listing walks ``identifiable/`` instead of going through the commit markers: a file of a
 range a crashed worker has not committed yet is still data Sieve holds, and an erasure must
-reach it. Temporary files (``*.tmp-*``) are in-flight writes, or leftovers that the worker's
-partition recovery deletes; they are never read or touched here, only counted.
+reach it. Nothing under ``identifiable/`` is skipped unseen (:class:`Listing`):
 
-Replacing a file writes ``<path>.tmp-<uuid>``, syncs it, then renames it over the same path,
-encrypted with the active key (so every rewrite also moves an old file onto the current
-key). After a crash each file is either the old or the new version, never half of one; a
-leftover temporary file holds a subset of the original's rows under the same name prefix, so
-the worker's recovery of that partition removes it.
+* **files**: every file that is not a temporary file, whatever its name (a stray copy can
+  hold rows as well as a ``.parquet`` file can; one that cannot be read is an error naming
+  it);
+* **leftovers**: temporary files of the subject tools, ``<file>.tmp-subject-<uuid>``. Only a
+  sweep or erasure writes them, under the data root's maintenance lock
+  (:mod:`streams.subject.commands`), so one found by a run that holds the lock belongs to a
+  run that was killed: :func:`remove_leftovers` deletes them before anything is searched.
+  Without the lock (an object store, or a caller of the functions below) deleting another
+  run's temporary file is still safe: that run's rename fails, it reads the file again and
+  redoes its rewrite (:class:`FileChangedError`), so it only costs a retry;
+* **in flight**: the worker's temporary files, ``<file>.tmp-<uuid>``: a range being written
+  right now (renamed within seconds) or the leftover of a killed worker, which that
+  partition's recovery deletes. They are never deleted here (a live worker's write would
+  fail), but they are read: an export includes their rows, an erasure reports any that
+  holds the person's rows (or cannot be read yet) as not erased.
+
+Replacing a file writes ``<path>.tmp-subject-<uuid>``, syncs it, then renames it over the
+same path, encrypted with the active key (so every rewrite also moves an old file onto the
+current key). After a crash each file is either the old or the new version, never half of
+one; the leftover temporary file holds a subset of the original's rows, and the next sweep
+or erasure removes it before it searches (a worker's recovery of that partition does too:
+the name carries the range's prefix).
 
 Before the rename (or delete) the file is checked to still be the one that was read (size and
 modification time). Two maintenance runs that interleave (a sweep and an erasure) would
@@ -47,6 +63,10 @@ _PARTITION_KEYS: Final = ("retention_class", "region", "date")
 # The sink's row-group size: a rewritten file reads like a freshly written one.
 _ROW_GROUP_ROWS: Final = 128 * 1024
 _ATTEMPTS: Final = 3
+# The subject tools' temporary files: ``<file>.tmp-subject-<uuid>``. Distinct from the
+# worker's ``<file>.tmp-<uuid>``, so a leftover of a killed sweep or erasure can be told
+# from a worker's write in progress.
+SUBJECT_TMP_INFIX: Final = f"{TMP_INFIX}subject-"
 
 
 class UnreadableFileError(SieveError):
@@ -105,8 +125,11 @@ class IdentifiableFile:
 
 @dataclass(frozen=True, slots=True)
 class Listing:
-    files: list[IdentifiableFile]
-    temporary_files: int  # ``*.tmp-*`` seen and skipped
+    """Everything under ``identifiable/``, in three kinds (see the module docstring)."""
+
+    files: list[IdentifiableFile]  # every file that is not a temporary file
+    leftovers: list[str]  # paths of ``*.tmp-subject-*`` files (killed sweeps and erasures)
+    in_flight: list[IdentifiableFile]  # the worker's ``*.tmp-*`` files
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,35 +178,57 @@ def parse_partition(relative_path: str) -> tuple[str, str, date] | None:
 
 
 def list_files(filesystem: pafs.FileSystem, root: str) -> Listing:
-    """Every identifiable Parquet file under ``root``, sorted by path; temporary files skipped."""
+    """Every file under ``root``'s ``identifiable/``, sorted by path within each kind."""
     base = f"{root}/{IDENTIFIABLE_DIR}"
     selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
     files: list[IdentifiableFile] = []
-    temporary = 0
+    leftovers: list[str] = []
+    in_flight: list[IdentifiableFile] = []
     for info in filesystem.get_file_info(selector):
         if info.type != pafs.FileType.File:
             continue
-        if TMP_INFIX in info.base_name:
-            temporary += 1
-            continue
-        if not info.base_name.endswith(".parquet"):
+        if SUBJECT_TMP_INFIX in info.base_name:
+            leftovers.append(info.path)
             continue
         relative = info.path[len(root) + 1 :]
-        partition = parse_partition(relative)
-        cls, region, day = partition if partition is not None else (None, None, None)
-        files.append(
-            IdentifiableFile(
-                path=info.path,
-                relative_path=relative,
-                retention_class=cls,
-                region=region,
-                date=day,
-                size=int(info.size or 0),
-                mtime_ns=info.mtime_ns,
-            )
-        )
+        if TMP_INFIX in info.base_name:
+            in_flight.append(_described(info, relative, relative.split(TMP_INFIX, 1)[0]))
+        else:
+            files.append(_described(info, relative, relative))
     files.sort(key=lambda file: file.relative_path)
-    return Listing(files=files, temporary_files=temporary)
+    in_flight.sort(key=lambda file: file.relative_path)
+    return Listing(files=files, leftovers=sorted(leftovers), in_flight=in_flight)
+
+
+def remove_leftovers(filesystem: pafs.FileSystem, listing: Listing) -> int:
+    """Delete the subject tools' leftover temporary files of ``listing``; return how many.
+
+    Call it holding the data root's maintenance lock (then every such file belongs to a run
+    that was killed); see the module docstring for why it is safe without.
+    """
+    removed = 0
+    for path in listing.leftovers:
+        try:
+            filesystem.delete_file(path)
+        except FileNotFoundError:
+            continue  # renamed or removed meanwhile by the run that wrote it
+        removed += 1
+    return removed
+
+
+def _described(info: pafs.FileInfo, relative: str, layout_path: str) -> IdentifiableFile:
+    # ``layout_path``: the path the hive layout is read from (a temporary file's final name).
+    partition = parse_partition(layout_path)
+    cls, region, day = partition if partition is not None else (None, None, None)
+    return IdentifiableFile(
+        path=info.path,
+        relative_path=relative,
+        retention_class=cls,
+        region=region,
+        date=day,
+        size=int(info.size or 0),
+        mtime_ns=info.mtime_ns,
+    )
 
 
 def read_rows(
@@ -198,6 +243,22 @@ def read_rows(
         # ``date`` as a column, and the file must read back with exactly its own schema.
         parquet = pq.ParquetFile(source, decryption_properties=encryption.decryption_properties())
         return parquet.read(columns=columns)
+
+
+def read_in_flight(
+    filesystem: pafs.FileSystem, file: IdentifiableFile, encryption: ParquetEncryption
+) -> pa.Table | None:
+    """The rows of a worker's temporary file, or None when it cannot be read (yet).
+
+    A write in progress has no footer until it is closed; a file renamed or deleted since it
+    was listed is empty (its rows are in the final file, or were never committed).
+    """
+    try:
+        return read_rows(filesystem, file, encryption)
+    except FileNotFoundError:
+        return IDENTIFIABLE.empty_table()
+    except UnreadableFileError:
+        return None
 
 
 def expiry_bounds(
@@ -331,7 +392,7 @@ def _replace(
     encryption: ParquetEncryption,
 ) -> None:
     rows = conform(rows, IDENTIFIABLE)
-    temporary = f"{file.path}{TMP_INFIX}{uuid.uuid4().hex}"
+    temporary = f"{file.path}{SUBJECT_TMP_INFIX}{uuid.uuid4().hex}"
     try:
         with pq.ParquetWriter(
             temporary,

@@ -22,8 +22,11 @@ expire long before D + period. Only the class from the path is used, for the per
 account-bound rows.
 
 Guarantees: idempotent (a second sweep with the same ``now`` removes nothing); crash-safe
-(every file is replaced by temporary file and rename, so after a crash each file holds
-either all its rows or exactly the unexpired ones, and the next sweep finishes the job).
+(every file is replaced by temporary file and rename, so after a crash, even ``kill -9``,
+each file holds either all its rows or exactly the unexpired ones, and the next sweep
+finishes the job). A sweep first deletes the temporary files that killed sweeps and
+erasures left (they hold copies of rows, expired ones included); a worker's temporary files
+are left to the worker (:mod:`streams.subject.identifiable_store`) and counted.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from streams.subject.identifiable_store import (
     expiry_bounds,
     list_files,
     read_rows,
+    remove_leftovers,
     rewrite_file,
 )
 
@@ -84,7 +88,11 @@ class SweepReport:
     by_class: dict[str, ClassSweep]
     files_seen: int
     files_decided_without_reading_rows: int
-    temporary_files_skipped: int
+    # Temporary files of killed sweeps and erasures deleted (in a dry run: found).
+    leftovers_removed: int
+    # A worker's temporary files (a write in progress, or a killed worker's leftover that its
+    # partition's recovery deletes): not the sweep's to touch, counted.
+    in_flight_files: int
     # Classes found in files but missing from the policy: their rows only expire by their
     # own expires_at; rows of such a class without one are kept (and need a decision).
     unknown_classes: frozenset[str] = field(default_factory=frozenset)
@@ -111,6 +119,7 @@ def sweep(
     """
     _require_aware(now, "now")
     listing = list_files(filesystem, root)
+    leftovers = len(listing.leftovers) if dry_run else remove_leftovers(filesystem, listing)
     by_class: dict[str, ClassSweep] = {}
     unknown: set[str] = set()
     without_rows = 0
@@ -145,7 +154,8 @@ def sweep(
         by_class=by_class,
         files_seen=len(listing.files),
         files_decided_without_reading_rows=without_rows,
-        temporary_files_skipped=listing.temporary_files,
+        leftovers_removed=leftovers,
+        in_flight_files=len(listing.in_flight),
         unknown_classes=frozenset(unknown),
     )
 
@@ -326,7 +336,8 @@ def _action(properties: str | None) -> str | None:
         return None
     try:
         document = json.loads(properties)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
+        # RecursionError: nesting deeper than the interpreter's limit; it holds no action.
         return None
     action = document.get("action") if isinstance(document, dict) else None
     return action if isinstance(action, str) else None

@@ -129,7 +129,8 @@ def test_invoice_from_the_catalog(published: Path) -> None:
     )
     usage = period_usage(open_catalog(str(published)), "2026-11", "acct-1")
     result = invoice(usage, plan, "2026-11")
-    # 34.000000005 GB: 10 free + 10 * 0.08 = 0.80; 14.000000005 * 0.05 = 0.70000000025 -> 0.70
-    assert [line.amount for line in result.lines] == [Decimal("0.80"), Decimal("0.70")]
-    assert result.totals[0].amount == Decimal("1.50")
+    # 34.000000005 GB: 35 GB (a started unit counts): 10 free + 10 * 0.08 = 0.80; 15 * 0.05
+    assert [line.used for line in result.lines] == [Decimal(35), Decimal(35)]
+    assert [line.amount for line in result.lines] == [Decimal("0.80"), Decimal("0.75")]
+    assert result.totals[0].amount == Decimal("1.55")
     assert period_usage(open_catalog(str(published)), "2026-12").num_rows == 0

@@ -112,3 +112,30 @@ def test_erasure_tombstones_the_persons_dead_letters(
     assert again.dead_letters_tombstoned == 0
     after = export_subject(FS, str(tmp_path), enc, "acct-1", "user-1", dead_letters=source)
     assert after.dead_letters == [] and after.rows.num_rows == 0
+
+
+def test_a_dead_letter_nested_985_deep_is_exported_and_erased(
+    kafka: KafkaBroker, topic_factory: TopicFactory, tmp_path: Path
+) -> None:
+    # Issue 14, item 7: json.loads raised RecursionError on it, crashing export and erase.
+    spec = dead_letter_topic_spec("unused", 1, 168)
+    topic = topic_factory(partitions=1, configs=spec.configs)
+    deep = ("[" * 985 + '"acct-1", "user-1"' + "]" * 985).encode()
+    producer = KafkaProducer(bootstrap_servers=kafka.bootstrap_servers, acks="all")
+    try:
+        producer.send(topic, key=b"sieve.raw+0+9", value=deep, partition=0)
+        producer.send(topic, key=b"sieve.raw+0+10", value=LETTERS[b"sieve.raw+0+3"][1], partition=0)
+        producer.flush(timeout=READ_TIMEOUT_S)
+    finally:
+        producer.close()
+    source = DeadLetterTopic(kafka.bootstrap_servers, topic, timeout_seconds=READ_TIMEOUT_S)
+    enc = new_encryption()
+
+    export = export_subject(FS, str(tmp_path), enc, "acct-1", "user-1", dead_letters=source)
+    assert export.dead_letters is not None
+    assert [letter.key for letter in export.dead_letters] == [b"sieve.raw+0+9"]
+    report = erase_subject(FS, str(tmp_path), enc, POLICY, "acct-1", "user-1", dead_letters=source)
+    assert report.dead_letters_tombstoned == 1
+    latest = _latest_by_key(kafka.bootstrap_servers, topic)
+    assert latest[b"sieve.raw+0+9"] is None
+    assert latest[b"sieve.raw+0+10"] == LETTERS[b"sieve.raw+0+3"][1]

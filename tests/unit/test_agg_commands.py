@@ -76,11 +76,17 @@ def test_sql_cannot_read_facts(data_root: Path) -> None:
 
 
 def test_pricing_with_the_packaged_plan(data_root: Path) -> None:
+    # November is not closed (metering is published through Nov 1): a draft, marked so.
+    refused = CliRunner().invoke(pricing_command, ["--period", "2026-11"])
+    assert refused.exit_code != 0 and "not closed" in str(refused.exception)
     result = CliRunner().invoke(
-        pricing_command, ["--period", "2026-11", "--account", "acct-0", "--format", "json"]
+        pricing_command,
+        ["--period", "2026-11", "--account", "acct-0", "--format", "json", "--draft"],
     )
     assert result.exit_code == 0, result.output
-    lines = json.loads(result.output)
+    document = json.loads(result.output)
+    assert (document["status"], document["currency"]) == ("draft", "EUR")
+    lines = document["lines"]
     assert {line["account_id"] for line in lines} == {"acct-0"}
     # acct-0: 12 people x 2 hours x 2 GB = 48 GB: 10 included, 38 * 0.08 = 3.04
     (download,) = [line for line in lines if line["metric"] == "download_bytes"]

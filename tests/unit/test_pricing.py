@@ -51,6 +51,7 @@ def _usage(rows: list[dict[str, object]]) -> pa.Table:
 
 
 def test_invoice_exact_to_the_cent_with_tiers() -> None:
+    # Unrounded quantities (quantity_rounding = "exact"): the cents alone are rounded.
     usage = _usage(
         [
             {
@@ -69,7 +70,7 @@ def test_invoice_exact_to_the_cent_with_tiers() -> None:
             {"account_id": "B", "download_bytes": 5_000_000_000, "active_users": 1},
         ]
     )
-    result = invoice(usage, parse_plan(PLAN), "2026-11")
+    result = invoice(usage, parse_plan('quantity_rounding = "exact"\n' + PLAN), "2026-11")
     lines = {(l.account_id, l.metric, l.band): l for l in result.lines}  # noqa: E741
     # requests: 15.345 thousand, 10 included: 5.345 * 0.015 = 0.080175 -> 0.08
     req = lines[("A", "requests", "")]
@@ -200,3 +201,58 @@ def test_period_bounds() -> None:
     for bad in ("2026-13", "2026-1", "nov"):
         with pytest.raises(ValueError):
             period_bounds(bad)
+
+
+# --- units, rounding, allowance and use on every line ------------------------------------------
+
+
+def test_quantities_are_rounded_up_to_whole_billing_units_by_default() -> None:
+    usage = _usage(
+        [
+            {"account_id": "A", "requests": 12_345, "download_bytes": 150_500_000_000},
+            {"account_id": "A", "date": date(2026, 11, 2), "requests": 3_000, "active_users": 7},
+        ]
+    )
+    result = invoice(usage, parse_plan(PLAN), "2026-11")
+    lines = {(l.account_id, l.metric, l.band): l for l in result.lines}  # noqa: E741
+    req = lines[("A", "requests", "")]
+    # 15,345 requests priced per 1,000: 16 units (a started unit counts), 10 included.
+    assert (req.unit, req.metered, req.used, req.allowance) == (
+        "1,000 requests",
+        Decimal(15_345),
+        Decimal(16),
+        Decimal(10),
+    )
+    assert (req.billable, req.amount) == (Decimal(6), Decimal("0.09"))  # 6 * 0.015 = 0.09
+    # 150.5 GB: 151 units; the 100- band holds 51 of them, and every band line shows the
+    # metric's use and allowance.
+    high = lines[("A", "download_bytes", "100-")]
+    assert (high.unit, high.used, high.allowance, high.quantity, high.amount) == (
+        "GB",
+        Decimal(151),
+        Decimal(10),
+        Decimal(51),
+        Decimal("2.55"),
+    )
+    # A metric without a unit in the plan is counted in its own name.
+    assert lines[("A", "active_users", "")].unit == "active_users"
+    assert all(line.used == line.used.to_integral_value() for line in result.lines)
+
+
+@pytest.mark.parametrize(
+    ("rounding", "expected"),
+    [("up", Decimal(41)), ("half_even", Decimal(40)), ("exact", Decimal("40.149"))],
+)
+def test_quantity_rounding_modes(rounding: str, expected: Decimal) -> None:
+    from aggregations.pricing import to_units
+
+    plan = parse_plan(f'quantity_rounding = "{rounding}"\n' + PLAN)
+    requests = next(m for m in plan.metrics if m.metric == "requests")
+    assert to_units(Decimal(40_149), requests, plan.quantity_rounding) == expected
+    assert to_units(Decimal(40_000), requests, plan.quantity_rounding) == Decimal(40)
+
+
+def test_an_unknown_quantity_rounding_names_its_line() -> None:
+    with pytest.raises(PricePlanError) as caught:
+        parse_plan('quantity_rounding = "down"\n' + PLAN, "plan.toml")
+    assert (caught.value.key, caught.value.line) == ("quantity_rounding", 1)

@@ -340,7 +340,7 @@ def test_rewritten_files_are_unreadable_without_the_key(tmp_path: Path) -> None:
     assert read_rows(FS, file, enc)["account_id"].to_pylist() == ["acct-secret"]
 
 
-def test_temporary_files_are_skipped(tmp_path: Path) -> None:
+def test_a_workers_temporary_files_are_left_to_the_worker(tmp_path: Path) -> None:
     enc = new_encryption()
     (path,) = write_identifiable(
         tmp_path, [record("t-1", occurred_at=datetime(2024, 1, 1, tzinfo=UTC))], enc
@@ -348,9 +348,23 @@ def test_temporary_files_are_skipped(tmp_path: Path) -> None:
     in_flight = path.with_name(path.name + ".tmp-abc")
     in_flight.write_bytes(b"a worker is writing this")
     report = sweep(FS, str(tmp_path), POLICY, enc, NOW, {})
-    assert report.temporary_files_skipped == 1
+    assert report.in_flight_files == 1
+    assert report.leftovers_removed == 0
     assert report.rows_removed == 1
     assert in_flight.read_bytes() == b"a worker is writing this"
+
+
+def test_a_sweep_removes_the_copies_killed_runs_left_before_it_searches(tmp_path: Path) -> None:
+    enc = new_encryption()
+    (path,) = write_identifiable(tmp_path, [record("t-1"), record("t-2")], enc)
+    leftover = path.with_name(path.name + ".tmp-subject-0123abcd")
+    leftover.write_bytes(path.read_bytes())  # what a killed rewrite leaves: rows, encrypted
+    dry = sweep(FS, str(tmp_path), POLICY, enc, NOW, {}, dry_run=True)
+    assert dry.leftovers_removed == 1 and leftover.exists()  # a dry run changes nothing
+    report = sweep(FS, str(tmp_path), POLICY, enc, NOW, {})
+    assert report.leftovers_removed == 1
+    assert not leftover.exists()
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == [path.name]
 
 
 # --- crash safety of a rewrite ---------------------------------------------------------------
