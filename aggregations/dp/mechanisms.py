@@ -83,6 +83,8 @@ class BatchMechanism:
 
     measurement: Any  # opendp Measurement: BoundedBatch -> list of outputs, in `names` order
     names: tuple[str, ...]
+    # The composed parts, each BoundedBatch -> one release (for tests that sample one).
+    parts: dict[str, Any]
     # Standard deviation of the noise of each release (histograms: of each entry).
     scales: dict[str, float]
     keys_per_person: int
@@ -159,7 +161,8 @@ def build_mechanism(
     names = tuple(built)
     composed = dp.c.make_composition([built[name][0] for name in names])
     scales = {name: built[name][1] for name in names}
-    return BatchMechanism(composed, names, scales, m)
+    parts = {name: built[name][0] for name in names}
+    return BatchMechanism(composed, names, parts, scales, m)
 
 
 def _events_by_value(dimension: str, batch: BoundedBatch) -> list[int]:
