@@ -68,7 +68,7 @@ _SAFETY: Final = 1 + 1e-9
 
 
 @functools.cache
-def _opendp() -> Any:
+def opendp_library() -> Any:
     import opendp.prelude as dp
 
     # contrib: the Gaussian mechanisms and composition; honest-but-curious: user
@@ -104,7 +104,7 @@ def build_mechanism(
     """The measurement releasing every number of a batch for a total of ``rho`` (zCDP)."""
     if rho <= 0:
         raise ValueError("a batch needs a positive budget")
-    dp = _opendp()
+    dp = opendp_library()
     weights = release_weights(dimensions)
     total_weight = sum(weights.values())
     rhos = {name: rho * weight / total_weight for name, weight in weights.items()}
@@ -178,7 +178,7 @@ def epsilon_of(rho: float, delta: float) -> float:
     """The epsilon of a rho-zCDP release at ``delta`` (OpenDP's conversion)."""
     if rho == 0:
         return 0.0
-    dp = _opendp()
+    dp = opendp_library()
     # A measurement whose privacy map is exactly rho: the conversion only reads the map.
     exact = dp.m.make_user_measurement(
         dp.atom_domain(T=bool),
