@@ -14,7 +14,10 @@ Bounds (what :mod:`aggregations.dp.mechanisms` assumes, exactly):
   of non-negative counts summing to at most C has an L2 norm of at most C).
 - **People**: per dimension each unit counts once in at most ``values_per_unit`` values
   (those with most of its events, ties by value): L2 at most sqrt(values_per_unit). The
-  day's people total counts each unit once.
+  default is 1: a person counts under the value they used most that day (nine in ten
+  person-days of the generated traffic have one country, device and OS; measured with
+  bench/dp_utility.py, 1 instead of 2 published 71 % of the big country cells instead of
+  29 %, the noise being sqrt(2) smaller). The day's people total counts each unit once.
 
 A key rotation within a day gives one person a subject key per pseudonymization key: the
 batch reports ``keys_per_person`` (the number of key ids among its facts naming a user) and
@@ -40,7 +43,7 @@ class Bounds:
     """Contribution bounds of one privacy unit (see the module docstring)."""
 
     events_per_unit: int
-    values_per_unit: int = 2
+    values_per_unit: int = 1
 
     def __post_init__(self) -> None:
         if min(self.events_per_unit, self.values_per_unit) < 1:

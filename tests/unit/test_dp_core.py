@@ -127,7 +127,7 @@ def test_the_composed_measurement_spends_exactly_the_batch_budget() -> None:
         EVENTS_BY_HOUR: 32 / math.sqrt(2 * share * weights[EVENTS_BY_HOUR]),
         PEOPLE_TOTAL: 1 / math.sqrt(2 * share * weights[PEOPLE_TOTAL]),
         events_of("country"): 32 / math.sqrt(2 * share * weights[events_of("country")]),
-        people_of("country"): math.sqrt(2) / math.sqrt(2 * share * weights[people_of("country")]),
+        people_of("country"): 1 / math.sqrt(2 * share * weights[people_of("country")]),
     }
     for name, sigma in expect.items():
         assert mechanism.scales[name] == pytest.approx(sigma, rel=1e-6)
