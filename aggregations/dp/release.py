@@ -12,7 +12,7 @@ spends nothing (the post-processing property of differential privacy):
   on average at most :data:`FALSE_VALUES` values per dimension that nobody had (hundreds of
   noisy zeros would flood the tables otherwise). Event types, a small domain of the
   contract, are always published. An ``other`` row per dimension carries the total minus
-  the published values (clipped at zero): the children add up to the parent.
+  the published values.
 - **Integers, not negative, adding up.** The day total is rounded and clipped at zero; its
   children (the 24 hours; a dimension's published values and its ``other``) are then the
   non-negative numbers closest to their noisy values (least squares) that add up to it,
@@ -34,7 +34,7 @@ from typing import Any, Final
 
 import pyarrow as pa
 
-from aggregations.dp.bounding import HOURS, BoundedBatch, Bounds, bound_batch
+from aggregations.dp.bounding import BoundedBatch, Bounds, bound_batch
 from aggregations.dp.domains import Domain
 from aggregations.dp.mechanisms import (
     EVENTS_BY_HOUR,
@@ -221,6 +221,3 @@ def release_batch(
     outputs = mechanism.invoke(bounded)
     cells = post_process(bounded, outputs, mechanism.scales, domains)
     return Release(day, tuple(cells), mechanism.rho, bounded.keys_per_person, bounded.facts)
-
-
-__all__ = ["HOURS", "Cell", "Release", "post_process", "release_batch"]
