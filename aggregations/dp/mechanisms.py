@@ -51,8 +51,9 @@ def release_weights(dimensions: Sequence[str]) -> dict[str, float]:
     People per value get as much as events per value: their noisy count decides which
     values are published at all, and they are the more robust statistic (one person moves
     a people count by 1, an events count by up to the events bound). Measured on a month of
-    generated traffic (bench/dp_utility.py): events 3 : people 1 published 7 % of the
-    country cells with >= 1,000 events, 2 : 2 published 18 % and 89 % of the device cells.
+    generated traffic (bench/dp_utility.py, two values per person then): events 3 : people 1
+    published 7 % of the country cells with >= 1,000 events, 2 : 2 published 18 % (and 89 %
+    of the device cells).
     Hours get little: at a few hundred people a day they are mostly noise whatever they get.
     """
     weights = {EVENTS_TOTAL: 1.0, EVENTS_BY_HOUR: 1.0, PEOPLE_TOTAL: 2.0}
