@@ -1,25 +1,35 @@
-"""The DuckDB catalog: views over the *published* datasets, and nothing else.
+"""The DuckDB catalogs: views over the *published* datasets of one role, and nothing else.
 
-``open_catalog(data_root)`` returns a connection with these views:
+Two roles, two catalogs, never mixed (issue 8):
 
-- ``metering_hourly`` / ``metering_daily``: one row per account and window, the exact
-  current value (base row + every correction, summed), with ``corrections`` (how many
-  correction rows went in) and ``updated_at`` (the last run that changed it).
-- ``metering_corrections``: every correction row as published (deltas), hourly and daily.
-- ``analytics_hourly`` / ``analytics_daily``: the k-anonymous cells, batches summed.
+- **analyst** (analysts, dashboards): the differentially private analytics only.
+  ``analytics_daily`` / ``analytics_hourly`` sum a day's (or hour's) batches and carry each
+  count's noise standard deviation and 95 % interval; ``analytics_cells`` is every
+  published row as it is, per batch.
+- **billing** (invoices): exact per-account metering. ``metering_hourly`` /
+  ``metering_daily``: one row per account and window, the exact current value (base row +
+  every correction), with ``corrections`` and ``updated_at``; ``metering_corrections``:
+  every correction row as published. An account with one user is one person's activity
+  hour by hour: this is billing data, never an analyst's.
 
-There is no view over ``facts/`` (pseudonymous subject keys) or ``identifiable/``. With a
-``catalog_path`` the views are stored in that DuckDB file (``<data_root>/catalog.duckdb``
-by convention), so analysts can run ``duckdb catalog.duckdb`` and ``SELECT ... FROM
-metering_hourly``; the views read the Parquet files when queried, so new publishes show
-without refreshing the catalog. With ``lock_down=True`` (what ``sieve sql`` uses) DuckDB
-may read no file outside ``published/`` and the setting cannot be undone in the session.
+There is no view over ``facts/``, ``identifiable/``, ``_commits/`` or the privacy ledger.
+With a ``catalog_path`` the views are stored in that DuckDB file (``<data root>/
+catalog-<role>.duckdb`` by convention) for ``duckdb <file>``; the views read the Parquet
+files when queried, so new publishes show without refreshing the file. Such a file is as
+private as the OS permissions on the folders its views read: give an analyst access to
+``published/analytics`` and ``catalog-analyst.duckdb`` only.
+
+With ``lock_down=True`` (what ``sieve sql``, reports and the dashboard use) the connection
+can read the role's folders and nothing else, write nowhere (no temporary directory, no
+extension install or load) and cannot change those settings; :mod:`aggregations.sandbox`
+adds a read-only statement check on top.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, Literal, get_args
 
 import duckdb
 
@@ -29,22 +39,38 @@ from aggregations.schemas import (
     METERING_DAILY_DIR,
     METERING_HOURLY_DIR,
     METRICS,
-    PUBLISHED_DIR,
 )
 from aggregations.storage import Root, resolve_root
 
-CATALOG_FILE: Final = "catalog.duckdb"
-VIEWS: Final = (
-    "metering_hourly",
-    "metering_daily",
-    "metering_corrections",
-    "analytics_hourly",
-    "analytics_daily",
-)
+Role = Literal["analyst", "billing"]
+ROLES: Final[tuple[Role, ...]] = get_args(Role)
+# The z of a two-sided 95 % interval of Gaussian noise.
+Z95: Final = 1.96
 
 
-def default_catalog_path(data_root: str) -> Path:
-    return Path(resolve_root(data_root).path) / CATALOG_FILE
+@dataclass(frozen=True)
+class RoleSpec:
+    folders: tuple[str, ...]  # published folders the role may read
+    views: tuple[str, ...]
+
+
+SPECS: Final[dict[Role, RoleSpec]] = {
+    "analyst": RoleSpec(
+        (ANALYTICS_DIR,), ("analytics_daily", "analytics_hourly", "analytics_cells")
+    ),
+    "billing": RoleSpec(
+        (METERING_HOURLY_DIR, METERING_DAILY_DIR),
+        ("metering_hourly", "metering_daily", "metering_corrections"),
+    ),
+}
+
+
+def catalog_file(role: Role) -> str:
+    return f"catalog-{role}.duckdb"
+
+
+def default_catalog_path(data_root: str, role: Role) -> Path:
+    return Path(resolve_root(data_root).path) / catalog_file(role)
 
 
 def _literal(text: str) -> str:
@@ -92,54 +118,98 @@ FROM {daily} WHERE is_correction
 """  # noqa: S608
 
 
-def _analytics_view(name: str, grain: str, source: str) -> str:
-    hour = "hour, " if grain == "hour" else ""
-    median = (
-        ",\n  arg_min(median_session_seconds, batch)"
-        " FILTER (WHERE median_session_seconds IS NOT NULL) AS median_session_seconds"
-        if grain == "day"
-        else ""
+def _interval(count: str) -> str:
+    """Sum of a count over batches, the sd of its summed noise, and its 95 % interval."""
+    sd = f"sqrt(sum({count}_sd * {count}_sd))"
+    return (
+        f"CAST(sum({count}) AS BIGINT) AS {count},\n"
+        f"  round({sd}, 1) AS {count}_sd,\n"
+        f"  CAST(greatest(0, round(sum({count}) - {Z95} * {sd})) AS BIGINT) AS {count}_low,\n"
+        f"  CAST(round(sum({count}) + {Z95} * {sd}) AS BIGINT) AS {count}_high"
     )
-    return f"""
-CREATE OR REPLACE VIEW {name} AS
-SELECT date, {hour}dimension, cell, value,
-  CAST(sum(events) AS BIGINT) AS events,
-  CAST(sum(people) AS BIGINT) AS people,
-  CAST(count(*) AS INTEGER) AS batches{median}
+
+
+def _analytics_views(source: str) -> list[str]:
+    # People of a day with late batches add up per batch: someone active in two batches
+    # counts twice (late batches are small; README, "How to read the numbers").
+    return [
+        f"""
+CREATE OR REPLACE VIEW analytics_daily AS
+SELECT date, dimension, cell, value,
+  {_interval("events")},
+  {_interval("people")},
+  CAST(count(*) AS INTEGER) AS batches
 FROM {source}
-WHERE grain = {_literal(grain)}
-GROUP BY ALL
-"""  # noqa: S608
+WHERE grain = 'day'
+GROUP BY date, dimension, cell, value
+""",  # noqa: S608 - constant fragments and _literal()
+        f"""
+CREATE OR REPLACE VIEW analytics_hourly AS
+SELECT date, hour,
+  {_interval("events")},
+  CAST(count(*) AS INTEGER) AS batches
+FROM {source}
+WHERE grain = 'hour'
+GROUP BY date, hour
+""",  # noqa: S608
+        f"""
+CREATE OR REPLACE VIEW analytics_cells AS
+SELECT grain, date, hour, batch, dimension, cell, value, events, events_sd, people, people_sd,
+       publish_run, published_at
+FROM {source}
+""",  # noqa: S608
+    ]
 
 
-def view_statements(root: Root) -> list[str]:
+def view_statements(root: Root, role: Role) -> list[str]:
+    if role == "analyst":
+        return _analytics_views(_scan(root, ANALYTICS_DIR))
     hourly = _scan(root, METERING_HOURLY_DIR)
     daily = _scan(root, METERING_DAILY_DIR)
-    analytics = _scan(root, ANALYTICS_DIR)
     return [
         _metering_view("metering_hourly", "hour", hourly),
         _metering_view("metering_daily", "date", daily),
         _corrections_view(hourly, daily),
-        _analytics_view("analytics_hourly", "hour", analytics),
-        _analytics_view("analytics_daily", "day", analytics),
     ]
 
 
 def open_catalog(
-    data_root: str, catalog_path: Path | None = None, *, lock_down: bool = False
+    data_root: str,
+    catalog_path: Path | None = None,
+    *,
+    role: Role,
+    lock_down: bool = False,
 ) -> duckdb.DuckDBPyConnection:
-    """A connection whose views show the published datasets (see the module docstring).
+    """A connection whose views show the published datasets of ``role`` (module docstring).
 
     The published folders must exist (``aggregations.publish.ensure_layout`` or any
     publish creates them with their schema files).
     """
+    if role not in SPECS:
+        raise ValueError(f"unknown role {role!r}: one of {', '.join(ROLES)}")
     root = resolve_root(data_root)
     connection = connect(str(catalog_path) if catalog_path is not None else ":memory:")
-    for statement in view_statements(root):
+    for statement in view_statements(root, role):
         connection.execute(statement)
-    if lock_down and root.is_local:
-        published = root.join(PUBLISHED_DIR) + "/"
-        connection.execute("SET allowed_directories = ?", [[published]])
-        connection.execute("SET enable_external_access = false")
-        connection.execute("SET lock_configuration = true")
+    if lock_down:
+        lock(connection, root, role)
     return connection
+
+
+def lock(connection: duckdb.DuckDBPyConnection, root: Root, role: Role) -> None:
+    """Make ``connection`` read the role's published folders and nothing else, for good.
+
+    DuckDB's allowed directories permit writes too (issue 14: ``COPY ... TO`` into
+    ``published/metering_daily`` raised an invoice), so the statement check of
+    :mod:`aggregations.sandbox` is what keeps a query from writing; these settings keep
+    anything from reaching other files: no temporary directory (DuckDB would otherwise
+    allow its ``.tmp`` folder), no extension installed or loaded, and no way back.
+    """
+    connection.execute("SET temp_directory = ''")
+    connection.execute("SET autoinstall_known_extensions = false")
+    connection.execute("SET autoload_known_extensions = false")
+    if root.is_local:
+        folders = [root.join(folder) + "/" for folder in SPECS[role].folders]
+        connection.execute("SET allowed_directories = ?", [folders])
+        connection.execute("SET enable_external_access = false")
+    connection.execute("SET lock_configuration = true")

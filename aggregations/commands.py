@@ -1,7 +1,8 @@
 """``sieve sql | publish | pricing | analytics | dashboard``: thin adapters over the core.
 
 Each command builds :class:`streams.settings.Settings` once and passes plain values (data
-root, k, grace, price plan file) to the pure functions; the clock is read here, never below.
+root, privacy budget, grace, price plan file) to the pure functions; the clock is read
+here, never below.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import click
 import duckdb
 from rich.console import Console
 
+from aggregations.catalog import ROLES, Role
 from aggregations.render import FORMATS, Format, render, render_invoice, table_rows
 from streams.settings import Settings
 
@@ -37,27 +39,44 @@ def _console() -> Console:
     return console if console.is_terminal else Console(width=100_000)
 
 
-def _catalog(data_root: str) -> duckdb.DuckDBPyConnection:
-    from aggregations.catalog import open_catalog
-    from aggregations.publish import ensure_layout
-    from aggregations.storage import resolve_root
+def _catalog(data_root: str, role: Role = "billing") -> duckdb.DuckDBPyConnection:
+    """The locked-down catalog of ``role``; pricing, the caller with no role, reads exact
+    metering (billing)."""
+    from aggregations.sandbox import open_sandbox
 
-    ensure_layout(resolve_root(data_root))
-    return open_catalog(data_root, lock_down=True)
+    return open_sandbox(data_root, role)
+
+
+_ROLE = click.option(
+    "--role",
+    type=click.Choice(ROLES),
+    default="analyst",
+    show_default=True,
+    help="analyst: the differentially private analytics; billing: exact per-account metering.",
+)
 
 
 @click.command("sql")
 @click.argument("query")
+@_ROLE
 @_FORMAT
-def sql_command(query: str, fmt: Format) -> None:
-    """Run QUERY over the published datasets (views: metering_hourly, metering_daily,
-    metering_corrections, analytics_hourly, analytics_daily). Reads SIEVE_DATA_ROOT.
+def sql_command(query: str, role: Role, fmt: Format) -> None:
+    """Run one read-only QUERY over the published datasets of a role. Reads SIEVE_DATA_ROOT.
 
-    Only files under published/ can be read: facts and identifiable data are out of reach.
+    analyst (default): analytics_daily, analytics_hourly, analytics_cells (differentially
+    private; every count with its noise sd and 95 % interval). billing: metering_hourly,
+    metering_daily, metering_corrections (exact, per account). Only queries run (no COPY,
+    ATTACH, CREATE, SET, INSTALL ...), and only the role's folders under published/ can be
+    read: facts, identifiable data, commit markers, the privacy ledger and the other role's
+    files are out of reach.
     """
-    connection = _catalog(_settings().data_root)
+    from aggregations.sandbox import SandboxError, run_query
+
+    connection = _catalog(_settings().data_root, role)
     try:
-        relation = connection.sql(query)
+        relation = run_query(connection, query)
+    except SandboxError as error:
+        raise click.ClickException(f"refused: {error}") from None
     except duckdb.Error as error:
         raise click.ClickException(f"query failed: {error}") from None
     if relation is None:
@@ -82,11 +101,13 @@ def sql_command(query: str, fmt: Format) -> None:
     " if no later events came (e.g. 2026-11-01 to invoice October on a quiet stream).",
 )
 def publish_command(catalog: bool, close_through: datetime | None) -> None:
-    """Publish metering and k-anonymous analytics for every closed window.
+    """Publish exact metering and differentially private analytics for every closed window.
 
-    Reads SIEVE_DATA_ROOT, SIEVE_GRACE_PERIOD, SIEVE_K_ANONYMITY. Idempotent: running it
-    again with no new facts writes nothing.
+    Reads SIEVE_DATA_ROOT, SIEVE_GRACE_PERIOD and the SIEVE_DP_* budget. Idempotent:
+    running it again with no new facts writes nothing and spends nothing; a batch over a
+    day's budget is refused and reported (exit status 1), never published.
     """
+    from aggregations.analytics import privacy_of
     from aggregations.catalog import default_catalog_path, open_catalog
     from aggregations.publish import publish
     from aggregations.storage import resolve_root
@@ -97,7 +118,7 @@ def publish_command(catalog: bool, close_through: datetime | None) -> None:
         settings.data_root,
         datetime.now(UTC),
         settings.grace_period,
-        settings.k_anonymity,
+        privacy_of(settings),
         close_through=close_through.replace(tzinfo=UTC) if close_through else None,
     )
     seconds = time.perf_counter() - started
@@ -110,19 +131,42 @@ def publish_command(catalog: bool, close_through: datetime | None) -> None:
         f"metering hourly: {report.hourly_base} new, {report.hourly_corrections} corrections;"
         f" daily: {report.daily_base} new, {report.daily_corrections} corrections"
     )
-    click.echo(f"analytics: {report.analytics_batches} batches, {report.analytics_rows} cells")
-    if report.held_back_days:
-        days = ", ".join(d.isoformat() for d in report.held_back_days)
-        click.echo(f"held back (fewer than k people so far): {days}")
+    click.echo(
+        f"analytics: {report.analytics_batches} batches, {report.analytics_rows} cells"
+        + (
+            f", {report.analytics_restored} restored from the ledger"
+            if report.analytics_restored
+            else ""
+        )
+    )
+    if report.analytics_spent:
+        top = max(epsilon for _, _, epsilon in report.analytics_spent)
+        click.echo(
+            f"privacy: epsilon per person-day spent up to {top:.3g} of {settings.dp_epsilon:g}"
+            f" (delta {settings.dp_delta:g}); ledger: <data root>/_privacy/ledger"
+        )
+    if report.waiting_days:
+        days = ", ".join(d.isoformat() for d in report.waiting_days)
+        click.echo(f"late facts waiting for their day's next batch: {days}")
+    if report.unreleased_facts:
+        click.echo(
+            f"{report.unreleased_facts} facts came after their day's last analytics batch:"
+            " in metering, never in analytics (the day's budget is spent)"
+        )
+    for refusal in report.analytics_refused:
+        click.echo(f"REFUSED {refusal.day} batch {refusal.batch}: {refusal.reason}", err=True)
     if report.run_id is None:
         click.echo("nothing new to publish")
     if catalog and resolve_root(settings.data_root).is_local:
-        path = default_catalog_path(settings.data_root)
-        try:
-            open_catalog(settings.data_root, path).close()
-            click.echo(f"catalog: {path}")
-        except duckdb.IOException as error:  # an analyst holds the file open
-            click.echo(f"catalog not refreshed ({error}); the views read new files anyway")
+        for role in ROLES:
+            path = default_catalog_path(settings.data_root, role)
+            try:
+                open_catalog(settings.data_root, path, role=role).close()
+                click.echo(f"catalog ({role}): {path}")
+            except duckdb.IOException as error:  # someone holds the file open
+                click.echo(f"catalog not refreshed ({error}); the views read new files anyway")
+    if report.analytics_refused:
+        raise SystemExit(1)
 
 
 @click.command("pricing")
@@ -184,7 +228,8 @@ def pricing_command(period: str, account: str | None, draft: bool, fmt: Format) 
 def analytics_command(
     report: str | None, since: datetime | None, until: datetime | None, limit: int, fmt: Format
 ) -> None:
-    """Ready-made k-anonymous reports; without REPORT, list them. Reads SIEVE_DATA_ROOT."""
+    """Ready-made reports over the differentially private analytics (analyst role), every
+    count with its 95 % interval; without REPORT, list them. Reads SIEVE_DATA_ROOT."""
     from aggregations.reports import REPORTS, run_report
 
     if report is None:
@@ -202,7 +247,7 @@ def analytics_command(
     last: date = until.date() if until else datetime.now(UTC).date()
     first: date = since.date() if since else last - timedelta(days=30)
     try:
-        table = run_report(_catalog(_settings().data_root), report, first, last, limit)
+        table = run_report(_catalog(_settings().data_root, "analyst"), report, first, last, limit)
     except duckdb.Error as error:
         raise click.ClickException(f"report {report} failed: {error}") from None
     columns, rows = table_rows(table)
@@ -227,30 +272,42 @@ def analytics_command(
     show_default=True,
     help="Port --serve binds (0: any free port).",
 )
-@click.option("--account", default=None, help="Usage, bandwidth and sessions of this account.")
+@_ROLE
+@click.option(
+    "--account", default=None, help="Billing role: usage, bandwidth and sessions of this account."
+)
 def dashboard_command(
-    out: str | None, serve: bool, host: str, port: int, account: str | None
+    out: str | None, serve: bool, host: str, port: int, role: Role, account: str | None
 ) -> None:
-    """Write the dashboard: one self-contained HTML page (it opens with no network) of
-    charts over the published views only. Reads SIEVE_DATA_ROOT and SIEVE_K_ANONYMITY.
+    """Write a dashboard: one self-contained HTML page (it opens with no network) of charts
+    over one role's published views. analyst (default): the differentially private
+    analytics with their 95 % intervals, in dashboard.html. billing: exact per-account usage
+    from metering, in billing.html. Reads SIEVE_DATA_ROOT and SIEVE_DP_EPSILON.
     """
     import asyncio
     from pathlib import Path
 
     from aggregations import dashboard
 
+    if account is not None and role != "billing":
+        raise click.BadParameter(
+            "the analytics have no account dimension; per-account usage is billing data:"
+            " add --role billing",
+            param_hint="--account",
+        )
     settings = _settings()
 
     def build() -> str:
         # The clock is read here, at the edge; the page only shows it.
         return dashboard.build_dashboard(
             settings.data_root,
+            role=role,
             account=account,
-            k=settings.k_anonymity,
+            epsilon=settings.dp_epsilon,
             generated_at=datetime.now(UTC),
         )
 
-    path = Path(out) if out is not None else dashboard.default_output(settings.data_root)
+    path = Path(out) if out is not None else dashboard.default_output(settings.data_root, role)
     dashboard.write_page(path, build())
     click.echo(f"dashboard: {path}")
     if serve:

@@ -10,27 +10,37 @@ Contract (what holds after any crash and any re-run):
   recomputed value differs from the sum of its published rows gets a correction row with
   the difference (``is_correction`` true). Late events are therefore corrections, never
   dropped, and ``sum(rows of a window)`` is always the exact value at the last run.
-- Analytics: one k-anonymous batch per day and run (see aggregations/analytics.py), each
-  file recording the facts files it covers, so a fact is in exactly one batch.
+- Analytics: differentially private batches per day on the day's schedule (see
+  aggregations/analytics.py), each recording the facts files it covers, so a fact is in at
+  most one batch. A batch is recorded in the privacy ledger before it is published: a
+  re-run after a crash, or after ``published/analytics`` was deleted, restores the recorded
+  release and spends nothing.
 - Every file is written to a temporary name and renamed. Metering files are named by the
-  run id, a digest of what the run publishes: a re-run with no new facts computes nothing
-  to publish and writes nothing; a re-run after a crash writes only what is missing.
+  run id, a digest of what the run publishes (never of the noise): a re-run with no new
+  facts computes nothing to publish and writes nothing; a re-run after a crash writes only
+  what is missing.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import json
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from aggregations import metering
-from aggregations.analytics import ProtectedBatch, batch_table, protect_batch
+from aggregations.analytics import (
+    AnalyticsBatch,
+    Privacy,
+    Refusal,
+    published_batches,
+    release,
+    schedule,
+)
+from aggregations.dp import ledger
 from aggregations.schemas import (
     ANALYTICS,
     ANALYTICS_DIR,
@@ -44,7 +54,6 @@ from aggregations.storage import (
     Facts,
     Root,
     ensure_schema_file,
-    list_parquet,
     load_facts,
     read_published,
     resolve_root,
@@ -53,31 +62,16 @@ from aggregations.storage import (
 from aggregations.windows import last_closed_day, last_closed_hour, watermark
 from schemas.arrow import conform
 
-_COVERED = b"sieve.covered_files"
-_DATE = b"sieve.date"
-_BATCH = b"sieve.batch"
-
-
-@dataclass(frozen=True)
-class AnalyticsBatch:
-    day: date
-    number: int
-    covered_files: tuple[str, ...]
-    cells: ProtectedBatch
-
-    @property
-    def relative_path(self) -> str:
-        return f"{ANALYTICS_DIR}/date={self.day.isoformat()}/batch-{self.number:04d}.parquet"
-
 
 @dataclass(frozen=True)
 class PublishedState:
-    """What earlier runs published: metering rows and, per day, the analytics batches."""
+    """What earlier runs published: metering rows, the privacy ledger's entries per day and
+    the analytics batches present under ``published/analytics`` per day."""
 
     hourly: pa.Table
     daily: pa.Table
-    # day -> (number of batches, facts files they cover)
-    analytics: dict[date, tuple[int, frozenset[str]]]
+    ledger: dict[date, list[ledger.Entry]]
+    analytics: dict[date, set[int]]
 
 
 @dataclass(frozen=True)
@@ -91,8 +85,17 @@ class PublishReport:
     daily_corrections: int = 0
     analytics_batches: int = 0
     analytics_rows: int = 0
-    # Closed days with unpublished facts (fewer than k people so far): held back, not dropped.
-    held_back_days: tuple[date, ...] = field(default_factory=tuple)
+    # Per released batch: (day, batch, the day's epsilon spent once it counted).
+    analytics_spent: tuple[tuple[date, int, float], ...] = field(default_factory=tuple)
+    # Recorded batches whose published copy was missing, written again from the ledger.
+    analytics_restored: int = 0
+    # Batches the accountant refused (never published), with the reason.
+    analytics_refused: tuple[Refusal, ...] = field(default_factory=tuple)
+    # Closed days with facts waiting for their next late batch (not dropped).
+    waiting_days: tuple[date, ...] = field(default_factory=tuple)
+    # Facts committed after the last batch of their day: counted in metering, never in
+    # analytics (the day's budget is spent).
+    unreleased_facts: int = 0
 
     @property
     def rows_written(self) -> int:
@@ -110,21 +113,16 @@ class PublishPlan:
     report: PublishReport
     hourly: pa.Table
     daily: pa.Table
-    batches: tuple[tuple[AnalyticsBatch, pa.Table], ...]
+    batches: tuple[AnalyticsBatch, ...]
+    restore: tuple[ledger.Entry, ...] = ()
 
 
 def read_state(root: Root) -> PublishedState:
-    analytics: dict[date, tuple[int, frozenset[str]]] = {}
-    for path in list_parquet(root, ANALYTICS_DIR):
-        metadata = pq.read_schema(path, filesystem=root.fs).metadata or {}
-        day = date.fromisoformat(metadata[_DATE].decode())
-        count, covered = analytics.get(day, (0, frozenset()))
-        files = frozenset(json.loads(metadata[_COVERED]))
-        analytics[day] = (max(count, int(metadata[_BATCH]) + 1), covered | files)
     return PublishedState(
         read_published(root, METERING_HOURLY_DIR, METERING_HOURLY),
         read_published(root, METERING_DAILY_DIR, METERING_DAILY),
-        analytics,
+        ledger.read_ledger(root),
+        published_batches(root),
     )
 
 
@@ -165,48 +163,16 @@ def _with_run(
     )
 
 
-def _analytics_batches(
-    facts: Facts, state: PublishedState, last_day: date, k: int
-) -> tuple[list[AnalyticsBatch], list[date]]:
-    """One batch per closed day with facts from files no earlier batch of the day covers."""
-    table = facts.table
-    if table.num_rows == 0:
-        return [], []
-    days = pc.cast(table["occurred_hour"], pa.date32())
-    batches: list[AnalyticsBatch] = []
-    held_back: list[date] = []
-    for day in sorted(set(pc.unique(days).to_pylist())):
-        if day > last_day:
-            continue
-        count, covered = state.analytics.get(day, (0, frozenset()))
-        of_day = table.filter(pc.equal(days, pa.scalar(day, pa.date32())))
-        new_indices = {
-            i for i in pc.unique(of_day[FILE_INDEX]).to_pylist() if facts.files[i] not in covered
-        }
-        if not new_indices:
-            continue
-        batch_facts = of_day.filter(
-            pc.is_in(of_day[FILE_INDEX], pa.array(sorted(new_indices), pa.int32()))
-        )
-        protected = protect_batch(batch_facts.drop_columns([FILE_INDEX]), k)
-        if not protected.cells:
-            # Fewer than k people: keep the facts for a later batch (more late facts).
-            held_back.append(day)
-            continue
-        files = tuple(sorted(facts.files[i] for i in new_indices))
-        batches.append(AnalyticsBatch(day, count, files, protected))
-    return batches, held_back
-
-
 def plan_publish(
     facts: Facts,
     state: PublishedState,
     now: datetime,
     grace: timedelta,
-    k: int,
+    privacy: Privacy,
     close_through: datetime | None = None,
 ) -> PublishPlan:
-    """Everything one run publishes, computed without writing (deterministic given inputs).
+    """Everything one run publishes, computed without writing. Deterministic given the
+    inputs except the analytics' noise (which the ledger then keeps).
 
     ``close_through``: an operator's word that the input is complete up to that instant
     (never past ``now``): windows ending by then close even when the stream is quiet, e.g.
@@ -227,16 +193,26 @@ def plan_publish(
     daily_base, daily_fix = metering.changes(
         metering.daily_usage(rows, last_closed_day(mark, grace)), state.daily, "date"
     )
-    batches, held_back = _analytics_batches(facts, state, last_closed_day(mark, grace), k)
+    plan = schedule(
+        facts,
+        state.ledger,
+        state.analytics,
+        mark,
+        grace,
+        last_closed_day(mark, grace),
+        privacy.budget,
+    )
     parts = [mark.isoformat().encode()] + [
         _ipc_bytes(t) for t in (hourly_base, hourly_fix, daily_base, daily_fix)
     ]
-    parts += [repr((b.day, b.number, b.covered_files, b.cells)).encode() for b in batches]
+    # What the batches cover, never their noise: the run id is the same on a re-run.
+    parts += [repr((b.day, b.slots, b.covered_files)).encode() for b in plan.due]
     run = f"{mark:%Y%m%dT%H}Z-{_digest(parts)}"
     hourly = _with_run(hourly_base, hourly_fix, METERING_HOURLY, run, mark, now)
     daily = _with_run(daily_base, daily_fix, METERING_DAILY, run, mark, now)
-    tables = tuple((b, _batch_file(b, run, now)) for b in batches)
-    anything = hourly.num_rows or daily.num_rows or tables
+    released = release(facts, state.ledger, plan.due, privacy, run, now)
+    tables = released.batches
+    anything = hourly.num_rows or daily.num_rows or tables or plan.restore
     report = PublishReport(
         run_id=run if anything else None,
         watermark=mark,
@@ -246,30 +222,28 @@ def plan_publish(
         daily_base=daily_base.num_rows,
         daily_corrections=daily_fix.num_rows,
         analytics_batches=len(tables),
-        analytics_rows=sum(t.num_rows for _, t in tables),
-        held_back_days=tuple(held_back),
+        analytics_rows=sum(b.table.num_rows for b in tables),
+        analytics_spent=tuple((b.entry.day, b.entry.batch, b.entry.epsilon_after) for b in tables),
+        analytics_restored=len(plan.restore),
+        analytics_refused=plan.refused + released.refused,
+        waiting_days=plan.waiting_days,
+        unreleased_facts=plan.unreleased_facts,
     )
-    return PublishPlan(report, hourly, daily, tables)
-
-
-def _batch_file(batch: AnalyticsBatch, run: str, now: datetime) -> pa.Table:
-    table = batch_table(batch.cells, batch.day, batch.number, run, now)
-    metadata = dict(table.schema.metadata or {})
-    metadata[_COVERED] = json.dumps(list(batch.covered_files)).encode()
-    metadata[_DATE] = batch.day.isoformat().encode()
-    metadata[_BATCH] = str(batch.number).encode()
-    return table.replace_schema_metadata(metadata)
+    return PublishPlan(report, hourly, daily, tables, plan.restore)
 
 
 def write_plan(root: Root, plan: PublishPlan) -> None:
-    """Write the plan's files. Metering first: an analytics batch file is its own commit."""
+    """Write the plan's files: the analytics' ledger entries first (the budget is spent from
+    then on, and their noise is never drawn again), metering, then the published copies."""
+    for batch in plan.batches:
+        ledger.record(root, batch.entry, batch.table)
     run = plan.report.run_id
     if plan.hourly.num_rows:
         write_parquet_atomic(root, f"{METERING_HOURLY_DIR}/{run}.parquet", plan.hourly)
     if plan.daily.num_rows:
         write_parquet_atomic(root, f"{METERING_DAILY_DIR}/{run}.parquet", plan.daily)
-    for batch, table in plan.batches:
-        write_parquet_atomic(root, batch.relative_path, table)
+    for entry in (*plan.restore, *(batch.entry for batch in plan.batches)):
+        ledger.publish_recorded(root, entry)
 
 
 def ensure_layout(root: Root) -> None:
@@ -283,15 +257,16 @@ def publish(
     data_root: str,
     now: datetime,
     grace: timedelta,
-    k: int,
+    privacy: Privacy,
     close_through: datetime | None = None,
 ) -> PublishReport:
-    """Publish every closed window of the committed facts under ``data_root`` (idempotent).
+    """Publish every closed window of the committed facts under ``data_root`` (idempotent:
+    a re-run with nothing new writes nothing and spends nothing).
 
     ``close_through``: see :func:`plan_publish`.
     """
     root = resolve_root(data_root)
     ensure_layout(root)
-    plan = plan_publish(load_facts(root), read_state(root), now, grace, k, close_through)
+    plan = plan_publish(load_facts(root), read_state(root), now, grace, privacy, close_through)
     write_plan(root, plan)
     return plan.report

@@ -1,9 +1,11 @@
-"""Ready-made analytics reports: constant SQL over the catalog views, with parameters.
+"""Ready-made analytics reports: constant SQL over the analyst role's views, with parameters.
 
-Every report reads only published data. Suppressed cells do not exist in the views: a day
-or value that shows no row had fewer than k people (or was pooled into "other"). Summing
-``people`` over several days counts person-days (subject keys change every day, so nobody
-can be followed from one day to the next, and distinct people over a range are unknowable).
+Every report reads only the differentially private analytics (never metering), and every
+count comes with its 95 % interval (``*_low`` .. ``*_high``: the count +- 1.96 noise sd,
+the low end clipped at 0). A value absent on a day had a noisy people count under the
+threshold that day; its events are in that dimension's "(other)". Summing ``people`` over
+days counts person-days (subject keys change every day, so nobody can be followed across
+days, and distinct people over a range are unknowable); the noise variances of a sum add.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from typing import Final
 
 import duckdb
 import pyarrow as pa
+
+from aggregations.catalog import Z95
 
 
 @dataclass(frozen=True)
@@ -26,41 +30,60 @@ class Report:
 _RANGE = "date BETWEEN ? AND ?"
 _OTHER = "coalesce(value, '(other)')"
 
+
+def _summed(count: str, alias: str) -> str:
+    """A count summed over rows with its 95 % interval (noise variances add)."""
+    sd = f"sqrt(sum({count}_sd * {count}_sd))"
+    return (
+        f"CAST(sum({count}) AS BIGINT) AS {alias}, "
+        f"CAST(greatest(0, round(sum({count}) - {Z95} * {sd})) AS BIGINT) AS {alias}_low, "
+        f"CAST(round(sum({count}) + {Z95} * {sd}) AS BIGINT) AS {alias}_high"
+    )
+
+
+def _types_per_day(types: tuple[str, ...]) -> str:
+    columns = ", ".join(f"{_summed_filtered('events', t)}" for t in types)
+    return f"""
+    SELECT date, {columns}
+    FROM analytics_daily WHERE dimension = 'type' AND cell = 'value' AND {_RANGE}
+    GROUP BY date ORDER BY date LIMIT ?
+    """  # noqa: S608 - constant fragments only
+
+
+def _summed_filtered(count: str, value: str) -> str:
+    where = f"FILTER (WHERE value = '{value}')"
+    sd = f"sqrt(sum({count}_sd * {count}_sd) {where})"
+    total = f"sum({count}) {where}"
+    return (
+        f"CAST({total} AS BIGINT) AS {value}s, "
+        f"CAST(greatest(0, round({total} - {Z95} * {sd})) AS BIGINT) AS {value}s_low, "
+        f"CAST(round({total} + {Z95} * {sd}) AS BIGINT) AS {value}s_high"
+    )
+
+
 REPORTS: Final = {
     report.name: report
     for report in (
         Report(
             "daily-active-people",
-            "Distinct people and events per day (days with fewer than k people are absent).",
+            "Distinct people and events per day, with 95 % intervals.",
             f"""
-            SELECT date, people AS active_people, events FROM analytics_daily
-            WHERE dimension = 'total' AND {_RANGE} ORDER BY date LIMIT ?
+            SELECT date, people AS active_people, people_low AS active_people_low,
+                   people_high AS active_people_high, events, events_low, events_high
+            FROM analytics_daily WHERE dimension = 'total' AND {_RANGE} ORDER BY date LIMIT ?
             """,  # noqa: S608 - constant fragments only
         ),
         Report(
             "sessions",
-            "Sessions started per day (exact, from metering) and the median session length"
-            " of the sessions ended that day (published only with >= k people).",
-            f"""
-            WITH m AS (
-                SELECT date, CAST(sum(sessions) AS BIGINT) AS sessions,
-                       sum(session_seconds) AS session_seconds
-                FROM metering_daily WHERE {_RANGE} GROUP BY date
-            ), a AS (
-                SELECT date, median_session_seconds FROM analytics_daily
-                WHERE dimension = 'type' AND cell = 'value' AND value = 'logout'
-            )
-            SELECT m.date, m.sessions, round(a.median_session_seconds, 1)
-                   AS median_session_seconds
-            FROM m LEFT JOIN a USING (date) ORDER BY m.date LIMIT ?
-            """,  # noqa: S608 - constant fragments only
+            "Logins and logouts per day (events of those types), with 95 % intervals.",
+            _types_per_day(("login", "logout")),
         ),
         Report(
             "top-countries",
             "Countries by events over the range; person-days summed over days.",
             f"""
-            SELECT {_OTHER} AS country, CAST(sum(events) AS BIGINT) AS events,
-                   CAST(sum(people) AS BIGINT) AS person_days
+            SELECT {_OTHER} AS country, {_summed("events", "events")},
+                   {_summed("people", "person_days")}
             FROM analytics_daily WHERE dimension = 'country' AND {_RANGE}
             GROUP BY ALL ORDER BY events DESC, country LIMIT ?
             """,  # noqa: S608 - constant fragments only
@@ -69,7 +92,7 @@ REPORTS: Final = {
             "devices",
             "Device class and browser family mix: events and share of events over the range.",
             f"""
-            SELECT dimension, {_OTHER} AS value, CAST(sum(events) AS BIGINT) AS events,
+            SELECT dimension, {_OTHER} AS value, {_summed("events", "events")},
                    round(100.0 * sum(events) / sum(sum(events)) OVER (PARTITION BY dimension),
                          1) AS percent
             FROM analytics_daily
@@ -79,14 +102,8 @@ REPORTS: Final = {
         ),
         Report(
             "volume",
-            "Uploads and downloads per day over all accounts (exact, from metering).",
-            f"""
-            SELECT date, CAST(sum(uploads) AS BIGINT) AS uploads,
-                   CAST(sum(upload_bytes) AS BIGINT) AS upload_bytes,
-                   CAST(sum(downloads) AS BIGINT) AS downloads,
-                   CAST(sum(download_bytes) AS BIGINT) AS download_bytes
-            FROM metering_daily WHERE {_RANGE} GROUP BY date ORDER BY date LIMIT ?
-            """,  # noqa: S608 - constant fragments only
+            "Uploads and downloads per day (events of those types), with 95 % intervals.",
+            _types_per_day(("upload", "download")),
         ),
     )
 }

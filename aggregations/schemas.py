@@ -97,39 +97,42 @@ METERING_DAILY: Final = pa.schema(
     metadata=_meta("metering_daily"),
 )
 
-# k-anonymous analytics cells. One file per (day, batch): batch 0 holds the events known when
-# the day closed, batch n > 0 the late events of one later publish run. Each batch is one
-# suppression tree (see aggregations/kanon.py): total -> values (+ other) -> hours (+ rest).
+# Differentially private analytics cells (aggregations/dp). One file per (day, batch): batch
+# n holds the facts of a day that no earlier batch covered, released on the day's schedule
+# (aggregations/dp/budget.py). Every count is noisy; its noise's standard deviation is beside
+# it. The same table (with the batch's spend in its metadata) is kept in the privacy ledger.
 ANALYTICS: Final = pa.schema(
     [
-        # "day" (a day cell) or "hour" (an hour cell, or the rest-of-day cell of a day cell).
+        # "day" or "hour" (hour rows exist for the day total only).
         pa.field("grain", pa.string(), nullable=False),
         pa.field("date", pa.date32(), nullable=False),
-        # The hour of an hour cell. Null on day cells; null on an hour-grain row means "the
-        # rest of the day": the hours of that day cell not published on their own, together.
+        # The hour of an hour row; null on day rows.
         pa.field("hour", _UTC_S),
+        # The batch: the first schedule slot it released (0 when the day closed).
         pa.field("batch", pa.int32(), nullable=False),
         # "total", "country", "device_class", "browser_family", "os_family" or "type".
         pa.field("dimension", pa.string(), nullable=False),
-        # The dimension value of a "value" cell; null for "total" and "other" cells.
-        pa.field("value", pa.string()),
-        # Which day cell the row is, or (hour grain) belongs to: "total" (every event of the
-        # day), "value" (one dimension value) or "other" (every value of the dimension not
-        # published on its own that day, together).
+        # "total" (every counted event of the day or hour), "value" (one dimension value) or
+        # "other" (the total minus the published values of the dimension, clipped at 0).
         pa.field("cell", pa.string(), nullable=False),
+        # The dimension value of a "value" row; null otherwise.
+        pa.field("value", pa.string()),
+        # Events, at most SIEVE_DP_MAX_EVENTS_PER_PERSON_DAY per person, plus noise; >= 0.
         pa.field("events", pa.int64(), nullable=False),
-        # Distinct people (subject keys) among the cell's events; always >= k.
-        pa.field("people", pa.int64(), nullable=False),
-        # Only on the day cell (type, logout): median session length of the sessions that
-        # ended that day, published with the cell (so over >= k people).
-        pa.field("median_session_seconds", pa.float64()),
+        # Standard deviation of the noise in `events`: 95 % of the time the noise is within
+        # +- 1.96 sd of zero.
+        pa.field("events_sd", pa.float64(), nullable=False),
+        # Distinct people (privacy units) plus noise; null on hour and "other" rows.
+        pa.field("people", pa.int64()),
+        pa.field("people_sd", pa.float64()),
         pa.field("publish_run", pa.string(), nullable=False),
         pa.field("published_at", _UTC_US, nullable=False),
     ],
     metadata={
         **_meta("analytics"),
-        # Filled per file: the committed facts files the batch covers (JSON list).
-        "sieve.covered_files": "[]",
+        "sieve.schema_version": "2",
+        # Filled per file: the release's ledger entry (JSON: covered files, spend, bounds).
+        "sieve.release": "{}",
     },
 )
 

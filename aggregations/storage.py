@@ -122,6 +122,24 @@ def write_parquet_atomic(root: Root, relative: str, table: pa.Table) -> None:
     root.fs.move(temporary, final)
 
 
+def copy_file_atomic(root: Root, source: str, relative: str) -> None:
+    """Copy ``source`` to ``relative`` byte for byte, through a temporary name and a rename."""
+    final = root.join(relative)
+    root.fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
+    temporary = f"{final}.tmp-{uuid.uuid4().hex}"
+    with root.fs.open_input_stream(root.join(source)) as stream:
+        data = stream.read()
+    if root.is_local:
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    else:
+        with root.fs.open_output_stream(temporary) as out:
+            out.write(data)
+    root.fs.move(temporary, final)
+
+
 def ensure_schema_file(root: Root, relative_dir: str, schema: pa.Schema) -> None:
     """Keep a zero-row ``_schema.parquet`` in a published folder.
 

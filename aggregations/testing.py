@@ -15,6 +15,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from aggregations.analytics import Privacy
+from aggregations.dp.bounding import Bounds
+from aggregations.dp.budget import Budget
 from schemas.arrow import FACTS, conform
 from schemas.commits import (
     CommitMarker,
@@ -23,6 +26,9 @@ from schemas.commits import (
     marker_path,
     output_stem,
 )
+
+# The settings' default budget and bounds, for tests that do not study them.
+DEFAULT_PRIVACY = Privacy(Budget(epsilon=1.0, delta=1e-6), Bounds(events_per_unit=32))
 
 _DEFAULTS: dict[str, Any] = {
     "type": "request",

@@ -18,11 +18,11 @@ The defaults make 16.5 million facts: about 5 minutes and 8 GB of memory at peak
 (``--days 60`` for a quick look).
 
 1. **Publish**: one ``publish`` of the whole period (``now`` a day after its end, grace 1h,
-   k 10), timed by stage exactly as :func:`aggregations.publish.publish` runs them: facts
-   read per second and published rows written per second (hourly and daily metering and
-   the analytics batches). The metering queries of the plan are then timed again alone, to
-   split the plan between metering and analytics. Then ``publish`` again with nothing new
-   (an hourly run with nothing to add): it must write nothing.
+   the default privacy budget), timed by stage exactly as :func:`aggregations.publish.publish`
+   runs them: facts read per second and published rows written per second (hourly and daily
+   metering and the analytics batches). The metering queries of the plan are then timed
+   again alone, to split the plan between metering and analytics. Then ``publish`` again
+   with nothing new (an hourly run with nothing to add): it must write nothing.
 2. **Pricing**: for every whole month of the period, the usage an invoice needs, i.e.
    ``pricing.period_usage`` (``metering_daily`` through the catalog) against the same rows
    computed by this file from the committed fact files of the month in DuckDB; both answers
@@ -56,6 +56,7 @@ from rich.console import Console
 from rich.table import Table
 
 from aggregations import metering
+from aggregations.analytics import privacy_of
 from aggregations.catalog import open_catalog
 from aggregations.engine import connect
 from aggregations.pricing import Invoice, PricePlan, invoice, load_plan, period_bounds
@@ -74,6 +75,7 @@ from aggregations.storage import FILE_INDEX, load_facts, resolve_root
 from aggregations.testing import write_committed_facts
 from aggregations.windows import last_closed_day, last_closed_hour
 from schemas.commits import committed_files
+from streams.settings import Settings
 
 END: Final = datetime(2026, 11, 1, tzinfo=UTC)
 TOPIC: Final = "bench.raw"
@@ -81,7 +83,8 @@ PARTITIONS: Final = 3
 GRACE: Final = timedelta(hours=1)
 # Hours of traffic after the period, to close its last windows (see synthesize).
 NEXT_HOURS: Final = 2
-K: Final = 10
+# The analytics are released under the settings' default budget and bounds.
+PRIVACY: Final = privacy_of(Settings())
 
 # Event types and their share of the events after each account-hour's first request.
 _TYPES: Final = (
@@ -337,7 +340,7 @@ def timed_publish(data_root: Path, now: datetime) -> tuple[PublishReport, Stages
         facts = load_facts(root)
         state = read_state(root)
     with stages.stage("plan (metering + analytics)"):
-        plan = plan_publish(facts, state, now, GRACE, K)
+        plan = plan_publish(facts, state, now, GRACE, PRIVACY)
     with stages.stage("write"):
         write_plan(root, plan)
     # Not part of the publish: plan_publish does metering and the analytics batches in one
@@ -425,7 +428,7 @@ def compare_pricing(
     data_root: Path, periods: Sequence[str], plan: PricePlan, repeat: int
 ) -> PricingRun:
     """Time both ways of getting each period's usage; check they and the invoices agree."""
-    catalog = open_catalog(str(data_root))
+    catalog = open_catalog(str(data_root), role="billing")
     direct = connect()
     files = facts_by_day(data_root)
     run = PricingRun(len(periods), 0)
@@ -470,7 +473,7 @@ def _check_same_answer(
 
 def check_complete(data_root: Path, account_hours: int, account_days: int) -> None:
     """Every account-hour and account-day of the period is published (all have usage)."""
-    catalog = open_catalog(str(data_root))
+    catalog = open_catalog(str(data_root), role="billing")
     try:
         hours = catalog.execute(
             "SELECT count(*) FROM metering_hourly WHERE hour < ?", [END]
@@ -558,7 +561,7 @@ def main(
             f"{report.analytics_batches} batches) -> {_rate(report.rows_written, stages.total)}"
         )
         check_complete(data_root, made.account_hours, accounts * days)
-        again, seconds = _timed(partial(publish, str(data_root), now, GRACE, K))
+        again, seconds = _timed(partial(publish, str(data_root), now, GRACE, PRIVACY))
         if again.rows_written:
             raise DifferentAnswersError("a publish with nothing new wrote rows")
         console.print(

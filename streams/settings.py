@@ -101,16 +101,46 @@ class Settings(BaseSettings):
     )
 
     # --- aggregations ---------------------------------------------------------------------
-    k_anonymity: int = Field(
-        10,
-        ge=2,
-        description="Smallest number of distinct people a published analytics cell describes.",
-    )
     grace_period: timedelta = Field(
         timedelta(hours=1), description="How long after a window ends late events still update it."
     )
     price_plan_file: Path | None = Field(
         None, description="Price plan TOML; the packaged aggregations/price_plan.toml if unset."
+    )
+    dp_epsilon: float = Field(
+        1.0,
+        gt=0,
+        le=10,
+        description="Differential privacy: epsilon per person per UTC day, over every analytics"
+        " number of that day (every dimension, grain and late batch together).",
+    )
+    dp_delta: float = Field(
+        1e-6,
+        gt=0,
+        lt=1e-3,
+        description="Differential privacy: delta per person per UTC day (far below 1 / people).",
+    )
+    dp_late_batches: int = Field(
+        1,
+        ge=0,
+        le=7,
+        description="Analytics batches of a day after its first, for facts committed late.",
+    )
+    dp_late_share: float = Field(
+        0.1,
+        ge=0,
+        lt=1,
+        description="Share of a day's privacy budget kept for its late batches (0 if none).",
+    )
+    dp_late_interval: timedelta = Field(
+        timedelta(days=1),
+        description="Late batch n of a day is due n times this after the day closes.",
+    )
+    dp_max_events_per_person_day: int = Field(
+        32,
+        ge=1,
+        description="Events of one person's day the analytics count (the rest are not counted):"
+        " the bound the noise is calibrated to.",
     )
 
     @property

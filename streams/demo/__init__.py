@@ -45,6 +45,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from aggregations import dashboard
+from aggregations.analytics import privacy_of
 from aggregations.catalog import default_catalog_path, open_catalog
 from aggregations.pricing import Invoice, load_plan, price_period, published_watermark
 from aggregations.publish import PublishReport, publish
@@ -85,7 +86,7 @@ STALL_TIMEOUT_S: Final = 180.0
 BROKER_START_TIMEOUT_S: Final = 90.0
 MARKER_FILE: Final = ".sieve-demo.json"
 WORKER_LOG: Final = "demo-worker.log"
-FIRST_QUERY: Final = "SELECT * FROM metering_daily LIMIT 5"  # what to type in the catalog
+FIRST_QUERY: Final = "SELECT * FROM analytics_daily LIMIT 5"  # what to type in the catalog
 # (report, row limit) of `sieve analytics` shown for the month.
 ANALYTICS: Final = (("daily-active-people", 31), ("top-countries", 10), ("devices", 20))
 
@@ -294,14 +295,15 @@ def counts_table(result: DemoResult) -> Table:
     return table
 
 
-def _published_notes(report: PublishReport, k: int) -> list[str]:
+def _published_notes(report: PublishReport, epsilon: float) -> list[str]:
     mark = report.watermark.isoformat() if report.watermark else "-"
-    held = ", ".join(day.isoformat() for day in report.held_back_days)
+    waiting = ", ".join(day.isoformat() for day in report.waiting_days)
     return [
         f"{report.facts:,} facts up to the watermark {mark}",
         f"metering (exact): {report.hourly_base:,} hourly and {report.daily_base:,} daily rows",
-        f"analytics (every cell >= {k} people): {report.analytics_batches} daily batches,"
-        f" {report.analytics_rows:,} cells" + (f"; held back: {held}" if held else ""),
+        f"analytics (differentially private, epsilon {epsilon:g} per person-day):"
+        f" {report.analytics_batches} daily batches, {report.analytics_rows:,} cells"
+        + (f"; late facts waiting: {waiting}" if waiting else ""),
     ]
 
 
@@ -392,11 +394,11 @@ def _generate(
 
 
 def _publish(settings: Settings, month: Month, now: datetime, timeline: Timeline) -> PublishReport:
-    with timeline.step("Publishing metering and k-anonymous analytics"):
+    with timeline.step("Publishing metering and differentially private analytics"):
         published = publish(
-            settings.data_root, now=now, grace=settings.grace_period, k=settings.k_anonymity
+            settings.data_root, now=now, grace=settings.grace_period, privacy=privacy_of(settings)
         )
-        timeline.notes = _published_notes(published, settings.k_anonymity)
+        timeline.notes = _published_notes(published, settings.dp_epsilon)
     if published.watermark is None or published.watermark < month.end + settings.grace_period:
         timeline.console.print(
             f"[yellow]note:[/] {month.name} is not closed (no events late enough after its"
@@ -409,23 +411,25 @@ def _price_and_analyse(
     settings: Settings, month: Month, timeline: Timeline
 ) -> tuple[Invoice, list[Report]]:
     with timeline.step(f"Pricing and analytics for {month.name}"):
-        # Locked down as `sieve pricing` opens it: only published/ is readable.
-        connection = open_catalog(settings.data_root, lock_down=True)
+        # Locked down as `sieve pricing` (billing) and `sieve analytics` (analyst) open them.
+        billing = open_catalog(settings.data_root, role="billing", lock_down=True)
+        analyst = open_catalog(settings.data_root, role="analyst", lock_down=True)
         try:
             plan = load_plan(settings.price_plan_file)
             # A draft only when the month did not close (the note above says so): the same
             # invoice, marked the same way, as `sieve pricing --draft`.
             bill = price_period(
-                connection,
+                billing,
                 plan,
                 month.name,
                 watermark=published_watermark(settings.data_root),
                 grace=settings.grace_period,
                 draft=True,
             )
-            reports = month_reports(connection, month)
+            reports = month_reports(analyst, month)
         finally:
-            connection.close()
+            billing.close()
+            analyst.close()
         timeline.detail = f"{len(bill.totals)} accounts invoiced"
     return bill, reports
 
@@ -440,16 +444,16 @@ def _write_outputs(
         page = (
             dashboard.default_output(settings.data_root)
             if local
-            else settings.work_dir / dashboard.PAGE_FILE
+            else settings.work_dir / dashboard.PAGE_FILES["analyst"]
         )
         html = dashboard.build_dashboard(
-            settings.data_root, k=settings.k_anonymity, generated_at=now
+            settings.data_root, epsilon=settings.dp_epsilon, generated_at=now
         )
         dashboard.write_page(page, html)
         if not local:
             return page, None
-        catalog = default_catalog_path(settings.data_root)
-        open_catalog(settings.data_root, catalog).close()
+        catalog = default_catalog_path(settings.data_root, "analyst")
+        open_catalog(settings.data_root, catalog, role="analyst").close()
     return page, catalog
 
 

@@ -1,4 +1,5 @@
-"""The DuckDB catalog over real published files: exact current values, only published data."""
+"""The DuckDB catalogs over real published files: exact current metering for billing,
+noisy analytics with their intervals for analysts, and only the role's published data."""
 
 from __future__ import annotations
 
@@ -9,11 +10,11 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from aggregations.catalog import VIEWS, default_catalog_path, open_catalog
+from aggregations.catalog import SPECS, default_catalog_path, open_catalog
 from aggregations.pricing import invoice, parse_plan, period_usage
 from aggregations.publish import ensure_layout, publish
 from aggregations.storage import resolve_root
-from aggregations.testing import fact, facts_table, write_committed_facts
+from aggregations.testing import DEFAULT_PRIVACY, fact, facts_table, write_committed_facts
 
 DAY = datetime(2026, 11, 1, tzinfo=UTC)
 NOW = datetime(2026, 11, 10, tzinfo=UTC)
@@ -40,7 +41,7 @@ def _traffic() -> list[dict[str, object]]:
 @pytest.fixture
 def published(tmp_path: Path) -> Path:
     write_committed_facts(tmp_path, facts_table(_traffic()), first_offset=0)
-    publish(str(tmp_path), NOW, GRACE, 10)
+    publish(str(tmp_path), NOW, GRACE, DEFAULT_PRIVACY)
     late = [
         fact(
             DAY + timedelta(hours=1),
@@ -51,12 +52,12 @@ def published(tmp_path: Path) -> Path:
         )
     ]
     write_committed_facts(tmp_path, facts_table(late), first_offset=1000)
-    publish(str(tmp_path), NOW, GRACE, 10)
+    publish(str(tmp_path), NOW, GRACE, DEFAULT_PRIVACY)
     return tmp_path
 
 
 def test_metering_views_show_the_exact_current_value(published: Path) -> None:
-    catalog = open_catalog(str(published))
+    catalog = open_catalog(str(published), role="billing")
     hour1 = catalog.execute(
         "SELECT downloads, download_bytes, active_users, corrections FROM metering_hourly"
         " WHERE hour = ? AND account_id = 'acct-1'",
@@ -74,29 +75,43 @@ def test_metering_views_show_the_exact_current_value(published: Path) -> None:
     assert fixes == [("day", 1, 5, 1), ("hour", 1, 5, 1)]
 
 
-def test_analytics_views_hold_only_cells_of_k_people(published: Path) -> None:
-    catalog = open_catalog(str(published))
-    smallest = catalog.sql(
-        "SELECT min(people) FROM (SELECT people FROM analytics_daily"
-        " UNION ALL SELECT people FROM analytics_hourly)"
+def test_analytics_views_sum_batches_with_their_noise(published: Path) -> None:
+    # The input is complete through 3 November: 1 November's late slot falls due.
+    publish(str(published), NOW, GRACE, DEFAULT_PRIVACY, close_through=DAY + timedelta(days=2))
+    catalog = open_catalog(str(published), role="analyst")
+    cells = catalog.sql(
+        "SELECT batch, events, events_sd FROM analytics_cells"
+        " WHERE grain = 'day' AND dimension = 'total' AND date = DATE '2026-11-01'"
+        " ORDER BY batch"
     ).fetchall()
-    assert smallest[0][0] >= 10
-    countries = catalog.sql(
-        "SELECT cell, value, events, people FROM analytics_daily WHERE dimension = 'country'"
-        " ORDER BY cell"
+    # Batch 0 at the close; the late fact waited for the late slot.
+    assert [batch for batch, _, _ in cells] == [0, 1]
+    ((events, sd, low, high, batches),) = catalog.sql(
+        "SELECT events, events_sd, events_low, events_high, batches FROM analytics_daily"
+        " WHERE date = DATE '2026-11-01' AND dimension = 'total'"
     ).fetchall()
-    # LU (2 people) alone would be an "other" under k, so the smallest published value
-    # joins it; FR is the only one, so the whole day is "other" and FR is not shown alone
-    # (FR = total - LU would reveal LU).
-    assert countries == [("other", None, 68, 17)]
+    assert batches == 2 and events == sum(e for _, e, _ in cells)
+    # Noise variances add; the interval is +- 1.96 sd, clipped at 0.
+    assert sd == pytest.approx(sum(s * s for _, _, s in cells) ** 0.5, abs=0.05)
+    assert low == max(0, round(events - 1.96 * sd)) and high == round(events + 1.96 * sd)
+    hours = catalog.sql(
+        "SELECT count(*), min(batches) FROM analytics_hourly WHERE date = DATE '2026-11-01'"
+    ).fetchall()
+    assert hours == [(24, 2)]
 
 
-def test_catalog_shows_no_facts_and_lock_down_reads_nothing_else(published: Path) -> None:
-    catalog = open_catalog(str(published), lock_down=True)
-    names = {
-        row[0] for row in catalog.sql("SELECT table_name FROM information_schema.tables").fetchall()
-    }
-    assert names == set(VIEWS)
+def test_each_role_sees_its_views_only(published: Path) -> None:
+    for role, spec in SPECS.items():
+        catalog = open_catalog(str(published), role=role, lock_down=True)
+        names = {
+            row[0]
+            for row in catalog.sql("SELECT table_name FROM information_schema.tables").fetchall()
+        }
+        assert names == set(spec.views)
+
+
+def test_lock_down_reads_nothing_else(published: Path) -> None:
+    catalog = open_catalog(str(published), role="billing", lock_down=True)
     facts_glob = f"{published}/facts/**/*.parquet"
     with pytest.raises(duckdb.Error, match="disabled by configuration"):
         catalog.execute("SELECT count(*) FROM read_parquet(?)", [facts_glob]).fetchall()
@@ -107,18 +122,25 @@ def test_catalog_shows_no_facts_and_lock_down_reads_nothing_else(published: Path
 def test_persistent_catalog_file_works_from_a_plain_duckdb(
     published: Path, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    path = default_catalog_path(str(published))
-    open_catalog(str(published), path).close()
+    path = default_catalog_path(str(published), "billing")
+    open_catalog(str(published), path, role="billing").close()
     monkeypatch.chdir(tmp_path_factory.mktemp("elsewhere"))
-    analyst = duckdb.connect(str(path), read_only=True)
-    assert analyst.sql("SELECT sum(downloads) FROM metering_hourly").fetchall() == [(35,)]
+    billing = duckdb.connect(str(path), read_only=True)
+    assert billing.sql("SELECT sum(downloads) FROM metering_hourly").fetchall() == [(35,)]
+    analyst_path = default_catalog_path(str(published), "analyst")
+    open_catalog(str(published), analyst_path, role="analyst").close()
+    analyst = duckdb.connect(str(analyst_path), read_only=True)
+    assert analyst.sql("SELECT count(*) FROM analytics_daily").fetchall()[0][0] > 0
+    with pytest.raises(duckdb.CatalogException):
+        analyst.sql("SELECT * FROM metering_hourly")
 
 
 def test_views_bind_before_the_first_publish(tmp_path: Path) -> None:
     ensure_layout(resolve_root(str(tmp_path)))
-    catalog = open_catalog(str(tmp_path))
-    for view in VIEWS:
-        assert catalog.sql(f"SELECT count(*) FROM {view}").fetchall() == [(0,)]
+    for role, spec in SPECS.items():
+        catalog = open_catalog(str(tmp_path), role=role)
+        for view in spec.views:
+            assert catalog.sql(f"SELECT count(*) FROM {view}").fetchall() == [(0,)]
 
 
 def test_invoice_from_the_catalog(published: Path) -> None:
@@ -127,10 +149,10 @@ def test_invoice_from_the_catalog(published: Path) -> None:
         'included = "10"\ntiers = [ { up_to = "20", unit_price = "0.08" },'
         ' { unit_price = "0.05" } ]\n'
     )
-    usage = period_usage(open_catalog(str(published)), "2026-11", "acct-1")
+    usage = period_usage(open_catalog(str(published), role="billing"), "2026-11", "acct-1")
     result = invoice(usage, plan, "2026-11")
     # 34.000000005 GB: 35 GB (a started unit counts): 10 free + 10 * 0.08 = 0.80; 15 * 0.05
     assert [line.used for line in result.lines] == [Decimal(35), Decimal(35)]
     assert [line.amount for line in result.lines] == [Decimal("0.80"), Decimal("0.75")]
     assert result.totals[0].amount == Decimal("1.55")
-    assert period_usage(open_catalog(str(published)), "2026-12").num_rows == 0
+    assert period_usage(open_catalog(str(published), role="billing"), "2026-12").num_rows == 0

@@ -36,7 +36,9 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from aggregations.dashboard import CHART_IDS, build_dashboard, create_app, write_page
-from tests.unit.test_dashboard import TOP_8, K, make_published
+from tests.unit.test_dashboard import TOP_8, make_published
+
+ALL_CHARTS = (*CHART_IDS["analyst"], *CHART_IDS["billing"])
 
 CHROMIUM = Path("/usr/bin/chromium")
 STEP_TIMEOUT_S = 30.0  # any one browser step; a cold CI machine is slow, not this slow
@@ -247,7 +249,7 @@ def _problems(events: list[dict[str, Any]]) -> list[str]:
 
 
 async def visit(
-    url: str, profile: Path, ids: tuple[str, ...] = CHART_IDS, patience_ms: int = 20_000
+    url: str, profile: Path, ids: tuple[str, ...] = ALL_CHARTS, patience_ms: int = 20_000
 ) -> PageVisit:
     async with asyncio.timeout(VISIT_TIMEOUT_S), browser(profile) as tools:
         target = await tools.call("Target.createTarget", {"url": "about:blank"})
@@ -374,45 +376,73 @@ def pixel_colours(rows: list[bytes], width: int) -> Counter[bytes]:
 
 
 @pytest.fixture(scope="module")
-def dashboard_visit(tmp_path_factory: pytest.TempPathFactory) -> tuple[PageVisit, Path]:
+def published(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_published(tmp_path_factory.mktemp("data"))
+
+
+def _visit(root: Path, role: str, profile: Path) -> tuple[PageVisit, Path]:
     chromium()
-    root = make_published(tmp_path_factory.mktemp("data"))
-    page = root / "dashboard.html"
-    write_page(page, build_dashboard(root, k=K))
-    seen = asyncio.run(visit(page.as_uri(), tmp_path_factory.mktemp("profile")))
-    screenshot = root / "dashboard.png"
-    screenshot.write_bytes(seen.screenshot)
+    page = root / f"{role}.html"
+    write_page(page, build_dashboard(root, role=role, epsilon=1.0))  # type: ignore[arg-type]
+    seen = asyncio.run(visit(page.as_uri(), profile, CHART_IDS[role]))  # type: ignore[index]
+    page.with_suffix(".png").write_bytes(seen.screenshot)
     return seen, page
 
 
-def test_no_console_errors_and_no_network(dashboard_visit: tuple[PageVisit, Path]) -> None:
-    seen, page = dashboard_visit
-    assert seen.problems == []
-    assert seen.requests == [page.as_uri()]  # the file itself; nothing else, online or not
+@pytest.fixture(scope="module")
+def dashboard_visit(
+    published: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[PageVisit, Path]:
+    return _visit(published, "analyst", tmp_path_factory.mktemp("profile"))
 
 
-@pytest.mark.parametrize("chart_id", CHART_IDS)
-def test_every_chart_is_drawn_with_data(
-    dashboard_visit: tuple[PageVisit, Path], chart_id: str
+@pytest.fixture(scope="module")
+def billing_visit(
+    published: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[PageVisit, Path]:
+    return _visit(published, "billing", tmp_path_factory.mktemp("profile"))
+
+
+def test_no_console_errors_and_no_network(
+    dashboard_visit: tuple[PageVisit, Path], billing_visit: tuple[PageVisit, Path]
 ) -> None:
-    chart = dashboard_visit[0].charts[chart_id]
+    for seen, page in (dashboard_visit, billing_visit):
+        assert seen.problems == []
+        assert seen.requests == [page.as_uri()]  # the file itself; nothing else
+
+
+# What each chart must show: words in its legend, ticks or titles.
+EXPECTED = {
+    "chart-people": ["active people", "95 % interval", "people", "Nov 1"],
+    "chart-activity": ["all events", "total, 95 %", "request", "events"],
+    "chart-geography": ["FR", "DE", "(other)", "Events", "Person-days"],
+    "chart-devices": ["desktop", "mobile", "Firefox", "Chrome Mobile", "Linux", "Android"],
+    "chart-usage": [*TOP_8, "others", "Requests per day", "Page views per day", "Nov 1"],
+    "chart-bandwidth": ["uploaded", "downloaded", "bytes per day"],
+    "chart-sessions": ["sessions started", "mean session length", "minutes"],
+}
+
+
+@pytest.mark.parametrize("chart_id", ALL_CHARTS)
+def test_every_chart_is_drawn_with_data(
+    dashboard_visit: tuple[PageVisit, Path],
+    billing_visit: tuple[PageVisit, Path],
+    chart_id: str,
+) -> None:
+    seen = dashboard_visit[0] if chart_id in CHART_IDS["analyst"] else billing_visit[0]
+    chart = seen.charts[chart_id]
     assert chart["present"] and chart["svgs"] >= 1, chart
-    assert chart["traces"] >= 1 and chart["bars"] > 0, chart
+    assert chart["traces"] >= 1 and chart["bars"] + chart["lines"] > 0, chart
     assert chart["width"] > 1000, chart  # responsive: the plot fills the section
     labels = " ".join(chart["legend"] + chart["ticks"] + chart["titles"])
-    expected = {
-        "chart-usage": [*TOP_8, "others", "Requests per day", "Page views per day", "Nov 1"],
-        "chart-bandwidth": ["uploaded", "downloaded", "bytes per day"],
-        "chart-sessions": ["sessions started", "median session length", "minutes"],
-        "chart-geography": ["FR", "DE", "(other)", "Events", "Person-days"],
-        "chart-devices": ["desktop", "mobile", "Firefox", "Chrome Mobile", "Linux", "Android"],
-    }[chart_id]
-    assert [text for text in expected if text not in labels] == [], labels
+    assert [text for text in EXPECTED[chart_id] if text not in labels] == [], labels
     if chart_id == "chart-usage":
         # 9 series x 2 panels x 3 days, every stacked segment visible.
         assert chart["bars"] == 9 * 2 * 3
+    if chart_id == "chart-people":
+        assert chart["lines"] == 3  # the band's two bounds (zero width) and the count
     if chart_id == "chart-sessions":
-        assert chart["lines"] == 1  # the median length
+        assert chart["lines"] == 1  # the mean length
 
 
 def test_the_screenshot_is_a_picture(dashboard_visit: tuple[PageVisit, Path]) -> None:
@@ -439,16 +469,19 @@ def test_the_served_page_renders_too(tmp_path: Path) -> None:
     root = make_published(tmp_path / "data")
 
     async def scenario() -> PageVisit:
-        server = TestServer(create_app(lambda: build_dashboard(root, k=K)), host="127.0.0.1")
+        server = TestServer(create_app(lambda: build_dashboard(root)), host="127.0.0.1")
         await server.start_server()
         try:
-            return await visit(str(server.make_url("/")), tmp_path / "profile")
+            return await visit(
+                str(server.make_url("/")), tmp_path / "profile", CHART_IDS["analyst"]
+            )
         finally:
             await server.close()
 
     seen = asyncio.run(scenario())
     assert seen.problems == []
-    assert all(seen.charts[i]["bars"] > 0 for i in CHART_IDS), seen.charts
+    drawn = {i: seen.charts[i]["bars"] + seen.charts[i]["lines"] for i in CHART_IDS["analyst"]}
+    assert all(drawn.values()), seen.charts
 
 
 def test_the_harness_sees_errors_and_requests(tmp_path: Path) -> None:

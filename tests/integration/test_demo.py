@@ -131,7 +131,7 @@ def test_demo_invoice_is_sieve_pricing_and_counts_add_up(
     assert result.dashboard == data_root / "dashboard.html"
     assert result.dashboard.stat().st_size > 0
     assert "<html" in result.dashboard.read_text(encoding="utf-8")[:500].lower()
-    assert result.catalog == data_root / "catalog.duckdb"
+    assert result.catalog == data_root / "catalog-analyst.duckdb"
     assert result.catalog.is_file()
     assert str(result.dashboard) in printed
 

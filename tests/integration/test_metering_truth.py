@@ -30,6 +30,7 @@ import pytest
 from aggregations.catalog import open_catalog
 from aggregations.publish import PublishReport, publish
 from aggregations.schemas import METRICS as PUBLISHED_METRICS
+from aggregations.testing import DEFAULT_PRIVACY
 from schemas.events import Download, Event, Login, Logout, PageView, Request, Upload, encode
 from streams.generate.model import TrafficModel
 from streams.generate.records import GeneratedRecord
@@ -42,7 +43,6 @@ from tests.integration.worker_harness import WorkerProcess, WorkerSetup, wait_un
 COUNT: Final = 20_000
 SEED: Final = 11
 GRACE: Final = timedelta(hours=1)
-K: Final = 10
 HOUR: Final = timedelta(hours=1)
 # A day after the generated period (which ends 2026-11-01): no wall-clock cap applies.
 END_NOW: Final = datetime(2026, 11, 2, tzinfo=UTC)
@@ -157,7 +157,7 @@ def closed(rows: Rows, last: datetime) -> Rows:
 def _metering(data_root: Path, view: str) -> Rows:
     """``view`` (metering_hourly or metering_daily) keyed like :func:`usage`."""
     window = "hour" if view == "metering_hourly" else "date"
-    connection = open_catalog(str(data_root))
+    connection = open_catalog(str(data_root), role="billing")
     try:
         table = connection.sql(
             f"SELECT account_id, {window} AS window, {', '.join(METRICS)} FROM {view}"
@@ -186,7 +186,7 @@ def daily(data_root: Path) -> Rows:
 
 def hourly_corrections(data_root: Path) -> Rows:
     """The hourly correction rows (deltas), summed per window."""
-    connection = open_catalog(str(data_root))
+    connection = open_catalog(str(data_root), role="billing")
     try:
         table = connection.sql(
             f"SELECT account_id, hour, {', '.join(METRICS)} FROM metering_corrections"
@@ -282,7 +282,7 @@ def metering_run(
         _drain(setup, worker, split)
         # Published "live": `now` is the stream's position at that point, mid-period.
         position = max(event.occurred_at for event in valid_events(first_half))
-        first = publish(str(setup.data_root), now=position, grace=GRACE, k=K)
+        first = publish(str(setup.data_root), now=position, grace=GRACE, privacy=DEFAULT_PRIVACY)
         first_hourly = hourly(setup.data_root)
 
         rest = [(r.key, r.value) for r in records[split:]]
@@ -290,13 +290,13 @@ def metering_run(
         _drain(setup, worker, len(records) + 1)
     finally:
         worker.stop()
-    final = publish(str(setup.data_root), now=END_NOW, grace=GRACE, k=K)
+    final = publish(str(setup.data_root), now=END_NOW, grace=GRACE, privacy=DEFAULT_PRIVACY)
 
     # The same committed facts published in one step, in a data root of their own.
     one_step_root = root / "one-step"
     for part in ("facts", "_commits"):
         shutil.copytree(setup.data_root / part, one_step_root / part)
-    one_step = publish(str(one_step_root), now=END_NOW, grace=GRACE, k=K)
+    one_step = publish(str(one_step_root), now=END_NOW, grace=GRACE, privacy=DEFAULT_PRIVACY)
     yield MeteringRun(setup, records, split, first, first_hourly, final, one_step_root, one_step)
 
 
@@ -374,5 +374,7 @@ def test_late_events_became_corrections_of_exactly_the_changed_windows(
 
 
 def test_a_second_publish_with_nothing_new_writes_nothing(metering_run: MeteringRun) -> None:
-    again = publish(str(metering_run.one_step_root), now=END_NOW, grace=GRACE, k=K)
+    again = publish(
+        str(metering_run.one_step_root), now=END_NOW, grace=GRACE, privacy=DEFAULT_PRIVACY
+    )
     assert again.run_id is None and again.rows_written == 0

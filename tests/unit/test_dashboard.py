@@ -1,6 +1,7 @@
-"""The dashboard page: built from published data only, self-contained, every chart with the
-right numbers (checked against the test traffic itself, not against the views), and served
-fresh on every request.
+"""The dashboards: self-contained pages, each of one role. The analysts' page draws exactly
+the published differentially private numbers (read back through the analyst catalog) with
+their 95 % intervals and nothing from metering; the billing page draws exact metering
+(checked against the test traffic itself). Both are served fresh on every request.
 
 ``make_published(root)`` is also the data of tests/integration/test_dashboard.py.
 """
@@ -18,7 +19,6 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
-from statistics import median
 from typing import Any
 
 import aiohttp
@@ -26,6 +26,7 @@ import plotly.offline
 import pytest
 from click.testing import CliRunner
 
+from aggregations.catalog import open_catalog
 from aggregations.commands import dashboard_command
 from aggregations.dashboard import (
     CHART_IDS,
@@ -34,22 +35,19 @@ from aggregations.dashboard import (
     create_app,
     default_output,
     serve,
-    top_values,
 )
+from aggregations.dashboard_analytics import top_values
 from aggregations.publish import publish
-from aggregations.testing import fact, facts_table, write_committed_facts
+from aggregations.testing import DEFAULT_PRIVACY, fact, facts_table, write_committed_facts
 from streams.errors import ConfigurationError
 
 DAY = datetime(2026, 11, 1, tzinfo=UTC)
 DAYS = 3
-K = 10
-# 40 people a day. With k = 10, LU (3 people) is pooled with the smallest published country
-# (IT, 11 people) into "(other)": the page must show FR, DE and (other), never IT or LU.
-COUNTRIES = ["FR"] * 14 + ["DE"] * 12 + ["IT"] * 11 + ["LU"] * 3
+EPSILON = 1.0
+# 400 people a day: enough for the big countries to pass the noisy-people threshold on
+# most days, never LU (3 people).
+COUNTRIES = ["FR"] * 180 + ["DE"] * 140 + ["IT"] * 77 + ["LU"] * 3
 ACCOUNTS = 11
-# Ranked by requests + page views over the 3 days (ties by id: acct-06 before acct-09).
-TOP_8 = ["acct-10", "acct-06", "acct-09", "acct-08", "acct-05", "acct-07", "acct-04", "acct-03"]
-OTHERS = {"acct-00", "acct-01", "acct-02"}
 
 
 def traffic() -> list[dict[str, Any]]:
@@ -80,10 +78,24 @@ def traffic() -> list[dict[str, Any]]:
     return [*rows, fact(DAY + timedelta(days=DAYS, hours=2), subject_key="closer")]
 
 
+def _ranked_accounts() -> list[str]:
+    """Accounts by requests + page views over the closed days, ties by id (as the page)."""
+    usage = Counter(
+        r["account_id"]
+        for r in traffic()
+        if r["type"] in ("request", "page_view") and r["occurred_hour"] < DAY + timedelta(days=DAYS)
+    )
+    return sorted(usage, key=lambda account: (-usage[account], account))
+
+
+TOP_8 = _ranked_accounts()[:8]
+OTHERS = set(_ranked_accounts()[8:])
+
+
 def make_published(root: Path, rows: list[dict[str, Any]] | None = None) -> Path:
-    """Committed facts under ``root``, published with k = K; returns ``root``."""
+    """Committed facts under ``root``, published with the default budget; returns ``root``."""
     write_committed_facts(root, facts_table(traffic() if rows is None else rows), first_offset=0)
-    publish(str(root), DAY + timedelta(days=30), timedelta(hours=1), K)
+    publish(str(root), DAY + timedelta(days=30), timedelta(hours=1), DEFAULT_PRIVACY)
     return root
 
 
@@ -94,7 +106,17 @@ def published(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def page(published: Path) -> str:
-    return build_dashboard(published, k=K)
+    return build_dashboard(published, epsilon=EPSILON)
+
+
+@pytest.fixture(scope="module")
+def billing_page(published: Path) -> str:
+    return build_dashboard(published, role="billing")
+
+
+def analytics(published: Path, sql: str) -> list[tuple[Any, ...]]:
+    """What the analyst role reads: the numbers the page must draw."""
+    return open_catalog(str(published), role="analyst").sql(sql).fetchall()
 
 
 # --- helpers: what the page plots, and what it references --------------------------------
@@ -153,33 +175,125 @@ def _series(trace: dict[str, Any]) -> dict[Any, Any]:
     return dict(zip(trace["x"], trace["y"], strict=True))
 
 
-# --- the page ------------------------------------------------------------------------------
+# --- both pages ----------------------------------------------------------------------------
 
 
-def test_page_is_self_contained(page: str) -> None:
+@pytest.mark.parametrize("role", ["analyst", "billing"])
+def test_pages_are_self_contained(page: str, billing_page: str, role: str) -> None:
+    text = page if role == "analyst" else billing_page
     bundle = plotly.offline.get_plotlyjs()
-    assert page.count(bundle) == 1  # inlined once, not per chart
-    assert references(page) == []  # no src/href at all: nothing to fetch, online or not
+    assert text.count(bundle) == 1  # inlined once, not per chart
+    assert references(text) == []  # no src/href at all: nothing to fetch, online or not
     # Outside plotly.js (whose attribution strings name websites) no URL at all.
-    assert not re.search(r"https?://", page.replace(bundle, ""))
-    assert f'http-equiv="Content-Security-Policy" content="{CSP}"' in page
+    assert not re.search(r"https?://", text.replace(bundle, ""))
+    assert f'http-equiv="Content-Security-Policy" content="{CSP}"' in text
     assert "connect-src 'none'" in CSP
 
 
-def test_every_chart_is_on_the_page_with_the_range_and_k(page: str) -> None:
+def test_nothing_published_yet(tmp_path: Path) -> None:
+    for role in ("analyst", "billing"):
+        text = build_dashboard(tmp_path / "empty", role=role)  # type: ignore[arg-type]
+        assert 'id="nothing-published"' in text and "sieve publish" in text
+        assert "Plotly.newPlot" not in text and references(text) == []
+
+
+# --- the analysts' page -----------------------------------------------------------------------
+
+
+def test_every_analyst_chart_is_on_the_page(page: str) -> None:
     charts = plotted(page)
-    assert list(charts) == list(CHART_IDS)
-    for div_id in CHART_IDS:
+    assert list(charts) == list(CHART_IDS["analyst"])
+    for div_id in CHART_IDS["analyst"]:
         assert f'<div id="{div_id}" class="plotly-graph-div"' in page
         assert charts[div_id], f"{div_id} has no trace"
     assert "Data: 2026-11-01 to 2026-11-03 (UTC days)" in page
-    assert f"analytics k = {K} (configured)" in page
-    assert "smallest published cell: 12 people" in page  # DE; IT (11) is only in "other"
-    assert "fewer than k" not in page.split("<main>")[0]
+    assert "epsilon = 1 per person per day (configured)" in page
 
 
-def test_usage_shows_the_top_accounts_and_others_per_day(page: str) -> None:
-    traces = plotted(page)["chart-usage"]
+def test_the_analyst_page_shows_no_metering(page: str) -> None:
+    body = page.split("</head>")[1]
+    # No account id, no byte count: per-account usage is billing data.
+    assert "acct-" not in body and "bandwidth" not in body.lower()
+    assert set(plotted(page)) & set(CHART_IDS["billing"]) == set()
+    with pytest.raises(ValueError, match="no account dimension"):
+        build_dashboard(Path("."), account="acct-01")
+
+
+def test_daily_active_people_with_their_interval(page: str, published: Path) -> None:
+    high, low, people = plotted(page)["chart-people"]
+    rows = analytics(
+        published,
+        "SELECT date, people, people_low, people_high FROM analytics_daily"
+        " WHERE dimension = 'total' ORDER BY date",
+    )
+    days = [str(r[0]) for r in rows]
+    assert people["x"] == days and people["y"] == [r[1] for r in rows]
+    assert low["y"] == [r[2] for r in rows] and high["y"] == [r[3] for r in rows]
+    assert low["fill"] == "tonexty"  # the band between the two bounds is shaded
+    assert all(lo < p < hi for _, p, lo, hi in rows)  # an interval, not a point
+
+
+def test_activity_by_event_type(page: str, published: Path) -> None:
+    traces = plotted(page)["chart-activity"]
+    bars = {t["name"]: _series(t) for t in traces if t["type"] == "bar"}
+    rows = analytics(
+        published,
+        "SELECT value, date, events FROM analytics_daily WHERE dimension = 'type'"
+        " AND cell = 'value'",
+    )
+    expected: dict[str, dict[str, int]] = {}
+    for value, day, events in rows:
+        expected.setdefault(value, {})[str(day)] = events
+    assert bars == expected
+    (total,) = [t for t in traces if t.get("name") == "all events"]
+    totals = analytics(
+        published, "SELECT events FROM analytics_daily WHERE dimension = 'total' ORDER BY date"
+    )
+    assert total["y"] == [r[0] for r in totals]
+
+
+def test_geography_shows_published_countries_with_error_bars(page: str, published: Path) -> None:
+    events, person_days = plotted(page)["chart-geography"]
+    rows = analytics(
+        published,
+        "SELECT coalesce(value, '(other)'), sum(events), sqrt(sum(events_sd * events_sd))"
+        " FROM analytics_daily WHERE dimension = 'country' GROUP BY 1",
+    )
+    shown = dict(zip(events["y"], events["x"], strict=True))
+    assert shown == {label: n for label, n, _ in rows}
+    errors = dict(zip(events["y"], events["error_x"]["array"], strict=True))
+    assert errors == pytest.approx({label: 1.96 * sd for label, _, sd in rows})
+    assert "FR" in shown and "(other)" in shown
+    assert "(other)" not in person_days["y"]  # "other" rows carry events only
+    body = page.split("</head>")[1]
+    assert '"LU"' not in body  # 3 people a day never pass the threshold
+
+
+def test_devices_show_the_share_of_published_events(page: str, published: Path) -> None:
+    traces = {t["name"]: t for t in plotted(page)["chart-devices"]}
+    assert set(traces) == {"Device class", "Browser", "OS"}
+    rows = analytics(
+        published,
+        "SELECT CASE WHEN cell = 'other' THEN '(other)' ELSE value END, sum(events)"
+        " FROM analytics_daily WHERE dimension = 'browser_family' GROUP BY 1",
+    )
+    total = sum(n for _, n in rows)
+    shown = dict(zip(traces["Browser"]["y"], traces["Browser"]["x"], strict=True))
+    assert shown == pytest.approx({label: 100 * n / total for label, n in rows})
+
+
+def test_top_values_sums_the_tail() -> None:
+    rows = [("a", 5, 3.0, 2, 1.0), ("b", 4, 4.0, 1, 1.0), ("c", 2, 0.0, None, None)]
+    assert top_values(rows, 1) == [("a", 5, 3.0, 2, 1.0), ("(all others)", 6, 4.0, None, None)]
+    assert top_values(rows, 3) == rows
+
+
+# --- the billing page -------------------------------------------------------------------------
+
+
+def test_usage_shows_the_top_accounts_and_others_per_day(billing_page: str) -> None:
+    assert list(plotted(billing_page)) == list(CHART_IDS["billing"])
+    traces = plotted(billing_page)["chart-usage"]
     names = list(dict.fromkeys(t["name"] for t in traces))
     assert names == [*TOP_8, "others"]
     rows = _closed(traffic())
@@ -197,130 +311,68 @@ def test_usage_shows_the_top_accounts_and_others_per_day(page: str) -> None:
         assert shown == dict(expected)
 
 
-def test_bandwidth_sessions_and_median_length_per_day(page: str) -> None:
+def test_bandwidth_and_sessions_per_day(billing_page: str) -> None:
     rows = _closed(traffic())
-    upload, download = plotted(page)["chart-bandwidth"]
+    upload, download = plotted(billing_page)["chart-bandwidth"]
     assert _series(upload) == dict(
         _sum((r for r in rows if r["type"] == "upload"), _day, lambda r: r["bytes"])
     )
     assert _series(download) == dict(
         _sum((r for r in rows if r["type"] == "download"), _day, lambda r: r["bytes"])
     )
-    sessions, lengths = plotted(page)["chart-sessions"]
-    assert _series(sessions) == dict(_sum((r for r in rows if r["type"] == "login"), _day))
-    expected_minutes = {
-        day: round(
-            median(r["session_seconds"] for r in rows if r["type"] == "logout" and _day(r) == day)
-            / 60,
-            2,
-        )
-        for day in ("2026-11-01", "2026-11-02", "2026-11-03")
-    }
-    assert _series(lengths) == expected_minutes
-
-
-def test_geography_shows_only_k_anonymous_countries(page: str) -> None:
-    events, person_days = plotted(page)["chart-geography"]
-    rows = _closed(traffic())
-
-    def label(row: dict[str, Any]) -> str:
-        return row["country"] if row["country"] in ("FR", "DE") else "(other)"
-
-    assert dict(zip(events["y"], events["x"], strict=True)) == dict(_sum(rows, label))
-    assert dict(zip(person_days["y"], person_days["x"], strict=True)) == {
-        "FR": 14 * DAYS,
-        "DE": 12 * DAYS,
-        "(other)": 14 * DAYS,
-    }
-    assert events["x"] == sorted(events["x"])  # horizontal bars: the largest on top
-    body = page.split("</head>")[1]
-    assert '"LU"' not in body and '"IT"' not in body
-
-
-def test_devices_show_the_share_of_events(page: str) -> None:
-    traces = {t["name"]: t for t in plotted(page)["chart-devices"]}
-    assert set(traces) == {"Device class", "Browser", "OS"}
-    rows = _closed(traffic())
-    shares = _sum(rows, lambda r: r["browser_family"])
-    total = sum(shares.values())
-    shown = dict(zip(traces["Browser"]["y"], traces["Browser"]["x"], strict=True))
-    assert shown == pytest.approx({b: 100 * n / total for b, n in shares.items()})
-    assert set(traces["OS"]["y"]) == {"Linux", "Android"}
-    assert set(traces["Device class"]["y"]) == {"desktop", "mobile"}
+    sessions, lengths = plotted(billing_page)["chart-sessions"]
+    logins = _sum((r for r in rows if r["type"] == "login"), _day)
+    assert _series(sessions) == dict(logins)
+    seconds = _sum(
+        (r for r in rows if r["type"] == "logout"), _day, lambda r: int(r["session_seconds"])
+    )
+    assert _series(lengths) == {d: round(seconds[d] / logins[d] / 60, 2) for d in logins}
 
 
 def test_one_account(published: Path) -> None:
-    page = build_dashboard(published, account="acct-03", k=K)
-    charts = plotted(page)
+    text = build_dashboard(published, role="billing", account="acct-03")
+    charts = plotted(text)
     assert {t["name"] for t in charts["chart-usage"]} == {"acct-03"}
     rows = [r for r in _closed(traffic()) if r["account_id"] == "acct-03"]
     assert _series(charts["chart-bandwidth"][0]) == dict(
         _sum((r for r in rows if r["type"] == "upload"), _day, lambda r: r["bytes"])
     )
-    assert "Sieve dashboard: acct-03" in page
-    # Analytics have no account dimension: the page says so rather than implying a filter.
-    assert "All accounts: analytics have no account dimension." in page
-    unknown = build_dashboard(published, account="nobody", k=K)
+    assert "Sieve billing: acct-03" in text
+    unknown = build_dashboard(published, role="billing", account="nobody")
     assert "No metering published yet for account nobody." in unknown
-    assert '"chart-geography"' in unknown  # the analytics still show
-
-
-def test_a_configured_k_above_the_published_cells_is_flagged(published: Path) -> None:
-    page = build_dashboard(published, k=13)  # the smallest published cell has 12 people
-    assert "Some published cells describe fewer than k = 13 people" in page
-
-
-def test_nothing_published_yet(tmp_path: Path) -> None:
-    page = build_dashboard(tmp_path / "empty", k=K)
-    assert 'id="nothing-published"' in page and "sieve publish" in page
-    assert "Plotly.newPlot" not in page and references(page) == []
-
-
-def test_days_under_k_show_metering_and_say_why_analytics_are_missing(tmp_path: Path) -> None:
-    few = [
-        fact(DAY + timedelta(hours=9), type="download", bytes=5, subject_key=f"p{p}")
-        for p in range(3)
-    ]
-    page = build_dashboard(
-        make_published(tmp_path, [*few, fact(DAY + timedelta(days=1, hours=2))]), k=K
-    )
-    charts = plotted(page)
-    assert set(charts) == {"chart-usage", "chart-bandwidth", "chart-sessions"}
-    assert _series(charts["chart-bandwidth"][1]) == {"2026-11-01": 15}
-    assert page.count("No k-anonymous cells published yet") == 2
 
 
 def test_hostile_values_cannot_inject_markup(tmp_path: Path) -> None:
     hostile = "<script>alert(1)</script>"
     rows = [fact(DAY + timedelta(hours=9), account_id=hostile, subject_key="p")]
-    page = build_dashboard(
-        make_published(tmp_path, [*rows, fact(DAY + timedelta(days=1))]), account=hostile
+    text = build_dashboard(
+        make_published(tmp_path, [*rows, fact(DAY + timedelta(days=1))]),
+        role="billing",
+        account=hostile,
     )
-    assert hostile not in page
-    assert plotted(page)["chart-usage"][0]["name"] == hostile  # escaped, not dropped
-
-
-def test_top_values_sums_the_tail() -> None:
-    rows = [("a", 5, 3), ("b", 4, 2), ("c", 2, 1), ("d", 1, 1)]
-    assert top_values(rows, 2) == [("a", 5, 3), ("b", 4, 2), ("(all others)", 3, 2)]
-    assert top_values(rows, 4) == rows
+    assert hostile not in text
+    assert plotted(text)["chart-usage"][0]["name"] == hostile  # escaped, not dropped
 
 
 # --- the command and the server ------------------------------------------------------------
 
 
-def test_command_writes_the_page(published: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_command_writes_the_pages(published: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SIEVE_DATA_ROOT", str(published))
-    monkeypatch.setenv("SIEVE_K_ANONYMITY", "11")
+    monkeypatch.setenv("SIEVE_DP_EPSILON", "0.5")
     result = CliRunner().invoke(dashboard_command, [])
     assert result.exit_code == 0, result.output
     written = published / "dashboard.html"
     assert result.output == f"dashboard: {written}\n"
-    assert "analytics k = 11 (configured)" in written.read_text()
-    out = published / "elsewhere" / "one.html"
-    result = CliRunner().invoke(dashboard_command, ["--out", str(out), "--account", "acct-05"])
+    assert "epsilon = 0.5 per person per day (configured)" in written.read_text()
+    refused = CliRunner().invoke(dashboard_command, ["--account", "acct-05"])
+    assert refused.exit_code != 0 and "--role billing" in refused.output
+    result = CliRunner().invoke(dashboard_command, ["--role", "billing", "--account", "acct-05"])
     assert result.exit_code == 0, result.output
-    assert "Sieve dashboard: acct-05" in out.read_text()
+    assert "Sieve billing: acct-05" in (published / "billing.html").read_text()
+    out = published / "elsewhere" / "one.html"
+    result = CliRunner().invoke(dashboard_command, ["--out", str(out)])
+    assert result.exit_code == 0, result.output
     assert not list(out.parent.glob(".*tmp*"))  # the temporary file was renamed
 
 
@@ -343,7 +395,9 @@ def test_serve_rebuilds_the_page_per_request(tmp_path: Path) -> None:
                 if round_ == 1:  # a twelfth account publishes between the two requests
                     late = [fact(DAY, account_id="acct-late", subject_key="z", event_key="z")]
                     write_committed_facts(root, facts_table(late), first_offset=10_000)
-                    publish(str(root), DAY + timedelta(days=30), timedelta(hours=1), K)
+                    publish(
+                        str(root), DAY + timedelta(days=30), timedelta(hours=1), DEFAULT_PRIVACY
+                    )
                 async with session.get(url) as response:
                     bodies.append(
                         (
@@ -360,7 +414,7 @@ def test_serve_rebuilds_the_page_per_request(tmp_path: Path) -> None:
         tasks.append(asyncio.get_running_loop().create_task(browse(announced[0])))
 
     tasks: list[asyncio.Task[None]] = []
-    app = create_app(lambda: build_dashboard(root, k=K))
+    app = create_app(lambda: build_dashboard(root, role="billing"))
     asyncio.run(asyncio.wait_for(serve(app, "127.0.0.1", 0, ready), 60))
     assert tasks and tasks[0].done() and tasks[0].exception() is None
     assert urls and urls[0].startswith("http://127.0.0.1:")
