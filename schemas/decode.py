@@ -137,12 +137,11 @@ def _explain(
         return Rejection(
             index, validate.EMPTY_MESSAGE, "$", "the message has no value (a tombstone)"
         )
-    problems = validate.validate_event_bytes(
+    first = validate.first_problem(
         value, received_at_ms=received_at_ms, backfill=backfill, bounds=bounds
     )
-    if not problems:  # unreachable while decoder and validator agree; never drop silently
+    if first is None:  # unreachable while decoder and validator agree; never drop silently
         return Rejection(
             index, validate.INVALID_VALUE, "$", "the event does not satisfy the contract"
         )
-    first = problems[0]
     return Rejection(index, first.code, first.path, first.reason)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from schemas.bounds import TimeBounds
 from schemas.decode import DecodedBatch, Rejection, decode_batch
 from schemas.events import EVENT_TYPES, MAX_EVENT_BYTES, Event, encode, type_specific_fields
-from schemas.validate import parse_event, schema_problems, validate_event_bytes
+from schemas.validate import first_problem, parse_event, schema_problems, validate_event_bytes
 from streams.errors import InvalidEventError
 from tests.strategies import events
 
@@ -229,6 +229,22 @@ def test_decode_batch_rejects_exactly_what_the_validator_rejects(
         else:
             assert event == msgspec.json.decode(value, type=Event)
             assert parse_event(value, **arrival) == event
+
+
+@given(
+    batch=st.lists(st.tuples(events(), _MUTATIONS), min_size=1, max_size=4),
+    arrival=_ARRIVALS,
+    backfill=st.booleans(),
+    bounds=_BOUNDS,
+)
+def test_first_problem_is_the_first_of_every_problem(
+    batch: list[tuple[Event, tuple[Any, ...]]], arrival: int, backfill: bool, bounds: TimeBounds
+) -> None:
+    for ev, mutation in batch:
+        value = _mutate(ev, mutation)
+        window = {"received_at_ms": arrival, "backfill": backfill, "bounds": bounds}
+        problems = validate_event_bytes(value, **window)
+        assert first_problem(value, **window) == (problems[0] if problems else None)
 
 
 @given(batch=st.lists(st.tuples(events(), _MUTATIONS), min_size=1, max_size=4))
