@@ -62,7 +62,10 @@ def _deep(levels: int) -> str:
         ("\n".join([msgspec.json.encode(page_view()).decode(), _deep(2000)]),
          "application/x-ndjson", 1),
     ],
-    ids=["event-500-deep", "event-3000-deep", "body-5000-deep", "unclosed", "one-object-33-deep", "ndjson-line"],
+    ids=[
+        "event-500-deep", "event-3000-deep", "body-5000-deep", "unclosed", "one-object-33-deep",
+        "ndjson-line",
+    ],
 )  # fmt: skip
 def test_deep_nesting_is_a_400_never_a_500(
     collector: Collector, body: str, content_type: str, where: int | None
