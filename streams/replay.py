@@ -16,6 +16,11 @@ JSON lines are forwarded as they are (one value per line, as ``sieve generate --
 writes): checking them is the worker's job, and a line the contract rejects ends up in
 the dead-letter topic with its reason rather than vanishing here. The key is the line's
 ``account_id`` when it has one, else ``--account``.
+
+Every record carries the Kafka header ``sieve.backfill: 1`` (``schemas.events.
+BACKFILL_HEADER``): a replayed log is old by nature (the sample in ``tests/data`` is from
+2015), and the worker then allows ``occurred_at`` up to SIEVE_BACKFILL_MAX_BEHIND (50 years)
+before the record's arrival instead of SIEVE_EVENT_MAX_BEHIND (400 days).
 """
 
 from __future__ import annotations
@@ -43,7 +48,8 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from schemas.events import MAX_USER_AGENT_BYTES, Identifier, Request, encode
+from schemas.events import BACKFILL_HEADER, MAX_USER_AGENT_BYTES, Identifier, Request, encode
+from schemas.validate import passes_post_decode_checks
 from streams.errors import ConfigurationError
 from streams.generate.sinks import RawSink, open_sink
 from streams.settings import Settings
@@ -164,10 +170,13 @@ def parse_combined_line(
     if agent not in ("", "-"):
         doc["user_agent"] = agent
     try:
-        # convert() checks every constraint of the contract; the constructor checks none.
-        return msgspec.convert(doc, Request)
+        # convert() checks every constraint msgspec knows; the constructor checks none.
+        event = msgspec.convert(doc, Request)
     except msgspec.ValidationError:
         return None
+    # And the contract's checks beyond msgspec (control characters, an instant that exists
+    # in UTC), so that the worker never dead-letters what replay sent as parsed.
+    return event if passes_post_decode_checks(event) else None
 
 
 def _is_ip(text: str) -> bool:
@@ -198,10 +207,15 @@ class ReplayReport:
     unkeyed: int = 0
 
 
+# The headers of every replayed record: each is a backfill.
+BACKFILL_HEADERS: Final = ((BACKFILL_HEADER, b"1"),)
+
+
 @dataclass(frozen=True, slots=True)
 class RawRecord:
     key: bytes
     value: bytes
+    headers: tuple[tuple[str, bytes], ...] = BACKFILL_HEADERS
 
 
 _JSON_DECODER: Final = msgspec.json.Decoder()
@@ -301,7 +315,7 @@ def run_replay(
             lines = _tracked(text, progress, total)
         send = sink.send
         for record in replay_records(lines, chosen, report, account_id):
-            send(record.key, record.value)
+            send(record.key, record.value, record.headers)
     return report
 
 
