@@ -141,6 +141,11 @@ def parse_combined_line(
     truncated line still records a served request.
     """
     line = line.rstrip("\r\n")
+    if not line.isascii():
+        try:
+            line.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate: no event can carry it
+            return None
     match = _COMBINED.match(line)
     if match is None:
         return None
@@ -243,7 +248,9 @@ def replay_records(
             report.blank += 1
             continue
         if fmt == "jsonl":
-            value = text.encode("utf-8")
+            # surrogatepass: a lone surrogate goes on as the bytes it stands for (invalid
+            # UTF-8), for the worker to dead-letter; the files replay reads never hold one.
+            value = text.encode("utf-8", "surrogatepass")
             key = _jsonl_key(value)
             if key is None:
                 report.unkeyed += 1
