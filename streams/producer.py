@@ -26,6 +26,7 @@ that can recover by itself does so within seconds of the broker's return.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -104,9 +105,22 @@ def encode_checked(event: Event) -> bytes:
 
 
 def _probe_broker(bootstrap_servers: str) -> bool:
+    """True if a broker answers a metadata request. A refused TCP connection answers first,
+    without a Kafka client (whose failed bootstrap would log an error every second)."""
     from streams.broker.control import answers_metadata  # kafka admin client: import late
 
+    if not any(_accepts_connections(server) for server in bootstrap_servers.split(",")):
+        return False
     return answers_metadata(bootstrap_servers, timeout_s=2.0)
+
+
+def _accepts_connections(server: str, timeout_s: float = 1.0) -> bool:
+    host, _, port = server.strip().rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]") or "localhost", int(port)), timeout_s):
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 class EventProducer:
