@@ -55,11 +55,14 @@ def decode_body(body: bytes, coding: str, max_bytes: int) -> bytes:
     if coding == GZIP:
         return _inflate(body, _GZIP_WBITS, max_bytes, "gzip")
     if coding == DEFLATE:
-        try:
-            return _inflate(body, _ZLIB_WBITS, max_bytes, "deflate")
-        except UndecodableBody:
-            return _inflate(body, _RAW_DEFLATE_WBITS, max_bytes, "deflate")
+        wbits = _ZLIB_WBITS if _has_zlib_header(body) else _RAW_DEFLATE_WBITS
+        return _inflate(body, wbits, max_bytes, "deflate")
     raise UndecodableBody(f"the coding {coding!r} is not supported")
+
+
+def _has_zlib_header(data: bytes) -> bool:
+    # RFC 1950: compression method 8 (deflate), and the two header bytes a multiple of 31.
+    return len(data) >= 2 and data[0] & 0x0F == 8 and (data[0] << 8 | data[1]) % 31 == 0
 
 
 def _inflate(data: bytes, wbits: int, max_bytes: int, name: str) -> bytes:
