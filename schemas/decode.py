@@ -29,7 +29,7 @@ from typing import Final
 
 import msgspec
 
-from schemas import validate
+from schemas import post_decode, validate
 from schemas.bounds import (
     DEFAULT_TIME_BOUNDS,
     InstantVerdict,
@@ -101,9 +101,10 @@ def decode_batch(
             continue
         if not (
             _ip_fits(event.ip, ip_ok)
-            and (event.user_agent is None or validate.user_agent_fits(event.user_agent))
+            and (event.user_agent is None or post_decode.user_agent_fits(event.user_agent))
             and (
-                not may_hold_control_characters(value) or not validate.has_control_characters(event)
+                not may_hold_control_characters(value)
+                or not post_decode.has_control_characters(event)
             )
             and (
                 window.surely_accepts(event.occurred_at)
@@ -122,7 +123,7 @@ def _ip_fits(ip: str | None, known: dict[str, bool]) -> bool:
         return True
     valid = known.get(ip)
     if valid is None:
-        valid = known[ip] = validate.is_valid_ip(ip)
+        valid = known[ip] = post_decode.is_valid_ip(ip)
     return valid
 
 
