@@ -11,8 +11,8 @@ e-mail addresses and other data the policy never promised to collect out of the 
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated, Final, Literal
+from datetime import datetime, timedelta
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
 from msgspec import Meta
@@ -22,8 +22,58 @@ SUPPORTED_SCHEMA_VERSIONS: Final = frozenset({1})
 
 MAX_EVENT_BYTES: Final = 64 * 1024
 MAX_USER_AGENT_BYTES: Final = 2 * 1024
+# The deepest an event's JSON may nest (the event object is level 1, ``geo`` level 2). A
+# parser recurses once per level, and ~1,000 levels under 64 KB crashed the worker
+# (issue 14); 32 leaves room for nested records to come. schemas.bounds enforces it.
+MAX_NESTING_DEPTH: Final = 32
 
-Identifier = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")]
+# How far ``occurred_at`` may lie from the event's arrival (schemas.bounds.TimeBounds; the
+# settings SIEVE_EVENT_MAX_AHEAD, SIEVE_EVENT_MAX_BEHIND and SIEVE_BACKFILL_MAX_BEHIND
+# override them). Ahead: a day covers every time zone and any sane clock skew, while an
+# event claiming next year would switch deduplication off for its partition. Behind: 400
+# days takes a phone that was offline for months and a generator run over last month, and
+# more than a year of lateness is a broken clock. A backfill (a record carrying
+# BACKFILL_HEADER, which `sieve replay` sets) may be 50 years old: any log since the web
+# began.
+DEFAULT_EVENT_MAX_AHEAD: Final = timedelta(days=1)
+DEFAULT_EVENT_MAX_BEHIND: Final = timedelta(days=400)
+DEFAULT_BACKFILL_MAX_BEHIND: Final = timedelta(days=18_262)
+# The Kafka record header (value b"1") that marks a record as a backfill.
+BACKFILL_HEADER: Final = "sieve.backfill"
+
+
+def python_pattern(ecma: str) -> str:
+    """The Python regex meaning what the JSON Schema (ECMA-262) pattern ``ecma`` means.
+
+    ECMA-262's "$" matches only at the end of the text; Python's also matches before a
+    final newline, so "acct-1\\n" passed ``^[\\x21-\\x7e]+$`` in msgspec and in the
+    jsonschema package (which uses ``re.search``). Python gets the pattern with a final
+    ``\\Z``; the schema files keep the portable "$" (``schemas.jsonschema`` turns it back).
+    """
+    if ecma.endswith("$") and not ecma.endswith("\\$"):
+        return ecma[:-1] + "\\Z"
+    return ecma
+
+
+def _matching(ecma: str, **constraints: Any) -> Meta:
+    """A string pattern (ECMA-262, as in the JSON Schema files) that msgspec checks."""
+    return Meta(pattern=python_pattern(ecma), **constraints)
+
+
+# Which characters text may hold, per kind of field (checked after msgspec, see
+# schemas.bounds; the JSON Schema files carry the same patterns):
+# - identifiers, codes, methods, content types: printable ASCII by their own patterns;
+# - URLs, place names, payment provider names and references: no C0 control (U+0000 to
+#   U+001F), no DEL and no C1 control (U+0080 to U+009F). None of them can come from a URL,
+#   an IRI (RFC 3987 excludes C1 too) or a name a person typed; they can come from a broken
+#   encoder or from someone injecting line breaks into logs and reports.
+# - the user agent: an HTTP field value (RFC 9110, 5.5), which may hold a tab and
+#   obs-text (bytes 0x80-0xFF, read as U+0080-U+00FF) but no other control and no DEL.
+TEXT_PATTERN: Final = "^[^\\x00-\\x1f\\x7f-\\x9f]*$"
+HEADER_TEXT_PATTERN: Final = "^[^\\x00-\\x08\\x0a-\\x1f\\x7f]*$"
+_TEXT: Final = {"pattern": TEXT_PATTERN}
+
+Identifier = Annotated[str, _matching("^[\\x21-\\x7e]+$", min_length=1, max_length=128)]
 AwareDatetime = Annotated[datetime, Meta(tz=True)]
 # IP syntax is checked after decoding (``schemas.validate``): a regex for IPv6 would be
 # unreadable, and the standard library's parser is the reference.
@@ -34,17 +84,21 @@ IpAddress = Annotated[
         extra_json_schema={"anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]},
     ),
 ]
-UserAgent = Annotated[str, Meta(max_length=MAX_USER_AGENT_BYTES)]
-UrlPath = Annotated[str, Meta(min_length=1, max_length=2048)]
+UserAgent = Annotated[
+    str, Meta(max_length=MAX_USER_AGENT_BYTES, extra_json_schema={"pattern": HEADER_TEXT_PATTERN})
+]
+UrlPath = Annotated[str, Meta(min_length=1, max_length=2048, extra_json_schema=_TEXT)]
+Referrer = Annotated[str, Meta(max_length=2048, extra_json_schema=_TEXT)]
 # ASCII classes, not ``\w``: Python's ``\w`` matches any Unicode letter while ECMA-262 (the
 # regex dialect of JSON Schema) matches ASCII only, so producers in other languages would
 # disagree with Sieve about the same content type.
-ContentType = Annotated[str, Meta(max_length=255, pattern=r"^[A-Za-z0-9_.+-]+/[A-Za-z0-9_.+-]+$")]
+ContentType = Annotated[str, _matching("^[A-Za-z0-9_.+-]+/[A-Za-z0-9_.+-]+$", max_length=255)]
 ByteCount = Annotated[int, Meta(ge=0, le=1 << 50)]
-CountryCode = Annotated[str, Meta(pattern=r"^[A-Z]{2}$")]
-CurrencyCode = Annotated[str, Meta(pattern=r"^[A-Z]{3}$")]
+CountryCode = Annotated[str, _matching("^[A-Z]{2}$")]
+CurrencyCode = Annotated[str, _matching("^[A-Z]{3}$")]
 # Money is a decimal string, never a float: invoices must be exact to the cent.
-DecimalAmount = Annotated[str, Meta(pattern=r"^-?[0-9]{1,15}(\.[0-9]{1,6})?$")]
+DecimalAmount = Annotated[str, _matching("^-?[0-9]{1,15}(\\.[0-9]{1,6})?$")]
+HttpMethod = Annotated[str, _matching("^[A-Z]{3,10}$")]
 
 
 # gc=False: events hold only scalars (and Geo), so they can never be part of a reference
@@ -53,8 +107,8 @@ class Geo(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, frozen
     """Client-supplied geolocation: any of country, region, city or coordinates."""
 
     country: CountryCode | None = None
-    region: Annotated[str, Meta(max_length=64)] | None = None
-    city: Annotated[str, Meta(max_length=128)] | None = None
+    region: Annotated[str, Meta(max_length=64, extra_json_schema=_TEXT)] | None = None
+    city: Annotated[str, Meta(max_length=128, extra_json_schema=_TEXT)] | None = None
     lat: Annotated[float, Meta(ge=-90, le=90)] | None = None
     lon: Annotated[float, Meta(ge=-180, le=180)] | None = None
 
@@ -88,18 +142,18 @@ class EventBase(
 class Request(EventBase, tag="request", kw_only=True, frozen=True):
     """An HTTP request to the service (API call or asset)."""
 
-    method: Annotated[str, Meta(pattern=r"^[A-Z]{3,10}$")] = "GET"
+    method: HttpMethod = "GET"
     path: UrlPath
     status: Annotated[int, Meta(ge=100, le=599)] = 200
     response_bytes: ByteCount = 0
-    referrer: Annotated[str, Meta(max_length=2048)] | None = None
+    referrer: Referrer | None = None
 
 
 class PageView(EventBase, tag="page_view", kw_only=True, frozen=True):
     """A web page (or a specific piece of content on it) viewed in the console."""
 
     path: UrlPath
-    referrer: Annotated[str, Meta(max_length=2048)] | None = None
+    referrer: Referrer | None = None
 
 
 class Login(EventBase, tag="login", kw_only=True, frozen=True):
@@ -134,8 +188,8 @@ class Payment(EventBase, tag="payment", kw_only=True, frozen=True):
 
     amount: DecimalAmount
     currency: CurrencyCode
-    provider: Annotated[str, Meta(min_length=1, max_length=64)]
-    provider_reference: Annotated[str, Meta(min_length=1, max_length=128)]
+    provider: Annotated[str, Meta(min_length=1, max_length=64, extra_json_schema=_TEXT)]
+    provider_reference: Annotated[str, Meta(min_length=1, max_length=128, extra_json_schema=_TEXT)]
 
 
 class AccountLifecycle(EventBase, tag="account", kw_only=True, frozen=True):

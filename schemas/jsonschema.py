@@ -17,14 +17,20 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Final
 
 import msgspec
 
 from schemas.events import (
+    BACKFILL_HEADER,
+    DEFAULT_BACKFILL_MAX_BEHIND,
+    DEFAULT_EVENT_MAX_AHEAD,
+    DEFAULT_EVENT_MAX_BEHIND,
     EVENT_TYPES,
     MAX_EVENT_BYTES,
+    MAX_NESTING_DEPTH,
     MAX_USER_AGENT_BYTES,
     SCHEMA_VERSION,
 )
@@ -40,11 +46,26 @@ _GENERATED: Final = (
     "Generated from schemas/events.py by `python -m schemas.jsonschema`; do not edit."
 )
 
-# What JSON Schema cannot say; every Sieve consumer enforces it (schemas.validate, schemas.decode).
+
+def _days(span: timedelta) -> str:
+    return f"{span.days} day" if span.days == 1 else f"{span.days} days"
+
+
+# What JSON Schema cannot say; every Sieve consumer enforces it (schemas.validate,
+# schemas.decode, the collector). The time window is relative to the event's arrival,
+# which no schema of the event alone can know.
 _EXTRA_RULES: Final = (
-    f"Rules beyond this schema: the UTF-8 JSON of one event is at most {MAX_EVENT_BYTES} bytes; "
+    f"Rules beyond this schema: the UTF-8 JSON of one event is at most {MAX_EVENT_BYTES} bytes "
+    f"and nests at most {MAX_NESTING_DEPTH} levels (the event object is level 1); "
     f"user_agent is at most {MAX_USER_AGENT_BYTES} bytes in UTF-8; integers are written "
-    "without a fraction or exponent (200, not 200.0)."
+    "without a fraction or exponent (200, not 200.0); occurred_at is an instant of the years "
+    "0001-9999 in UTC and lies in a window around the event's arrival (the Kafka record "
+    "timestamp, or when the collector received it): by default at most "
+    f"{_days(DEFAULT_EVENT_MAX_AHEAD)} later and {_days(DEFAULT_EVENT_MAX_BEHIND)} earlier, "
+    f"or {_days(DEFAULT_BACKFILL_MAX_BEHIND)} earlier for a record with the Kafka header "
+    f"{BACKFILL_HEADER}=1 (a backfill, as `sieve replay` sends); the deployment's settings "
+    "SIEVE_EVENT_MAX_AHEAD, SIEVE_EVENT_MAX_BEHIND and SIEVE_BACKFILL_MAX_BEHIND may change "
+    "the window."
 )
 
 
@@ -56,7 +77,7 @@ def schema_filename(type_name: str) -> str:
 def type_schema(type_name: str) -> dict[str, Any]:
     """The standalone schema of one event type, its nested records under ``$defs``."""
     cls = EVENT_TYPES[type_name]
-    generated = msgspec.json.schema(cls)
+    generated = _portable_patterns(msgspec.json.schema(cls))
     defs: dict[str, Any] = generated["$defs"]
     # msgspec answers {"$ref": "#/$defs/Request", "$defs": {...}}; hoisting the referenced
     # definition to the root makes the file's root the event itself, and the "#/$defs/Geo"
@@ -75,6 +96,23 @@ def type_schema(type_name: str) -> dict[str, Any]:
     if defs:
         schema["$defs"] = defs
     return schema
+
+
+def ecma_pattern(python: str) -> str:
+    """The JSON Schema (ECMA-262) form of a pattern msgspec checks in Python: a final
+    ``\\Z`` is ECMA's "$" (see ``schemas.events.python_pattern``)."""
+    return python[:-2] + "$" if python.endswith("\\Z") else python
+
+
+def _portable_patterns(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {
+            key: ecma_pattern(value) if key == "pattern" else _portable_patterns(value)
+            for key, value in node.items()
+        }
+    if isinstance(node, list):
+        return [_portable_patterns(item) for item in node]
+    return node
 
 
 def event_schema() -> dict[str, Any]:

@@ -2,162 +2,153 @@
 
 The checks are the JSON Schema of the event's ``type`` (draft 2020-12, formats checked),
 built in memory by ``schemas.jsonschema`` (a test keeps the committed files equal to it, so
-an installed package needs no data files), plus the rules JSON Schema cannot say: the size
-of the event, the UTF-8 length of the user agent, the supported schema versions.
+an installed package needs no data files), plus the rules JSON Schema cannot say
+(:mod:`schemas.bounds`): the size and nesting depth of the event, the UTF-8 length of the
+user agent, the supported schema versions, an ``occurred_at`` that exists in UTC and lies
+in its window around the arrival, when the caller knows the arrival.
 
-Privacy: a reason never contains the value it is about. Reasons go into dead-letter
-headers and logs, and values are personal data (an IP address, a user agent), so every
-reason is built here from the keyword and the field name; jsonschema's own messages, which
-quote the instance, are never used. Field names taken from the input (unknown fields) are
-shown only when they look like field names.
+Never raises, whatever the bytes: every input gets problems or none. Codes and wording are
+:mod:`schemas.problems`'s; reasons never quote a value.
+
+Speed: the schema is evaluated by :mod:`schemas.schema_subset` (a few microseconds), not
+by the jsonschema package (~0.1 ms), which is kept for schemas using keywords the subset
+does not implement and as the reference the tests hold the subset to.
 
 Agreement with the hot path: ``schemas.decode`` accepts exactly the events this module
-finds no problem in. Two choices keep it so: an "integer" must be a JSON integer (msgspec
-rejects 200.0, JSON Schema alone would not), and a date-time is checked with msgspec's own
+finds no problem in. Three choices keep it so: an "integer" must be a JSON integer (msgspec
+rejects 200.0, JSON Schema alone would not); a date-time is checked with msgspec's own
 RFC 3339 parser, which also accepts a space for "T" and "+hhmm" offsets (rejecting them in
-the decoder would need a second pass over every message, ~25 % of its time). Producers
-that follow the schema files (strict RFC 3339) are always accepted.
+the decoder would need a second pass over every message, ~25 % of its time); and a pattern
+ending in "$" means the end of the text, as in ECMA-262, not Python's "or before a final
+newline". Producers that follow the schema files (strict RFC 3339) are always accepted.
 """
 
 from __future__ import annotations
 
 import functools
-import ipaddress
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 
 import msgspec
 from jsonschema import Draft202012Validator, FormatChecker, validators
 from jsonschema.exceptions import ValidationError
 
 from schemas import jsonschema as contract
+from schemas.bounds import (
+    DEFAULT_TIME_BOUNDS,
+    InstantVerdict,
+    TimeBounds,
+    judge_instant,
+    nests_deeper_than,
+    parse_datetime,
+)
 from schemas.events import (
     ENVELOPE_FIELDS,
     EVENT_TYPES,
     MAX_EVENT_BYTES,
-    MAX_USER_AGENT_BYTES,
+    MAX_NESTING_DEPTH,
     SUPPORTED_SCHEMA_VERSIONS,
     Event,
 )
+from schemas.post_decode import (
+    has_control_characters,
+    is_ipv4,
+    is_ipv6,
+    is_valid_ip,
+    passes_post_decode_checks,
+    user_agent_fits,
+)
+from schemas.problems import (
+    ALLOWED_TYPES,
+    CODES,
+    CONTROL_CHARACTER,
+    EMPTY_MESSAGE,
+    EMPTY_PROBLEM,
+    INVALID_FORMAT,
+    INVALID_IP,
+    INVALID_JSON,
+    INVALID_JSON_PROBLEM,
+    INVALID_TIMESTAMP,
+    INVALID_VALUE,
+    IP_PROBLEM,
+    MISSING_FIELD,
+    NAIVE_TIMESTAMP,
+    NOT_AN_OBJECT,
+    OUT_OF_RANGE,
+    TOO_DEEP,
+    TOO_DEEP_PROBLEM,
+    TOO_FAR_AHEAD,
+    TOO_FAR_BEHIND,
+    TOO_LARGE,
+    TOO_LONG,
+    TOO_SHORT,
+    UNKNOWN_FIELD,
+    UNKNOWN_TYPE,
+    UNREPRESENTABLE_PROBLEM,
+    UNSUPPORTED_SCHEMA_VERSION,
+    USER_AGENT_PROBLEM,
+    WRONG_TYPE,
+    Problem,
+    field_name,
+    json_type_words,
+    problems_of_errors,
+    too_far_ahead_problem,
+    too_far_behind_problem,
+    too_large_problem,
+)
+from schemas.schema_subset import (
+    SchemaError,
+    SubsetValidator,
+    UnsupportedSchema,
+    compiled_pattern,
+)
 from streams.errors import InvalidEventError
 
+__all__ = [
+    "CODES",
+    "CONTROL_CHARACTER",
+    "EMPTY_MESSAGE",
+    "INVALID_FORMAT",
+    "INVALID_IP",
+    "INVALID_JSON",
+    "INVALID_TIMESTAMP",
+    "INVALID_VALUE",
+    "IP_PROBLEM",
+    "MISSING_FIELD",
+    "NAIVE_TIMESTAMP",
+    "NOT_AN_OBJECT",
+    "OUT_OF_RANGE",
+    "TOO_DEEP",
+    "TOO_FAR_AHEAD",
+    "TOO_FAR_BEHIND",
+    "TOO_LARGE",
+    "TOO_LONG",
+    "TOO_SHORT",
+    "UNKNOWN_FIELD",
+    "UNKNOWN_TYPE",
+    "UNSUPPORTED_SCHEMA_VERSION",
+    "USER_AGENT_PROBLEM",
+    "WRONG_TYPE",
+    "Problem",
+    "first_problem",
+    "has_control_characters",
+    "is_valid_ip",
+    "parse_event",
+    "passes_post_decode_checks",
+    "schema_problems",
+    "user_agent_fits",
+    "validate_event",
+    "validate_event_bytes",
+]
 
-class Problem(NamedTuple):
-    """One way an event breaks the contract. ``reason`` never quotes the offending value."""
-
-    path: str  # JSON path of the offending field: "$" (the message), "$.ip", "$.geo.country"
-    code: str  # one of CODES: stable, for dead-letter headers and metrics
-    reason: str  # one sentence for a person: what is wrong with which field
-
-
-EMPTY_MESSAGE: Final = "empty_message"
-TOO_LARGE: Final = "too_large"
-INVALID_JSON: Final = "invalid_json"
-NOT_AN_OBJECT: Final = "not_an_object"
-UNKNOWN_TYPE: Final = "unknown_type"
-UNSUPPORTED_SCHEMA_VERSION: Final = "unsupported_schema_version"
-MISSING_FIELD: Final = "missing_field"
-UNKNOWN_FIELD: Final = "unknown_field"
-WRONG_TYPE: Final = "wrong_type"
-INVALID_VALUE: Final = "invalid_value"
-INVALID_FORMAT: Final = "invalid_format"
-TOO_LONG: Final = "too_long"
-TOO_SHORT: Final = "too_short"
-OUT_OF_RANGE: Final = "out_of_range"
-NAIVE_TIMESTAMP: Final = "naive_timestamp"
-INVALID_TIMESTAMP: Final = "invalid_timestamp"
-INVALID_IP: Final = "invalid_ip"
-
-CODES: Final = frozenset(
-    {
-        EMPTY_MESSAGE,
-        TOO_LARGE,
-        INVALID_JSON,
-        NOT_AN_OBJECT,
-        UNKNOWN_TYPE,
-        UNSUPPORTED_SCHEMA_VERSION,
-        MISSING_FIELD,
-        UNKNOWN_FIELD,
-        WRONG_TYPE,
-        INVALID_VALUE,
-        INVALID_FORMAT,
-        TOO_LONG,
-        TOO_SHORT,
-        OUT_OF_RANGE,
-        NAIVE_TIMESTAMP,
-        INVALID_TIMESTAMP,
-        INVALID_IP,
-    }
-)
-
-_ALLOWED_TYPES: Final = ", ".join(sorted(EVENT_TYPES))
 _SUPPORTED: Final = ", ".join(str(v) for v in sorted(SUPPORTED_SCHEMA_VERSIONS))
-# A key from the input is shown in a path only if it looks like a field name; anything else
-# (an e-mail address used as a key, say) is personal data as much as a value is.
-_SAFE_KEY: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
-_HIDDEN_KEY: Final = "[?]"
 _MSGSPEC_PATH: Final = re.compile(r" - at `(\$[^`]*)`$")
-
 _EVENT_DECODER: Final[msgspec.json.Decoder[Event]] = msgspec.json.Decoder(Event)
-_DATETIME_DECODER: Final = msgspec.json.Decoder(datetime)
 
 
-# -- the checks JSON Schema cannot do, shared with schemas.decode --------------------------
-
-
-# Dotted-quad IPv4 exactly as ipaddress accepts it (no leading zeros, ASCII digits only):
-# ~8x faster than the parser for the commonest case; anything else goes to the parser.
-_IPV4: Final = re.compile(
-    r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-    r"(?:\.(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}"
-)
-
-
-def is_valid_ip(value: str) -> bool:
-    """True for an IPv4 or IPv6 address as jsonschema's ipv4/ipv6 formats accept it."""
-    if _IPV4.fullmatch(value):
-        return True
-    try:
-        address = ipaddress.ip_address(value)
-    except ValueError:
-        return False
-    # jsonschema's ipv6 format rejects a zone ("fe80::1%eth0"); so do we, to agree with it.
-    return not getattr(address, "scope_id", None)
-
-
-def user_agent_fits(value: str) -> bool:
-    """True if the user agent is at most MAX_USER_AGENT_BYTES in UTF-8."""
-    # A character is at most 4 bytes: short strings (nearly all) need no encoding.
-    if len(value) * 4 <= MAX_USER_AGENT_BYTES:
-        return True
-    return len(value.encode("utf-8", "surrogatepass")) <= MAX_USER_AGENT_BYTES
-
-
-# The problems of the two checks above, worded once for the validator and the decoder.
-IP_PROBLEM: Final = Problem("$.ip", INVALID_IP, "ip is not a valid IPv4 or IPv6 address")
-USER_AGENT_PROBLEM: Final = Problem(
-    "$.user_agent", TOO_LONG, f"user_agent is longer than {MAX_USER_AGENT_BYTES} bytes in UTF-8"
-)
-
-
-def passes_post_decode_checks(event: Event) -> bool:
-    """The checks msgspec's typed decoder does not do; an accepted event passes them all."""
-    if event.ip is not None and not is_valid_ip(event.ip):
-        return False
-    return event.user_agent is None or user_agent_fits(event.user_agent)
-
-
-def _parse_datetime(text: str) -> datetime | None:
-    # The very parser the typed decoder uses, so both agree on every string.
-    try:
-        return _DATETIME_DECODER.decode(msgspec.json.encode(text))
-    except msgspec.DecodeError:
-        return None
-
-
-# -- validators built from the generated schemas -------------------------------------------
+# -- the schema, evaluated by the subset or by jsonschema ---------------------------------------
 
 
 def _is_json_integer(_checker: object, instance: object) -> bool:
@@ -168,12 +159,19 @@ def _is_json_integer(_checker: object, instance: object) -> bool:
 def _is_aware_datetime(instance: object) -> bool:
     if not isinstance(instance, str):
         return True  # formats apply to strings only; "type" reports the rest
-    parsed = _parse_datetime(instance)
+    parsed = parse_datetime(instance)
     return parsed is not None and parsed.tzinfo is not None
+
+
+def _ecma_pattern_keyword(validator: Any, pattern: str, instance: object, schema: Any) -> Any:
+    # jsonschema's own "pattern" uses re.search with Python's "$" (see schemas.events).
+    if isinstance(instance, str) and not compiled_pattern(pattern).search(instance):
+        yield ValidationError(f"does not match {pattern!r}")
 
 
 _Validator: Final[Any] = validators.extend(
     Draft202012Validator,
+    validators={"pattern": _ecma_pattern_keyword},
     type_checker=Draft202012Validator.TYPE_CHECKER.redefine("integer", _is_json_integer),
 )
 
@@ -182,6 +180,20 @@ def _format_checker() -> FormatChecker:
     checker = FormatChecker(formats=("ipv4", "ipv6"))
     checker.checks("date-time")(_is_aware_datetime)
     return checker
+
+
+def _subset_format_check(checker: FormatChecker) -> Callable[[str, object], bool]:
+    direct: dict[str, Callable[[object], bool]] = {
+        "date-time": _is_aware_datetime,
+        "ipv4": is_ipv4,
+        "ipv6": is_ipv6,
+    }
+
+    def conforms(fmt: str, instance: object) -> bool:
+        check = direct.get(fmt)
+        return check(instance) if check is not None else checker.conforms(instance, fmt)
+
+    return conforms
 
 
 def _envelope_schema(any_type_schema: dict[str, Any]) -> dict[str, Any]:
@@ -194,103 +206,262 @@ def _envelope_schema(any_type_schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
+_Validators = tuple[dict[str, Any], Any]
+
+
 @functools.cache
-def _validators() -> tuple[dict[str, Any], Any]:
-    """Per-type validators and the envelope-only one; built once (the schemas never change)."""
+def _validators(use_jsonschema: bool) -> _Validators:
+    """Per-type validators and the envelope-only one; built once (the schemas never change).
+
+    The subset evaluator where it supports the schema, jsonschema otherwise (or when asked).
+    """
     formats = _format_checker()
-    per_type = {name: contract.type_schema(name) for name in EVENT_TYPES}
-    by_type = {
-        name: _Validator(schema, format_checker=formats) for name, schema in per_type.items()
-    }
-    envelope = _Validator(_envelope_schema(next(iter(per_type.values()))), format_checker=formats)
-    return by_type, envelope
+    schemas = {name: contract.type_schema(name) for name in EVENT_TYPES}
+    schemas[""] = _envelope_schema(next(iter(schemas.values())))
+
+    def build(schema: dict[str, Any]) -> Any:
+        if not use_jsonschema:
+            try:
+                return SubsetValidator(schema, _subset_format_check(formats))
+            except UnsupportedSchema:
+                pass
+        return _Validator(schema, format_checker=formats)
+
+    built = {name: build(schema) for name, schema in schemas.items()}
+    envelope = built.pop("")
+    return built, envelope
 
 
 # -- public API -----------------------------------------------------------------------------
 
 
-def validate_event_bytes(data: bytes) -> list[Problem]:
+def validate_event_bytes(
+    data: bytes,
+    *,
+    received_at_ms: int | None = None,
+    backfill: bool = False,
+    bounds: TimeBounds = DEFAULT_TIME_BOUNDS,
+) -> list[Problem]:
     """Every problem of one encoded event; empty if and only if the event is valid.
 
-    An event over MAX_EVENT_BYTES gets that one problem: parsing it further would let one
-    oversized message cost what thousands of valid ones do.
+    ``received_at_ms`` is the event's arrival (ms since the epoch; the Kafka record
+    timestamp): given, ``occurred_at`` must lie within ``bounds`` of it (the backfill window
+    if ``backfill``). None (or negative: a record without timestamp): no window.
+
+    An event over MAX_EVENT_BYTES, or nesting deeper than MAX_NESTING_DEPTH, gets that one
+    problem: parsing it further would let one message cost what thousands of valid ones do.
     """
     if not data:
-        return [Problem("$", EMPTY_MESSAGE, "the message is empty (a tombstone?)")]
+        return [EMPTY_PROBLEM]
     if len(data) > MAX_EVENT_BYTES:
-        return [
-            Problem(
-                "$",
-                TOO_LARGE,
-                f"the event is {len(data)} bytes; the limit is {MAX_EVENT_BYTES} bytes",
-            )
-        ]
+        return [too_large_problem(len(data))]
+    if nests_deeper_than(data, MAX_NESTING_DEPTH):
+        return [TOO_DEEP_PROBLEM]
     try:
         obj = msgspec.json.decode(data)
-    except msgspec.DecodeError:
-        return [Problem("$", INVALID_JSON, "the message is not valid JSON in UTF-8")]
-    problems = _problems(obj)
+    except (msgspec.DecodeError, RecursionError):
+        return [INVALID_JSON_PROBLEM]
+    problems = _problems(obj, _validators(False), received_at_ms, backfill, bounds)
     if problems:
         return problems
     return _typed_decoder_problems(data)
 
 
-def validate_event(obj: dict[str, Any]) -> list[Problem]:
+def first_problem(
+    data: bytes,
+    *,
+    received_at_ms: int | None = None,
+    backfill: bool = False,
+    bounds: TimeBounds = DEFAULT_TIME_BOUNDS,
+) -> Problem | None:
+    """``validate_event_bytes(data, ...)[0]`` (None when valid), for less work: what a
+    rejection carries (``schemas.decode``).
+
+    Problems are sorted by (path, code), and every path of a field starts with "$.<field>",
+    so fields are checked in that order and the search stops at the first field that cannot
+    hold a smaller problem than one already found: on average half the fields.
+    """
+    if not data:
+        return EMPTY_PROBLEM
+    if len(data) > MAX_EVENT_BYTES:
+        return too_large_problem(len(data))
+    if nests_deeper_than(data, MAX_NESTING_DEPTH):
+        return TOO_DEEP_PROBLEM
+    try:
+        obj = msgspec.json.decode(data)
+    except (msgspec.DecodeError, RecursionError):
+        return INVALID_JSON_PROBLEM
+    by_type, envelope = _validators(False)
+    type_name = obj.get("type") if isinstance(obj, dict) else None
+    typed = isinstance(type_name, str) and type_name in by_type
+    validator = by_type[str(type_name)] if typed else envelope
+    if not isinstance(obj, dict) or not isinstance(validator, SubsetValidator):
+        problems = _problems(obj, _validators(False), received_at_ms, backfill, bounds)
+        found = problems[0] if problems else None
+    else:
+        found = _first_problem(obj, validator, typed, (received_at_ms, backfill, bounds))
+    if found is not None:
+        return found
+    return next(iter(_typed_decoder_problems(data)), None)
+
+
+def _first_problem(
+    obj: dict[str, Any],
+    validator: SubsetValidator,
+    typed: bool,
+    arrival: tuple[int | None, bool, TimeBounds],
+) -> Problem | None:
+    """The smallest (path, code) of ``_problems(obj)``, evaluating fields lazily."""
+    schema = validator.root
+    type_name = obj["type"] if typed else None
+    known = validator.property_checks
+    # Problems known without evaluating anything: the type, missing and unknown fields.
+    found: list[Problem] = []
+    if not typed:
+        found.append(_type_problem(obj))
+    for name in validator.required:
+        if name not in obj:
+            found.append(Problem("$." + name, MISSING_FIELD, f"{name} is required"))
+    if validator.closed:
+        unknown = {key: None for key in obj if key not in known}
+        if unknown:
+            error = SchemaError("additionalProperties", False, unknown, schema, ())
+            found.extend(problems_of_errors([error], type_name))
+    best = min(found, key=_order) if found else None
+    # Fields to evaluate, each with the smallest path it could report a problem at: every
+    # path of a field's problems starts with "$.<field>".
+    pending = sorted(
+        [("$." + name, name) for name in obj if name in known]
+        + [(path, "") for path, field in _EXTRA_PATHS if field in obj]
+    )
+    extra: list[Problem] | None = None
+    for lower, name in pending:
+        if best is not None and lower > best.path:
+            break
+        if name:
+            sub, holds = known[name]
+            value = obj[name]
+            if holds(value):
+                continue
+            errors = validator.errors_under(sub, value, name)
+            problems = list(problems_of_errors(errors, type_name))
+        else:
+            if extra is None:
+                extra = list(_extra_problems(obj, *arrival))
+            problems = [p for p in extra if p.path == lower]
+        for problem in problems:
+            if best is None or _order(problem) < _order(best):
+                best = problem
+    return best
+
+
+def _order(problem: Problem) -> tuple[str, str]:
+    return (problem.path, problem.code)
+
+
+# Where the rules beyond the schema report their problems, and the field each looks at.
+_EXTRA_PATHS: Final = (
+    ("$.occurred_at", "occurred_at"),
+    ("$.schema_version", "schema_version"),
+    ("$.user_agent", "user_agent"),
+)
+
+
+def _type_problem(obj: dict[str, Any]) -> Problem:
+    if "type" not in obj:
+        return Problem("$.type", MISSING_FIELD, f"type is required (one of: {ALLOWED_TYPES})")
+    return Problem("$.type", UNKNOWN_TYPE, f"type must be one of: {ALLOWED_TYPES}")
+
+
+def validate_event(
+    obj: dict[str, Any],
+    *,
+    received_at_ms: int | None = None,
+    backfill: bool = False,
+    bounds: TimeBounds = DEFAULT_TIME_BOUNDS,
+) -> list[Problem]:
     """Every problem of one event given as a JSON-like dict (datetimes are encoded first)."""
     try:
         data = msgspec.json.encode(obj)
-    except (TypeError, ValueError, OverflowError):
+    except RecursionError:
+        return [TOO_DEEP_PROBLEM]
+    except (TypeError, ValueError, OverflowError, UnicodeError):
         return [Problem("$", INVALID_JSON, "the object cannot be written as JSON")]
-    return validate_event_bytes(data)
+    return validate_event_bytes(
+        data, received_at_ms=received_at_ms, backfill=backfill, bounds=bounds
+    )
 
 
-def parse_event(data: bytes) -> Event:
-    """The event in ``data``, or InvalidEventError listing every (path, reason) found."""
+def schema_problems(obj: object, *, use_jsonschema: bool = False) -> list[Problem]:
+    """The problems of a decoded event by the schema and the arrival-free rules, found by
+    the fast subset evaluator or (``use_jsonschema``) by the jsonschema package.
+
+    Both must always agree: the tests compare them, and this is what they compare.
+    """
+    return _problems(obj, _validators(use_jsonschema), None, False, DEFAULT_TIME_BOUNDS)
+
+
+def parse_event(
+    data: bytes,
+    *,
+    received_at_ms: int | None = None,
+    backfill: bool = False,
+    bounds: TimeBounds = DEFAULT_TIME_BOUNDS,
+) -> Event:
+    """The event in ``data``, or InvalidEventError listing every (path, reason) found.
+
+    The arrival arguments are those of :func:`validate_event_bytes`.
+    """
     if len(data) <= MAX_EVENT_BYTES:
         # Fast path (msgspec plus the checks it cannot do): the decision equals
         # validate_event_bytes's, which then only runs to explain a rejection.
         try:
             event = _EVENT_DECODER.decode(data)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):
             pass
         else:
-            if passes_post_decode_checks(event):
+            if passes_post_decode_checks(
+                event, received_at_ms=received_at_ms, backfill=backfill, bounds=bounds
+            ):
                 return event
-    problems = validate_event_bytes(data) or [
-        Problem("$", INVALID_VALUE, "the event does not satisfy the contract")
-    ]
+    problems = validate_event_bytes(
+        data, received_at_ms=received_at_ms, backfill=backfill, bounds=bounds
+    ) or [Problem("$", INVALID_VALUE, "the event does not satisfy the contract")]
     raise InvalidEventError([(p.path, p.reason) for p in problems])
 
 
-# -- how problems are found and worded ------------------------------------------------------
+# -- how problems are found -------------------------------------------------------------------
 
 
-def _problems(obj: object) -> list[Problem]:
+def _problems(
+    obj: object,
+    validators_: _Validators,
+    received_at_ms: int | None,
+    backfill: bool,
+    bounds: TimeBounds,
+) -> list[Problem]:
     if not isinstance(obj, dict):
-        return [Problem("$", NOT_AN_OBJECT, f"an event is a JSON object, not {_json_type(obj)}")]
-    by_type, envelope = _validators()
+        return [
+            Problem("$", NOT_AN_OBJECT, f"an event is a JSON object, not {json_type_words(obj)}")
+        ]
+    by_type, envelope = validators_
     found: list[Problem] = []
     type_name = obj.get("type")
     validator = by_type.get(type_name) if isinstance(type_name, str) else None
     if validator is None:
-        if "type" not in obj:
-            found.append(
-                Problem("$.type", MISSING_FIELD, f"type is required (one of: {_ALLOWED_TYPES})")
-            )
-        else:
-            found.append(Problem("$.type", UNKNOWN_TYPE, f"type must be one of: {_ALLOWED_TYPES}"))
+        found.append(_type_problem(obj))
         validator = envelope
         type_name = None
-    for error in validator.iter_errors(obj):
-        for leaf in _leaves(error):
-            found.extend(_translate(leaf, type_name))
-    found.extend(_extra_problems(obj))
+    found.extend(problems_of_errors(validator.iter_errors(obj), type_name))
+    found.extend(_extra_problems(obj, received_at_ms, backfill, bounds))
     # One problem per (path, code), in path order: stable for tests, headers and people.
     unique = {(p.path, p.code): p for p in reversed(found)}
     return sorted(unique.values(), key=lambda p: (p.path, p.code))
 
 
-def _extra_problems(obj: dict[str, Any]) -> Iterator[Problem]:
+def _extra_problems(
+    obj: dict[str, Any], received_at_ms: int | None, backfill: bool, bounds: TimeBounds
+) -> Iterator[Problem]:
     if "schema_version" in obj:
         version = obj["schema_version"]
         if not _is_json_integer(None, version):
@@ -307,102 +478,24 @@ def _extra_problems(obj: dict[str, Any]) -> Iterator[Problem]:
     user_agent = obj.get("user_agent")
     if isinstance(user_agent, str) and not user_agent_fits(user_agent):
         yield USER_AGENT_PROBLEM
+    occurred_at = obj.get("occurred_at")
+    if isinstance(occurred_at, str):
+        instant = parse_datetime(occurred_at)
+        if instant is not None and instant.tzinfo is not None:
+            yield from _instant_problems(instant, received_at_ms, backfill, bounds)
 
 
-# Errors that _extra_problems words better: schema_version's enum, the user agent's length
-# in characters (more than 2048 characters is always more than 2048 bytes).
-_SUPERSEDED: Final = frozenset({(("schema_version",), "enum"), (("user_agent",), "maxLength")})
-
-
-def _leaves(error: ValidationError) -> Iterator[ValidationError]:
-    """The errors that explain ``error``: inside anyOf/oneOf, those of the branches that apply."""
-    if error.validator not in ("anyOf", "oneOf") or not error.context:
-        if (tuple(error.absolute_path), error.validator) not in _SUPERSEDED:
-            yield error
-        return
-    branches: dict[object, list[ValidationError]] = {}
-    for sub in error.context:
-        branches.setdefault(sub.relative_schema_path[0], []).append(sub)
-    here = list(error.absolute_path)
-    # An optional field is anyOf [T, null]; a branch whose type the value does not have
-    # (the null branch for a string) explains nothing.
-    relevant = [
-        errors
-        for errors in branches.values()
-        if not any(e.validator == "type" and list(e.absolute_path) == here for e in errors)
-    ]
-    if not relevant:
-        yield error  # the value has none of the branch types: reported as wrong_type
-        return
-    for errors in relevant:
-        for sub in errors:
-            yield from _leaves(sub)
-
-
-def _translate(error: ValidationError, type_name: str | None) -> Iterator[Problem]:
-    parts = list(error.absolute_path)
-    path, field = _path(parts), _field(parts)
-    keyword, expected = error.validator, error.validator_value
-    if keyword == "required":
-        for name in expected:
-            if name not in error.instance:
-                yield Problem(
-                    _path([*parts, name]), MISSING_FIELD, f"{_field([*parts, name])} is required"
-                )
-    elif keyword == "additionalProperties":
-        owner = f"{type_name} events" if not parts and type_name else field
-        for key in error.instance:
-            if key not in error.schema.get("properties", {}):
-                where = _path([*parts, key])
-                name = (
-                    _field([*parts, key])
-                    if _is_safe_key(key)
-                    else "a field whose name is not shown"
-                )
-                yield Problem(where, UNKNOWN_FIELD, f"{name} is not a field of {owner}")
-    elif keyword == "format":
-        yield _format_problem(path, field, expected, error.instance)
-    elif keyword in ("enum", "const"):
-        allowed = expected if keyword == "enum" else [expected]
-        words = ", ".join(_literal(v) for v in allowed)
-        yield Problem(path, INVALID_VALUE, f"{field} must be one of: {words}")
-    elif keyword == "type":
-        yield Problem(path, WRONG_TYPE, f"{field} must be {_type_words([expected])}")
-    elif keyword in ("anyOf", "oneOf"):
-        types = [e.validator_value for e in error.context or () if e.validator == "type"]
-        yield Problem(path, WRONG_TYPE, f"{field} must be {_type_words(types)}")
-    elif keyword == "maxLength":
-        yield Problem(path, TOO_LONG, f"{field} is longer than {expected} characters")
-    elif keyword == "minLength":
-        yield Problem(path, TOO_SHORT, f"{field} is shorter than {expected} character(s)")
-    elif keyword == "pattern":
-        yield Problem(path, INVALID_FORMAT, f"{field} does not match the pattern {expected}")
-    elif keyword in _BOUNDS:
-        yield Problem(path, OUT_OF_RANGE, f"{field} must be {_BOUNDS[keyword]} {expected}")
-    else:
-        yield Problem(path, INVALID_VALUE, f"{field} breaks the {keyword} rule of the schema")
-
-
-_BOUNDS: Final = {
-    "minimum": ">=",
-    "maximum": "<=",
-    "exclusiveMinimum": ">",
-    "exclusiveMaximum": "<",
-}
-
-
-def _format_problem(path: str, field: str, fmt: str, instance: object) -> Problem:
-    if fmt == "date-time":
-        parsed = _parse_datetime(instance) if isinstance(instance, str) else None
-        if parsed is not None and parsed.tzinfo is None:
-            return Problem(path, NAIVE_TIMESTAMP, f"{field} has no timezone offset")
-        return Problem(
-            path, INVALID_TIMESTAMP, f"{field} is not an RFC 3339 date-time with an offset"
-        )
-    if fmt in ("ipv4", "ipv6"):
-        # Only "ip" has these formats: this is IP_PROBLEM, the decoder's wording (tested).
-        return Problem(path, INVALID_IP, f"{field} is not a valid IPv4 or IPv6 address")
-    return Problem(path, INVALID_FORMAT, f"{field} is not a valid {fmt}")
+def _instant_problems(
+    instant: datetime, received_at_ms: int | None, backfill: bool, bounds: TimeBounds
+) -> Iterator[Problem]:
+    verdict = judge_instant(instant, received_at_ms, backfill, bounds)
+    if verdict is InstantVerdict.UNREPRESENTABLE:
+        yield UNREPRESENTABLE_PROBLEM
+    elif verdict is InstantVerdict.TOO_FAR_AHEAD:
+        yield too_far_ahead_problem(bounds.max_ahead)
+    elif verdict is InstantVerdict.TOO_FAR_BEHIND:
+        behind = bounds.backfill_max_behind if backfill else bounds.max_behind
+        yield too_far_behind_problem(behind, backfill=backfill)
 
 
 def _typed_decoder_problems(data: bytes) -> list[Problem]:
@@ -411,59 +504,8 @@ def _typed_decoder_problems(data: bytes) -> list[Problem]:
     # keeps the last). msgspec's message quotes values: only its path is kept.
     try:
         _EVENT_DECODER.decode(data)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:
         match = _MSGSPEC_PATH.search(str(exc))
         path = match.group(1) if match else "$"
-        field = path.removeprefix("$.") if path != "$" else "the event"
-        return [Problem(path, INVALID_VALUE, f"{field} does not satisfy the contract")]
+        return [Problem(path, INVALID_VALUE, f"{field_name(path)} does not satisfy the contract")]
     return []
-
-
-def _is_safe_key(key: object) -> bool:
-    return isinstance(key, str) and _SAFE_KEY.fullmatch(key) is not None
-
-
-def _path(parts: Iterable[object]) -> str:
-    out = "$"
-    for part in parts:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif _is_safe_key(part):
-            out += f".{part}"
-        else:
-            out += _HIDDEN_KEY
-    return out
-
-
-def _field(parts: list[object]) -> str:
-    """The field as a person reads it: "geo.country"; "the event" for the root."""
-    return _path(parts).removeprefix("$.") if parts else "the event"
-
-
-def _literal(value: object) -> str:
-    # Allowed values come from the schema, never from the input.
-    return f"'{value}'" if isinstance(value, str) else str(value)
-
-
-def _type_words(types: Iterable[object]) -> str:
-    words: list[str] = []
-    for t in types:
-        for name in t if isinstance(t, list) else [t]:
-            word = {"null": "null", "object": "an object", "integer": "an integer"}.get(
-                str(name), f"a {name}"
-            )
-            if word not in words:
-                words.append(word)
-    return " or ".join(words) if words else "of another type"
-
-
-def _json_type(value: object) -> str:
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    return "null"

@@ -16,6 +16,11 @@ JSON lines are forwarded as they are (one value per line, as ``sieve generate --
 writes): checking them is the worker's job, and a line the contract rejects ends up in
 the dead-letter topic with its reason rather than vanishing here. The key is the line's
 ``account_id`` when it has one, else ``--account``.
+
+Every record carries the Kafka header ``sieve.backfill: 1`` (``schemas.events.
+BACKFILL_HEADER``): a replayed log is old by nature (the sample in ``tests/data`` is from
+2015), and the worker then allows ``occurred_at`` up to SIEVE_BACKFILL_MAX_BEHIND (50 years)
+before the record's arrival instead of SIEVE_EVENT_MAX_BEHIND (400 days).
 """
 
 from __future__ import annotations
@@ -43,9 +48,10 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from schemas.events import MAX_USER_AGENT_BYTES, Identifier, Request, encode
+from schemas.events import BACKFILL_HEADER, MAX_USER_AGENT_BYTES, Identifier, Request, encode
+from schemas.validate import passes_post_decode_checks
 from streams.errors import ConfigurationError
-from streams.generate.sinks import RawSink, open_sink
+from streams.generate.sinks import CREATE_TOPIC_HELP, RawSink, open_sink
 from streams.settings import Settings
 
 Format = Literal["combined", "jsonl"]
@@ -135,6 +141,11 @@ def parse_combined_line(
     truncated line still records a served request.
     """
     line = line.rstrip("\r\n")
+    if not line.isascii():
+        try:
+            line.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate: no event can carry it
+            return None
     match = _COMBINED.match(line)
     if match is None:
         return None
@@ -164,10 +175,13 @@ def parse_combined_line(
     if agent not in ("", "-"):
         doc["user_agent"] = agent
     try:
-        # convert() checks every constraint of the contract; the constructor checks none.
-        return msgspec.convert(doc, Request)
+        # convert() checks every constraint msgspec knows; the constructor checks none.
+        event = msgspec.convert(doc, Request)
     except msgspec.ValidationError:
         return None
+    # And the contract's checks beyond msgspec (control characters, an instant that exists
+    # in UTC), so that the worker never dead-letters what replay sent as parsed.
+    return event if passes_post_decode_checks(event) else None
 
 
 def _is_ip(text: str) -> bool:
@@ -198,10 +212,15 @@ class ReplayReport:
     unkeyed: int = 0
 
 
+# The headers of every replayed record: each is a backfill.
+BACKFILL_HEADERS: Final = ((BACKFILL_HEADER, b"1"),)
+
+
 @dataclass(frozen=True, slots=True)
 class RawRecord:
     key: bytes
     value: bytes
+    headers: tuple[tuple[str, bytes], ...] = BACKFILL_HEADERS
 
 
 _JSON_DECODER: Final = msgspec.json.Decoder()
@@ -229,7 +248,9 @@ def replay_records(
             report.blank += 1
             continue
         if fmt == "jsonl":
-            value = text.encode("utf-8")
+            # surrogatepass: a lone surrogate goes on as the bytes it stands for (invalid
+            # UTF-8), for the worker to dead-letter; the files replay reads never hold one.
+            value = text.encode("utf-8", "surrogatepass")
             key = _jsonl_key(value)
             if key is None:
                 report.unkeyed += 1
@@ -301,7 +322,7 @@ def run_replay(
             lines = _tracked(text, progress, total)
         send = sink.send
         for record in replay_records(lines, chosen, report, account_id):
-            send(record.key, record.value)
+            send(record.key, record.value, record.headers)
     return report
 
 
@@ -357,7 +378,8 @@ def describe(report: ReplayReport) -> list[str]:
     show_default=True,
     help="Account id of the replayed requests (and key of JSON lines without one).",
 )
-@click.option("--topic", help="Topic to produce to; default: SIEVE_RAW_TOPIC (created if missing).")
+@click.option("--topic", help="Topic to produce to (it must exist); default: SIEVE_RAW_TOPIC.")
+@click.option("--create-topic", is_flag=True, help=CREATE_TOPIC_HELP)
 @click.option(
     "--out",
     "out_path",
@@ -365,7 +387,12 @@ def describe(report: ReplayReport) -> list[str]:
     help="Write the records as JSON lines instead of producing; '-': stdout.",
 )
 def replay_command(
-    file: Path, fmt: str, account: str, topic: str | None, out_path: str | None
+    file: Path,
+    fmt: str,
+    account: str,
+    topic: str | None,
+    create_topic: bool,
+    out_path: str | None,
 ) -> None:
     """Send each line of FILE to the raw topic: an Apache/nginx combined access log
     (each line a `request` event) or JSON lines (forwarded as they are).
@@ -382,7 +409,7 @@ def replay_command(
     console = Console(stderr=out_path == "-")
     settings = cast(Callable[[], Settings], Settings)()
     topic = topic or settings.raw_topic
-    sink, where = open_sink(out_path, settings, topic, CLIENT_ID)
+    sink, where = open_sink(out_path, settings, topic, CLIENT_ID, create_topic=create_topic)
     console.print(f"replaying {file} -> {where}")
     chosen: Format | None = None if fmt == "auto" else cast(Format, fmt)
     report = run_replay(file, sink, fmt=chosen, account_id=account, console=console)

@@ -14,6 +14,12 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from schemas.events import (
+    DEFAULT_BACKFILL_MAX_BEHIND,
+    DEFAULT_EVENT_MAX_AHEAD,
+    DEFAULT_EVENT_MAX_BEHIND,
+)
+
 ENV_PREFIX = "SIEVE_"
 
 
@@ -93,11 +99,56 @@ class Settings(BaseSettings):
         None, description="JSON file mapping account ids to collector write keys."
     )
 
+    # --- event contract --------------------------------------------------------------------
+    event_max_ahead: timedelta = Field(
+        DEFAULT_EVENT_MAX_AHEAD,
+        description="Furthest an event's occurred_at may lie after its arrival (the Kafka record"
+        " timestamp; for the collector, the request). A day covers every time zone and any sane"
+        " clock skew; an event claiming next year would turn deduplication off for its"
+        " partition. Later events are dead-lettered (the collector answers 400): too_far_ahead.",
+    )
+    event_max_behind: timedelta = Field(
+        DEFAULT_EVENT_MAX_BEHIND,
+        description="Furthest an event's occurred_at may lie before its arrival: 400 days takes a"
+        " phone that was offline for months and a generator run over last month; older is a"
+        " broken clock (dead-lettered: too_far_behind). Backfills get SIEVE_BACKFILL_MAX_BEHIND.",
+    )
+    backfill_max_behind: timedelta = Field(
+        DEFAULT_BACKFILL_MAX_BEHIND,
+        description="The same bound for records marked as a backfill (Kafka header"
+        " sieve.backfill: 1, which `sieve replay` sets): 50 years, so any old log replays.",
+    )
+
     # --- collector ------------------------------------------------------------------------
     collector_host: str = Field("127.0.0.1", description="Address the HTTP collector binds.")
     collector_port: int = Field(8080, description="Port of the HTTP collector.")
     collector_max_body_bytes: int = Field(
         1_048_576, description="Largest request body the collector reads (413 above it)."
+    )
+    collector_header_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="How long a connection may take to send a request's headers (from when it"
+        " opens, or from the previous answer on a kept-alive connection) before the collector"
+        " closes it: half-open connections cannot pile up.",
+    )
+    collector_body_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="How long a request may take to send its body once its headers arrived"
+        " (408 and the connection closed after).",
+    )
+    collector_max_requests_per_key: int = Field(
+        4,
+        ge=1,
+        description="Requests one account's write keys may have in progress at once; more are"
+        " answered 429 with Retry-After, so one client's flood cannot starve the others.",
+    )
+    collector_ack_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="Longest a request waits for Kafka's acknowledgements before the collector"
+        " answers 503 (also bounds how long sending may block while the broker is away).",
     )
 
     # --- aggregations ---------------------------------------------------------------------

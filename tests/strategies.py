@@ -42,6 +42,19 @@ REALISTIC_USER_AGENTS = (
 )
 
 _PRINTABLE_ASCII = st.characters(min_codepoint=0x21, max_codepoint=0x7E)
+# The characters text fields may hold (schemas.events): no C0 control, DEL or C1 control in
+# URLs, names and references; a user agent (an HTTP field value) may hold a tab and C1.
+_TEXT_CHARS = st.characters(exclude_categories=["Cs"], exclude_characters=[
+    *map(chr, range(0x20)), *map(chr, range(0x7F, 0xA0))
+])  # fmt: skip
+_HEADER_CHARS = st.characters(exclude_categories=["Cs"], exclude_characters=[
+    *(chr(c) for c in range(0x20) if c != 0x09), "\x7f"
+])  # fmt: skip
+
+
+def texts(min_size: int = 0, max_size: int | None = None) -> st.SearchStrategy[str]:
+    """Arbitrary text as URL, name and reference fields may hold it."""
+    return st.text(alphabet=_TEXT_CHARS, min_size=min_size, max_size=max_size)
 
 
 def identifiers() -> st.SearchStrategy[str]:
@@ -74,7 +87,7 @@ def ip_addresses() -> st.SearchStrategy[str]:
 
 def user_agents() -> st.SearchStrategy[str]:
     """Realistic user agents, and arbitrary text cut to MAX_USER_AGENT_BYTES in UTF-8."""
-    arbitrary = st.text(max_size=MAX_USER_AGENT_BYTES).map(
+    arbitrary = st.text(alphabet=_HEADER_CHARS, max_size=MAX_USER_AGENT_BYTES).map(
         lambda s: s.encode("utf-8")[:MAX_USER_AGENT_BYTES].decode("utf-8", "ignore")
     )
     return st.one_of(st.sampled_from(REALISTIC_USER_AGENTS), arbitrary)
@@ -85,8 +98,8 @@ def geos() -> st.SearchStrategy[Geo]:
     return st.builds(
         Geo,
         country=st.none() | st.from_regex(r"[A-Z]{2}", fullmatch=True),
-        region=st.none() | st.text(max_size=64),
-        city=st.none() | st.text(max_size=128),
+        region=st.none() | texts(max_size=64),
+        city=st.none() | texts(max_size=128),
         lat=st.none() | st.floats(min_value=-90, max_value=90, allow_nan=False),
         lon=st.none() | st.floats(min_value=-180, max_value=180, allow_nan=False),
     )
@@ -118,9 +131,9 @@ def _envelope() -> st.SearchStrategy[dict[str, Any]]:
 
 _paths = st.one_of(
     st.from_regex(r"/(api/v1|console)(/[a-z0-9-]{1,12}){0,4}", fullmatch=True),
-    st.text(min_size=1, max_size=2048),
+    texts(min_size=1, max_size=2048),
 )
-_referrers = _optional(st.one_of(st.just("https://console.example.com/"), st.text(max_size=2048)))
+_referrers = _optional(st.one_of(st.just("https://console.example.com/"), texts(max_size=2048)))
 _byte_counts = st.integers(min_value=0, max_value=1 << 50)
 _content_types = st.one_of(
     st.sampled_from(["application/octet-stream", "image/png", "video/mp4", "text/csv"]),
@@ -149,8 +162,8 @@ _TYPE_FIELDS: dict[str, dict[str, st.SearchStrategy[Any]]] = {
     "payment": {
         "amount": st.from_regex(r"-?[0-9]{1,15}(\.[0-9]{1,6})?", fullmatch=True),
         "currency": st.from_regex(r"[A-Z]{3}", fullmatch=True),
-        "provider": st.text(min_size=1, max_size=64),
-        "provider_reference": st.text(min_size=1, max_size=128),
+        "provider": texts(min_size=1, max_size=64),
+        "provider_reference": texts(min_size=1, max_size=128),
     },
     "account": {"action": st.sampled_from(["registered", "disabled", "terminated"])},
     "consent": {"choice": st.sampled_from(["opt_out", "opt_in"])},

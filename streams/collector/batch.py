@@ -1,8 +1,12 @@
 """A request body as a batch of events: decoding, checking, and the browser's privacy signals.
 
-Pure: bytes and plain values in, events and problems out; no HTTP, no Kafka. A batch is
-all or nothing: :func:`check_batch` returns events only when no event has a problem, so the
-collector never forwards part of a batch a client has to fix and re-send.
+Pure: bytes and plain values in, events and problems out; no HTTP, no Kafka, no clock (the
+caller passes when the request arrived). A batch is all or nothing: :func:`check_batch`
+returns events only when no event has a problem, so the collector never forwards part of a
+batch a client has to fix and re-send. Neither function raises, whatever the bytes: a body
+nested too deep for a parser (issue 14: 1,000 levels answered 500) is a problem like any
+other, with the same depth limit as the worker's (``schemas.events.MAX_NESTING_DEPTH`` per
+event, one more level for the array around them).
 """
 
 from __future__ import annotations
@@ -13,11 +17,13 @@ from typing import Final
 
 import msgspec
 
-from schemas.events import Event, encode
+from schemas.bounds import DEFAULT_TIME_BOUNDS, TimeBounds, nests_deeper_than
+from schemas.events import MAX_NESTING_DEPTH, Event, encode
 from schemas.validate import (
     INVALID_JSON,
     INVALID_VALUE,
     NOT_AN_OBJECT,
+    TOO_DEEP,
     parse_event,
     validate_event_bytes,
 )
@@ -57,9 +63,11 @@ class BatchProblem:
 
 @dataclass(frozen=True)
 class Undecodable:
-    """An NDJSON line that is not JSON; kept in place so later events keep their index."""
+    """An item that is not a JSON value a parser may read (not JSON, or nested too deep);
+    kept in place so later events keep their index."""
 
     reason: str
+    code: str = INVALID_JSON
 
 
 @dataclass(frozen=True)
@@ -96,26 +104,34 @@ def decode_batch(body: bytes, media_type: str) -> tuple[list[object], BatchProbl
 
 
 def check_batch(
-    items: Sequence[object], account_id: str, signals: PrivacySignals | None = None
+    items: Sequence[object],
+    account_id: str,
+    signals: PrivacySignals | None = None,
+    *,
+    received_at_ms: int | None = None,
+    bounds: TimeBounds = DEFAULT_TIME_BOUNDS,
 ) -> tuple[list[Event], list[BatchProblem]]:
     """Every problem of every item, or (when there are none) the items as events.
 
     ``signals`` are applied first (:func:`apply_signals`), so what is checked is exactly
     what will be sent. An event naming another account than the write key's is a problem
     of that event (``account_id``, ``account_mismatch``) like any other, so the client
-    learns everything to fix from one answer.
+    learns everything to fix from one answer. ``received_at_ms`` is when the request
+    arrived: each ``occurred_at`` must lie within ``bounds`` of it, as the worker will
+    require of the record's timestamp (None: only that it exists in UTC).
     """
     signals = signals or PrivacySignals()
     events: list[Event] = []
     problems: list[BatchProblem] = []
     for index, item in enumerate(items):
         if isinstance(item, Undecodable):
-            problems.append(BatchProblem(index, "$", INVALID_JSON, item.reason))
+            problems.append(BatchProblem(index, "$", item.code, item.reason))
         elif not isinstance(item, dict):
             reason = f"an event must be a JSON object, not {_json_kind(item)}"
             problems.append(BatchProblem(index, "$", NOT_AN_OBJECT, reason))
         else:
-            event, found = _check_event(index, apply_signals(item, signals), account_id)
+            arrival = (received_at_ms, bounds)
+            event, found = _check_event(index, apply_signals(item, signals), account_id, arrival)
             problems.extend(found)
             if event is not None:
                 events.append(event)
@@ -137,14 +153,34 @@ def apply_signals(item: dict[str, object], signals: PrivacySignals) -> dict[str,
     return raised
 
 
+# An array's elements as raw JSON: msgspec checks the syntax (~1.5 ms a MB) without building
+# them, so each element's depth is checked before anything recurses into it.
+_RAW_ITEMS: Final = msgspec.json.Decoder(list[msgspec.Raw])
+_TOO_DEEP_BODY: Final = BatchProblem(
+    None, "$", TOO_DEEP, f"the body nests deeper than {MAX_NESTING_DEPTH + 1} levels of JSON"
+)
+
+
 def _decode_json(body: bytes) -> list[object] | BatchProblem:
+    start = body.lstrip(b" \t\r\n")[:1]
+    if start == b"[":
+        try:
+            raw_items = _RAW_ITEMS.decode(body)
+        except RecursionError:  # msgspec recurses to skip an element ~1,000 levels deep
+            return _TOO_DEEP_BODY
+        except msgspec.DecodeError as error:
+            return BatchProblem(
+                None, "$", INVALID_JSON, f"the body is not valid JSON ({_where(error)})"
+            )
+        return [_decode_item(bytes(raw), f"event {index}") for index, raw in enumerate(raw_items)]
+    if start == b"{" and nests_deeper_than(body, MAX_NESTING_DEPTH):
+        return _TOO_DEEP_BODY
     try:
-        document = msgspec.json.decode(body)
-    except msgspec.DecodeError as error:
-        reason = f"the body is not valid JSON ({_where(error)})"
-        return BatchProblem(None, "$", INVALID_JSON, reason)
-    if isinstance(document, list):
-        return document
+        document = msgspec.json.decode(body)  # one object, a scalar, or not JSON: no depth
+    except (msgspec.DecodeError, RecursionError) as error:
+        return BatchProblem(
+            None, "$", INVALID_JSON, f"the body is not valid JSON ({_where(error)})"
+        )
     if isinstance(document, dict):
         return [document]
     reason = f"the body must be a JSON array of events or one event, not {_json_kind(document)}"
@@ -154,37 +190,47 @@ def _decode_json(body: bytes) -> list[object] | BatchProblem:
 def _decode_ndjson(body: bytes) -> list[object]:
     items: list[object] = []
     for line_number, line in enumerate(body.split(b"\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            items.append(msgspec.json.decode(line))
-        except msgspec.DecodeError as error:
-            items.append(Undecodable(f"line {line_number} is not valid JSON ({_where(error)})"))
+        if line.strip():
+            items.append(_decode_item(line, f"line {line_number}"))
     return items
 
 
+def _decode_item(data: bytes, what: str) -> object:
+    if nests_deeper_than(data, MAX_NESTING_DEPTH):
+        reason = f"{what} nests deeper than {MAX_NESTING_DEPTH} levels of JSON"
+        return Undecodable(reason, TOO_DEEP)
+    try:
+        return msgspec.json.decode(data)
+    except (msgspec.DecodeError, RecursionError) as error:
+        return Undecodable(f"{what} is not valid JSON ({_where(error)})")
+
+
 def _check_event(
-    index: int, item: dict[str, object], account_id: str
+    index: int,
+    item: dict[str, object],
+    account_id: str,
+    arrival: tuple[int | None, TimeBounds],
 ) -> tuple[Event | None, list[BatchProblem]]:
     event_id = item.get("event_id")
     shown_id = event_id if isinstance(event_id, str) else None
+    received_at_ms, bounds = arrival
     # Re-encoded so every event meets the same byte-level checks (size limit) whether it
     # came in an array or on its own NDJSON line.
     data = msgspec.json.encode(item)
     event: Event | None = None
     found: list[BatchProblem] = []
     try:
-        # The decoder's fast path first: the full validator (JSON Schema, ~20 times
-        # slower) only runs to explain an event that fails.
-        event = parse_event(data)
+        # The decoder's fast path first: the validator only runs to explain an event
+        # that fails.
+        event = parse_event(data, received_at_ms=received_at_ms, bounds=bounds)
         # Also the canonical bytes the producer will send (dates and numbers may be spelt
         # longer than the client spelt them): the producer refuses an invalid event, and a
         # refusal in the middle of sending would leave part of a batch sent.
-        parse_event(encode(event))
+        parse_event(encode(event), received_at_ms=received_at_ms, bounds=bounds)
     except InvalidEventError as error:
         found = [
             BatchProblem(index, problem.path, problem.code, problem.reason, shown_id)
-            for problem in validate_event_bytes(data)
+            for problem in validate_event_bytes(data, received_at_ms=received_at_ms, bounds=bounds)
         ] or [
             BatchProblem(index, path, INVALID_VALUE, reason, shown_id)
             for path, reason in error.problems
@@ -205,8 +251,10 @@ def _json_kind(value: object) -> str:
     return names.get(type(value), type(value).__name__)
 
 
-def _where(error: msgspec.DecodeError) -> str:
+def _where(error: Exception) -> str:
     # msgspec says what and where ("JSON is malformed: invalid character (byte 12)",
     # "Input data was truncated") without quoting the input.
+    if isinstance(error, RecursionError):
+        return "nested too deep to read"
     detail = str(error).removeprefix("JSON is malformed: ")
     return detail[:1].lower() + detail[1:]

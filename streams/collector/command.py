@@ -9,9 +9,10 @@ from typing import cast
 import click
 from aiohttp import web
 
+from schemas.bounds import TimeBounds
 from streams.collector.keys import WriteKeys
 from streams.collector.server import EVENTS_PATH, create_collector_app
-from streams.errors import ConfigurationError
+from streams.errors import ConfigurationError, TransientError
 from streams.http_server import serve_until_stopped
 from streams.settings import Settings, describe_environment
 
@@ -42,12 +43,28 @@ def collect_command(host: str | None, port: int | None) -> None:
             ' {"<account_id>": ["<key>", ...]} of the keys clients write with'
         )
     write_keys = WriteKeys.load(settings.write_keys_file)
-    producer = EventProducer.from_settings(settings)
+    deadline = settings.collector_ack_timeout_seconds
+    producer = EventProducer.from_settings(
+        settings,
+        "sieve-collector",
+        # Neither a metadata wait nor a record's delivery outlives a request's deadline, so
+        # a 503 comes in time and an event answered 503 is not written minutes later.
+        max_block_s=deadline,
+        request_timeout_s=deadline,
+        delivery_timeout_s=deadline + 1.0,
+    )
     try:
         app = create_collector_app(
             producer=producer,
             write_keys=write_keys,
             max_body_bytes=settings.collector_max_body_bytes,
+            ack_timeout_s=deadline,
+            header_timeout_s=settings.collector_header_timeout_seconds,
+            body_timeout_s=settings.collector_body_timeout_seconds,
+            max_requests_per_key=settings.collector_max_requests_per_key,
+            time_bounds=TimeBounds(
+                settings.event_max_ahead, settings.event_max_behind, settings.backfill_max_behind
+            ),
         )
         bind_host = settings.collector_host if host is None else host
         bind_port = settings.collector_port if port is None else port
@@ -63,8 +80,12 @@ def collect_command(host: str | None, port: int | None) -> None:
         asyncio.run(serve(app, bind_host, bind_port, announce))
     finally:
         # Requests in flight were answered before serve() returned; close() still delivers
-        # whatever a timed-out request left queued (for up to 30 s) before disconnecting.
-        producer.close(timeout=30.0)
+        # whatever a timed-out request left queued (for up to the deadline) before
+        # disconnecting, and says so if the broker is away.
+        try:
+            producer.close(timeout=deadline)
+        except TransientError as undelivered:
+            click.echo(f"sieve collector: {undelivered}", err=True)
 
 
 async def serve(

@@ -1,9 +1,11 @@
 """Forwarding a checked batch to Kafka and waiting for the broker's acknowledgements.
 
 Runs in a worker thread (kafka-python blocks). Contract: :func:`deliver` returns one
-:class:`Delivery` per event, in order, within about ``timeout_s`` (plus however long the
-producer's own ``send`` may block on metadata); an event is "accepted" only once the broker
-acknowledged it with a partition and offset.
+:class:`Delivery` per event, in order, by its deadline plus at most one ``send``'s blocking
+(the producer's ``max_block_s``, which the collector sets to its deadline); an event is
+"accepted" only once the broker acknowledged it with a partition and offset. Once a send
+fails (the broker is away) or the deadline passed, the remaining events are not sent:
+issue 14 saw requests wait 240 s for their 503, one metadata wait per event.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Protocol
 from kafka.errors import KafkaError
 
 from schemas.events import Event
+from streams.delivery_health import DeliveryState
 from streams.errors import SieveError
 
 
@@ -37,9 +40,12 @@ class AckFuture(Protocol):
 
 class EventSender(Protocol):
     """What the collector needs of a producer (``streams.producer.EventProducer``):
-    ``send`` an event keyed by its account and get a future of its acknowledgement."""
+    ``send`` an event keyed by its account and get a future of its acknowledgement, and
+    say whether it is delivering (``/healthz``)."""
 
     def send(self, event: Event) -> AckFuture: ...
+
+    def health(self) -> DeliveryState: ...
 
 
 @dataclass(frozen=True)
@@ -62,19 +68,28 @@ class Delivery:
         }
 
 
-def deliver(producer: EventSender, events: Sequence[Event], timeout_s: float) -> list[Delivery]:
-    """Send every event, then wait for every acknowledgement under one deadline.
+def deliver(producer: EventSender, events: Sequence[Event], deadline: float) -> list[Delivery]:
+    """Send every event, then wait for every acknowledgement until ``deadline`` (a
+    ``time.monotonic()`` reading).
 
     All sends go out before the first wait, so the batch travels in as few produce
     requests as the producer makes of it, and the wait is one round trip, not one per event.
+    A request that waited for a thread past its deadline sends nothing: its client has
+    been answered 503 already.
     """
     pending: list[tuple[int, Event, AckFuture | str]] = []
+    refusal: str | None = None
     for index, event in enumerate(events):
+        if refusal is None and time.monotonic() >= deadline:
+            refusal = "not sent: the request's deadline passed before the broker was reached"
+        if refusal is not None:
+            pending.append((index, event, refusal))
+            continue
         try:
             pending.append((index, event, producer.send(event)))
         except (KafkaError, SieveError) as error:
-            pending.append((index, event, _describe(error)))
-    deadline = time.monotonic() + timeout_s
+            refusal = _describe(error)
+            pending.append((index, event, refusal))
     return [_await(index, event, outcome, deadline) for index, event, outcome in pending]
 
 

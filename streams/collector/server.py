@@ -1,20 +1,33 @@
 """The collector's HTTP surface: ``POST /v1/events`` and ``GET /healthz`` (aiohttp).
 
 A request is checked in the order that costs least before it costs most: the write key
-(401), the content type (415), the declared length (413), then the body is read with a cap
-(413), decoded and validated (400), and only then forwarded (202 or 503). Nothing is sent
-to Kafka unless the whole batch is valid, and 202 means the broker acknowledged every event.
+(401), the content type and coding (415), the declared length (413), the account's
+requests in progress (429), then the body is read with a cap and a deadline (413, 408),
+decoded and validated (400), and only then forwarded (202 or 503). Nothing is sent to Kafka
+unless the whole batch is valid, and 202 means the broker acknowledged every event.
 
-Status codes and bodies (all JSON):
+Hardened against hostile or broken clients (issue 14): a connection that does not finish
+its headers within ``header_timeout_s`` is closed; a body must arrive within
+``body_timeout_s``; each account may have ``max_requests_per_key`` requests in progress (a
+flood of large invalid batches from one client cannot starve the others, and every CPU-heavy
+step runs in threads so the event loop keeps answering); a coding other than gzip, deflate
+or identity is refused before the body is read; a 503 comes by the ack deadline, never
+later. ``/healthz`` reports whether the producer is delivering.
+
+Status codes and bodies (all JSON; builders in :mod:`streams.collector.answers`):
 
 * 202: ``[{"index", "event_id", "status": "accepted", "partition", "offset"}, ...]``
 * 400: ``{"error": "invalid_batch", "message", "problems": [{"index", "event_id", "path",
-  "code", "reason"}, ...]}``; ``index`` null means the body as a whole
+  "code", "reason"}, ...], "problems_not_shown"?}``; ``index`` null means the body as a
+  whole (``invalid_json``, ``too_deep``, ``invalid_encoding``, ...)
 * 401: ``{"error": "unauthorized", "message"}`` with ``WWW-Authenticate: Bearer``
+* 408: ``{"error": "request_timeout", "message"}``
 * 413: ``{"error": "body_too_large", "message", "max_body_bytes"}``
-* 415: ``{"error": "unsupported_media_type", "message", "supported": [...]}``
+* 415: ``{"error": "unsupported_media_type" | "unsupported_content_encoding", ...}``
+* 429: ``{"error": "too_many_requests", "message"}`` with ``Retry-After``
 * 503: ``{"error": "broker_unavailable", "message", "not_acknowledged": [{"index",
-  "event_id", "reason"}], "acknowledged": [<as in 202>]}``
+  "event_id", "reason"}], "acknowledged": [<as in 202>]}`` with ``Retry-After``
+* ``/healthz``: 200 ``{"status": "ok"}``, or 503 ``{"status": "unavailable", "reason"}``
 """
 
 from __future__ import annotations
@@ -22,31 +35,52 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Final
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Final
 
 from aiohttp import HttpVersion11, hdrs, web
 from aiohttp.streams import StreamReader
 
+from schemas.bounds import DEFAULT_TIME_BOUNDS, TimeBounds
+from schemas.events import Event
+from streams.collector import answers
+from streams.collector.answers import Refusal
 from streams.collector.batch import (
     SUPPORTED_MEDIA_TYPES,
-    BatchProblem,
     PrivacySignals,
     check_batch,
     decode_batch,
 )
 from streams.collector.delivery import Delivery, EventSender, deliver
+from streams.collector.encoding import (
+    DecodedTooLarge,
+    UndecodableBody,
+    content_encoding,
+    decode_body,
+)
 from streams.collector.keys import WriteKeys
 
 log = logging.getLogger(__name__)
 
 EVENTS_PATH: Final = "/v1/events"
 HEALTH_PATH: Final = "/healthz"
-DEFAULT_ACK_TIMEOUT_S: Final = 30.0
+DEFAULT_ACK_TIMEOUT_S: Final = 10.0
+DEFAULT_HEADER_TIMEOUT_S: Final = 10.0
+DEFAULT_BODY_TIMEOUT_S: Final = 30.0
+DEFAULT_MAX_REQUESTS_PER_KEY: Final = 4
+# How far past its ack deadline a request may be answered: the thread that waits for the
+# acknowledgements returns at the deadline; this only covers scheduling.
+ANSWER_GRACE_S: Final = 1.0
+# Threads that wait for acknowledgements (cheap: they sleep); kept apart from the threads
+# that check batches, so requests waiting on a slow broker never delay the checking.
+DELIVERY_THREADS: Final = 32
 
 
-@dataclass(frozen=True)
+@dataclass
 class CollectorConfig:
     """What the handlers need; one per application (no process-global state)."""
 
@@ -54,33 +88,15 @@ class CollectorConfig:
     write_keys: WriteKeys
     max_body_bytes: int
     ack_timeout_s: float
+    body_timeout_s: float
+    max_requests_per_key: int
+    time_bounds: TimeBounds
+    clock: Callable[[], float]  # wall clock, seconds since the epoch: the arrival of events
+    in_progress: Counter[str] = field(default_factory=Counter)  # requests per account
+    delivery_threads: ThreadPoolExecutor | None = None
 
 
 CONFIG: Final = web.AppKey("collector_config", CollectorConfig)
-
-
-class _Refusal(Exception):
-    """A request answered before it got far; carries the answer."""
-
-    def __init__(
-        self,
-        status: int,
-        body: Mapping[str, Any],
-        headers: Mapping[str, str] | None = None,
-        *,
-        close: bool = False,
-    ) -> None:
-        super().__init__(body.get("message", ""))
-        self.status = status
-        self.body = body
-        self.headers = dict(headers or {})
-        self.close = close
-
-    def response(self) -> web.Response:
-        response = web.json_response(self.body, status=self.status, headers=self.headers)
-        if self.close:
-            response.force_close()
-        return response
 
 
 def create_collector_app(
@@ -89,54 +105,162 @@ def create_collector_app(
     write_keys: WriteKeys | Mapping[str, Sequence[str]],
     max_body_bytes: int,
     ack_timeout_s: float = DEFAULT_ACK_TIMEOUT_S,
+    header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S,
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
+    max_requests_per_key: int = DEFAULT_MAX_REQUESTS_PER_KEY,
+    time_bounds: TimeBounds = DEFAULT_TIME_BOUNDS,
+    clock: Callable[[], float] = time.time,
 ) -> web.Application:
     """A collector application; the caller owns ``producer`` (flushes and closes it).
 
     ``write_keys`` is a loaded :class:`WriteKeys` or the file's mapping of account ids to
     keys. ``ack_timeout_s`` bounds how long one request waits for the broker's
-    acknowledgements before it answers 503.
+    acknowledgements before it answers 503. ``time_bounds`` is the window around the
+    request's arrival (``clock``) that each ``occurred_at`` must lie in, as in the worker.
     """
     if max_body_bytes < 1:
         raise ValueError(f"max_body_bytes must be positive, not {max_body_bytes}")
+    if max_requests_per_key < 1:
+        raise ValueError(f"max_requests_per_key must be positive, not {max_requests_per_key}")
     if not isinstance(write_keys, WriteKeys):
         write_keys = WriteKeys(write_keys)
-    # client_max_size also caps aiohttp's own body readers, should anything use them.
-    app = web.Application(client_max_size=max_body_bytes)
-    app[CONFIG] = CollectorConfig(producer, write_keys, max_body_bytes, ack_timeout_s)
+    app = web.Application(
+        # client_max_size also caps aiohttp's own body readers, should anything use them.
+        client_max_size=max_body_bytes,
+        handler_args={
+            # aiohttp (3.14.5+) starts this timer when a connection opens and again after
+            # each answer, and closes the connection if no complete request head has arrived
+            # when it fires: that is the header timeout (tested with half-open sockets).
+            "keepalive_timeout": header_timeout_s,
+            # Bodies are decoded here (streams.collector.encoding), not by aiohttp.
+            "auto_decompress": False,
+        },
+    )
+    app[CONFIG] = CollectorConfig(
+        producer=producer,
+        write_keys=write_keys,
+        max_body_bytes=max_body_bytes,
+        ack_timeout_s=ack_timeout_s,
+        body_timeout_s=body_timeout_s,
+        max_requests_per_key=max_requests_per_key,
+        time_bounds=time_bounds,
+        clock=clock,
+    )
+    app.cleanup_ctx.append(_delivery_threads)
     app.router.add_post(EVENTS_PATH, post_events, expect_handler=_expect_events)
     app.router.add_get(HEALTH_PATH, healthz)
     return app
 
 
+async def _delivery_threads(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    config.delivery_threads = ThreadPoolExecutor(DELIVERY_THREADS, "sieve-collector-delivery")
+    yield
+    # A thread still waiting for acknowledgements returns by its deadline; not waited for.
+    config.delivery_threads.shutdown(wait=False, cancel_futures=True)
+
+
 async def healthz(request: web.Request) -> web.Response:
-    """Liveness: the process serves HTTP. It does not probe the broker (a 503 of
-    ``POST /v1/events`` says that, per request)."""
-    return web.json_response({"status": "ok"})
+    """Whether the producer delivers: 200, or 503 with the reason (the broker is away, or
+    came back and the producer is being replaced)."""
+    state = request.app[CONFIG].producer.health()
+    if state.ok:
+        return web.json_response({"status": "ok"})
+    return web.json_response({"status": "unavailable", "reason": state.reason}, status=503)
 
 
 async def post_events(request: web.Request) -> web.Response:
     """Accept a batch of events for the write key's account; see the module docstring."""
     config = request.app[CONFIG]
     try:
-        account_id, media_type = _precheck(request, config)
-        body = await read_capped(request.content, config.max_body_bytes)
-    except _Refusal as refusal:
+        account_id, media_type, coding = _precheck(request, config)
+    except Refusal as refusal:
         return refusal.response()
-    loop = asyncio.get_running_loop()
+    if config.in_progress[account_id] >= config.max_requests_per_key:
+        return answers.busy(config.max_requests_per_key).response()
+    config.in_progress[account_id] += 1
+    try:
+        return await _accept(request, config, account_id, media_type, coding)
+    finally:
+        config.in_progress[account_id] -= 1
+        if not config.in_progress[account_id]:
+            del config.in_progress[account_id]
+
+
+async def _accept(
+    request: web.Request, config: CollectorConfig, account_id: str, media_type: str, coding: str
+) -> web.Response:
+    try:
+        async with asyncio.timeout(config.body_timeout_s):
+            raw = await read_capped(request.content, config.max_body_bytes)
+    except TimeoutError:
+        return answers.too_slow(config.body_timeout_s).response()
+    except Refusal as refusal:
+        return refusal.response()
+    received_at_ms = int(config.clock() * 1000)
+    signals = PrivacySignals.from_headers(request.headers)
+    check = functools.partial(
+        _check_body, raw, coding, media_type, account_id, signals, received_at_ms, config
+    )
+    # In a thread: decoding and checking a large batch of invalid events takes a while of
+    # CPU; on the event loop it would stall every other request.
+    outcome = await asyncio.get_running_loop().run_in_executor(None, check)
+    if isinstance(outcome, web.Response):
+        return outcome
+    return await _forward(config, outcome, account_id)
+
+
+def _check_body(
+    raw: bytes,
+    coding: str,
+    media_type: str,
+    account_id: str,
+    signals: PrivacySignals,
+    received_at_ms: int,
+    config: CollectorConfig,
+) -> list[Event] | web.Response:
+    """The batch's events, or the answer that refuses it (413, 400). Runs in a thread."""
+    try:
+        body = decode_body(raw, coding, config.max_body_bytes)
+    except DecodedTooLarge:
+        return answers.too_large(config.max_body_bytes).response()
+    except UndecodableBody as undecodable:
+        return answers.undecodable(str(undecodable))
     items, body_problem = decode_batch(body, media_type)
     if body_problem is not None:
-        return _invalid([body_problem], batch_size=None)
-    signals = PrivacySignals.from_headers(request.headers)
-    # In threads: checking a large batch of invalid events takes a second of CPU, and
-    # kafka-python blocks (send() on metadata or a full buffer, get() on the ack); on the
-    # event loop either would stall every other request.
-    events, problems = await loop.run_in_executor(None, check_batch, items, account_id, signals)
-    if problems:
-        return _invalid(problems, batch_size=len(items))
-    deliveries = await loop.run_in_executor(
-        None, functools.partial(deliver, config.producer, events, config.ack_timeout_s)
+        return answers.invalid([body_problem], batch_size=None)
+    events, problems = check_batch(
+        items, account_id, signals, received_at_ms=received_at_ms, bounds=config.time_bounds
     )
-    return _delivered(deliveries, account_id)
+    if problems:
+        return answers.invalid(problems, batch_size=len(items))
+    return events
+
+
+async def _forward(config: CollectorConfig, events: list[Event], account_id: str) -> web.Response:
+    deadline = time.monotonic() + config.ack_timeout_s
+    waiting = asyncio.get_running_loop().run_in_executor(
+        config.delivery_threads, deliver, config.producer, events, deadline
+    )
+    try:
+        # shield: a late thread is left to finish (it sends nothing past the deadline).
+        deliveries = await asyncio.wait_for(
+            asyncio.shield(waiting), config.ack_timeout_s + ANSWER_GRACE_S
+        )
+    except TimeoutError:
+        late = "no acknowledgement within the request's deadline"
+        deliveries = [Delivery(i, e.event_id, error=late) for i, e in enumerate(events)]
+    failed = [d for d in deliveries if d.error is not None]
+    if not failed:
+        return web.json_response([d.as_result() for d in deliveries], status=202)
+    log.warning(
+        "broker did not acknowledge %d of %d events of account %s: %s",
+        len(failed),
+        len(deliveries),
+        account_id,
+        failed[0].error,
+    )
+    return answers.not_delivered(deliveries)
 
 
 async def read_capped(content: StreamReader, max_bytes: int) -> bytes:
@@ -152,15 +276,19 @@ async def read_capped(content: StreamReader, max_bytes: int) -> bytes:
             return bytes(body)
         body += chunk
         if len(body) > max_bytes:
-            raise _too_large(max_bytes)
+            raise answers.too_large(max_bytes)
 
 
 async def _expect_events(request: web.Request) -> web.StreamResponse | None:
-    """``Expect: 100-continue``: refuse before the client sends a body we would not read."""
+    """``Expect: 100-continue``: refuse before the client sends a body we would not read
+    (a 429 too, so a well-behaved client reads it rather than a reset mid-upload)."""
+    config = request.app[CONFIG]
     try:
-        _precheck(request, request.app[CONFIG])
-    except _Refusal as refusal:
+        account_id, _, _ = _precheck(request, config)
+    except Refusal as refusal:
         return refusal.response()
+    if config.in_progress[account_id] >= config.max_requests_per_key:
+        return answers.busy(config.max_requests_per_key).response()
     # What aiohttp's default expect handler does once the request may go on.
     expect = request.headers.get(hdrs.EXPECT, "")
     if request.version != HttpVersion11:
@@ -174,26 +302,22 @@ async def _expect_events(request: web.Request) -> web.StreamResponse | None:
     return None
 
 
-def _precheck(request: web.Request, config: CollectorConfig) -> tuple[str, str]:
-    """The account and media type of a request, or a refusal (401, 415, 413)."""
+def _precheck(request: web.Request, config: CollectorConfig) -> tuple[str, str, str]:
+    """The account, media type and content coding of a request, or a refusal (401, 415,
+    413)."""
     account_id = _authenticate(request, config.write_keys)
     media_type = request.content_type
     if media_type not in SUPPORTED_MEDIA_TYPES:
         # aiohttp reports a missing Content-Type as application/octet-stream.
         sent = repr(media_type) if hdrs.CONTENT_TYPE in request.headers else "(none)"
-        raise _Refusal(
-            415,
-            {
-                "error": "unsupported_media_type",
-                "message": f"Content-Type {sent} is not supported;"
-                f" send {' or '.join(SUPPORTED_MEDIA_TYPES)}",
-                "supported": list(SUPPORTED_MEDIA_TYPES),
-            },
-        )
+        raise answers.unsupported_media_type(sent)
+    coding = content_encoding(request.headers.get(hdrs.CONTENT_ENCODING))
+    if coding is None:
+        raise answers.unsupported_encoding()
     declared = request.content_length
     if declared is not None and declared > config.max_body_bytes:
-        raise _too_large(config.max_body_bytes)
-    return account_id, media_type
+        raise answers.too_large(config.max_body_bytes)
+    return account_id, media_type, coding
 
 
 def _authenticate(request: web.Request, write_keys: WriteKeys) -> str:
@@ -203,70 +327,5 @@ def _authenticate(request: web.Request, write_keys: WriteKeys) -> str:
     if scheme.lower() == "bearer" and presented.strip():
         account_id = write_keys.authenticate(presented.strip())
     if account_id is None:
-        raise _Refusal(
-            401,
-            {
-                "error": "unauthorized",
-                "message": "a valid write key is required: Authorization: Bearer <key>",
-            },
-            {hdrs.WWW_AUTHENTICATE: 'Bearer realm="sieve"'},
-        )
+        raise answers.unauthorized()
     return account_id
-
-
-def _too_large(max_bytes: int) -> _Refusal:
-    return _Refusal(
-        413,
-        {
-            "error": "body_too_large",
-            "message": f"the body exceeds {max_bytes} bytes; send smaller batches",
-            "max_body_bytes": max_bytes,
-        },
-        # The rest of the body is never read, so the connection cannot carry another
-        # request (aiohttp discards what still arrives for a few seconds, then closes).
-        close=True,
-    )
-
-
-def _invalid(problems: list[BatchProblem], *, batch_size: int | None) -> web.Response:
-    bad_events = len({p.index for p in problems if p.index is not None})
-    what = (
-        "the body is not a batch of events"
-        if batch_size is None
-        else f"{bad_events} of {batch_size} events are invalid"
-    )
-    return web.json_response(
-        {
-            "error": "invalid_batch",
-            "message": f"{what}; nothing was sent, fix the problems and send the whole batch again",
-            "problems": [problem.as_json() for problem in problems],
-        },
-        status=400,
-    )
-
-
-def _delivered(deliveries: list[Delivery], account_id: str) -> web.Response:
-    failed = [d for d in deliveries if d.error is not None]
-    acknowledged = [d.as_result() for d in deliveries if d.error is None]
-    if not failed:
-        return web.json_response(acknowledged, status=202)
-    log.warning(
-        "broker did not acknowledge %d of %d events of account %s: %s",
-        len(failed),
-        len(deliveries),
-        account_id,
-        failed[0].error,
-    )
-    return web.json_response(
-        {
-            "error": "broker_unavailable",
-            "message": f"the broker did not acknowledge {len(failed)} of {len(deliveries)}"
-            " events; send the batch again later (acknowledged events carry their event_id,"
-            " so downstream deduplication drops the repeats)",
-            "not_acknowledged": [
-                {"index": d.index, "event_id": d.event_id, "reason": d.error} for d in failed
-            ],
-            "acknowledged": acknowledged,
-        },
-        status=503,
-    )

@@ -8,7 +8,7 @@ the wire value, keyed by account. The topic sink is :class:`streams.generate.top
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import IO, TYPE_CHECKING, Final, Protocol
 
 from streams.errors import ConfigurationError
@@ -20,10 +20,14 @@ if TYPE_CHECKING:
     from streams.settings import Settings
 
 
-class RawSink(Protocol):
-    """Accepts (key, value) records. ``close`` delivers everything or raises."""
+Headers = Sequence[tuple[str, bytes]]
 
-    def send(self, key: bytes | None, value: bytes) -> None: ...
+
+class RawSink(Protocol):
+    """Accepts (key, value) records, with Kafka headers where the sink has them (replay
+    marks its records as a backfill). ``close`` delivers everything or raises."""
+
+    def send(self, key: bytes | None, value: bytes, headers: Headers | None = None) -> None: ...
 
     def close(self) -> None: ...
 
@@ -37,7 +41,8 @@ class JsonlSink:
     def __init__(self, out: IO[bytes], *, close_file: bool = False) -> None:
         self._out, self._close_file = out, close_file
 
-    def send(self, key: bytes | None, value: bytes) -> None:
+    def send(self, key: bytes | None, value: bytes, headers: Headers | None = None) -> None:
+        # Headers are not written: a file replayed later gets its headers then.
         self._out.write(value)
         self._out.write(b"\n")
 

@@ -46,6 +46,7 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from typing import IO, Any, Final
 
 import msgspec
@@ -87,7 +88,7 @@ class TopicSink:
         self.bootstrap_servers = bootstrap_servers
         self.failures = 0
         self._linger_s = linger_s
-        self._pending: list[tuple[bytes | None, bytes]] = []
+        self._pending: list[tuple[bytes | None, bytes, Sequence[tuple[str, bytes]]]] = []
         self._pending_bytes = 0
         self._shipped_at = time.monotonic()
         self._encode = msgspec.msgpack.Encoder().encode
@@ -108,9 +109,12 @@ class TopicSink:
         self._from_child: IO[bytes] = self._process.stdout
         self.partitions: list[int] = self._answer(START_TIMEOUT_S, "start")["partitions"]
 
-    def send(self, key: bytes | None, value: bytes) -> None:
-        """Queue one record; its record timestamp is when the child appends it (received_at)."""
-        self._pending.append((key, value))
+    def send(
+        self, key: bytes | None, value: bytes, headers: Sequence[tuple[str, bytes]] | None = None
+    ) -> None:
+        """Queue one record; its record timestamp is when the child appends it (received_at).
+        ``headers`` (Kafka record headers) go with it, e.g. replay's backfill mark."""
+        self._pending.append((key, value, headers or ()))
         self._pending_bytes += len(value)
         # A clock read per record (~50 ns) keeps a paced trickle (--rate) flowing; records
         # after the last send of a pause wait for the next send or close().
@@ -249,7 +253,9 @@ async def _produce(
             )
         answer({"kind": "ready", "partitions": partitions})
         batches = _Batches(producer, topic, partitions)
-        decode = msgspec.msgpack.Decoder(list[tuple[bytes | None, bytes]]).decode
+        decode = msgspec.msgpack.Decoder(
+            list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]]
+        ).decode
         loop = asyncio.get_running_loop()
         source = sys.stdin.buffer
         while True:
@@ -260,8 +266,8 @@ async def _produce(
             chunk = await reading
             if not chunk:
                 break
-            for key, value in decode(chunk):
-                await batches.add(key, value)
+            for key, value, headers in decode(chunk):
+                await batches.add(key, value, headers)
         failures, first = await batches.finish()
     finally:
         await producer.stop()  # sends what is queued and waits for the answers
@@ -284,15 +290,15 @@ class _Batches:
         self.failures = 0
         self.first_failure = ""
 
-    async def add(self, key: bytes | None, value: bytes) -> None:
+    async def add(self, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> None:
         partition = self._partition(key)
         builder = self.builders.get(partition)
         if builder is None:
             builder = self.builders[partition] = self.producer.create_batch()
-        if builder.append(key=key, value=value, timestamp=None) is None:
+        if builder.append(key=key, value=value, timestamp=None, headers=headers) is None:
             await self._hand_over(partition)
             builder = self.builders[partition] = self.producer.create_batch()
-            builder.append(key=key, value=value, timestamp=None)
+            builder.append(key=key, value=value, timestamp=None, headers=headers)
 
     async def hand_over_all(self) -> None:
         for partition in list(self.builders):

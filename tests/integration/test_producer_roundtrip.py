@@ -15,7 +15,9 @@ from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
 from schemas.events import MAX_EVENT_BYTES, Event, Login, PageView, Request, encode
 from streams.errors import InvalidEventError
+from streams.generate.sinks import TopicSink
 from streams.producer import EventProducer
+from streams.replay import BACKFILL_HEADERS
 from tests.conftest import KafkaBroker, TopicFactory
 
 pytestmark = pytest.mark.integration
@@ -210,7 +212,7 @@ def test_invalid_event_raises_and_sends_nothing(
     assert _end_offsets(kafka.bootstrap_servers, topic) == {0: 1}
 
 
-def test_send_raw_delivers_bytes_and_timestamp_as_given(
+def test_send_raw_delivers_bytes_timestamp_and_headers_as_given(
     kafka: KafkaBroker, topic_factory: TopicFactory
 ) -> None:
     topic = topic_factory(1)
@@ -219,6 +221,10 @@ def test_send_raw_delivers_bytes_and_timestamp_as_given(
     with EventProducer(kafka.bootstrap_servers, topic) as producer:
         producer.send_raw(None, malformed, timestamp_ms=timestamp_ms).get(timeout=30)
         producer.send_raw(b"acct-raw", b"\xff\xfe not utf-8").get(timeout=30)
+    # What sieve replay sends: the sink passes each record's backfill header on.
+    sink = TopicSink(kafka.bootstrap_servers, topic, "roundtrip-sink")
+    sink.send(b"acct-old", b"{}", BACKFILL_HEADERS)
+    sink.close()
 
     consumer = KafkaConsumer(
         topic,
@@ -229,7 +235,7 @@ def test_send_raw_delivers_bytes_and_timestamp_as_given(
     received: list[Any] = []  # kafka-python's ConsumerRecord (untyped)
     try:
         deadline = time.monotonic() + READ_TIMEOUT_S
-        while len(received) < 2 and time.monotonic() < deadline:
+        while len(received) < 3 and time.monotonic() < deadline:
             for batch in consumer.poll(timeout_ms=500).values():
                 received.extend(batch)
     finally:
@@ -237,5 +243,7 @@ def test_send_raw_delivers_bytes_and_timestamp_as_given(
     assert [(r.key, r.value) for r in received] == [
         (None, malformed),
         (b"acct-raw", b"\xff\xfe not utf-8"),
+        (b"acct-old", b"{}"),
     ]
     assert received[0].timestamp == timestamp_ms
+    assert [list(r.headers) for r in received] == [[], [], [("sieve.backfill", b"1")]]

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import msgspec
 from hypothesis import given
 from hypothesis import strategies as st
 
+from schemas.bounds import TimeBounds
 from schemas.decode import DecodedBatch, Rejection, decode_batch
 from schemas.events import EVENT_TYPES, MAX_EVENT_BYTES, Event, encode, type_specific_fields
-from schemas.validate import parse_event, validate_event_bytes
+from schemas.validate import first_problem, parse_event, schema_problems, validate_event_bytes
 from streams.errors import InvalidEventError
 from tests.strategies import events
 
@@ -95,7 +97,16 @@ TIMESTAMPS = [
     "9999-12-31T23:59:59.9999999Z",  # rounds past the last representable instant
     "2024-05-01",
     "",
+    "0001-01-01T00:00:00+23:59",  # year 0 in UTC
+    "9999-12-31T23:59:59-23:59",  # year 10000 in UTC
+    "0001-01-01T00:00:00Z",
+    "9999-12-31T23:00:00Z",
+    "2024-05-01T12:00:00+24:00",
+    "2024-05-01T12:00:00.123456789+01:30",
+    "1990-01-01T00:00:00-00:00",
 ]
+# Strings where the contract forbids controls, or where a pattern's "$" must be the end.
+CONTROL_TEXTS = ["\x00", "a\n", "\t", "x\x7f", "\u0085", "ok\u00a0", "é\x1b[0m"]
 _json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text()
 _json_values = st.recursive(
     _json_scalars,
@@ -129,6 +140,15 @@ _MUTATIONS = st.one_of(
     ),
     _set("geo", _json_values),
     st.tuples(st.just("raw"), st.binary(max_size=64)),
+    st.tuples(
+        st.just("set"),
+        st.sampled_from(
+            ["event_id", "account_id", "user_id", "path", "referrer", "user_agent", "provider"]
+        ),
+        st.sampled_from(CONTROL_TEXTS) | st.text(max_size=4),
+    ),
+    _set("geo", st.fixed_dictionaries({"city": st.sampled_from(CONTROL_TEXTS)})),
+    st.integers(min_value=0, max_value=1200).map(lambda n: ("nest", n)),
     st.integers(min_value=0, max_value=400).map(lambda n: ("truncate", n)),
     st.just(("pad",)),
     st.sampled_from(sorted(EVENT_TYPES)).map(lambda t: ("duplicate_type", t)),
@@ -157,19 +177,44 @@ def _mutate(ev: Event, mutation: tuple[Any, ...]) -> bytes:
         return data + b" " * (MAX_EVENT_BYTES + 1 - len(data))
     elif kind == "duplicate_type":
         return data[:-1] + b',"type":' + msgspec.json.encode(mutation[1]) + b"}"
+    elif kind == "nest":
+        depth = mutation[1]
+        return b'{"deep":' + b"[" * depth + b"]" * depth + b"," + data[1:]
     return msgspec.json.encode(obj)
 
 
-@given(batch=st.lists(st.tuples(events(), _MUTATIONS), min_size=1, max_size=8))
+# Arrivals from 1990 to 2100 like the strategies' instants, sometimes none (-1).
+_ARRIVALS = st.one_of(
+    st.just(-1), st.integers(min_value=631_152_000_000, max_value=4_102_444_800_000)
+)
+_BOUNDS = st.sampled_from([TimeBounds(), TimeBounds(timedelta(hours=1), timedelta(days=30))])
+
+
+@given(
+    batch=st.lists(st.tuples(events(), _MUTATIONS), min_size=1, max_size=8),
+    arrivals=st.none() | st.lists(_ARRIVALS, min_size=8, max_size=8),
+    flags=st.lists(st.booleans(), min_size=8, max_size=8),
+    bounds=_BOUNDS,
+)
 def test_decode_batch_rejects_exactly_what_the_validator_rejects(
     batch: list[tuple[Event, tuple[Any, ...]]],
+    arrivals: list[int] | None,
+    flags: list[bool],
+    bounds: TimeBounds,
 ) -> None:
     values = [_mutate(ev, mutation) for ev, mutation in batch]
-    decoded = decode_batch(values)
+    received = None if arrivals is None else arrivals[: len(values)]
+    backfill = None if arrivals is None else flags[: len(values)]
+    decoded = decode_batch(values, received, backfill, bounds)
     assert len(decoded.events) == len(values)
     rejected = {r.index: r for r in decoded.rejections}
     for index, value in enumerate(values):
-        problems = validate_event_bytes(value)
+        arrival = {
+            "received_at_ms": None if received is None else received[index],
+            "backfill": False if backfill is None else backfill[index],
+            "bounds": bounds,
+        }
+        problems = validate_event_bytes(value, **arrival)
         event = decoded.events[index]
         assert (event is None) == bool(problems), (value, problems)
         assert (index in rejected) == bool(problems)
@@ -177,13 +222,42 @@ def test_decode_batch_rejects_exactly_what_the_validator_rejects(
             first = problems[0]
             assert rejected[index] == Rejection(index, first.code, first.path, first.reason)
             try:
-                parse_event(value)
+                parse_event(value, **arrival)
                 raise AssertionError("parse_event accepted a rejected value")
             except InvalidEventError as exc:
                 assert exc.problems == [(p.path, p.reason) for p in problems]
         else:
             assert event == msgspec.json.decode(value, type=Event)
-            assert parse_event(value) == event
+            assert parse_event(value, **arrival) == event
+
+
+@given(
+    batch=st.lists(st.tuples(events(), _MUTATIONS), min_size=1, max_size=4),
+    arrival=_ARRIVALS,
+    backfill=st.booleans(),
+    bounds=_BOUNDS,
+)
+def test_first_problem_is_the_first_of_every_problem(
+    batch: list[tuple[Event, tuple[Any, ...]]], arrival: int, backfill: bool, bounds: TimeBounds
+) -> None:
+    for ev, mutation in batch:
+        value = _mutate(ev, mutation)
+        window = {"received_at_ms": arrival, "backfill": backfill, "bounds": bounds}
+        problems = validate_event_bytes(value, **window)
+        assert first_problem(value, **window) == (problems[0] if problems else None)
+
+
+@given(batch=st.lists(st.tuples(events(), _MUTATIONS), min_size=1, max_size=4))
+def test_the_fast_schema_evaluator_finds_what_jsonschema_finds(
+    batch: list[tuple[Event, tuple[Any, ...]]],
+) -> None:
+    for ev, mutation in batch:
+        value = _mutate(ev, mutation)
+        try:
+            obj = msgspec.json.decode(value)
+        except (msgspec.DecodeError, RecursionError):
+            continue
+        assert schema_problems(obj) == schema_problems(obj, use_jsonschema=True), value
 
 
 @given(st.lists(events(), max_size=20))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -9,6 +10,8 @@ import msgspec
 import pytest
 from click.testing import CliRunner
 
+from schemas.bounds import is_backfill
+from schemas.decode import decode_batch
 from schemas.events import Event, Request
 from schemas.validate import validate_event_bytes
 from streams.replay import (
@@ -31,10 +34,14 @@ TRUNCATED_LINE = 8_899
 class ListSink:
     def __init__(self) -> None:
         self.records: list[tuple[bytes | None, bytes]] = []
+        self.headers: list[list[tuple[str, bytes]]] = []
         self.closed = False
 
-    def send(self, key: bytes | None, value: bytes) -> None:
+    def send(
+        self, key: bytes | None, value: bytes, headers: Sequence[tuple[str, bytes]] | None = None
+    ) -> None:
         self.records.append((key, value))
+        self.headers.append(list(headers or ()))
 
     def close(self) -> None:
         self.closed = True
@@ -305,3 +312,47 @@ def test_an_invalid_account_is_refused_before_reading(tmp_path: Path) -> None:
     )
     assert result.exit_code == 2 and "--account" in result.output
     assert not out.exists()
+
+
+# -- replayed records are backfills ----------------------------------------------------------
+
+
+def test_every_replayed_record_is_marked_as_a_backfill(tmp_path: Path) -> None:
+    jsonl = tmp_path / "events.jsonl"
+    jsonl.write_text('{"account_id": "acct-1"}\nnot json\n', encoding="utf-8")
+    for path in (SAMPLE, jsonl):
+        sink = ListSink()
+        report = run_replay(path, sink)
+        assert report.sent == len(sink.records) > 0
+        assert all(is_backfill(headers) for headers in sink.headers)
+
+
+def test_the_2015_log_is_accepted_whole_as_a_backfill_and_only_as_one() -> None:
+    # The worker judges occurred_at against the record's arrival (now, for a replay run
+    # today): eleven years back is far past the 400 days of live traffic, well within the
+    # 50 years of a backfill.
+    report = ReplayReport("combined")
+    records = list(replay_records(SAMPLE_LINES, "combined", report))
+    values = [record.value for record in records]
+    arrival = int(datetime.now(UTC).timestamp() * 1000)
+    arrivals = [arrival] * len(values)
+
+    backfill = decode_batch(values, arrivals, [is_backfill(r.headers) for r in records])
+    assert backfill.rejections == []
+    assert len(backfill.events) == 10_000
+
+    live = decode_batch(values, arrivals, [False] * len(values))
+    assert {r.code for r in live.rejections} == {"too_far_behind"}
+    assert len(live.rejections) == 10_000
+
+
+@pytest.mark.parametrize(
+    ("target", "stamp"),
+    [
+        ("/a\x1bb", "17/May/2015:10:05:03 +0000"),  # an escape character in the path
+        ("/a", "31/Dec/9999:23:59:59 -2359"),  # year 10000 in UTC
+    ],
+)
+def test_a_line_the_worker_would_reject_is_not_parsed(target: str, stamp: str) -> None:
+    line = f'83.149.9.216 - - [{stamp}] "GET {target} HTTP/1.1" 200 10 "-" "curl/8"'
+    assert parse_combined_line(line) is None

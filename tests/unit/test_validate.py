@@ -19,6 +19,7 @@ from schemas.validate import (
     Problem,
     is_valid_ip,
     parse_event,
+    schema_problems,
     validate_event,
     validate_event_bytes,
 )
@@ -352,6 +353,27 @@ def test_no_reason_quotes_any_planted_value(type_name: str, field: str, value: A
         assert problem.code in CODES
         assert PLANTED not in problem.reason
         assert PLANTED not in problem.path
+
+
+_odd_values = st.one_of(
+    _json_values,
+    st.integers(min_value=-(10**30), max_value=10**30),
+    st.sampled_from([0, -0.0, 1.0, 1e308, -1e308, 2**63, 2**64, True, False, None, "", " "]),
+    st.text(alphabet=st.characters(max_codepoint=0x2FF), max_size=12),
+)
+
+
+@given(
+    type_name=st.sampled_from([*sorted(VALID), "click"]),
+    changes=st.dictionaries(st.sampled_from(_FIELDS), _odd_values, max_size=4),
+)
+def test_the_fast_evaluator_and_jsonschema_find_the_same_problems(
+    type_name: str, changes: dict[str, Any]
+) -> None:
+    obj = {**event(type_name if type_name in VALID else "request"), **changes}
+    if type_name == "click":
+        obj["type"] = "click"
+    assert schema_problems(obj) == schema_problems(obj, use_jsonschema=True)
 
 
 # -- round trip ------------------------------------------------------------------------------
