@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from schemas.decode import Rejection
 
 HEADER_PREFIX = "sieve."
+# The code of a record that made a pipeline stage raise (streams.worker.pipeline): the
+# decoder and validator let it through, a later stage could not place it.
+PROCESSING_ERROR = "processing_error"
 
 
 @dataclass(frozen=True)
