@@ -6,18 +6,19 @@ from the commit markers (what is durably committed), never from logs or timing.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
 
-from streams.broker.control import free_ports
+from streams.broker.control import LocalBroker, free_ports
 from streams.privacy.keyring import write_new_keyring
 from streams.worker.commands import committed_totals
 
@@ -143,3 +144,51 @@ class WorkerProcess:
 
 def leftover_temporary_files(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if ".tmp-" in p.name]
+
+
+def committed_offsets(setup: WorkerSetup) -> dict[int, int]:
+    """Kafka's committed offset of each raw partition for the workers' group (none: absent)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(
+        bootstrap_servers=setup.bootstrap_servers, group_id=setup.group, enable_auto_commit=False
+    )
+    try:
+        partitions = consumer.partitions_for_topic(setup.raw_topic) or set()
+        offsets = {p: consumer.committed(TopicPartition(setup.raw_topic, p)) for p in partitions}
+        return {p: offset for p, offset in offsets.items() if offset is not None}
+    finally:
+        consumer.close()
+
+
+def keep_running_for(seconds: float, workers: Sequence[WorkerProcess]) -> None:
+    """Let a fault last ``seconds`` (a broker away, a disk full: the duration *is* the test's
+    input, not a wait for something to happen); fail if a worker exits meanwhile."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for worker in workers:
+            if not worker.alive():
+                raise AssertionError(f"{worker.name} exited during the fault:\n{worker.log_tail()}")
+        time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def own_broker(broker_dir: Path, *, start: bool = True) -> Iterator[LocalBroker]:
+    """A broker of the test's own (on free ports, sharing the session's jar cache), for
+    tests that kill, pause or stop it; stopped (or killed) at the end whatever happened."""
+    from tests.conftest import JAR_CACHE
+
+    port, controller_port = free_ports(2)
+    broker = LocalBroker(broker_dir, port, controller_port, lib_dir=JAR_CACHE)
+    try:
+        if start:
+            broker.start(120)
+        yield broker
+    finally:
+        with contextlib.suppress(Exception):
+            broker.resume()  # a paused broker cannot stop cleanly
+        if broker.running_pid() is not None:
+            try:
+                broker.stop(timeout_s=20)
+            except Exception:
+                broker.kill()
