@@ -151,8 +151,11 @@ def read_markers(
     ]
     markers = []
     for info in infos:
-        with filesystem.open_input_stream(info.path) as stream:
-            markers.append(decode_marker(stream.read()))
+        try:
+            with filesystem.open_input_stream(info.path) as stream:
+                markers.append(decode_marker(stream.read()))
+        except FileNotFoundError:
+            continue  # superseded, and removed by a recovery since it was listed
     markers.sort(key=lambda m: (m.topic, m.partition, m.first_offset, m.generation))
     return markers
 

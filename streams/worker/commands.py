@@ -24,13 +24,8 @@ def worker_command(loglevel: str) -> None:
 
     Start as many as the raw topic has partitions; they share the consumer group.
     """
-    import faust
-
     from streams.privacy.keyring import Keyring
-    from streams.topics import prepare_dead_letter_topic
-    from streams.worker.app import create_app
-    from streams.worker.outage_log import OutageLog, install_outage_filter
-    from streams.worker.startup import wait_for_broker
+    from streams.worker.run import run_worker
 
     settings = Settings()
     if settings.keyring_file is None:
@@ -40,29 +35,7 @@ def worker_command(loglevel: str) -> None:
         )
     keyring = Keyring.load(settings.keyring_file)
     settings.work_dir.mkdir(parents=True, exist_ok=True)
-    # Before faust starts: its own clients give up on a broker that is not there yet.
-    dead_letter = wait_for_broker(
-        lambda: prepare_dead_letter_topic(
-            settings.bootstrap_servers,
-            dead_letter_topic=settings.dead_letter_topic,
-            raw_topic=settings.raw_topic,
-            raw_partitions=settings.raw_partitions,
-            retention_hours=settings.dead_letter_retention_hours,
-        ),
-        what=f"Kafka at {settings.bootstrap_servers}",
-        report=_report,
-    )
-    if dead_letter.created:
-        _report(f"created the dead-letter topic {settings.dead_letter_topic} (it was missing)")
-    outage = OutageLog()
-    install_outage_filter(outage)
-    worker = create_app(
-        settings,
-        keyring,
-        dead_letter_max_bytes=dead_letter.max_message_bytes,
-        outage_log=outage,
-    )
-    faust.Worker(worker.app, loglevel=loglevel, quiet=True).execute_from_commandline()
+    run_worker(settings, keyring, loglevel, report=_report)
 
 
 def _report(line: str) -> None:

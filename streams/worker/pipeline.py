@@ -173,9 +173,10 @@ class PartitionPipeline:
     ) -> None:
         self.topic = topic
         self.partition = partition
-        # The offset this pipeline must see next (None: whatever Kafka's committed offset
-        # gives first). Records before it are committed already; a record after it means
-        # the fetch skipped some, and the caller must rewind.
+        # The offset this pipeline must see next (None: the first record it is given; the
+        # worker always knows it, from the markers or the log start). Records before it are
+        # committed already; a record after it means the fetch skipped some, and the caller
+        # must rewind.
         self.next_offset = next_offset
         self._context = context
         self._dedup = Deduplicator(context.dedup_horizon_seconds)

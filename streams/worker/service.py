@@ -8,37 +8,25 @@ a few thousand events/s however the agent batches. This service fetches with aio
 own consumer group with manual commits and a rebalance listener, so per-partition recovery
 is ours, not faust's (faust-streaming#606: its commits can run ahead of processing).
 
-Order of effects for a range: its dead letters confirmed one by one -> its files written
-and its marker staged -> its offsets committed to Kafka in the group generation the worker
-owns the partition in -> the marker renamed into place. A commit the group coordinator
-refuses (the worker was evicted: a broker pause, a long stall) abandons the range: its
-files are removed, no marker, the partition is dropped until the group assigns it again
-(docs/architecture.md, "Fencing"). The commit markers are the truth: whoever owns the
-partition next resumes after them, never at Kafka's committed offset.
+A range is committed by streams.worker.committer: dead letters confirmed, files written,
+offsets committed in the group generation the partition was assigned in (a worker the group
+moved on from is refused and abandons the range), marker published. The commit markers are
+the truth: whoever owns the partition next resumes after them, never at Kafka's committed
+offset (docs/architecture.md, "Exactly once" and "Fencing").
 
-A full disk is waited out: consumption is paused (the consumer keeps polling, so the group
-keeps the worker) and the write retried with backoff, with one log line when the disk
-fills and one when it takes writes again. Any other write error stops the worker with
-nothing of the range committed.
-
-Ranges are written in the background while the next batches are processed: Parquet
-encoding, zstd, encryption and fsync release the GIL, so the second core does them
-(bench/README.md). One writer thread takes the ranges in the order they are cut, and a
-partition has at most one range in flight, so each partition's markers and offset commits
-stay in offset order and memory stays bounded.
+Ranges are written in the background while the next batches are processed, on one writer
+thread that takes them in the order they are cut; a partition has at most one range in
+flight, so each partition's markers stay in offset order and memory stays bounded.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
-import functools
 import gc
 import logging
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,11 +35,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import IllegalStateError, KafkaError
 from mode import Service
 
+from streams.worker.committer import BACKOFF_S, RangeCommitter
 from streams.worker.delivery import DeadLetterSender, SentLetter
-from streams.worker.fencing import FencedError, Membership, commit_fenced, current_membership
+from streams.worker.fencing import Membership, current_membership
 from streams.worker.metrics import WorkerMetrics
-from streams.worker.pipeline import PartitionPipeline, PendingRange, PipelineContext
-from streams.worker.sink import RangeWriter, StagedRange, recover_partition
+from streams.worker.pipeline import PartitionPipeline, PipelineContext
+from streams.worker.sink import RangeWriter, recover_partition
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +48,6 @@ logger = logging.getLogger(__name__)
 # wait on a broker that is away) before it abandons the range: abandoning is always safe,
 # nothing of it counts and the next owner processes it again.
 SETTLE_TIMEOUT_S = 30.0
-# Backoff between attempts to write a range to a full disk (and other waits on the outside).
-BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 
 
 @dataclass(frozen=True)
@@ -125,12 +112,13 @@ class RawTopicService(Service):
         self._letters: dict[int, list[SentLetter]] = {}  # dead letters of the open range
         self._opened_at: dict[int, float] = {}
         self._writes: dict[int, asyncio.Future[None]] = {}  # the range in flight, per partition
-        self._write_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sieve-write")
+        self.committer = RangeCommitter(
+            options.topic, writer, metrics, drop=self._drop, pause=self._set_paused
+        )
         self._lock = asyncio.Lock()
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._sender: DeadLetterSender | None = None
-        self._disk_full_since: float | None = None
         self.assigned_event = asyncio.Event()
         super().__init__(**kwargs)  # type: ignore[arg-type]
 
@@ -179,7 +167,7 @@ class RawTopicService(Service):
             await self._consumer.stop()
         if self._producer is not None:
             await self._producer.stop()
-        self._write_thread.shutdown(wait=True)
+        self.committer.shutdown()
 
     @Service.task
     async def _consume(self) -> None:
@@ -264,7 +252,7 @@ class RawTopicService(Service):
             opened = self._opened_at.get(partition)
             if opened is None:
                 continue
-            if self._disk_full_since is not None and partition in self._writes:
+            if self.committer.disk_full_since is not None and partition in self._writes:
                 continue  # a range is waiting for the disk: do not wait behind it
             if range_is_due(
                 self.options,
@@ -289,7 +277,7 @@ class RawTopicService(Service):
         letters = self._letters.pop(partition, [])
         if pending is None:
             return
-        if wait and self._disk_full_since is not None:
+        if wait and self.committer.disk_full_since is not None:
             # A stop or a revocation while the disk is full: this range cannot be written
             # now, and its records are processed again by whoever owns the partition next.
             logger.warning(
@@ -299,9 +287,17 @@ class RawTopicService(Service):
                 pending.last_offset,
             )
             return
-        membership = self._membership[partition]
+        assert self._consumer is not None and self._sender is not None
         write = asyncio.ensure_future(
-            self._write_range(partition, pipeline, pending, letters, membership)
+            self.committer.commit(
+                self._consumer,
+                self._sender,
+                partition,
+                pipeline,
+                pending,
+                letters,
+                self._membership[partition],
+            )
         )
         self._writes[partition] = write
         if wait:
@@ -324,7 +320,7 @@ class RawTopicService(Service):
         if not settle:
             await write  # a failed write raises here and stops the worker, nothing committed
             return
-        timeout = 0.0 if self._disk_full_since is not None else SETTLE_TIMEOUT_S
+        timeout = 0.0 if self.committer.disk_full_since is not None else SETTLE_TIMEOUT_S
         try:
             await asyncio.wait_for(write, timeout)
         except TimeoutError:
@@ -334,93 +330,6 @@ class RawTopicService(Service):
                 partition,
                 timeout,
             )
-
-    async def _write_range(
-        self,
-        partition: int,
-        pipeline: PartitionPipeline,
-        pending: PendingRange,
-        letters: list[SentLetter],
-        membership: Membership,
-    ) -> None:
-        """Dead letters confirmed, files written, offsets committed in the partition's
-        generation, then the marker: or, if the group refused the commit, nothing."""
-        assert self._consumer is not None and self._sender is not None
-        await self._sender.confirm(letters)
-        staged = await self._stage(partition, pending, membership)
-        tp = TopicPartition(self.options.topic, partition)
-        try:
-            await commit_fenced(self._consumer, tp, pending.last_offset + 1, membership)
-        except FencedError as fenced:
-            self.writer.abandon(staged)
-            self._drop(partition, pipeline)
-            logger.warning(
-                "partition %s: range %s-%s abandoned, the partition belongs to another"
-                " worker now: %s",
-                partition,
-                pending.first_offset,
-                pending.last_offset,
-                fenced,
-            )
-            return
-        except BaseException:
-            # Cancelled (a stop, a revocation that could not wait) or failed: the range
-            # must not count. Its offsets may have been committed: markers are the truth.
-            self.writer.abandon(staged)
-            raise
-        loop = asyncio.get_running_loop()
-        marker = await loop.run_in_executor(self._write_thread, self.writer.publish, staged)
-        self.metrics.add(marker.counts)
-
-    async def _stage(
-        self, partition: int, pending: PendingRange, membership: Membership
-    ) -> StagedRange:
-        """The range's files in place and its marker staged, waiting out a full disk."""
-        loop = asyncio.get_running_loop()
-        stage = functools.partial(
-            self.writer.stage_range,
-            self.options.topic,
-            partition,
-            pending,
-            generation=membership.generation,
-            member_id=membership.member_id,
-        )
-        attempt = 0
-        while True:
-            try:
-                staged = await loop.run_in_executor(self._write_thread, stage)
-            except OSError as error:
-                if error.errno != errno.ENOSPC:
-                    raise
-                self._disk_full(partition, error)
-                await asyncio.sleep(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)])
-                attempt += 1
-                continue
-            if self._disk_full_since is not None:
-                self._disk_writable(attempt)
-            return staged
-
-    def _disk_full(self, partition: int, error: OSError) -> None:
-        if self._disk_full_since is not None:
-            return
-        self._disk_full_since = time.monotonic()
-        logger.error(
-            "disk full writing partition %s under %s (%s): consumption paused, retrying with"
-            " backoff",
-            partition,
-            self.root,
-            error.strerror or error,
-        )
-        self._set_paused(True)
-
-    def _disk_writable(self, attempts: int) -> None:
-        assert self._disk_full_since is not None
-        waited = time.monotonic() - self._disk_full_since
-        self._disk_full_since = None
-        logger.warning(
-            "disk writable again after %.0f s (%d retries): consumption resumed", waited, attempts
-        )
-        self._set_paused(False)
 
     def _set_paused(self, paused: bool) -> None:
         # Paused partitions return nothing, but the consumer keeps polling: the group does
@@ -485,7 +394,7 @@ class RawTopicService(Service):
                     tp.partition,
                     len(recovered.removed_files),
                 )
-        if self._disk_full_since is not None:
+        if self.committer.disk_full_since is not None:
             self._set_paused(True)
         self.assigned_event.set()
 

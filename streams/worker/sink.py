@@ -237,7 +237,7 @@ class RangeWriter:
         """Write every file of the range into place and its marker under a temporary name.
 
         Nothing counts yet: the files are listed by no marker. Idempotent for the same
-        inputs (same names, same bytes). A failed write leaves no temporary file.
+        inputs (same names, same bytes). A failed write leaves none of the range's files.
         """
         identifiable = schemas_arrow.conform(identifiable, schemas_arrow.IDENTIFIABLE)
         facts = schemas_arrow.conform(facts, schemas_arrow.FACTS)
@@ -245,8 +245,16 @@ class RangeWriter:
             topic, partition, first_offset, last_offset, identifiable, facts, generation
         )
         bytes_written = 0
-        for file in planned:
-            bytes_written += self._write_parquet(file)
+        written: list[str] = []
+        try:
+            for file in planned:
+                bytes_written += self._write_parquet(file)
+                written.append(f"{self._root}/{file.relative_path}")
+        except BaseException:
+            # Half a range never stays behind (a full disk retries it whole).
+            for path in written:
+                self._remove_quietly(path)
+            raise
         marker = CommitMarker(
             topic=topic,
             partition=partition,
@@ -404,9 +412,15 @@ def recover_partition(
     prefix = f"{topic}+{partition}+"
     commits_dir = f"{root}/_commits/{topic}/{partition}/"
     removed: list[str] = []
+
+    def remove(path: str) -> None:
+        # An evicted writer abandoning its range deletes its own files meanwhile.
+        with contextlib.suppress(FileNotFoundError):
+            filesystem.delete_file(path)
+        removed.append(path)
+
     for marker in superseded:
-        filesystem.delete_file(f"{root}/{path_of(marker)}")
-        removed.append(f"{root}/{path_of(marker)}")
+        remove(f"{root}/{path_of(marker)}")
     for info in _walk_files(
         filesystem, root, ["identifiable", "facts", f"_commits/{topic}/{partition}"]
     ):
@@ -417,8 +431,7 @@ def recover_partition(
             relative = info.path[len(root) + 1 :]
             doomed = name.startswith(prefix) and relative not in listed
         if doomed:
-            filesystem.delete_file(info.path)
-            removed.append(info.path)
+            remove(info.path)
     next_offset, base = resume_point(live, log_start)
     return RecoveredPartition(next_offset=next_offset, markers=base, removed_files=removed)
 

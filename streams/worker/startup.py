@@ -4,6 +4,10 @@ A worker started while the broker is down waits for it (it used to exit after 4 
 backoff, and with one line when it starts waiting and one when the broker answers, never a
 line per retry. A broker that answers but refuses what the worker needs (creating the
 dead-letter topic) is a configuration error: the worker refuses to start and says why.
+
+A broker can also go away in the seconds faust takes to start its own clients, which then
+give up; :func:`broker_away` recognises that failure, and the command waits for the broker
+again and starts afresh (streams.worker.commands).
 """
 
 from __future__ import annotations
@@ -46,3 +50,22 @@ def wait_for_broker(
         if failures:
             report(f"{what}: the broker answered after {clock() - started:.0f} s")
         return result
+
+
+def broker_away(error: BaseException | None) -> bool:
+    """Whether ``error`` (or what caused it) says the broker could not be reached."""
+    import aiokafka.errors as aiokafka_errors
+
+    seen = 0
+    while error is not None and seen < 10:
+        if isinstance(
+            error, aiokafka_errors.KafkaConnectionError | aiokafka_errors.KafkaTimeoutError
+        ):
+            return True
+        if isinstance(error, aiokafka_errors.KafkaError) and error.retriable:
+            return True
+        if isinstance(error, TransientError | ConnectionError):
+            return True
+        error = error.__cause__ or error.__context__
+        seen += 1
+    return False

@@ -16,11 +16,11 @@ import signal
 import sys
 from typing import Any
 
-import streams.worker.service as service
+import streams.worker.committer as committer
 from streams.cli import main
 
 _commits_before_crash = int(sys.argv[1])
-_real_commit = service.commit_fenced
+_real_commit = committer.commit_fenced
 
 
 async def _commit_then_die(*args: Any, **kwargs: Any) -> None:
@@ -31,6 +31,6 @@ async def _commit_then_die(*args: Any, **kwargs: Any) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-service.commit_fenced = _commit_then_die  # type: ignore[assignment]
+committer.commit_fenced = _commit_then_die  # type: ignore[assignment]
 sys.argv = ["sieve", "worker"]
 main()

@@ -7,7 +7,6 @@ its offset commit on purpose, and one of two workers in a group mid-way.
 
 from __future__ import annotations
 
-import itertools
 import random
 import subprocess
 import sys
@@ -17,8 +16,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import duckdb
-import pyarrow.compute as pc
 import pytest
 
 from schemas.commits import iter_markers
@@ -27,12 +24,12 @@ from streams.generate.records import GroundTruth
 from streams.topics import TopicSpec, create_topics
 from streams.worker.sink import open_data_root
 from tests.conftest import KafkaBroker
-from tests.integration.pipeline_truth import read_identifiable, traffic_config
+from tests.integration.pipeline_truth import traffic_config
 from tests.integration.worker_harness import (
     WorkerProcess,
     WorkerSetup,
+    assert_exactly_once,
     committed_offsets,
-    leftover_temporary_files,
     wait_until,
 )
 
@@ -51,39 +48,6 @@ def _prepared(
 
 def _drained(setup: WorkerSetup, count: int) -> Callable[[], bool]:
     return lambda: setup.committed_raw() >= count
-
-
-def assert_exactly_once(setup: WorkerSetup, by_kind: Counter[str], count: int) -> None:
-    """Every output holds each accepted event once; ranges tile the input; nothing is left over.
-
-    ``by_kind``: the generator's records by kind (event, duplicate, malformed).
-    """
-    totals = setup.totals()
-    assert totals["raw"] == count
-    assert totals["accepted"] == by_kind["event"]
-    assert totals["duplicates"] == by_kind["duplicate"]
-    assert totals["dead_lettered"] == by_kind["malformed"]
-
-    facts = duckdb.sql(f"SELECT * FROM read_parquet('{setup.data_root}/facts/**/*.parquet')")
-    ((rows, distinct),) = facts.aggregate("count(*), count(DISTINCT event_key)").fetchall()
-    assert rows == distinct == by_kind["event"]
-
-    identifiable = read_identifiable(setup.data_root, setup.keyring_file)
-    pairs = pc.binary_join_element_wise(
-        identifiable["event_id"], identifiable["retention_class"], "/"
-    )
-    assert len(pc.unique(pairs)) == identifiable.num_rows > 0
-
-    assert leftover_temporary_files(setup.data_root) == []
-    filesystem, root = open_data_root(str(setup.data_root))
-    ranges: dict[int, list[tuple[int, int]]] = {}
-    for marker in iter_markers(filesystem, root, setup.raw_topic):
-        ranges.setdefault(marker.partition, []).append((marker.first_offset, marker.last_offset))
-    for partition_ranges in ranges.values():
-        partition_ranges.sort()
-        assert partition_ranges[0][0] == 0
-        for (_, last), (first, _) in itertools.pairwise(partition_ranges):
-            assert first == last + 1, f"ranges overlap or leave a gap: {partition_ranges}"
 
 
 def test_five_random_sigkills_lose_and_repeat_nothing(kafka: KafkaBroker, tmp_path: Path) -> None:

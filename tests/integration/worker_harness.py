@@ -7,20 +7,26 @@ from the commit markers (what is durably committed), never from logs or timing.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
+import pyarrow.compute as pc
 
+from schemas.commits import committed_files, read_markers, resolve_markers
 from streams.broker.control import LocalBroker, free_ports
 from streams.privacy.keyring import write_new_keyring
 from streams.worker.commands import committed_totals
+from streams.worker.sink import open_data_root
+from tests.integration.pipeline_truth import read_identifiable
 
 
 def wait_until(
@@ -124,6 +130,15 @@ class WorkerProcess:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=30)
 
+    def pause(self) -> None:
+        """SIGSTOP: the worker stalls (no heartbeat, no progress) until :meth:`resume`."""
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGCONT)
+
     def stop(self, timeout: float = 60) -> None:
         if self.process is None or self.process.poll() is not None:
             return
@@ -192,3 +207,50 @@ def own_broker(broker_dir: Path, *, start: bool = True) -> Iterator[LocalBroker]
                 broker.stop(timeout_s=20)
             except Exception:
                 broker.kill()
+
+
+def assert_exactly_once(setup: WorkerSetup, by_kind: Counter[str], count: int) -> None:
+    """Every output holds each accepted event once; live ranges tile the input from offset 0;
+    nothing is left over but what superseded markers list (an evicted writer's late range,
+    removed by the partition's next recovery).
+
+    Rows are read the way readers read them: the files live markers list.
+    ``by_kind``: the generator's records by kind (event, duplicate, malformed).
+    """
+    totals = setup.totals()
+    assert totals["raw"] == count
+    assert totals["accepted"] == by_kind["event"]
+    assert totals["duplicates"] == by_kind["duplicate"]
+    assert totals["dead_lettered"] == by_kind["malformed"]
+
+    filesystem, root = open_data_root(str(setup.data_root))
+    fact_files = [f"{root}/{path}" for path in committed_files(filesystem, root, "facts")]
+    facts = duckdb.read_parquet(fact_files)
+    ((rows, distinct),) = facts.aggregate("count(*), count(DISTINCT event_key)").fetchall()
+    assert rows == distinct == by_kind["event"]
+
+    identifiable = read_identifiable(
+        setup.data_root, setup.keyring_file, committed_files(filesystem, root, "identifiable")
+    )
+    pairs = pc.binary_join_element_wise(
+        identifiable["event_id"], identifiable["retention_class"], "/"
+    )
+    assert len(pc.unique(pairs)) == identifiable.num_rows > 0
+
+    assert leftover_temporary_files(setup.data_root) == []
+    live, superseded = resolve_markers(read_markers(filesystem, root, setup.raw_topic))
+    explained = {f"{root}/{path}" for marker in superseded for path in marker.files}
+    listed = {f"{root}/{path}" for marker in live for path in marker.files}
+    on_disk = {
+        str(path)
+        for folder in ("facts", "identifiable")
+        for path in (setup.data_root / folder).rglob("*.parquet")
+    }
+    assert on_disk - listed <= explained, f"orphan files: {sorted(on_disk - listed - explained)}"
+    ranges: dict[int, list[tuple[int, int]]] = {}
+    for marker in live:
+        ranges.setdefault(marker.partition, []).append((marker.first_offset, marker.last_offset))
+    for partition_ranges in ranges.values():
+        assert partition_ranges[0][0] == 0
+        for (_, last), (first, _) in itertools.pairwise(partition_ranges):
+            assert first == last + 1, f"ranges overlap or leave a gap: {partition_ranges}"

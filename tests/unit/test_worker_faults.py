@@ -2,8 +2,8 @@
 to fit, a range written only once the group accepted its commit, a full disk waited out,
 a broker that is not up yet waited for, and a broker outage logged in two lines.
 
-The service's write path (``_write_range``) runs here on doubles of the consumer and the
-producer; the real broker runs the same path in tests/integration.
+The write path of a range (``RangeCommitter.commit``) runs here on doubles of the consumer
+and the producer; the real broker runs the same path in tests/integration.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import aiokafka.errors as kafka_errors
 import pyarrow.fs as pafs
 import pytest
 
-import streams.worker.service as service_module
+import streams.worker.committer as committer_module
 from schemas.commits import read_markers
 from streams.encryption import ParquetEncryption
 from streams.enrich.geo import make_geolocator
@@ -109,7 +109,7 @@ def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     import streams.worker.delivery as delivery
 
     monkeypatch.setattr(delivery, "RETRY_BACKOFF_S", (0.0,))
-    monkeypatch.setattr(service_module, "BACKOFF_S", (0.0,))
+    monkeypatch.setattr(committer_module, "BACKOFF_S", (0.0,))
 
 
 def test_a_delivery_the_broker_refuses_fails_the_range(no_backoff: None) -> None:
@@ -203,7 +203,7 @@ class _Harness:
         self.consumer = _Consumer()
         self.producer = _Producer()
         self.service._consumer = self.consumer  # type: ignore[assignment]
-        self.service._sender = DeadLetterSender(self.producer, "dead", 1_000_000)
+        self.sender = self.service._sender = DeadLetterSender(self.producer, "dead", 1_000_000)
         config = traffic_config(300, seed=4, malformed_share=0.05)
         records = [
             RawRecord(i, 1_790_000_000_000 + i, r.value) for i, r in enumerate(TrafficModel(config))
@@ -217,16 +217,21 @@ class _Harness:
         assert pending is not None
 
         async def run() -> None:
-            await self.service._write_range(0, self.pipeline, pending, sent, Membership(7, "m-7"))
+            await self.service.committer.commit(
+                self.consumer,  # type: ignore[arg-type]
+                self.sender,
+                0,
+                self.pipeline,
+                pending,
+                sent,
+                Membership(7, "m-7"),
+            )
 
         asyncio.run(run())
 
     def send_letters(self) -> list[SentLetter]:
-        assert self.service._sender is not None
-        sender = self.service._sender
-
         async def run() -> list[SentLetter]:
-            return await sender.send(self.letters)
+            return await self.sender.send(self.letters)
 
         return asyncio.run(run())
 
@@ -258,7 +263,7 @@ def test_an_accepted_commit_publishes_the_marker_with_its_generation(
     harness: _Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     commit = _commit_answering(None)
-    monkeypatch.setattr(service_module, "commit_fenced", commit)
+    monkeypatch.setattr(committer_module, "commit_fenced", commit)
     harness.write(harness.send_letters())
 
     [marker] = read_markers(harness.filesystem, harness.base, TOPIC)
@@ -272,7 +277,7 @@ def test_an_accepted_commit_publishes_the_marker_with_its_generation(
 def test_a_refused_commit_abandons_the_range_and_drops_the_partition(
     harness: _Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(service_module, "commit_fenced", _commit_answering(FencedError("gone")))
+    monkeypatch.setattr(committer_module, "commit_fenced", _commit_answering(FencedError("gone")))
     harness.write(harness.send_letters())
 
     assert read_markers(harness.filesystem, harness.base, TOPIC) == []
@@ -281,11 +286,43 @@ def test_a_refused_commit_abandons_the_range_and_drops_the_partition(
     assert harness.metrics.raw == 0
 
 
+@pytest.mark.parametrize("still_ours", [False, True])
+def test_a_range_whose_staged_marker_vanished_never_counts(
+    harness: _Harness, monkeypatch: pytest.MonkeyPatch, still_ours: bool
+) -> None:
+    """The worker stalled between an accepted commit and its marker (SIGSTOP, a frozen VM)
+    long enough for the next owner to recover the partition: no marker may appear. If the
+    group says the partition is still ours, the file vanished for another reason: stop."""
+    from streams.worker.sink import recover_partition
+
+    calls: list[int] = []
+
+    async def commit(consumer: Any, tp: Any, offset: int, membership: Any) -> None:
+        calls.append(offset)
+        if len(calls) == 1:
+            recover_partition(harness.filesystem, harness.base, TOPIC, 0)  # the next owner
+        elif not still_ours:
+            raise FencedError("the group moved on")
+
+    monkeypatch.setattr(committer_module, "commit_fenced", commit)
+    if still_ours:
+        with pytest.raises(FileNotFoundError):
+            harness.write(harness.send_letters())
+    else:
+        harness.write(harness.send_letters())
+        assert 0 not in harness.service.pipelines
+
+    assert calls == [300, 0]  # the range's commit, then the ownership probe (moves nothing)
+    assert read_markers(harness.filesystem, harness.base, TOPIC) == []
+    assert harness.files() == []
+    assert harness.metrics.raw == 0
+
+
 def test_a_failed_dead_letter_delivery_commits_nothing(
     harness: _Harness, monkeypatch: pytest.MonkeyPatch, no_backoff: None
 ) -> None:
     commit = _commit_answering(None)
-    monkeypatch.setattr(service_module, "commit_fenced", commit)
+    monkeypatch.setattr(committer_module, "commit_fenced", commit)
     harness.producer.error = kafka_errors.MessageSizeTooLargeError()
     harness.producer.failures = 1
 
@@ -303,7 +340,7 @@ def test_a_full_disk_pauses_consumption_and_is_retried(
     no_backoff: None,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    monkeypatch.setattr(service_module, "commit_fenced", _commit_answering(None))
+    monkeypatch.setattr(committer_module, "commit_fenced", _commit_answering(None))
     real_stage = harness.writer.stage_range
     attempts: list[bool] = []
 
@@ -314,7 +351,7 @@ def test_a_full_disk_pauses_consumption_and_is_retried(
         return real_stage(*args, **kwargs)
 
     monkeypatch.setattr(harness.writer, "stage_range", stage)
-    with caplog.at_level(logging.WARNING, logger="streams.worker.service"):
+    with caplog.at_level(logging.WARNING, logger="streams.worker.committer"):
         harness.write(harness.send_letters())
 
     assert attempts == [False, True, True, True]  # paused from the first failure on
@@ -328,7 +365,7 @@ def test_a_full_disk_pauses_consumption_and_is_retried(
 def test_another_write_error_stops_with_nothing_committed(
     harness: _Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(service_module, "commit_fenced", _commit_answering(None))
+    monkeypatch.setattr(committer_module, "commit_fenced", _commit_answering(None))
 
     def stage(*args: Any, **kwargs: Any) -> Any:
         raise OSError(errno.EIO, "Input/output error")
@@ -399,3 +436,19 @@ def test_a_broker_outage_logs_one_line_when_it_starts_and_one_when_it_ends(
         "Kafka broker answering again (connection errors for 10 s, 999 lines not logged)"
     )
     assert len(lines) == 5
+
+
+def test_a_start_that_failed_because_the_broker_went_away_is_recognised() -> None:
+    from streams.worker.startup import broker_away
+
+    assert broker_away(kafka_errors.KafkaConnectionError("Unable to bootstrap"))
+    try:
+        try:
+            raise kafka_errors.KafkaConnectionError("Connection closed")
+        except kafka_errors.KafkaError as away:
+            raise RuntimeError("the producer did not start") from away
+    except RuntimeError as wrapped:
+        assert broker_away(wrapped)
+    assert not broker_away(ValueError("a bug"))
+    assert not broker_away(kafka_errors.MessageSizeTooLargeError())
+    assert not broker_away(None)
