@@ -38,6 +38,10 @@ _FENCED = (
     kafka_errors.RebalanceInProgressError,
 )
 RETRY_BACKOFF_S = 0.5
+# The metadata of every offset commit a worker makes for a range: an offset committed with
+# other metadata was set by an operator (kafka-consumer-groups --reset-offsets, `sieve demo`)
+# and is where a partition with no marker starts (see :func:`operator_position`).
+RANGE_COMMIT_METADATA = "sieve:range"
 
 
 @dataclass(frozen=True)
@@ -75,7 +79,7 @@ async def commit_fenced(
         membership.generation,
         membership.member_id,
         OffsetCommitRequest.DEFAULT_RETENTION_TIME,
-        [(tp.topic, [(tp.partition, offset, "")])],
+        [(tp.topic, [(tp.partition, offset, RANGE_COMMIT_METADATA)])],
     )
     while True:
         await coordinator.ensure_coordinator_known()
@@ -104,3 +108,20 @@ async def commit_fenced(
         ):
             coordinator.coordinator_dead()
         await asyncio.sleep(RETRY_BACKOFF_S)
+
+
+async def operator_position(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None:
+    """The group's committed offset of ``tp`` if an operator set it, else None.
+
+    Markers are the truth of what is processed, and a worker commits a range's offsets
+    *before* its marker, so an offset a worker committed says nothing (it may belong to a
+    range that was never written). An offset committed with other metadata is an operator's
+    deliberate start position (skip a backlog, start a fresh data root at the end), which a
+    partition with no marker honours. aiokafka's ``committed()`` drops the metadata, hence
+    the coordinator call.
+    """
+    coordinator: Any = consumer._coordinator
+    committed = (await coordinator.fetch_committed_offsets([tp])).get(tp)
+    if committed is None or committed.offset < 0 or committed.metadata == RANGE_COMMIT_METADATA:
+        return None
+    return int(committed.offset)

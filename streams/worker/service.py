@@ -37,7 +37,7 @@ from mode import Service
 
 from streams.worker.committer import BACKOFF_S, RangeCommitter
 from streams.worker.delivery import DeadLetterSender, SentLetter
-from streams.worker.fencing import Membership, current_membership
+from streams.worker.fencing import Membership, current_membership, operator_position
 from streams.worker.metrics import WorkerMetrics
 from streams.worker.pipeline import PartitionPipeline, PipelineContext
 from streams.worker.sink import RangeWriter, recover_partition
@@ -376,9 +376,13 @@ class RawTopicService(Service):
             recovered = await asyncio.to_thread(
                 recover_partition, self.filesystem, self.root, tp.topic, tp.partition, log_start
             )
-            # Markers are the truth: with none, the partition starts at the beginning of
-            # the log, never at Kafka's committed offset (commits precede markers).
-            next_offset = log_start if recovered.next_offset is None else recovered.next_offset
+            next_offset = recovered.next_offset
+            if next_offset is None:
+                # Markers are the truth: with none, the partition starts at the beginning of
+                # the log, or where an operator put the group, never where a worker's commit
+                # left it (commits precede markers: its range may never have been written).
+                position = await operator_position(consumer, tp)
+                next_offset = log_start if position is None else max(position, log_start)
             pipeline = PartitionPipeline(tp.topic, tp.partition, self.context, next_offset)
             await asyncio.to_thread(pipeline.restore, self.filesystem, self.root, recovered.markers)
             self.pipelines[tp.partition] = pipeline

@@ -370,15 +370,15 @@ def resume_point(
 ) -> tuple[int | None, list[CommitMarker]]:
     """Where a partition resumes, and the live markers its state is rebuilt from.
 
-    Pure. Live markers (offset order) normally tile the partition; it resumes after them.
-    Where they leave a gap that the log still holds (possible only when fencing superseded a
-    range in the middle), it resumes at the gap, and the live markers after it are
-    superseded in turn once the new owner's ranges reach them. ``log_start``: the
-    partition's first offset still in the log (None: unknown, take the first marker's
-    first offset); what retention deleted cannot be processed again, so a gap wholly
-    before it is stepped over. None: resume at the beginning of the log.
+    Pure. Live markers (offset order) normally tile the partition from the first one; it
+    resumes after them. Where they leave a gap that the log still holds (possible only when
+    fencing superseded a range in the middle), it resumes at the gap, and the live markers
+    after it are superseded in turn once the new owner's ranges reach them. ``log_start``:
+    the partition's first offset still in the log (None: unknown); what retention deleted
+    cannot be processed again, so a gap wholly before it is stepped over. None: no marker,
+    the caller decides where to start (streams.worker.service).
     """
-    if not live or (log_start is not None and log_start < live[0].first_offset):
+    if not live:
         return None, []
     base: list[CommitMarker] = []
     expected = live[0].first_offset

@@ -159,8 +159,8 @@ def test_a_partition_resumes_at_the_first_gap_the_log_still_holds() -> None:
     assert resume_point(gapped, log_start=0) == (10, gapped[:1])
     # Retention deleted the gap: nothing to process again there.
     assert resume_point(gapped, log_start=20) == (30, gapped)
-    # The log holds records before the first live marker: start over from the beginning.
-    assert resume_point([_marker(10, 19, 2)], log_start=0) == (None, [])
+    # The first live marker is where the partition started (an operator's position).
+    assert resume_point([_marker(10, 19, 2)], log_start=0) == (20, [_marker(10, 19, 2)])
     # Every live marker is older than the log start: resume where the log starts.
     assert resume_point(tiled, log_start=50) == (50, tiled)
 
