@@ -4,19 +4,30 @@ A range's output files count only once its marker exists (docs/architecture.md, 
 once"). Readers of the datasets (aggregations, the retention sweep) list committed files
 through :func:`committed_files`, never by globbing data folders, so they never see a range
 that a crashed worker left half written.
+
+Fencing (docs/architecture.md, "Fencing"): every marker carries the consumer-group
+generation its writer owned the partition in. A worker evicted from the group can have its
+last range's offset commit accepted just before the eviction and write that marker after
+the next owner started over; such a range overlaps the new owner's. :func:`resolve_markers`
+decides every overlap for the newest generation, and :func:`iter_markers` (so every reader)
+sees only the live markers it keeps.
 """
 
 from __future__ import annotations
 
+import bisect
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from itertools import groupby, pairwise
 from typing import Final
 
 import msgspec
 import pyarrow.fs as pafs
 
 COMMITS_DIR: Final = "_commits"
-_MARKER_NAME = re.compile(r"^(\d{20})-(\d{20})\.json$")
+# <first>-<last>.json (generation 0: written before fencing, or by tests) or
+# <first>-<last>-g<generation>.json.
+_MARKER_NAME = re.compile(r"^(\d{20})-(\d{20})(?:-g(\d+))?\.json$")
 
 
 class RangeCounts(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -45,15 +56,34 @@ class CommitMarker(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Consent state changes of the range: [pseudonymous consent key, "opt_out"|"opt_in"|...].
     consent_changes: list[tuple[str, str]]
     sieve_version: str
+    # The consumer-group generation (and member) that owned the partition when the range's
+    # offsets were committed; 0 for markers written without a group (tests) or before fencing.
+    generation: int = 0
+    member_id: str = ""
 
 
-def output_stem(topic: str, partition: int, first_offset: int, last_offset: int) -> str:
-    """The file stem every output of a range carries: ``<topic>+<partition>+<first>-<last>``."""
-    return f"{topic}+{partition}+{first_offset}-{last_offset}"
+def output_stem(
+    topic: str, partition: int, first_offset: int, last_offset: int, generation: int = 0
+) -> str:
+    """The file stem every output of a range carries: ``<topic>+<partition>+<first>-<last>``,
+    then ``-g<generation>`` when written in a group generation (two writers of one range,
+    an evicted one and its successor, never share a file name)."""
+    stem = f"{topic}+{partition}+{first_offset}-{last_offset}"
+    return f"{stem}-g{generation}" if generation else stem
 
 
-def marker_path(topic: str, partition: int, first_offset: int, last_offset: int) -> str:
-    return f"{COMMITS_DIR}/{topic}/{partition}/{first_offset:020d}-{last_offset:020d}.json"
+def marker_path(
+    topic: str, partition: int, first_offset: int, last_offset: int, generation: int = 0
+) -> str:
+    name = f"{first_offset:020d}-{last_offset:020d}" + (f"-g{generation}" if generation else "")
+    return f"{COMMITS_DIR}/{topic}/{partition}/{name}.json"
+
+
+def path_of(marker: CommitMarker) -> str:
+    """Where ``marker`` lives, relative to the data root."""
+    return marker_path(
+        marker.topic, marker.partition, marker.first_offset, marker.last_offset, marker.generation
+    )
 
 
 def encode_marker(marker: CommitMarker) -> bytes:
@@ -64,10 +94,50 @@ def decode_marker(data: bytes) -> CommitMarker:
     return msgspec.json.decode(data, type=CommitMarker)
 
 
-def iter_markers(
+def resolve_markers(
+    markers: Iterable[CommitMarker],
+) -> tuple[list[CommitMarker], list[CommitMarker]]:
+    """``(live, superseded)``: which markers count, deciding every overlap for the newest
+    generation. Pure; both lists in (topic, partition, first offset) order.
+
+    Per partition, markers are taken newest generation first (then by offset); a marker is
+    live iff its range overlaps no live marker taken before it. One writer owns a partition
+    per generation and writes its ranges one after the other, so live markers never
+    overlap, and a late marker of an evicted writer loses to its successor's ranges wherever
+    they meet. Recovery deletes what is superseded; readers never see it.
+    """
+    live: list[CommitMarker] = []
+    superseded: list[CommitMarker] = []
+
+    def partition_of(marker: CommitMarker) -> tuple[str, int]:
+        return marker.topic, marker.partition
+
+    for _, group in groupby(sorted(markers, key=partition_of), key=partition_of):
+        in_order = sorted(group, key=lambda m: (m.first_offset, m.last_offset))
+        if all(a.last_offset < b.first_offset for a, b in pairwise(in_order)):
+            live.extend(in_order)  # no overlap at all: the usual case, decided in one pass
+            continue
+        kept: list[CommitMarker] = []
+        firsts: list[int] = []  # first offsets of ``kept``, sorted, for the overlap search
+        for marker in sorted(in_order, key=lambda m: (-m.generation, m.first_offset)):
+            # The live marker starting at or before this one's last offset, nearest first,
+            # is the only one that can overlap it (live markers do not overlap each other).
+            at = bisect.bisect_right(firsts, marker.last_offset)
+            if at and kept[at - 1].last_offset >= marker.first_offset:
+                superseded.append(marker)
+                continue
+            firsts.insert(at, marker.first_offset)
+            kept.insert(at, marker)
+        live.extend(kept)
+    superseded.sort(key=lambda m: (m.topic, m.partition, m.first_offset, m.generation))
+    return live, superseded
+
+
+def read_markers(
     filesystem: pafs.FileSystem, root: str, topic: str | None = None, partition: int | None = None
-) -> Iterator[CommitMarker]:
-    """Every commit marker under ``root`` (optionally of one topic / partition), in offset order."""
+) -> list[CommitMarker]:
+    """Every commit marker under ``root`` (optionally of one topic / partition), live or
+    superseded, in (topic, partition, first offset) order. Readers want :func:`iter_markers`."""
     base = f"{root.rstrip('/')}/{COMMITS_DIR}"
     if topic is not None:
         base += f"/{topic}"
@@ -79,10 +149,25 @@ def iter_markers(
         for info in filesystem.get_file_info(selector)
         if info.type == pafs.FileType.File and _MARKER_NAME.match(info.base_name)
     ]
-    infos.sort(key=lambda info: (info.path.rsplit("/", 2)[-3:-1], info.base_name))
+    markers = []
     for info in infos:
-        with filesystem.open_input_stream(info.path) as stream:
-            yield decode_marker(stream.read())
+        try:
+            with filesystem.open_input_stream(info.path) as stream:
+                markers.append(decode_marker(stream.read()))
+        except FileNotFoundError:
+            continue  # superseded, and removed by a recovery since it was listed
+    markers.sort(key=lambda m: (m.topic, m.partition, m.first_offset, m.generation))
+    return markers
+
+
+def iter_markers(
+    filesystem: pafs.FileSystem, root: str, topic: str | None = None, partition: int | None = None
+) -> Iterator[CommitMarker]:
+    """Every live commit marker under ``root`` (optionally of one topic / partition), in
+    (topic, partition, first offset) order: superseded ones (:func:`resolve_markers`) never
+    count."""
+    live, _ = resolve_markers(read_markers(filesystem, root, topic, partition))
+    yield from live
 
 
 def committed_files(

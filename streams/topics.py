@@ -168,3 +168,74 @@ def topics_command(timeout: float) -> None:
     created = ensure_topics_from_settings(settings, timeout_s=timeout)
     for name, was_created in created.items():
         click.echo(f"{name}: {'created' if was_created else 'exists (left unchanged)'}")
+
+
+@dataclass(frozen=True)
+class DeadLetterTopic:
+    """What a worker needs to know of its dead-letter topic before it starts."""
+
+    created: bool  # it was missing and the worker created it
+    max_message_bytes: int  # the topic's ``max.message.bytes``: larger dead letters are cut
+
+
+def prepare_dead_letter_topic(
+    bootstrap_servers: str,
+    *,
+    dead_letter_topic: str,
+    raw_topic: str,
+    raw_partitions: int,
+    retention_hours: int,
+    timeout_s: float = 30.0,
+) -> DeadLetterTopic:
+    """Create the dead-letter topic if it is missing, with its spec (as many partitions as
+    the raw topic has, ``raw_partitions`` if that is missing too); return its size limit.
+
+    A worker calls this before it starts: a dead letter sent to a missing topic would wait
+    for metadata and fail long after the range counting it was cut. Raises
+    ``TransientError`` when no broker answers and ``ConfigurationError`` when the broker
+    refuses to create the topic or to describe it (the worker must not start then).
+    """
+    from kafka import KafkaAdminClient
+    from kafka.admin import ConfigResource, ConfigResourceType
+    from kafka.errors import KafkaError
+
+    timeout_ms = int(timeout_s * 1000)
+    try:
+        admin = KafkaAdminClient(
+            bootstrap_servers=bootstrap_servers,
+            client_id="sieve-worker-start",
+            bootstrap_timeout_ms=timeout_ms,
+            request_timeout_ms=timeout_ms,
+        )
+    except KafkaError as away:
+        raise TransientError(f"no Kafka broker answered at {bootstrap_servers}: {away}") from away
+    try:
+        described = {t["name"]: t for t in admin.describe_topics([raw_topic, dead_letter_topic])}
+        raw = described.get(raw_topic)
+        partitions = len(raw["partitions"]) if raw and raw["error_code"] == 0 else raw_partitions
+        dead = described.get(dead_letter_topic)
+        created = False
+        if dead is None or dead["error_code"] != 0:
+            spec = dead_letter_topic_spec(dead_letter_topic, partitions, retention_hours)
+            created = create_topics(bootstrap_servers, [spec], timeout_s=timeout_s)[
+                dead_letter_topic
+            ]
+        resource = ConfigResource(
+            ConfigResourceType.TOPIC, dead_letter_topic, configs=["max.message.bytes"]
+        )
+        configs = admin.describe_configs([resource], config_filter="all")
+        limit = configs["topic"][dead_letter_topic]["max.message.bytes"]["value"]
+        return DeadLetterTopic(created=created, max_message_bytes=int(limit))
+    except KafkaError as failed:
+        if failed.retriable:
+            raise TransientError(f"Kafka at {bootstrap_servers} is away: {failed}") from failed
+        raise ConfigurationError(
+            f"cannot prepare the dead-letter topic {dead_letter_topic}: {failed}"
+        ) from failed
+    except (KeyError, TypeError, ValueError) as odd:
+        raise ConfigurationError(
+            f"Kafka did not describe the dead-letter topic {dead_letter_topic}"
+            f" (max.message.bytes): {odd!r}"
+        ) from odd
+    finally:
+        admin.close()

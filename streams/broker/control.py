@@ -402,6 +402,30 @@ class LocalBroker:
         self._process = None
         return True
 
+    # --- faults (tests) ---------------------------------------------------------------------
+    def pause(self) -> None:
+        """SIGSTOP the broker: it keeps its sockets but answers nothing (a stalled machine)."""
+        self._signal(self._pid_or_fail(), signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT a paused broker."""
+        self._signal(self._pid_or_fail(), signal.SIGCONT)
+
+    def kill(self) -> None:
+        """SIGKILL the broker (a crash: no clean shutdown); returns once it is gone."""
+        pid = self._pid_or_fail()
+        self._signal(pid, signal.SIGKILL)
+        if not self._wait_gone(pid, 30.0):
+            raise BrokerError(f"the broker (pid {pid}) survived SIGKILL", self.log_file)
+        self.pid_file.unlink(missing_ok=True)
+        self._process = None
+
+    def _pid_or_fail(self) -> int:
+        pid = self.running_pid()
+        if pid is None:
+            raise BrokerError("the broker is not running", self.log_file)
+        return pid
+
     # --- internals -------------------------------------------------------------------------
     def _signal(self, pid: int, signum: signal.Signals) -> None:
         # The broker leads its own process group (start_new_session): signal the group so

@@ -20,6 +20,7 @@ from streams.privacy.keyring import Keyring
 from streams.privacy.retention import load_policy
 from streams.settings import Settings
 from streams.worker.metrics import WorkerMetrics
+from streams.worker.outage_log import OutageLog
 from streams.worker.pipeline import PipelineContext
 from streams.worker.service import ConsumerOptions, RawTopicService
 from streams.worker.sink import RangeWriter, open_data_root
@@ -43,8 +44,18 @@ class Worker:
     metrics: WorkerMetrics
 
 
-def build_service(settings: Settings, keyring: Keyring, metrics: WorkerMetrics) -> RawTopicService:
-    """The raw-topic service with everything it needs, from settings and a loaded keyring."""
+def build_service(
+    settings: Settings,
+    keyring: Keyring,
+    metrics: WorkerMetrics,
+    *,
+    dead_letter_max_bytes: int = 1_048_576,
+) -> RawTopicService:
+    """The raw-topic service with everything it needs, from settings and a loaded keyring.
+
+    ``dead_letter_max_bytes``: the dead-letter topic's max.message.bytes (the worker reads
+    it at start, streams.topics.prepare_dead_letter_topic); larger dead letters are cut.
+    """
     filesystem, root = open_data_root(settings.data_root)
     version = sieve_version()
     context = PipelineContext(
@@ -67,15 +78,23 @@ def build_service(settings: Settings, keyring: Keyring, metrics: WorkerMetrics) 
         roll_max_records=settings.roll_max_records,
         roll_interval_seconds=settings.roll_interval_seconds,
         session_timeout_seconds=settings.session_timeout_seconds,
+        dead_letter_max_bytes=dead_letter_max_bytes,
     )
     writer = RangeWriter(filesystem, root, encryption, version)
     return RawTopicService(options, context, filesystem, root, writer, metrics)
 
 
-def create_app(settings: Settings, keyring: Keyring) -> Worker:
-    """A faust app hosting the raw-topic service, a /metrics page and a lag timer."""
+def create_app(
+    settings: Settings,
+    keyring: Keyring,
+    *,
+    dead_letter_max_bytes: int = 1_048_576,
+    outage_log: OutageLog | None = None,
+) -> Worker:
+    """A faust app hosting the raw-topic service, a /metrics page and a lag timer (and the
+    timer that reports the end of a broker outage, given ``outage_log``)."""
     metrics = WorkerMetrics()
-    service = build_service(settings, keyring, metrics)
+    service = build_service(settings, keyring, metrics, dead_letter_max_bytes=dead_letter_max_bytes)
     app = faust.App(
         f"{settings.consumer_group}-app",
         broker=f"kafka://{settings.bootstrap_servers.split(',')[0]}",
@@ -107,5 +126,10 @@ def create_app(settings: Settings, keyring: Keyring) -> Worker:
     async def refresh_lag() -> None:
         await service.refresh_lag()
 
-    del HostedRawTopicService, metrics_page, refresh_lag
+    @app.timer(interval=1.0)
+    async def report_outage_end() -> None:
+        if outage_log is not None:
+            outage_log.tick()
+
+    del HostedRawTopicService, metrics_page, refresh_lag, report_outage_end
     return Worker(app=app, service=service, metrics=metrics)

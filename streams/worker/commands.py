@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from datetime import UTC, datetime
 
 import click
 from rich.console import Console
@@ -23,10 +24,8 @@ def worker_command(loglevel: str) -> None:
 
     Start as many as the raw topic has partitions; they share the consumer group.
     """
-    import faust
-
     from streams.privacy.keyring import Keyring
-    from streams.worker.app import create_app
+    from streams.worker.run import run_worker
 
     settings = Settings()
     if settings.keyring_file is None:
@@ -36,8 +35,12 @@ def worker_command(loglevel: str) -> None:
         )
     keyring = Keyring.load(settings.keyring_file)
     settings.work_dir.mkdir(parents=True, exist_ok=True)
-    worker = create_app(settings, keyring)
-    faust.Worker(worker.app, loglevel=loglevel, quiet=True).execute_from_commandline()
+    run_worker(settings, keyring, loglevel, report=_report)
+
+
+def _report(line: str) -> None:
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
+    click.echo(f"[{stamp}] sieve worker: {line}", err=True)
 
 
 def committed_totals(

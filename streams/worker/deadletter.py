@@ -15,6 +15,18 @@ from dataclasses import dataclass
 from schemas.decode import Rejection
 
 HEADER_PREFIX = "sieve."
+# The code of a record that made a pipeline stage raise (streams.worker.pipeline): the
+# decoder and validator let it through, a later stage could not place it.
+PROCESSING_ERROR = "processing_error"
+# On a dead letter cut to fit its topic: how many bytes the original value had.
+TRUNCATED_HEADER = HEADER_PREFIX + "truncated.original_bytes"
+# On a dead letter whose original headers alone were too large: how many were dropped.
+DROPPED_HEADERS_HEADER = HEADER_PREFIX + "truncated.dropped_headers"
+# A record batch's own header (61 bytes) plus one record's framing (length, attributes,
+# timestamp and offset deltas, key and value lengths, header count: varints of at most 5
+# bytes each), with room to spare; each header adds its two lengths (2 varints).
+_RECORD_OVERHEAD = 61 + 7 * 5 + 64
+_HEADER_OVERHEAD = 10
 
 
 @dataclass(frozen=True)
@@ -52,3 +64,31 @@ def dead_letter(
         (name, data) for name, data in original_headers if not name.startswith(HEADER_PREFIX)
     )
     return DeadLetter(key=source_key(topic, partition, offset), value=value or b"", headers=headers)
+
+
+def record_size(letter: DeadLetter) -> int:
+    """An upper bound of the bytes ``letter`` takes as a record batch of its own."""
+    headers = sum(len(n.encode()) + len(v) + _HEADER_OVERHEAD for n, v in letter.headers)
+    return _RECORD_OVERHEAD + len(letter.key) + len(letter.value) + headers
+
+
+def fit_to_size(letter: DeadLetter, max_bytes: int) -> DeadLetter:
+    """``letter``, its value cut so that it fits a topic of ``max.message.bytes`` =
+    ``max_bytes``, with a header saying so and how long the value was; unchanged if it fits.
+
+    Its headers are kept (they say why and where from); only if they alone cannot fit are
+    the original message's own headers dropped too, and a header counts them. A raw
+    message at the raw topic's limit is always a little too large here: our headers come
+    on top.
+    """
+    if record_size(letter) <= max_bytes:
+        return letter
+    ours = [(n, v) for n, v in letter.headers if n.startswith(HEADER_PREFIX)]
+    theirs = [(n, v) for n, v in letter.headers if not n.startswith(HEADER_PREFIX)]
+    headers = [*ours, (TRUNCATED_HEADER, str(len(letter.value)).encode()), *theirs]
+    room = max_bytes - record_size(DeadLetter(letter.key, b"", headers))
+    if room < 0:
+        headers = [*ours, (TRUNCATED_HEADER, str(len(letter.value)).encode())]
+        headers.append((DROPPED_HEADERS_HEADER, str(len(theirs)).encode()))
+        room = max(0, max_bytes - record_size(DeadLetter(letter.key, b"", headers)))
+    return DeadLetter(key=letter.key, value=letter.value[:room], headers=headers)

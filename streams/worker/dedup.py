@@ -15,6 +15,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 
+@dataclass(frozen=True)
+class PendingKeys:
+    """What one :meth:`Deduplicator.check` decided, to apply with :meth:`Deduplicator.record`."""
+
+    accepted: dict[str, int]  # event key -> occurred hour (epoch s) of the accepted events
+    watermark: int | None
+
+
 @dataclass
 class Deduplicator:
     """Seen event keys of one partition, pruned lazily as the watermark moves."""
@@ -30,28 +38,43 @@ class Deduplicator:
                 self._seen[key] = hour
         self.watermark = watermark
 
-    def filter(self, keys: Sequence[str], hours: Sequence[int]) -> list[bool]:
-        """Decide a batch in order: True for events to accept, False for duplicates.
+    def check(self, keys: Sequence[str], hours: Sequence[int]) -> tuple[list[bool], PendingKeys]:
+        """Decide a batch in order without changing the state: True to accept, False for a
+        duplicate; apply the decisions with :meth:`record` once the batch is complete.
 
-        Accepted events update the state immediately, so a duplicate inside the same batch
-        is caught too.
+        A duplicate of an earlier key of the same call is caught (the call's own accepted
+        keys count as seen), so deciding ``a + b`` equals deciding ``a``, recording it, then
+        deciding ``b``.
         """
         decisions = []
         seen = self._seen
+        accepted: dict[str, int] = {}
         watermark = self.watermark
         horizon = self.horizon_seconds
         for key, hour in zip(keys, hours, strict=True):
-            previous = seen.get(key)
+            previous = accepted.get(key)
+            if previous is None:
+                previous = seen.get(key)
             floor = (watermark - horizon) if watermark is not None else None
             if previous is not None and (floor is None or previous >= floor):
                 decisions.append(False)
                 continue
             decisions.append(True)
-            seen[key] = hour if previous is None else max(previous, hour)
+            accepted[key] = hour if previous is None else max(previous, hour)
             if watermark is None or hour > watermark:
                 watermark = hour
-        self.watermark = watermark
+        return decisions, PendingKeys(accepted, watermark)
+
+    def record(self, pending: PendingKeys) -> None:
+        """Apply what :meth:`check` decided (the batch it decided is complete)."""
+        self._seen.update(pending.accepted)
+        self.watermark = pending.watermark
         self._prune()
+
+    def filter(self, keys: Sequence[str], hours: Sequence[int]) -> list[bool]:
+        """:meth:`check` and :meth:`record` in one step."""
+        decisions, pending = self.check(keys, hours)
+        self.record(pending)
         return decisions
 
     def _prune(self) -> None:

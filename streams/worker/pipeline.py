@@ -10,6 +10,7 @@ committed state, so replaying a range after a crash produces the same rows.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,17 +24,19 @@ import pyarrow.parquet as pq
 
 from schemas import arrow as schemas_arrow
 from schemas.commits import CommitMarker, RangeCounts
-from schemas.decode import decode_batch
+from schemas.decode import Rejection, decode_batch
 from schemas.events import Event
 from streams.enrich.geo import GeoLocator, resolve_countries
 from streams.enrich.useragent import UserAgentParser
-from streams.privacy.consent import ConsentState, batch_consent_keys, decide
+from streams.privacy.consent import ConsentState, StateChange, batch_consent_keys, decide
 from streams.privacy.keyring import Keyring
 from streams.privacy.pseudonymize import event_keys
 from streams.privacy.retention import RetentionPolicy
 from streams.privacy.split import Enrichment, split
-from streams.worker.deadletter import DeadLetter, dead_letter
-from streams.worker.dedup import Deduplicator
+from streams.worker.deadletter import PROCESSING_ERROR, DeadLetter, dead_letter
+from streams.worker.dedup import Deduplicator, PendingKeys
+
+logger = logging.getLogger(__name__)
 
 
 class KafkaRecord(Protocol):
@@ -105,6 +108,59 @@ class _Buffer:
     consent_changes: list[tuple[str, str]] = field(default_factory=list)
 
 
+class _StageFailed(Exception):
+    """A pipeline stage raised on a batch; ``stage`` names it for the dead letter."""
+
+    def __init__(self, stage: str, error: Exception) -> None:
+        super().__init__(stage)
+        self.stage = stage
+        self.error = error
+
+
+@dataclass
+class _Outcome:
+    """What (part of) one batch decided; applied to the pipeline only once complete."""
+
+    consent: ConsentState  # the consent state after it
+    letters: list[DeadLetter] = field(default_factory=list)
+    dead_lettered: Counter[str] = field(default_factory=Counter)
+    duplicates: int = 0
+    accepted: int = 0
+    identifiable: list[pa.Table] = field(default_factory=list)
+    facts: list[pa.Table] = field(default_factory=list)
+    identifiable_by_class: Counter[str] = field(default_factory=Counter)
+    consent_changes: list[StateChange] = field(default_factory=list)
+    # The dedup decisions of every accepted event so far (check() covers the whole prefix).
+    pending: PendingKeys | None = None
+    accepted_keys: list[str] = field(default_factory=list)
+    accepted_hours: list[int] = field(default_factory=list)
+
+    @staticmethod
+    def start(consent: ConsentState) -> _Outcome:
+        return _Outcome(consent=consent)
+
+    def reject(self, code: str, letter: DeadLetter) -> None:
+        self.dead_lettered[code] += 1
+        self.letters.append(letter)
+
+    def then(self, later: _Outcome) -> _Outcome:
+        """This outcome followed by ``later`` (decided after it)."""
+        return _Outcome(
+            consent=later.consent,
+            letters=self.letters + later.letters,
+            dead_lettered=self.dead_lettered + later.dead_lettered,
+            duplicates=self.duplicates + later.duplicates,
+            accepted=self.accepted + later.accepted,
+            identifiable=self.identifiable + later.identifiable,
+            facts=self.facts + later.facts,
+            identifiable_by_class=self.identifiable_by_class + later.identifiable_by_class,
+            consent_changes=self.consent_changes + later.consent_changes,
+            pending=later.pending if later.pending is not None else self.pending,
+            accepted_keys=self.accepted_keys + later.accepted_keys,
+            accepted_hours=self.accepted_hours + later.accepted_hours,
+        )
+
+
 class PartitionPipeline:
     """Stateful processing of one partition; state = what its committed ranges imply."""
 
@@ -117,14 +173,17 @@ class PartitionPipeline:
     ) -> None:
         self.topic = topic
         self.partition = partition
-        # The offset this pipeline must see next (None: whatever Kafka's committed offset
-        # gives first). Records before it are committed already; a record after it means
-        # the fetch skipped some, and the caller must rewind.
+        # The offset this pipeline must see next (None: the first record it is given; the
+        # worker always knows it, from the markers or the log start). Records before it are
+        # committed already; a record after it means the fetch skipped some, and the caller
+        # must rewind.
         self.next_offset = next_offset
         self._context = context
         self._dedup = Deduplicator(context.dedup_horizon_seconds)
         self._consent = ConsentState()
         self._buffer = _Buffer()
+        # Set while a batch's outcome is applied; stays set if that fails half way.
+        self.broken = False
 
     # --- recovery ------------------------------------------------------------------------
     def restore(
@@ -159,89 +218,183 @@ class PartitionPipeline:
 
     # --- processing ----------------------------------------------------------------------
     def process(self, records: Sequence[KafkaRecord]) -> list[DeadLetter]:
-        """Take a batch in offset order into the buffer; return its dead letters."""
+        """Take a batch in offset order into the buffer; return its dead letters.
+
+        All or nothing: the batch's outcome is computed first, and the buffer, counters,
+        ``next_offset``, dedup and consent state change only once it is complete. A record
+        that makes a stage raise (any exception: a value nested too deep, a date a stage
+        cannot represent, a bug) is found by bisecting the batch and dead-lettered with
+        ``processing_error``; the rest is processed as usual. Each part is decided against
+        the state left by the parts before it, so the outcome is the one a batch holding
+        only the good records would have had, however the records were batched: a replay
+        after a crash writes the same outputs. A batch that raises nowhere costs nothing
+        extra. Should applying the outcome itself fail, the pipeline is left ``broken``
+        and never hands out a range again (see :meth:`take_range`).
+        """
+        if self.broken:
+            raise RuntimeError(f"partition {self.partition}: the pipeline failed earlier")
         if not records:
             return []
+        try:
+            outcome = self._decide(records, self._consent, [], [])
+        except _StageFailed as failure:
+            outcome = self._bisect(records, _Outcome.start(self._consent), failure)
+        self.broken = True  # until the outcome is applied whole
+        self._apply(records, outcome)
+        self.broken = False
+        return outcome.letters
+
+    def _decide(
+        self,
+        records: Sequence[KafkaRecord],
+        consent: ConsentState,
+        earlier_keys: list[str],
+        earlier_hours: list[int],
+    ) -> _Outcome:
+        """The outcome of ``records`` after ``earlier_keys`` (accepted earlier in the same
+        batch, not yet recorded); changes nothing. Raises :class:`_StageFailed`."""
+        stage = "decode"
+        try:
+            outcome = _Outcome.start(consent)
+            decoded = decode_batch([r.value for r in records])
+            for rejection in decoded.rejections:
+                outcome.reject(rejection.code, self._letter(rejection, records[rejection.index]))
+            positions = [i for i, event in enumerate(decoded.events) if event is not None]
+            if not positions:
+                return outcome
+            stage = "dedup"
+            events: list[Event] = [decoded.events[i] for i in positions]  # type: ignore[misc]
+            keys = event_keys([e.event_id for e in events], self._context.keyring)
+            hours = [_hour_epoch(e.occurred_at) for e in events]
+            if earlier_keys:  # a later part of a bisected batch
+                fresh, outcome.pending = self._dedup.check(
+                    earlier_keys + keys, earlier_hours + hours
+                )
+                fresh = fresh[len(earlier_keys) :]
+            else:
+                fresh, outcome.pending = self._dedup.check(keys, hours)
+            chosen = [i for i, ok in enumerate(fresh) if ok]
+            outcome.duplicates = len(fresh) - len(chosen)
+            if not chosen:
+                return outcome
+            events = [events[i] for i in chosen]
+            keys = [keys[i] for i in chosen]
+            outcome.accepted_keys = keys
+            outcome.accepted_hours = [hours[i] for i in chosen]
+            records_kept = [records[positions[i]] for i in chosen]
+
+            stage = "consent"
+            person_keys, account_keys = batch_consent_keys(events, self._context.keyring)
+            keep, outcome.consent, outcome.consent_changes = decide(
+                events,
+                person_keys=person_keys,
+                account_keys=account_keys,
+                state=consent,
+                honour_dnt=self._context.honour_dnt,
+                honour_gpc=self._context.honour_gpc,
+            )
+            stage = "user_agent"
+            user_agents = self._context.user_agents.parse_many([e.user_agent for e in events])
+            stage = "geo"
+            countries = resolve_countries(
+                [e.geo.country if e.geo else None for e in events],
+                [e.ip for e in events],
+                self._context.geolocator,
+            )
+            stage = "split"
+            result = split(
+                events,
+                keep_identifiable=keep,
+                received_at_ms=[r.timestamp for r in records_kept],
+                partition=self.partition,
+                offsets=[r.offset for r in records_kept],
+                enrichment=Enrichment(
+                    country=countries,
+                    device_class=[u.device_class for u in user_agents],
+                    browser_family=[u.browser_family for u in user_agents],
+                    os_family=[u.os_family for u in user_agents],
+                    is_bot=[u.is_bot for u in user_agents],
+                ),
+                policy=self._context.policy,
+                keyring=self._context.keyring,
+                event_keys_of_events=keys,
+            )
+            outcome.accepted = len(events)
+            outcome.identifiable.append(result.identifiable)
+            outcome.facts.append(result.facts)
+            if result.identifiable.num_rows:
+                outcome.identifiable_by_class.update(
+                    Counter(result.identifiable["retention_class"].to_pylist())
+                )
+            return outcome
+        except MemoryError:
+            raise  # the process, not a record: stop the worker with nothing committed
+        except Exception as error:
+            raise _StageFailed(stage, error) from error
+
+    def _isolate(self, records: Sequence[KafkaRecord], before: _Outcome) -> _Outcome:
+        """``before`` (the parts of the batch decided so far) followed by ``records``."""
+        try:
+            part = self._decide(
+                records, before.consent, before.accepted_keys, before.accepted_hours
+            )
+        except _StageFailed as failure:
+            return self._bisect(records, before, failure)
+        return before.then(part)
+
+    def _bisect(
+        self, records: Sequence[KafkaRecord], before: _Outcome, failure: _StageFailed
+    ) -> _Outcome:
+        """``records`` made a stage raise: decide each half after the one before it, down
+        to the single records that raise, which are dead-lettered. Depth: log2(batch)."""
+        if len(records) > 1:
+            middle = len(records) // 2
+            return self._isolate(records[middle:], self._isolate(records[:middle], before))
+        record = records[0]
+        # The exception's type and the stage, never its message: it may quote the value.
+        reason = f"the {failure.stage} stage failed on this record ({type(failure.error).__name__})"
+        logger.warning(
+            "partition %s offset %s dead-lettered: the %s stage raised %s",
+            self.partition,
+            record.offset,
+            failure.stage,
+            type(failure.error).__name__,
+        )
+        part = _Outcome.start(before.consent)
+        part.reject(
+            PROCESSING_ERROR, self._letter(Rejection(0, PROCESSING_ERROR, "$", reason), record)
+        )
+        return before.then(part)
+
+    def _letter(self, rejection: Rejection, record: KafkaRecord) -> DeadLetter:
+        return dead_letter(
+            rejection,
+            value=record.value,
+            original_headers=record.headers or (),
+            topic=self.topic,
+            partition=self.partition,
+            offset=record.offset,
+            worker_version=self._context.worker_version,
+        )
+
+    def _apply(self, records: Sequence[KafkaRecord], outcome: _Outcome) -> None:
+        if outcome.pending is not None:
+            self._dedup.record(outcome.pending)
+        self._consent = outcome.consent
         buffer = self._buffer
         if buffer.first_offset is None:
             buffer.first_offset = records[0].offset
         buffer.last_offset = records[-1].offset
-        self.next_offset = records[-1].offset + 1
         buffer.raw += len(records)
-
-        decoded = decode_batch([r.value for r in records])
-        letters = []
-        for rejection in decoded.rejections:
-            record = records[rejection.index]
-            buffer.dead_lettered[rejection.code] += 1
-            letters.append(
-                dead_letter(
-                    rejection,
-                    value=record.value,
-                    original_headers=record.headers or (),
-                    topic=self.topic,
-                    partition=self.partition,
-                    offset=record.offset,
-                    worker_version=self._context.worker_version,
-                )
-            )
-        positions = [i for i, event in enumerate(decoded.events) if event is not None]
-        if not positions:
-            return letters
-        events: list[Event] = [decoded.events[i] for i in positions]  # type: ignore[misc]
-        keys = event_keys([e.event_id for e in events], self._context.keyring)
-        hours = [_hour_epoch(e.occurred_at) for e in events]
-        fresh = self._dedup.filter(keys, hours)
-        buffer.duplicates += fresh.count(False)
-        chosen = [i for i, ok in enumerate(fresh) if ok]
-        if not chosen:
-            return letters
-        events = [events[i] for i in chosen]
-        keys = [keys[i] for i in chosen]
-        records_kept = [records[positions[i]] for i in chosen]
-        buffer.accepted += len(events)
-
-        person_keys, account_keys = batch_consent_keys(events, self._context.keyring)
-        keep, self._consent, changes = decide(
-            events,
-            person_keys=person_keys,
-            account_keys=account_keys,
-            state=self._consent,
-            honour_dnt=self._context.honour_dnt,
-            honour_gpc=self._context.honour_gpc,
-        )
-        buffer.consent_changes.extend(changes)
-
-        user_agents = self._context.user_agents.parse_many([e.user_agent for e in events])
-        countries = resolve_countries(
-            [e.geo.country if e.geo else None for e in events],
-            [e.ip for e in events],
-            self._context.geolocator,
-        )
-        result = split(
-            events,
-            keep_identifiable=keep,
-            received_at_ms=[r.timestamp for r in records_kept],
-            partition=self.partition,
-            offsets=[r.offset for r in records_kept],
-            enrichment=Enrichment(
-                country=countries,
-                device_class=[u.device_class for u in user_agents],
-                browser_family=[u.browser_family for u in user_agents],
-                os_family=[u.os_family for u in user_agents],
-                is_bot=[u.is_bot for u in user_agents],
-            ),
-            policy=self._context.policy,
-            keyring=self._context.keyring,
-            event_keys_of_events=keys,
-        )
-        buffer.identifiable.append(result.identifiable)
-        buffer.facts.append(result.facts)
-        buffer.fact_rows += result.facts.num_rows
-        if result.identifiable.num_rows:
-            for cls, count in Counter(result.identifiable["retention_class"].to_pylist()).items():
-                buffer.identifiable_by_class[cls] += count
-        return letters
+        buffer.accepted += outcome.accepted
+        buffer.duplicates += outcome.duplicates
+        buffer.dead_lettered.update(outcome.dead_lettered)
+        buffer.identifiable.extend(outcome.identifiable)
+        buffer.facts.extend(outcome.facts)
+        buffer.fact_rows += sum(table.num_rows for table in outcome.facts)
+        buffer.identifiable_by_class.update(outcome.identifiable_by_class)
+        buffer.consent_changes.extend(outcome.consent_changes)
+        self.next_offset = records[-1].offset + 1
 
     @property
     def buffered_records(self) -> int:
@@ -252,9 +405,10 @@ class PartitionPipeline:
         return self._buffer.fact_rows
 
     def take_range(self) -> PendingRange | None:
-        """Hand over the buffered range (and start a new buffer); None when empty."""
+        """Hand over the buffered range (and start a new buffer); None when empty, and
+        always None once the pipeline is ``broken`` (its buffer may hold half a batch)."""
         buffer = self._buffer
-        if buffer.first_offset is None or buffer.last_offset is None:
+        if self.broken or buffer.first_offset is None or buffer.last_offset is None:
             return None
         self._buffer = _Buffer()
         watermark = (

@@ -8,15 +8,15 @@ a few thousand events/s however the agent batches. This service fetches with aio
 own consumer group with manual commits and a rebalance listener, so per-partition recovery
 is ours, not faust's (faust-streaming#606: its commits can run ahead of processing).
 
-Order of effects for a range: dead letters flushed -> files + marker written -> offsets
-committed. A Kafka commit that fails (rebalance) loses nothing: the commit markers are the
-truth, and whoever owns the partition next seeks by them.
+A range is committed by streams.worker.committer: dead letters confirmed, files written,
+offsets committed in the group generation the partition was assigned in (a worker the group
+moved on from is refused and abandons the range), marker published. The commit markers are
+the truth: whoever owns the partition next resumes after them, never at Kafka's committed
+offset (docs/architecture.md, "Exactly once" and "Fencing").
 
-Ranges are written in the background while the next batches are processed: Parquet
-encoding, zstd, encryption and fsync release the GIL, so the second core does them
-(bench/README.md). One writer thread takes the ranges in the order they are cut, and a
-partition has at most one range in flight, so each partition's markers and offset commits
-stay in offset order and memory stays bounded.
+Ranges are written in the background while the next batches are processed, on one writer
+thread that takes them in the order they are cut; a partition has at most one range in
+flight, so each partition's markers stay in offset order and memory stays bounded.
 """
 
 from __future__ import annotations
@@ -27,24 +27,27 @@ import gc
 import logging
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow.fs as pafs
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
-from aiokafka.structs import OffsetAndMetadata
+from aiokafka.errors import IllegalStateError, KafkaError
 from mode import Service
 
-from streams.worker.deadletter import DeadLetter
+from streams.worker.committer import BACKOFF_S, RangeCommitter
+from streams.worker.delivery import DeadLetterSender, SentLetter
+from streams.worker.fencing import Membership, current_membership, operator_position
 from streams.worker.metrics import WorkerMetrics
-from streams.worker.pipeline import PartitionPipeline, PendingRange, PipelineContext
+from streams.worker.pipeline import PartitionPipeline, PipelineContext
 from streams.worker.sink import RangeWriter, recover_partition
 
 logger = logging.getLogger(__name__)
 
-COMMIT_TIMEOUT_S = 15.0
+# How long a clean stop or a revocation waits for a range in flight (its offset commit may
+# wait on a broker that is away) before it abandons the range: abandoning is always safe,
+# nothing of it counts and the next owner processes it again.
+SETTLE_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,8 @@ class ConsumerOptions:
     roll_max_records: int
     roll_interval_seconds: float
     session_timeout_seconds: float = 30.0
+    # The dead-letter topic's max.message.bytes (larger dead letters are cut to fit).
+    dead_letter_max_bytes: int = 1_048_576
 
 
 def range_is_due(
@@ -103,12 +108,17 @@ class RawTopicService(Service):
         self.writer = writer
         self.metrics = metrics
         self.pipelines: dict[int, PartitionPipeline] = {}
+        self._membership: dict[int, Membership] = {}  # the generation each partition is ours in
+        self._letters: dict[int, list[SentLetter]] = {}  # dead letters of the open range
         self._opened_at: dict[int, float] = {}
         self._writes: dict[int, asyncio.Future[None]] = {}  # the range in flight, per partition
-        self._write_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sieve-write")
+        self.committer = RangeCommitter(
+            options.topic, writer, metrics, drop=self._drop, pause=self._set_paused
+        )
         self._lock = asyncio.Lock()
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
+        self._sender: DeadLetterSender | None = None
         self.assigned_event = asyncio.Event()
         super().__init__(**kwargs)  # type: ignore[arg-type]
 
@@ -125,6 +135,12 @@ class RawTopicService(Service):
             linger_ms=20,
         )
         await self._producer.start()
+        self._sender = DeadLetterSender(
+            self._producer,
+            self.options.dead_letter_topic,
+            # The producer refuses anything over its own max_request_size (1 MiB) too.
+            min(self.options.dead_letter_max_bytes, 1_048_576),
+        )
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=self.options.bootstrap_servers,
             group_id=self.options.group_id,
@@ -143,6 +159,7 @@ class RawTopicService(Service):
 
     async def on_stop(self) -> None:
         # Commit what is buffered on a clean stop; on a kill the buffer is simply replayed.
+        # After a crash, a partition whose batch failed half way hands out no range.
         if self._consumer is not None:
             async with self._lock:
                 for partition in list(self.pipelines):
@@ -150,7 +167,7 @@ class RawTopicService(Service):
             await self._consumer.stop()
         if self._producer is not None:
             await self._producer.stop()
-        self._write_thread.shutdown(wait=True)
+        self.committer.shutdown()
 
     @Service.task
     async def _consume(self) -> None:
@@ -169,10 +186,7 @@ class RawTopicService(Service):
                         messages = self._in_sequence(tp, messages)
                         if not messages:
                             continue
-                        pipeline = self.pipelines[tp.partition]
-                        letters = await asyncio.to_thread(pipeline.process, messages)
-                        await self._send_dead_letters(letters)
-                        self._opened_at.setdefault(tp.partition, time.monotonic())
+                        await self._process(tp.partition, messages)
                     await self._flush_due(caught_up=not batches)
         finally:
             fetch.cancel()
@@ -181,6 +195,21 @@ class RawTopicService(Service):
                 # they are fetched again); a fetch that failed as the consumer stopped must
                 # not be logged as an exception never retrieved.
                 fetch.exception()
+
+    async def _process(self, partition: int, messages: list[Any]) -> None:
+        pipeline = self.pipelines[partition]
+        letters = await asyncio.to_thread(pipeline.process, messages)
+        if letters:
+            assert self._sender is not None
+            try:
+                sent = await self._sender.send(letters)
+            except BaseException:
+                # The batch is in the buffer, its dead letters are not all on their way:
+                # the range must never be committed (a restart replays it).
+                pipeline.broken = True
+                raise
+            self._letters.setdefault(partition, []).extend(sent)
+        self._opened_at.setdefault(partition, time.monotonic())
 
     def _fetch(self) -> asyncio.Future[dict[TopicPartition, list[Any]]]:
         assert self._consumer is not None
@@ -217,21 +246,15 @@ class RawTopicService(Service):
         with contextlib.suppress(IllegalStateError):
             self._consumer.seek(tp, offset)
 
-    async def _send_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
-        assert self._producer is not None
-        for letter in letters:
-            await self._producer.send(
-                self.options.dead_letter_topic,
-                key=letter.key,
-                value=letter.value,
-                headers=letter.headers,
-            )
-
     async def _flush_due(self, *, caught_up: bool) -> None:
         now = time.monotonic()
         for partition, pipeline in list(self.pipelines.items()):
             opened = self._opened_at.get(partition)
-            if opened is not None and range_is_due(
+            if opened is None:
+                continue
+            if self.committer.disk_full_since is not None and partition in self._writes:
+                continue  # a range is waiting for the disk: do not wait behind it
+            if range_is_due(
                 self.options,
                 buffered_rows=pipeline.buffered_rows,
                 buffered_records=pipeline.buffered_records,
@@ -247,52 +270,89 @@ class RawTopicService(Service):
         if pipeline is None:
             return
         # One range in flight per partition: its marker and offset commit must come first.
-        await self._finish_write(partition)
+        await self._finish_write(partition, settle=wait)
+        if self.pipelines.get(partition) is not pipeline:
+            return  # the group took the partition away meanwhile (a refused commit)
         pending = pipeline.take_range()
+        letters = self._letters.pop(partition, [])
         if pending is None:
             return
-        assert self._producer is not None
-        # The range's dead letters are acknowledged before its marker exists.
-        await self._producer.flush()
-        write = asyncio.ensure_future(self._write_range(partition, pending))
+        if wait and self.committer.disk_full_since is not None:
+            # A stop or a revocation while the disk is full: this range cannot be written
+            # now, and its records are processed again by whoever owns the partition next.
+            logger.warning(
+                "partition %s: range %s-%s not written (disk full); it will be processed again",
+                partition,
+                pending.first_offset,
+                pending.last_offset,
+            )
+            return
+        assert self._consumer is not None and self._sender is not None
+        write = asyncio.ensure_future(
+            self.committer.commit(
+                self._consumer,
+                self._sender,
+                partition,
+                pipeline,
+                pending,
+                letters,
+                self._membership[partition],
+            )
+        )
         self._writes[partition] = write
         if wait:
-            await self._finish_write(partition)
+            await self._finish_write(partition, settle=True)
 
     def _raise_failed_write(self) -> None:
         # A range that failed to write must stop the worker now (nothing of it was committed,
         # so a restart replays it), not when its partition next flushes.
         for write in self._writes.values():
-            if write.done() and write.exception() is not None:
+            if write.done() and not write.cancelled() and write.exception() is not None:
                 write.result()
 
-    async def _finish_write(self, partition: int) -> None:
+    async def _finish_write(self, partition: int, *, settle: bool = False) -> None:
+        """Wait for the partition's range in flight. ``settle`` (a stop, a revocation):
+        abandon it after SETTLE_TIMEOUT_S (a broker away, a full disk) rather than hold up
+        the stop or the group's rebalance."""
         write = self._writes.pop(partition, None)
-        if write is not None:
+        if write is None:
+            return
+        if not settle:
             await write  # a failed write raises here and stops the worker, nothing committed
-
-    async def _write_range(self, partition: int, pending: PendingRange) -> None:
-        """Files and marker written, then the offset committed."""
-        assert self._consumer is not None
-        loop = asyncio.get_running_loop()
-        marker = await loop.run_in_executor(
-            self._write_thread, self.writer.commit_range, self.options.topic, partition, pending
-        )
-        self.metrics.add(marker.counts)
-        tp = TopicPartition(self.options.topic, partition)
+            return
+        timeout = 0.0 if self.committer.disk_full_since is not None else SETTLE_TIMEOUT_S
         try:
-            # Bounded: the commit is advisory (markers are the truth), and a commit stuck in
-            # a rebalance must not keep the lock the rebalance listener is waiting for.
-            await asyncio.wait_for(
-                self._consumer.commit({tp: OffsetAndMetadata(pending.last_offset + 1, "")}),
-                timeout=COMMIT_TIMEOUT_S,
-            )
-        except (CommitFailedError, KafkaError, TimeoutError) as error:
+            await asyncio.wait_for(write, timeout)
+        except TimeoutError:
             logger.warning(
-                "offset commit for partition %s failed (%s); markers stay the truth",
+                "partition %s: the range in flight did not finish in %.0f s; abandoned"
+                " (its records are processed again)",
                 partition,
-                error,
+                timeout,
             )
+
+    def _set_paused(self, paused: bool) -> None:
+        # Paused partitions return nothing, but the consumer keeps polling: the group does
+        # not take a worker that waits for its disk for one that stopped polling.
+        assert self._consumer is not None
+        partitions = [TopicPartition(self.options.topic, p) for p in self.pipelines]
+        with contextlib.suppress(IllegalStateError):
+            if paused:
+                self._consumer.pause(*partitions)
+            else:
+                self._consumer.resume(*partitions)
+
+    def _drop(self, partition: int, pipeline: PartitionPipeline) -> None:
+        """Forget a partition the group gave to another worker (until it is assigned again)."""
+        if self.pipelines.get(partition) is not pipeline:
+            return  # already dropped, or recovered anew since
+        del self.pipelines[partition]
+        self._membership.pop(partition, None)
+        self._letters.pop(partition, None)
+        self._opened_at.pop(partition, None)
+        assert self._consumer is not None
+        with contextlib.suppress(IllegalStateError):
+            self._consumer.pause(TopicPartition(self.options.topic, partition))
 
     async def on_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         # Under the lock: the consume loop must see a partition either not yet assigned or
@@ -302,33 +362,72 @@ class RawTopicService(Service):
 
     async def _assign(self, assigned: Sequence[TopicPartition]) -> None:
         assert self._consumer is not None
-        for tp in assigned:
-            if tp.topic != self.options.topic or tp.partition in self.pipelines:
-                continue
+        consumer = self._consumer
+        # The generation these partitions are ours in: every commit of theirs carries it,
+        # and the coordinator refuses it once the group has moved on (streams.worker.fencing).
+        membership = current_membership(consumer)
+        ours = [tp for tp in assigned if tp.topic == self.options.topic]
+        log_starts = await self._log_starts(ours)
+        for tp in ours:
+            if tp.partition in self.pipelines:  # never after an eager revocation; be safe
+                await self._finish_write(tp.partition, settle=True)
+                self._drop(tp.partition, self.pipelines[tp.partition])
+            log_start = log_starts[tp]
             recovered = await asyncio.to_thread(
-                recover_partition, self.filesystem, self.root, tp.topic, tp.partition
+                recover_partition, self.filesystem, self.root, tp.topic, tp.partition, log_start
             )
-            pipeline = PartitionPipeline(
-                tp.topic, tp.partition, self.context, next_offset=recovered.next_offset
-            )
+            next_offset = recovered.next_offset
+            if next_offset is None:
+                # Markers are the truth: with none, the partition starts at the beginning of
+                # the log, or where an operator put the group, never where a worker's commit
+                # left it (commits precede markers: its range may never have been written).
+                position = await operator_position(consumer, tp)
+                next_offset = log_start if position is None else max(position, log_start)
+            pipeline = PartitionPipeline(tp.topic, tp.partition, self.context, next_offset)
             await asyncio.to_thread(pipeline.restore, self.filesystem, self.root, recovered.markers)
             self.pipelines[tp.partition] = pipeline
-            if recovered.next_offset is not None:
-                self._consumer.seek(tp, recovered.next_offset)
+            self._membership[tp.partition] = membership
+            self._letters.pop(tp.partition, None)
+            self._opened_at.pop(tp.partition, None)
+            consumer.seek(tp, next_offset)
+            with contextlib.suppress(IllegalStateError):
+                consumer.resume(tp)
             if recovered.removed_files:
                 logger.info(
-                    "partition %s: removed %d uncommitted files",
+                    "partition %s: removed %d uncommitted or superseded files",
                     tp.partition,
                     len(recovered.removed_files),
                 )
+        if self.committer.disk_full_since is not None:
+            self._set_paused(True)
         self.assigned_event.set()
+
+    async def _log_starts(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """The first offset each partition's log still holds (retried while the broker is
+        away: an assignment cannot be recovered without it)."""
+        assert self._consumer is not None
+        attempt = 0
+        while partitions:
+            try:
+                starts: dict[TopicPartition, int] = await self._consumer.beginning_offsets(
+                    partitions
+                )
+                return starts
+            except KafkaError as error:
+                if attempt == 0:
+                    logger.warning("log start offsets not available yet (%s); retrying", error)
+                await asyncio.sleep(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)])
+                attempt += 1
+        return {}
 
     async def on_revoked(self, revoked: Sequence[TopicPartition]) -> None:
         async with self._lock:
             for tp in revoked:
                 if tp.topic == self.options.topic and tp.partition in self.pipelines:
                     await self._flush(tp.partition, wait=True)
-                    del self.pipelines[tp.partition]
+                    pipeline = self.pipelines.get(tp.partition)
+                    if pipeline is not None:
+                        self._drop(tp.partition, pipeline)
 
     async def refresh_lag(self) -> None:
         """Update the lag gauge: records between our position and the end of each partition."""

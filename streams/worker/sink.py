@@ -1,19 +1,25 @@
 """Parquet outputs of one offset range, written exactly once.
 
-Contract (docs/architecture.md, "Exactly once"):
+Contract (docs/architecture.md, "Exactly once" and "Fencing"):
 
-* every output file of a range is written to ``<name>.tmp-<uuid>``, synced, then renamed;
-* the commit marker is written the same way, *after* all files of the range: a range is
-  committed iff its marker exists;
-* the caller commits Kafka offsets only after :meth:`RangeWriter.commit` returned.
+* every output file of a range is written to ``<name>.tmp-<uuid>``, synced, then renamed
+  (:meth:`RangeWriter.stage`, which also writes and syncs the marker under a temporary name);
+* the caller then commits the range's offsets to Kafka *with the group generation it owns
+  the partition in*, and only if the broker accepts does it rename the marker into place
+  (:meth:`RangeWriter.publish`); if the broker refuses (the worker was evicted), it removes
+  the range's files and the staged marker (:meth:`RangeWriter.abandon`);
+* a range is committed iff its marker exists, and only live markers count
+  (:func:`schemas.commits.resolve_markers`).
 
-After a crash, :func:`recover_partition` removes temporary files and the files of ranges
-that have no marker, and returns the offset to resume from. Readers list files through the
-markers (schemas.commits), so they never see half of a range.
+After a crash, :func:`recover_partition` removes temporary files, superseded markers and
+every file of the partition that no live marker lists, and returns the offset to resume
+from. Readers list files through the markers (schemas.commits), so they never see half of
+a range.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterable, Iterator
@@ -30,9 +36,10 @@ from schemas.commits import (
     CommitMarker,
     RangeCounts,
     encode_marker,
-    iter_markers,
-    marker_path,
     output_stem,
+    path_of,
+    read_markers,
+    resolve_markers,
 )
 from streams.encryption import ParquetEncryption
 
@@ -69,9 +76,10 @@ def plan_outputs(
     last_offset: int,
     identifiable: pa.Table,
     facts: pa.Table,
+    generation: int = 0,
 ) -> list[PlannedFile]:
     """Hive-partitioned files of a range: identifiable by class/region/date, facts by date."""
-    stem = output_stem(topic, partition, first_offset, last_offset)
+    stem = output_stem(topic, partition, first_offset, last_offset, generation)
     planned: list[PlannedFile] = []
     if identifiable.num_rows:
         keyed = identifiable.append_column("_date", _utc_dates(identifiable["occurred_at"]))
@@ -130,6 +138,14 @@ def _groups(table: pa.Table, keys: list[str]) -> Iterator[pa.Table]:
         start += size
 
 
+@dataclass(frozen=True)
+class StagedRange:
+    """A range whose files are in place and whose marker waits under a temporary name."""
+
+    marker: CommitMarker
+    staged_marker: str  # absolute path of the marker's temporary file
+
+
 class RangeWriter:
     """Writes the outputs and the commit marker of offset ranges under one data root."""
 
@@ -145,9 +161,23 @@ class RangeWriter:
         self._encryption = encryption
         self._version = sieve_version
 
-    def commit_range(self, topic: str, partition: int, pending: PendingRange) -> CommitMarker:
-        """:meth:`commit` of a range cut by a partition pipeline."""
-        return self.commit(
+    def commit_range(
+        self, topic: str, partition: int, pending: PendingRange, generation: int = 0
+    ) -> CommitMarker:
+        """:meth:`commit` of a range cut by a partition pipeline (no Kafka commit between)."""
+        return self.publish(self.stage_range(topic, partition, pending, generation=generation))
+
+    def stage_range(
+        self,
+        topic: str,
+        partition: int,
+        pending: PendingRange,
+        *,
+        generation: int = 0,
+        member_id: str = "",
+    ) -> StagedRange:
+        """:meth:`stage` of a range cut by a partition pipeline."""
+        return self.stage(
             topic=topic,
             partition=partition,
             first_offset=pending.first_offset,
@@ -157,6 +187,8 @@ class RangeWriter:
             counts=pending.counts,
             watermark=pending.watermark,
             consent_changes=pending.consent_changes,
+            generation=generation,
+            member_id=member_id,
         )
 
     def commit(
@@ -173,12 +205,56 @@ class RangeWriter:
         consent_changes: list[tuple[str, str]],
     ) -> CommitMarker:
         """Write every file of the range, then its marker. Idempotent for the same inputs."""
+        return self.publish(
+            self.stage(
+                topic=topic,
+                partition=partition,
+                first_offset=first_offset,
+                last_offset=last_offset,
+                identifiable=identifiable,
+                facts=facts,
+                counts=counts,
+                watermark=watermark,
+                consent_changes=consent_changes,
+            )
+        )
+
+    def stage(
+        self,
+        *,
+        topic: str,
+        partition: int,
+        first_offset: int,
+        last_offset: int,
+        identifiable: pa.Table,
+        facts: pa.Table,
+        counts: RangeCounts,
+        watermark: str | None,
+        consent_changes: list[tuple[str, str]],
+        generation: int = 0,
+        member_id: str = "",
+    ) -> StagedRange:
+        """Write every file of the range into place and its marker under a temporary name.
+
+        Nothing counts yet: the files are listed by no marker. Idempotent for the same
+        inputs (same names, same bytes). A failed write leaves none of the range's files.
+        """
         identifiable = schemas_arrow.conform(identifiable, schemas_arrow.IDENTIFIABLE)
         facts = schemas_arrow.conform(facts, schemas_arrow.FACTS)
-        planned = plan_outputs(topic, partition, first_offset, last_offset, identifiable, facts)
+        planned = plan_outputs(
+            topic, partition, first_offset, last_offset, identifiable, facts, generation
+        )
         bytes_written = 0
-        for file in planned:
-            bytes_written += self._write_parquet(file)
+        written: list[str] = []
+        try:
+            for file in planned:
+                bytes_written += self._write_parquet(file)
+                written.append(f"{self._root}/{file.relative_path}")
+        except BaseException:
+            # Half a range never stays behind (a full disk retries it whole).
+            for path in written:
+                self._remove_quietly(path)
+            raise
         marker = CommitMarker(
             topic=topic,
             partition=partition,
@@ -197,11 +273,26 @@ class RangeWriter:
             watermark=watermark,
             consent_changes=consent_changes,
             sieve_version=self._version,
+            generation=generation,
+            member_id=member_id,
         )
-        self._write_atomically(
-            marker_path(topic, partition, first_offset, last_offset), encode_marker(marker)
-        )
-        return marker
+        staged = self._write_temporary(path_of(marker), encode_marker(marker))
+        return StagedRange(marker=marker, staged_marker=staged)
+
+    def publish(self, staged: StagedRange) -> CommitMarker:
+        """Rename the staged marker into place: from now on the range is committed.
+
+        Only a rename, so that the window between the caller's offset commit and the
+        marker is as short as it can be (docs/architecture.md, "Fencing").
+        """
+        self._fs.move(staged.staged_marker, f"{self._root}/{path_of(staged.marker)}")
+        return staged.marker
+
+    def abandon(self, staged: StagedRange) -> None:
+        """Remove the staged marker and every file of the range: it will never count."""
+        for path in [staged.staged_marker, *(f"{self._root}/{f}" for f in staged.marker.files)]:
+            with contextlib.suppress(FileNotFoundError):
+                self._fs.delete_file(path)
 
     def _write_parquet(self, file: PlannedFile) -> int:
         final = f"{self._root}/{file.relative_path}"
@@ -213,29 +304,44 @@ class RangeWriter:
             if self._encryption is None:
                 raise ValueError("identifiable output needs an encryption key (keyring)")
             properties = self._encryption.encryption_properties()
-        with pq.ParquetWriter(
-            temporary,
-            schema,
-            filesystem=self._fs,
-            compression="zstd",
-            encryption_properties=properties,
-            # Statistics would copy identifiable values into the footer; the footer of an
-            # identifiable file is encrypted anyway, and facts hold no such values.
-            write_statistics=True,
-        ) as writer:
-            writer.write_table(file.table, row_group_size=_ROW_GROUP_ROWS)
-        self._sync(temporary)
+        try:
+            with pq.ParquetWriter(
+                temporary,
+                schema,
+                filesystem=self._fs,
+                compression="zstd",
+                encryption_properties=properties,
+                # Statistics would copy identifiable values into the footer; the footer of
+                # an identifiable file is encrypted anyway, and facts hold no such values.
+                write_statistics=True,
+            ) as writer:
+                writer.write_table(file.table, row_group_size=_ROW_GROUP_ROWS)
+            self._sync(temporary)
+        except BaseException:
+            # A full disk is retried (streams.worker.service): what a failed attempt wrote
+            # must not stay behind and fill it further.
+            self._remove_quietly(temporary)
+            raise
         self._fs.move(temporary, final)
         return int(self._fs.get_file_info(final).size or 0)
 
-    def _write_atomically(self, relative_path: str, data: bytes) -> None:
+    def _write_temporary(self, relative_path: str, data: bytes) -> str:
+        """Write and sync ``data`` next to ``relative_path`` under a temporary name; return it."""
         final = f"{self._root}/{relative_path}"
         temporary = f"{final}{TMP_INFIX}{uuid.uuid4().hex}"
         self._fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
-        with self._fs.open_output_stream(temporary) as stream:
-            stream.write(data)
-        self._sync(temporary)
-        self._fs.move(temporary, final)
+        try:
+            with self._fs.open_output_stream(temporary) as stream:
+                stream.write(data)
+            self._sync(temporary)
+        except BaseException:
+            self._remove_quietly(temporary)
+            raise
+        return temporary
+
+    def _remove_quietly(self, path: str) -> None:
+        with contextlib.suppress(OSError):
+            self._fs.delete_file(path)
 
     def _sync(self, path: str) -> None:
         # Rename-after-write survives a killed process without this; fsync makes it survive a
@@ -252,41 +358,82 @@ class RangeWriter:
 class RecoveredPartition:
     """What a worker needs to resume one partition: where, and the committed history."""
 
-    next_offset: int | None  # None: nothing committed yet, use Kafka's committed offset
-    markers: list[CommitMarker]
+    # None: nothing committed that the log still holds before it; start at the beginning
+    # of the log (never at Kafka's committed offset: it can run ahead of the markers).
+    next_offset: int | None
+    markers: list[CommitMarker]  # the live markers below next_offset, in offset order
     removed_files: list[str]
 
 
-def recover_partition(
-    filesystem: pafs.FileSystem, root: str, topic: str, partition: int
-) -> RecoveredPartition:
-    """Remove what a crash left behind for ``topic``/``partition``; return where to resume.
+def resume_point(
+    live: list[CommitMarker], log_start: int | None = None
+) -> tuple[int | None, list[CommitMarker]]:
+    """Where a partition resumes, and the live markers its state is rebuilt from.
 
-    Removes temporary files of this partition, and output files of ranges beyond the last
-    committed one (written before a crash, never committed: a replay may cut its ranges
-    differently, so their names would not be overwritten).
+    Pure. Live markers (offset order) normally tile the partition from the first one; it
+    resumes after them. Where they leave a gap that the log still holds (possible only when
+    fencing superseded a range in the middle), it resumes at the gap, and the live markers
+    after it are superseded in turn once the new owner's ranges reach them. ``log_start``:
+    the partition's first offset still in the log (None: unknown); what retention deleted
+    cannot be processed again, so a gap wholly before it is stepped over. None: no marker,
+    the caller decides where to start (streams.worker.service).
     """
-    markers = list(iter_markers(filesystem, root, topic, partition))
-    last_committed = max((m.last_offset for m in markers), default=-1)
+    if not live:
+        return None, []
+    base: list[CommitMarker] = []
+    expected = live[0].first_offset
+    for marker in live:
+        gap_in_log = log_start is None or marker.first_offset > log_start
+        if marker.first_offset > expected and gap_in_log:
+            break
+        base.append(marker)
+        expected = marker.last_offset + 1
+    return (expected if log_start is None else max(expected, log_start)), base
+
+
+def recover_partition(
+    filesystem: pafs.FileSystem,
+    root: str,
+    topic: str,
+    partition: int,
+    log_start: int | None = None,
+) -> RecoveredPartition:
+    """Remove what crashes and evicted writers left for ``topic``/``partition``; return where
+    to resume (:func:`resume_point`).
+
+    Removes temporary files of this partition, superseded markers, and every output file of
+    the partition that no live marker lists: ranges written but never committed (a replay
+    may cut its ranges differently, so their names would not be overwritten), and ranges
+    of an evicted writer. The caller owns the partition in the current group generation, so
+    no writer whose files could still become committed is running.
+    """
+    live, superseded = resolve_markers(read_markers(filesystem, root, topic, partition))
+    listed = {path for marker in live for path in marker.files}
     prefix = f"{topic}+{partition}+"
+    commits_dir = f"{root}/_commits/{topic}/{partition}/"
     removed: list[str] = []
+
+    def remove(path: str) -> None:
+        # An evicted writer abandoning its range deletes its own files meanwhile.
+        with contextlib.suppress(FileNotFoundError):
+            filesystem.delete_file(path)
+        removed.append(path)
+
+    for marker in superseded:
+        remove(f"{root}/{path_of(marker)}")
     for info in _walk_files(
         filesystem, root, ["identifiable", "facts", f"_commits/{topic}/{partition}"]
     ):
         name = info.base_name
-        if TMP_INFIX in name and (
-            name.startswith(prefix) or info.path.startswith(f"{root}/_commits/{topic}/{partition}/")
-        ):
-            filesystem.delete_file(info.path)
-            removed.append(info.path)
-            continue
-        if name.startswith(prefix) and name.endswith(".parquet"):
-            first = int(name[len(prefix) :].split("-", 1)[0])
-            if first > last_committed:
-                filesystem.delete_file(info.path)
-                removed.append(info.path)
-    next_offset = last_committed + 1 if markers else None
-    return RecoveredPartition(next_offset=next_offset, markers=markers, removed_files=removed)
+        if info.path.startswith(commits_dir):
+            doomed = TMP_INFIX in name
+        else:
+            relative = info.path[len(root) + 1 :]
+            doomed = name.startswith(prefix) and relative not in listed
+        if doomed:
+            remove(info.path)
+    next_offset, base = resume_point(live, log_start)
+    return RecoveredPartition(next_offset=next_offset, markers=base, removed_files=removed)
 
 
 def _walk_files(

@@ -1,8 +1,10 @@
-"""`sieve worker`, except that it SIGKILLs itself at its Nth offset commit.
+"""`sieve worker`, except that it SIGKILLs itself right after its Nth offset commit.
 
-The Nth range's files and commit marker are written, its offsets are not committed: the
-window the exactly-once design must survive (the marker says "done", Kafka says "not
-yet"). Fault injection lives here, in the test tree, not in the worker.
+The Nth range's files are written and its offsets committed to Kafka, its marker is not
+renamed into place: the window the exactly-once design must survive (Kafka says "done",
+the markers say "not yet"; the markers are the truth). With N = 1 no marker exists at all,
+so the restarted worker must start at the beginning of the log, not at Kafka's committed
+offset. Fault injection lives here, in the test tree, not in the worker.
 
 Usage: python -m tests.integration.crashing_worker N
 """
@@ -14,22 +16,21 @@ import signal
 import sys
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer
-
+import streams.worker.committer as committer
 from streams.cli import main
 
 _commits_before_crash = int(sys.argv[1])
-_real_commit = AIOKafkaConsumer.commit
+_real_commit = committer.commit_fenced
 
 
-async def _commit_or_die(self: AIOKafkaConsumer, offsets: Any = None) -> None:
+async def _commit_then_die(*args: Any, **kwargs: Any) -> None:
     global _commits_before_crash
+    await _real_commit(*args, **kwargs)
     _commits_before_crash -= 1
     if _commits_before_crash <= 0:
         os.kill(os.getpid(), signal.SIGKILL)
-    await _real_commit(self, offsets)
 
 
-AIOKafkaConsumer.commit = _commit_or_die  # type: ignore[method-assign]
+committer.commit_fenced = _commit_then_die  # type: ignore[assignment]
 sys.argv = ["sieve", "worker"]
 main()

@@ -83,10 +83,16 @@ def expected_identifiable(records: Iterable[GeneratedRecord]) -> Counter[tuple[s
     return expected
 
 
-def read_identifiable(data_root: Path, keyring_file: Path) -> pa.Table:
-    """Every identifiable row under ``data_root`` (decrypted with the test's keyring)."""
+def read_identifiable(
+    data_root: Path, keyring_file: Path, relative_paths: list[str] | None = None
+) -> pa.Table:
+    """Every identifiable row under ``data_root`` (decrypted with the test's keyring), or of
+    the files ``relative_paths`` name (relative to the data root)."""
     keys, active = Keyring.load(keyring_file).encryption_keys()
     decryption = ParquetEncryption(keys, active).decryption_properties()
-    files = sorted(p for p in (data_root / "identifiable").rglob("*.parquet"))
+    if relative_paths is None:
+        files = sorted(p for p in (data_root / "identifiable").rglob("*.parquet"))
+    else:
+        files = sorted(data_root / path for path in relative_paths)
     tables = [pq.read_table(path, decryption_properties=decryption) for path in files]
     return pa.concat_tables(tables) if tables else pa.table({})

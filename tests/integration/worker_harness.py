@@ -6,20 +6,27 @@ from the commit markers (what is durably committed), never from logs or timing.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
+import pyarrow.compute as pc
 
-from streams.broker.control import free_ports
+from schemas.commits import committed_files, read_markers, resolve_markers
+from streams.broker.control import LocalBroker, free_ports
 from streams.privacy.keyring import write_new_keyring
 from streams.worker.commands import committed_totals
+from streams.worker.sink import open_data_root
+from tests.integration.pipeline_truth import read_identifiable
 
 
 def wait_until(
@@ -123,6 +130,15 @@ class WorkerProcess:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=30)
 
+    def pause(self) -> None:
+        """SIGSTOP: the worker stalls (no heartbeat, no progress) until :meth:`resume`."""
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGCONT)
+
     def stop(self, timeout: float = 60) -> None:
         if self.process is None or self.process.poll() is not None:
             return
@@ -143,3 +159,98 @@ class WorkerProcess:
 
 def leftover_temporary_files(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if ".tmp-" in p.name]
+
+
+def committed_offsets(setup: WorkerSetup) -> dict[int, int]:
+    """Kafka's committed offset of each raw partition for the workers' group (none: absent)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(
+        bootstrap_servers=setup.bootstrap_servers, group_id=setup.group, enable_auto_commit=False
+    )
+    try:
+        partitions = consumer.partitions_for_topic(setup.raw_topic) or set()
+        offsets = {p: consumer.committed(TopicPartition(setup.raw_topic, p)) for p in partitions}
+        return {p: offset for p, offset in offsets.items() if offset is not None}
+    finally:
+        consumer.close()
+
+
+def keep_running_for(seconds: float, workers: Sequence[WorkerProcess]) -> None:
+    """Let a fault last ``seconds`` (a broker away, a disk full: the duration *is* the test's
+    input, not a wait for something to happen); fail if a worker exits meanwhile."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for worker in workers:
+            if not worker.alive():
+                raise AssertionError(f"{worker.name} exited during the fault:\n{worker.log_tail()}")
+        time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def own_broker(broker_dir: Path, *, start: bool = True) -> Iterator[LocalBroker]:
+    """A broker of the test's own (on free ports, sharing the session's jar cache), for
+    tests that kill, pause or stop it; stopped (or killed) at the end whatever happened."""
+    from tests.conftest import JAR_CACHE
+
+    port, controller_port = free_ports(2)
+    broker = LocalBroker(broker_dir, port, controller_port, lib_dir=JAR_CACHE)
+    try:
+        if start:
+            broker.start(120)
+        yield broker
+    finally:
+        with contextlib.suppress(Exception):
+            broker.resume()  # a paused broker cannot stop cleanly
+        if broker.running_pid() is not None:
+            try:
+                broker.stop(timeout_s=20)
+            except Exception:
+                broker.kill()
+
+
+def assert_exactly_once(setup: WorkerSetup, by_kind: Counter[str], count: int) -> None:
+    """Every output holds each accepted event once; live ranges tile the input from offset 0;
+    nothing is left over but what superseded markers list (an evicted writer's late range,
+    removed by the partition's next recovery).
+
+    Rows are read the way readers read them: the files live markers list.
+    ``by_kind``: the generator's records by kind (event, duplicate, malformed).
+    """
+    totals = setup.totals()
+    assert totals["raw"] == count
+    assert totals["accepted"] == by_kind["event"]
+    assert totals["duplicates"] == by_kind["duplicate"]
+    assert totals["dead_lettered"] == by_kind["malformed"]
+
+    filesystem, root = open_data_root(str(setup.data_root))
+    fact_files = [f"{root}/{path}" for path in committed_files(filesystem, root, "facts")]
+    facts = duckdb.read_parquet(fact_files)
+    ((rows, distinct),) = facts.aggregate("count(*), count(DISTINCT event_key)").fetchall()
+    assert rows == distinct == by_kind["event"]
+
+    identifiable = read_identifiable(
+        setup.data_root, setup.keyring_file, committed_files(filesystem, root, "identifiable")
+    )
+    pairs = pc.binary_join_element_wise(
+        identifiable["event_id"], identifiable["retention_class"], "/"
+    )
+    assert len(pc.unique(pairs)) == identifiable.num_rows > 0
+
+    assert leftover_temporary_files(setup.data_root) == []
+    live, superseded = resolve_markers(read_markers(filesystem, root, setup.raw_topic))
+    explained = {f"{root}/{path}" for marker in superseded for path in marker.files}
+    listed = {f"{root}/{path}" for marker in live for path in marker.files}
+    on_disk = {
+        str(path)
+        for folder in ("facts", "identifiable")
+        for path in (setup.data_root / folder).rglob("*.parquet")
+    }
+    assert on_disk - listed <= explained, f"orphan files: {sorted(on_disk - listed - explained)}"
+    ranges: dict[int, list[tuple[int, int]]] = {}
+    for marker in live:
+        ranges.setdefault(marker.partition, []).append((marker.first_offset, marker.last_offset))
+    for partition_ranges in ranges.values():
+        assert partition_ranges[0][0] == 0
+        for (_, last), (first, _) in itertools.pairwise(partition_ranges):
+            assert first == last + 1, f"ranges overlap or leave a gap: {partition_ranges}"

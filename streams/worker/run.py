@@ -1,0 +1,74 @@
+"""Running one worker process: wait for the broker, prepare, start faust, start again.
+
+What ``sieve worker`` does once its settings and keys are loaded (streams.worker.commands);
+a module of its own so that importing the command line does not import faust.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+
+import faust
+
+from streams.privacy.keyring import Keyring
+from streams.settings import Settings
+from streams.topics import DeadLetterTopic, prepare_dead_letter_topic
+from streams.worker.app import create_app
+from streams.worker.outage_log import OutageLog, install_outage_filter
+from streams.worker.startup import broker_away, wait_for_broker
+
+
+def run_worker(
+    settings: Settings, keyring: Keyring, loglevel: str, *, report: Callable[[str], None]
+) -> None:
+    """Run the worker until it is stopped; never returns normally (faust exits)."""
+
+    def prepare() -> DeadLetterTopic:
+        return prepare_dead_letter_topic(
+            settings.bootstrap_servers,
+            dead_letter_topic=settings.dead_letter_topic,
+            raw_topic=settings.raw_topic,
+            raw_partitions=settings.raw_partitions,
+            retention_hours=settings.dead_letter_retention_hours,
+        )
+
+    # Before faust starts: its own clients give up on a broker that is not there yet.
+    what = f"Kafka at {settings.bootstrap_servers}"
+    dead_letter = wait_for_broker(prepare, what=what, report=report)
+    if dead_letter.created:
+        report(f"created the dead-letter topic {settings.dead_letter_topic} (it was missing)")
+    outage = OutageLog()
+    install_outage_filter(outage)
+    worker = create_app(
+        settings,
+        keyring,
+        dead_letter_max_bytes=dead_letter.max_message_bytes,
+        outage_log=outage,
+    )
+    runner = _Worker(worker.app, loglevel=loglevel, quiet=True)
+    try:
+        runner.execute_from_commandline()
+    except SystemExit as exiting:
+        if not exiting.code or not broker_away(runner.start_error):
+            raise
+        # The broker went away while faust started its clients. A fresh process is the
+        # only clean restart of faust (its loop is closed, its threads stopped); exec keeps
+        # the pid, so a supervisor sees one worker that waited.
+        report("the broker went away while the worker was starting; starting again once it is back")
+        wait_for_broker(prepare, what=what, report=report)
+        os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])  # noqa: S606 - this very command
+
+
+class _Worker(faust.Worker):
+    """faust's worker, remembering why its start failed (mode logs it, then exits 1)."""
+
+    start_error: BaseException | None = None
+
+    async def start(self) -> None:
+        try:
+            await super().start()
+        except BaseException as error:
+            self.start_error = error
+            raise
