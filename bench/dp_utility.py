@@ -74,9 +74,10 @@ def generate_facts(count: int, accounts: int, days: int, seed: int) -> pa.Table:
         seed=seed,
         accounts=accounts,
     )
-    start_ms = int(config.start.timestamp() * 1000)
+    # Arrival just after the month: every event inside the worker's arrival window.
+    arrival_ms = int(config.end.timestamp() * 1000) + 3_600_000
     records = [
-        RawRecord(offset, start_ms + offset, record.value)
+        RawRecord(offset, arrival_ms, record.value)
         for offset, record in enumerate(TrafficModel(config))
     ]
     context = PipelineContext(

@@ -24,6 +24,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any
 
 import click
@@ -32,7 +33,7 @@ from rich.console import Console
 from rich.table import Table
 
 import streams.worker.pipeline as pipeline_module
-from bench.worker_throughput import generate
+from bench.worker_throughput import PERIOD_END, generate
 from schemas.events import Event
 from streams.encryption import ParquetEncryption
 from streams.enrich.geo import make_geolocator
@@ -121,7 +122,9 @@ def main(events: int, batch: int, repeat: int, seed: int) -> None:
     with console.status(f"generating {events:,} events"):
         pairs, _truth = generate(events, seed, days=1)
     values = [value for _key, value in pairs]
-    records = [RawRecord(offset, 1_790_000_000_000 + offset, v) for offset, v in enumerate(values)]
+    # Arrival an hour after the traffic's period: every event inside the arrival window.
+    arrival_ms = int((PERIOD_END + timedelta(hours=1)).timestamp() * 1000)
+    records = [RawRecord(offset, arrival_ms, v) for offset, v in enumerate(values)]
     keyring = Keyring.generate()
     context = PipelineContext(
         keyring=keyring,

@@ -90,8 +90,10 @@ FETCH_SIZES: dict[str, Any] = {
     "max_partition_fetch_bytes": 8 * 1024 * 1024,
     "fetch_max_bytes": 64 * 1024 * 1024,
 }
-# A fixed period end: the same seed and period give the same bytes on every run and machine.
-PERIOD_END = datetime(2025, 6, 1, tzinfo=UTC)
+# The period ends at the start of today (UTC): records arrive now, and the worker accepts
+# live events only within its arrival window (SIEVE_EVENT_MAX_BEHIND, 400 days), so a fixed
+# date would age into dead letters. The same seed gives the same bytes all day.
+PERIOD_END = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
 # Produce batches just under the broker's default message.max.bytes (1 MiB).
 PRODUCE_BATCH_BYTES = 900 * 1024
 

@@ -13,6 +13,7 @@ from importlib.metadata import version as package_version
 import faust
 from mode import Service
 
+from schemas.bounds import TimeBounds
 from streams.encryption import ParquetEncryption
 from streams.enrich.geo import make_geolocator
 from streams.enrich.useragent import UserAgentParser
@@ -67,6 +68,11 @@ def build_service(
         honour_gpc=settings.honour_gpc,
         dedup_horizon_seconds=int(settings.dedup_horizon.total_seconds()),
         worker_version=version,
+        time_bounds=TimeBounds(
+            max_ahead=settings.event_max_ahead,
+            max_behind=settings.event_max_behind,
+            backfill_max_behind=settings.backfill_max_behind,
+        ),
     )
     encryption = ParquetEncryption(*keyring.encryption_keys())
     options = ConsumerOptions(

@@ -23,6 +23,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from schemas import arrow as schemas_arrow
+from schemas.bounds import DEFAULT_TIME_BOUNDS, TimeBounds, is_backfill
 from schemas.commits import CommitMarker, RangeCounts
 from schemas.decode import Rejection, decode_batch
 from schemas.events import Event
@@ -78,6 +79,9 @@ class PipelineContext:
     honour_gpc: bool
     dedup_horizon_seconds: int
     worker_version: str
+    # How far occurred_at may lie from the record's arrival (schemas.bounds); the defaults
+    # are the settings' defaults, so tests and benches that build a context keep them.
+    time_bounds: TimeBounds = DEFAULT_TIME_BOUNDS
 
 
 @dataclass(frozen=True)
@@ -256,7 +260,12 @@ class PartitionPipeline:
         stage = "decode"
         try:
             outcome = _Outcome.start(consent)
-            decoded = decode_batch([r.value for r in records])
+            decoded = decode_batch(
+                [r.value for r in records],
+                received_at_ms=[r.timestamp for r in records],
+                backfill=[is_backfill(r.headers) for r in records],
+                bounds=self._context.time_bounds,
+            )
             for rejection in decoded.rejections:
                 outcome.reject(rejection.code, self._letter(rejection, records[rejection.index]))
             positions = [i for i, event in enumerate(decoded.events) if event is not None]

@@ -35,10 +35,17 @@ CLASS_OF = {
 KEPT_DESPITE_OPT_OUT = {"billing", "account"}
 
 
+TRAFFIC_END = datetime(2026, 11, 1, tzinfo=UTC)
+# A Kafka record timestamp for traffic_config's records fed to a pipeline without a broker:
+# an hour after the traffic ends, so every event lies inside the arrival window (no event is
+# ahead of its arrival, none is older than the live window allows).
+TRAFFIC_ARRIVAL_MS = int((TRAFFIC_END + timedelta(hours=1)).timestamp() * 1000)
+
+
 def traffic_config(
     count: int, seed: int, days: int = 3, end: datetime | None = None, **overrides: float
 ) -> TrafficConfig:
-    end = end or datetime(2026, 11, 1, tzinfo=UTC)
+    end = end or TRAFFIC_END
     return TrafficConfig(
         count=count,
         start=end - timedelta(days=days),

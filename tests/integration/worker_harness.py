@@ -81,6 +81,10 @@ class WorkerSetup:
             SIEVE_ROLL_MAX_RECORDS="20000",
             # A killed worker's partitions move after this long (the broker's minimum).
             SIEVE_SESSION_TIMEOUT_SECONDS="6",
+            # The traffic of these tests has fixed dates (pipeline_truth.TRAFFIC_END): a
+            # live window of 400 days would turn it into dead letters a year from now. The
+            # window itself is tested with the defaults (test_worker_time_window.py).
+            SIEVE_EVENT_MAX_BEHIND="P36500D",
         )
         env.update(self.extra_env)
         return env

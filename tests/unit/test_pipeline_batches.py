@@ -28,7 +28,7 @@ from streams.worker.dedup import Deduplicator
 from streams.worker.metrics import WorkerMetrics
 from streams.worker.pipeline import PartitionPipeline, PipelineContext, RawRecord
 from streams.worker.sink import RangeWriter, open_data_root, recover_partition
-from tests.integration.pipeline_truth import traffic_config
+from tests.integration.pipeline_truth import TRAFFIC_ARRIVAL_MS, traffic_config
 
 HOUR = 3600
 TOPIC = "raw"
@@ -88,7 +88,7 @@ def good_values() -> tuple[list[bytes], Counter[str]]:
 
 
 def _records(values: Sequence[bytes]) -> list[RawRecord]:
-    return [RawRecord(i, 1_790_000_000_000 + i, value) for i, value in enumerate(values)]
+    return [RawRecord(i, TRAFFIC_ARRIVAL_MS + i, value) for i, value in enumerate(values)]
 
 
 def _mixed(good: list[bytes], poison: list[bytes]) -> list[bytes]:

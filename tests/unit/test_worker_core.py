@@ -28,7 +28,7 @@ from streams.worker.metrics import WorkerMetrics
 from streams.worker.pipeline import PartitionPipeline, PipelineContext, RawRecord
 from streams.worker.service import ConsumerOptions, range_is_due
 from streams.worker.sink import RangeWriter, open_data_root, recover_partition
-from tests.integration.pipeline_truth import traffic_config
+from tests.integration.pipeline_truth import TRAFFIC_ARRIVAL_MS, traffic_config
 
 HOUR = 3600
 TOPIC = "raw"
@@ -107,7 +107,7 @@ def records() -> list[RawRecord]:
 
     config = traffic_config(3_000, seed=5, duplicate_share=0.05, malformed_share=0.01)
     return [
-        RawRecord(offset, 1_700_000_000_000 + offset, record.value)
+        RawRecord(offset, TRAFFIC_ARRIVAL_MS + offset, record.value)
         for offset, record in enumerate(TrafficModel(config))
     ]
 

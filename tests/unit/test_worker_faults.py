@@ -42,7 +42,7 @@ from streams.worker.pipeline import PartitionPipeline, PipelineContext, RawRecor
 from streams.worker.service import ConsumerOptions, RawTopicService
 from streams.worker.sink import RangeWriter, open_data_root
 from streams.worker.startup import wait_for_broker
-from tests.integration.pipeline_truth import traffic_config
+from tests.integration.pipeline_truth import TRAFFIC_ARRIVAL_MS, traffic_config
 
 TOPIC = "raw"
 
@@ -206,7 +206,8 @@ class _Harness:
         self.sender = self.service._sender = DeadLetterSender(self.producer, "dead", 1_000_000)
         config = traffic_config(300, seed=4, malformed_share=0.05)
         records = [
-            RawRecord(i, 1_790_000_000_000 + i, r.value) for i, r in enumerate(TrafficModel(config))
+            RawRecord(i, TRAFFIC_ARRIVAL_MS + i, r.value)
+            for i, r in enumerate(TrafficModel(config))
         ]
         self.pipeline = PartitionPipeline(TOPIC, 0, context, next_offset=0)
         self.letters = self.pipeline.process(records)
