@@ -23,6 +23,7 @@ from streams.worker.metrics import WorkerMetrics
 from streams.worker.pipeline import PipelineContext
 from streams.worker.service import ConsumerOptions, RawTopicService
 from streams.worker.sink import RangeWriter, open_data_root
+from streams.worker.state.store import StateFolder
 
 LAG_REFRESH_SECONDS = 5.0
 
@@ -56,6 +57,7 @@ def build_service(settings: Settings, keyring: Keyring, metrics: WorkerMetrics) 
         honour_gpc=settings.honour_gpc,
         dedup_horizon_seconds=int(settings.dedup_horizon.total_seconds()),
         worker_version=version,
+        state=StateFolder(settings.state_folder),
     )
     encryption = ParquetEncryption(*keyring.encryption_keys())
     options = ConsumerOptions(

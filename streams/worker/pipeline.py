@@ -10,6 +10,7 @@ committed state, so replaying a range after a crash produces the same rows.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,9 +18,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 from schemas import arrow as schemas_arrow
 from schemas.commits import CommitMarker, RangeCounts
@@ -27,13 +26,22 @@ from schemas.decode import decode_batch
 from schemas.events import Event
 from streams.enrich.geo import GeoLocator, resolve_countries
 from streams.enrich.useragent import UserAgentParser
-from streams.privacy.consent import ConsentState, batch_consent_keys, decide
+from streams.privacy.consent import batch_consent_keys, decide
 from streams.privacy.keyring import Keyring
 from streams.privacy.pseudonymize import event_keys
 from streams.privacy.retention import RetentionPolicy
 from streams.privacy.split import Enrichment, split
 from streams.worker.deadletter import DeadLetter, dead_letter
 from streams.worker.dedup import Deduplicator
+from streams.worker.state.consent import ConsentTracker
+from streams.worker.state.range_log import RangeLog, is_log_path
+from streams.worker.state.recovery import recover_store
+from streams.worker.state.store import AppliedRange, StateFolder, StoreUpdate
+
+logger = logging.getLogger(__name__)
+
+# aiokafka's ConsumerRecord.timestamp_type: 0 = CreateTime (the producer's clock).
+CREATE_TIME = 0
 
 
 class KafkaRecord(Protocol):
@@ -51,6 +59,8 @@ class KafkaRecord(Protocol):
     def value(self) -> bytes | None: ...
     @property
     def headers(self) -> Sequence[tuple[str, bytes]]: ...
+    @property
+    def timestamp_type(self) -> int: ...  # 0: CreateTime (producer), 1: LogAppendTime (broker)
 
 
 @dataclass(frozen=True)
@@ -61,6 +71,7 @@ class RawRecord:
     timestamp: int
     value: bytes | None
     headers: Sequence[tuple[str, bytes]] = ()
+    timestamp_type: int = 1  # LogAppendTime, as on the raw topic Sieve creates
 
 
 @dataclass(frozen=True)
@@ -75,6 +86,9 @@ class PipelineContext:
     honour_gpc: bool
     dedup_horizon_seconds: int
     worker_version: str
+    # Where partition state (dedup keys, consent) lives on local disk; a temporary folder
+    # by default (tests, benchmarks): it is rebuilt from the committed ranges when lost.
+    state: StateFolder = field(default_factory=StateFolder)
 
 
 @dataclass(frozen=True)
@@ -88,6 +102,8 @@ class PendingRange:
     counts: RangeCounts
     watermark: str | None
     consent_changes: list[tuple[str, str]]
+    # The range's accepted event keys with their arrivals, written next to its outputs.
+    dedup_log: RangeLog | None = None
 
 
 @dataclass
@@ -122,46 +138,78 @@ class PartitionPipeline:
         # the fetch skipped some, and the caller must rewind.
         self.next_offset = next_offset
         self._context = context
-        self._dedup = Deduplicator(context.dedup_horizon_seconds)
-        self._consent = ConsentState()
+        # Opened by restore (a pipeline that is never restored starts from nothing).
+        self._dedup: Deduplicator | None = None
+        self._consent: ConsentTracker | None = None
+        self._watermark: int | None = None  # the largest accepted event hour (epoch s)
         self._buffer = _Buffer()
 
     # --- recovery ------------------------------------------------------------------------
     def restore(
         self, filesystem: pafs.FileSystem, root: str, markers: Sequence[CommitMarker]
     ) -> None:
-        """Rebuild dedup and consent state from the partition's committed ranges."""
-        changes = [change for marker in markers for change in marker.consent_changes]
-        self._consent = ConsentState().with_changes(changes)
+        """Bring dedup and consent state to what the partition's committed ranges imply.
+
+        The partition's store in the local state folder is reopened and caught up from the
+        ranges committed since it was last written, or rebuilt (streams.worker.state.recovery).
+        """
+        context = self._context
+        store = context.state.open(
+            self.topic,
+            self.partition,
+            identity=f"{type(filesystem).__name__}:{root}",
+            horizon_ms=context.dedup_horizon_seconds * 1000,
+        )
+        outcome = recover_store(store, filesystem, root, markers)
+        keyring = context.keyring
+        self._dedup = Deduplicator(
+            store,
+            keyring.pseudonymization_key_id,
+            keys_under=lambda key_id, ids: event_keys(ids, keyring, key_id),
+        )
+        self._consent = ConsentTracker(store)
         watermark_text = next((m.watermark for m in reversed(markers) if m.watermark), None)
-        if watermark_text is None:
-            return
-        watermark = int(datetime.fromisoformat(watermark_text).timestamp())
-        floor = watermark - self._context.dedup_horizon_seconds
-        # Only facts dated within the horizon can still match (the partition's files are
-        # listed by its markers, so nothing uncommitted is read).
-        first_day = _day_floor(floor)
-        recent = [
-            path
-            for marker in markers
-            for path in marker.files
-            if path.startswith("facts/") and _date_of(path) >= first_day
-        ]
-        keys: list[str] = []
-        hours: list[int] = []
-        for path in recent:
-            table = pq.read_table(
-                f"{root}/{path}", filesystem=filesystem, columns=["event_key", "occurred_hour"]
+        if watermark_text is not None:
+            self._watermark = int(datetime.fromisoformat(watermark_text).timestamp())
+        logger.info("partition %s: state %s (%s)", self.partition, outcome, store.path)
+
+    def _restored(self) -> tuple[Deduplicator, ConsentTracker]:
+        if self._dedup is None or self._consent is None:
+            self.restore(pafs.LocalFileSystem(), f"(none)/{self.topic}", [])
+        assert self._dedup is not None and self._consent is not None
+        return self._dedup, self._consent
+
+    def range_committed(self, pending: PendingRange, marker: CommitMarker) -> None:
+        """Called once ``pending``'s commit marker exists: its keys go into the store."""
+        dedup, consent = self._restored()
+        log = pending.dedup_log
+        if log is not None:
+            path = next((path for path in marker.files if is_log_path(path)), "")
+            dedup.store.apply(
+                StoreUpdate(
+                    first_offset=pending.first_offset,
+                    applied=AppliedRange(pending.last_offset, path, log.arrival_max),
+                    key_id=log.key_id,
+                    event_keys=log.event_keys,
+                    arrivals=log.arrivals,
+                    consent_changes=pending.consent_changes,
+                )
             )
-            keys.extend(table["event_key"].to_pylist())
-            hours.extend(pc.cast(table["occurred_hour"], pa.int64()).to_pylist())
-        self._dedup.seed(keys, hours, watermark)
+        dedup.applied()
+        consent.applied()
+
+    def close(self) -> None:
+        """Release the partition's store (another worker process may open it next)."""
+        self._context.state.close_partition(self.topic, self.partition)
+        self._dedup = self._consent = None
 
     # --- processing ----------------------------------------------------------------------
     def process(self, records: Sequence[KafkaRecord]) -> list[DeadLetter]:
         """Take a batch in offset order into the buffer; return its dead letters."""
         if not records:
             return []
+        dedup, consent = self._restored()
+        self._notice_clock(records[0])
         buffer = self._buffer
         if buffer.first_offset is None:
             buffer.first_offset = records[0].offset
@@ -189,9 +237,10 @@ class PartitionPipeline:
         if not positions:
             return letters
         events: list[Event] = [decoded.events[i] for i in positions]  # type: ignore[misc]
-        keys = event_keys([e.event_id for e in events], self._context.keyring)
-        hours = [_hour_epoch(e.occurred_at) for e in events]
-        fresh = self._dedup.filter(keys, hours)
+        event_ids = [e.event_id for e in events]
+        keys = event_keys(event_ids, self._context.keyring)
+        fresh, pending = dedup.check(keys, [records[i].timestamp for i in positions], event_ids)
+        dedup.record(pending)
         buffer.duplicates += fresh.count(False)
         chosen = [i for i, ok in enumerate(fresh) if ok]
         if not chosen:
@@ -200,16 +249,19 @@ class PartitionPipeline:
         keys = [keys[i] for i in chosen]
         records_kept = [records[positions[i]] for i in chosen]
         buffer.accepted += len(events)
+        latest = _hour_epoch(max(e.occurred_at for e in events))
+        self._watermark = latest if self._watermark is None else max(self._watermark, latest)
 
         person_keys, account_keys = batch_consent_keys(events, self._context.keyring)
-        keep, self._consent, changes = decide(
+        keep, _, changes = decide(
             events,
             person_keys=person_keys,
             account_keys=account_keys,
-            state=self._consent,
+            state=consent.state_for(person_keys, account_keys),
             honour_dnt=self._context.honour_dnt,
             honour_gpc=self._context.honour_gpc,
         )
+        consent.record(changes)
         buffer.consent_changes.extend(changes)
 
         user_agents = self._context.user_agents.parse_many([e.user_agent for e in events])
@@ -257,9 +309,11 @@ class PartitionPipeline:
         if buffer.first_offset is None or buffer.last_offset is None:
             return None
         self._buffer = _Buffer()
+        dedup, consent = self._restored()
+        consent.seal()
         watermark = (
-            datetime.fromtimestamp(self._dedup.watermark, tz=UTC).isoformat()
-            if self._dedup.watermark is not None
+            datetime.fromtimestamp(self._watermark, tz=UTC).isoformat()
+            if self._watermark is not None
             else None
         )
         return PendingRange(
@@ -278,7 +332,22 @@ class PartitionPipeline:
             ),
             watermark=watermark,
             consent_changes=buffer.consent_changes,
+            dedup_log=dedup.seal(),
         )
+
+    def _notice_clock(self, record: KafkaRecord) -> None:
+        if getattr(record, "timestamp_type", None) != CREATE_TIME:
+            return
+        if self._context.state.notice_once(f"create-time:{self.topic}"):
+            logger.warning(
+                "topic %s stamps records with the producers' clocks (CreateTime), not the"
+                " broker's (LogAppendTime, what `sieve topics` creates): dedup measures arrival"
+                " with them, so a producer whose clock runs ahead makes earlier keys look"
+                " older than they are, and their resends within the horizon pass as new;"
+                " a clock behind changes nothing (arrival never goes back). Recreate the topic"
+                " with message.timestamp.type=LogAppendTime for exact dedup.",
+                self.topic,
+            )
 
 
 def _concat(tables: list[pa.Table], schema: pa.Schema) -> pa.Table:
@@ -290,12 +359,3 @@ def _concat(tables: list[pa.Table], schema: pa.Schema) -> pa.Table:
 def _hour_epoch(moment: datetime) -> int:
     seconds = int(moment.timestamp())
     return seconds - seconds % 3600
-
-
-def _date_of(relative_path: str) -> str:
-    # facts/date=YYYY-MM-DD/<stem>.parquet
-    return relative_path.split("/")[1].removeprefix("date=")
-
-
-def _day_floor(epoch_seconds: int) -> str:
-    return datetime.fromtimestamp(epoch_seconds, tz=UTC).strftime("%Y-%m-%d")

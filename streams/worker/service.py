@@ -278,6 +278,13 @@ class RawTopicService(Service):
         marker = await loop.run_in_executor(
             self._write_thread, self.writer.commit_range, self.options.topic, partition, pending
         )
+        # The range is committed: its keys move into the partition's dedup store (on the
+        # writer thread; a partition has one range in flight, so they go in in order).
+        pipeline = self.pipelines.get(partition)  # None once revoked: the next owner catches up
+        if pipeline is not None:
+            await loop.run_in_executor(
+                self._write_thread, pipeline.range_committed, pending, marker
+            )
         self.metrics.add(marker.counts)
         tp = TopicPartition(self.options.topic, partition)
         try:
@@ -328,7 +335,8 @@ class RawTopicService(Service):
             for tp in revoked:
                 if tp.topic == self.options.topic and tp.partition in self.pipelines:
                     await self._flush(tp.partition, wait=True)
-                    del self.pipelines[tp.partition]
+                    # Releases the partition's state store for whoever is assigned it next.
+                    self.pipelines.pop(tp.partition).close()
 
     async def refresh_lag(self) -> None:
         """Update the lag gauge: records between our position and the end of each partition."""

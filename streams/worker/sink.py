@@ -35,6 +35,7 @@ from schemas.commits import (
     output_stem,
 )
 from streams.encryption import ParquetEncryption
+from streams.worker.state.range_log import LOG_DIR, log_path
 
 if TYPE_CHECKING:
     from streams.worker.pipeline import PendingRange
@@ -157,6 +158,7 @@ class RangeWriter:
             counts=pending.counts,
             watermark=pending.watermark,
             consent_changes=pending.consent_changes,
+            dedup_log=None if pending.dedup_log is None else pending.dedup_log.table(),
         )
 
     def commit(
@@ -171,11 +173,19 @@ class RangeWriter:
         counts: RangeCounts,
         watermark: str | None,
         consent_changes: list[tuple[str, str]],
+        dedup_log: pa.Table | None = None,
     ) -> CommitMarker:
-        """Write every file of the range, then its marker. Idempotent for the same inputs."""
+        """Write every file of the range, then its marker. Idempotent for the same inputs.
+
+        ``dedup_log`` (the range's accepted event keys and arrivals) is written like the
+        outputs and listed in the marker: the worker's dedup store is rebuilt from it.
+        """
         identifiable = schemas_arrow.conform(identifiable, schemas_arrow.IDENTIFIABLE)
         facts = schemas_arrow.conform(facts, schemas_arrow.FACTS)
         planned = plan_outputs(topic, partition, first_offset, last_offset, identifiable, facts)
+        if dedup_log is not None:
+            stem = output_stem(topic, partition, first_offset, last_offset)
+            planned.append(PlannedFile(log_path(topic, partition, stem), dedup_log, False))
         bytes_written = 0
         for file in planned:
             bytes_written += self._write_parquet(file)
@@ -270,9 +280,13 @@ def recover_partition(
     last_committed = max((m.last_offset for m in markers), default=-1)
     prefix = f"{topic}+{partition}+"
     removed: list[str] = []
-    for info in _walk_files(
-        filesystem, root, ["identifiable", "facts", f"_commits/{topic}/{partition}"]
-    ):
+    folders = [
+        "identifiable",
+        "facts",
+        f"{LOG_DIR}/{topic}/{partition}",
+        f"_commits/{topic}/{partition}",
+    ]
+    for info in _walk_files(filesystem, root, folders):
         name = info.base_name
         if TMP_INFIX in name and (
             name.startswith(prefix) or info.path.startswith(f"{root}/_commits/{topic}/{partition}/")
