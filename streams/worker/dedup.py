@@ -13,7 +13,7 @@ State, and why it is exact at any volume:
 
 - committed ranges: in the partition's on-disk store (:mod:`streams.worker.state.store`),
   applied only once a range's commit marker exists;
-- ranges not committed yet: an in-memory overlay, one dict per range;
+- ranges not committed yet: in memory, as sorted numpy runs (:mod:`.state.overlay`);
 - in front of both: a Bloom filter per arrival generation (half a horizon), so a key
   that is certainly new (most of them) costs a vectorised test and no lookup. Keys the
   filter cannot rule out, and keys repeated within the batch, are decided one by one
@@ -27,40 +27,38 @@ passed that id's last key the extra cost stops.
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from itertools import compress
 
 import numpy as np
 import numpy.typing as npt
 
 from streams.worker.state.bloom import GrowingBloom, Masks, lane_masks
 from streams.worker.state.keys import Words, key_words, raw_keys, words_from_raw
+from streams.worker.state.overlay import KeyRun, RangeKeys, latest_arrivals
 from streams.worker.state.range_log import RangeLog
 from streams.worker.state.store import PartitionStore
 
+logger = logging.getLogger(__name__)
+
 # (key id, event ids) -> the event keys of those ids under that key id.
 KeysUnder = Callable[[str, Sequence[str]], list[str]]
-_MISSING_KEY_ID = "(missing)"
+# A new generation's filter holds this many keys before it grows a slice (384 KiB).
+FIRST_FILTER_KEYS = 1 << 18
 
 
 @dataclass(frozen=True)
 class PendingKeys:
     """What one :meth:`Deduplicator.check` decided, to apply with :meth:`Deduplicator.record`."""
 
-    keys: list[str]  # the accepted event keys, in order
+    keys: Sequence[str]  # the accepted event keys, in order
     words: Words  # their 128 bits
-    arrivals: npt.NDArray[np.int64]  # their arrivals (ms)
+    masks: Masks  # their filter bits
+    arrivals: npt.NDArray[np.int64]  # their arrivals (ms), non-decreasing
     clock: int | None  # the partition's arrival clock after the checked records
-
-
-@dataclass
-class _Overlay:
-    """Accepted keys of one range that the store does not hold yet."""
-
-    latest: dict[str, int] = field(default_factory=dict)  # key -> latest arrival
-    words: list[Words] = field(default_factory=list)
-    arrivals: list[npt.NDArray[np.int64]] = field(default_factory=list)
 
 
 class Deduplicator:
@@ -77,12 +75,13 @@ class Deduplicator:
         # Latest arrival of a key made with each key id (the store's, then ours).
         self._key_ids: dict[str, int] = dict(store.key_ids)
         self._filters: dict[int, GrowingBloom] = {}
-        self._open = _Overlay()
-        self._sealed: deque[_Overlay] = deque()
+        self._open = RangeKeys()
+        self._sealed: deque[RangeKeys] = deque()
         for generation in store.generations:
+            bloom = self._filters[generation] = GrowingBloom(store.estimated_keys(generation))
             for chunk in store.event_keys(generation):
                 words = words_from_raw(chunk)
-                self._filter(generation).add(words, lane_masks(words))
+                bloom.add(words, lane_masks(words))
 
     # --- deciding ------------------------------------------------------------------------
     def check(
@@ -101,22 +100,29 @@ class Deduplicator:
             raise ValueError("keys, timestamps and event ids must be aligned")
         arrivals = self._arrivals(timestamps_ms)
         if not count:
-            return [], PendingKeys([], np.empty((0, 2), np.uint64), arrivals, self.clock)
+            nothing = np.empty((0, 2), np.uint64)
+            return [], PendingKeys([], nothing, lane_masks(nothing), arrivals, self.clock)
         words = key_words(keys)
+        masks = lane_masks(words)
         floor = int(arrivals[0]) - self.horizon_ms  # the oldest arrival that can still match
-        candidates = self._maybe_seen(words, lane_masks(words), floor)
+        candidates = self._maybe_seen(words, masks, floor)
         if len(set(keys)) != count:
             candidates |= _repeated(keys)
         aliases = self._old_keys(event_ids, floor, candidates)
         decisions = [True] * count
-        if candidates.any():
-            self._decide_candidates(keys, arrivals, candidates, aliases, decisions)
+        clock = int(arrivals[-1])
+        if not candidates.any():  # the common case: every key certainly new
+            return decisions, PendingKeys(keys, words, masks, arrivals, clock)
+        self._decide_candidates(keys, arrivals, candidates, aliases, decisions)
+        if False not in decisions:  # the filter's false positives only
+            return decisions, PendingKeys(keys, words, masks, arrivals, clock)
         accepted = np.fromiter(decisions, dtype=bool, count=count)
         return decisions, PendingKeys(
-            keys=[key for key, ok in zip(keys, decisions, strict=True) if ok],
+            keys=list(compress(keys, decisions)),
             words=words[accepted],
+            masks=masks[accepted],
             arrivals=arrivals[accepted],
-            clock=int(arrivals[-1]),
+            clock=clock,
         )
 
     def _arrivals(self, timestamps_ms: Sequence[int]) -> npt.NDArray[np.int64]:
@@ -139,7 +145,18 @@ class Deduplicator:
         for key_id, latest in list(self._key_ids.items()):
             if key_id == self._key_id or latest < floor or self._keys_under is None:
                 continue
-            old = self._keys_under(key_id, event_ids)
+            try:
+                old = self._keys_under(key_id, event_ids)
+            except KeyError:
+                # The keyring no longer holds it: resends of its events pass until the horizon
+                # of its last key has passed. Said once; the id is not asked again.
+                logger.warning(
+                    "pseudonymization key %s was removed while dedup still holds keys made with"
+                    " it: resends straddling that rotation are not caught",
+                    key_id,
+                )
+                self._key_ids.pop(key_id, None)
+                continue
             old_words = key_words(old)
             maybe = self._maybe_seen(old_words, lane_masks(old_words), floor)
             for i in np.flatnonzero(maybe).tolist():
@@ -171,18 +188,15 @@ class Deduplicator:
 
     def _latest_arrivals(self, keys: list[str]) -> dict[str, int]:
         """Exact latest arrival of each key: uncommitted ranges first, then the store."""
-        latest: dict[str, int] = {}
-        overlays = [self._open, *reversed(self._sealed)]  # newest first
-        for key in keys:
-            for overlay in overlays:
-                arrival = overlay.latest.get(key)
+        words = key_words(keys)
+        found = latest_arrivals([*self._sealed, self._open], words)
+        latest = {key: int(a) for key, a in zip(keys, found.tolist(), strict=True) if a >= 0}
+        rest = np.flatnonzero(found < 0)
+        if len(rest):
+            stored = self.store.arrivals(raw_keys(words[rest]))
+            for i, arrival in zip(rest.tolist(), stored, strict=True):
                 if arrival is not None:
-                    latest[key] = arrival
-                    break
-        rest = [key for key in keys if key not in latest]
-        if rest:
-            stored = self.store.arrivals(raw_keys(key_words(rest)))
-            latest.update({k: a for k, a in zip(rest, stored, strict=True) if a is not None})
+                    latest[keys[i]] = arrival
         return latest
 
     # --- changing ------------------------------------------------------------------------
@@ -191,14 +205,18 @@ class Deduplicator:
         if not len(pending.arrivals):
             self.clock = pending.clock
             return
-        generations = pending.arrivals // self.store.generation_ms
-        masks = lane_masks(pending.words)
-        for generation in np.unique(generations).tolist():
-            chosen = generations == generation
-            self._filter(generation).add(pending.words[chosen], masks[chosen])
-        self._open.latest.update(zip(pending.keys, pending.arrivals.tolist(), strict=True))
-        self._open.words.append(pending.words)
-        self._open.arrivals.append(pending.arrivals)
+        span = self.store.generation_ms
+        arrivals = pending.arrivals
+        first, last = int(arrivals[0]) // span, int(arrivals[-1]) // span
+        if first == last:  # arrivals never decrease: one generation, unless it just turned
+            self._filter(first).add(pending.words, pending.masks)
+        else:
+            bounds = np.searchsorted(arrivals, np.arange(first + 1, last + 1) * span)
+            starts, ends = [0, *bounds.tolist()], [*bounds.tolist(), len(arrivals)]
+            for generation, start, end in zip(range(first, last + 1), starts, ends, strict=True):
+                if end > start:
+                    self._filter(generation).add(pending.words[start:end], pending.masks[start:end])
+        self._open.runs.append(KeyRun.of(pending.words, arrivals))
         self._key_ids[self._key_id] = int(pending.arrivals[-1])
         self.clock = pending.clock
         self._forget_expired()
@@ -206,8 +224,9 @@ class Deduplicator:
     def _filter(self, generation: int) -> GrowingBloom:
         bloom = self._filters.get(generation)
         if bloom is None:
+            # Sized like the generation before it: steady traffic then needs one slice.
             previous = self._filters.get(generation - 1)
-            bloom = GrowingBloom(previous.count if previous is not None else 0)
+            bloom = GrowingBloom(max(previous.count if previous else 0, FIRST_FILTER_KEYS))
             self._filters[generation] = bloom
         return bloom
 
@@ -221,14 +240,12 @@ class Deduplicator:
     def seal(self) -> RangeLog:
         """Close the keys recorded since the last seal into one range's log (the range is
         cut); they stay in memory until :meth:`applied`."""
-        overlay, self._open = self._open, _Overlay()
-        self._sealed.append(overlay)
-        words = np.concatenate(overlay.words) if overlay.words else np.empty((0, 2), np.uint64)
-        arrivals = np.concatenate(overlay.arrivals) if overlay.arrivals else np.empty(0, np.int64)
+        keys, self._open = self._open, RangeKeys()
+        self._sealed.append(keys)
         return RangeLog(
             key_id=self._key_id,
-            event_keys=np.ascontiguousarray(words, dtype=">u8").tobytes(),
-            arrivals=arrivals,
+            event_keys=np.ascontiguousarray(keys.words(), dtype=">u8").tobytes(),
+            arrivals=keys.arrivals(),
             arrival_max=self.clock,
         )
 

@@ -1,10 +1,13 @@
-"""`sieve worker`, except that it SIGKILLs itself at its Nth offset commit.
+"""`sieve worker`, except that it SIGKILLs itself at a chosen moment.
 
-The Nth range's files and commit marker are written, its offsets are not committed: the
-window the exactly-once design must survive (the marker says "done", Kafka says "not
-yet"). Fault injection lives here, in the test tree, not in the worker.
+- ``python -m tests.integration.crashing_worker N``: at its Nth offset commit. The Nth
+  range's files and commit marker are written, its offsets are not committed: the window
+  the exactly-once design must survive (the marker says "done", Kafka says "not yet").
+- ``SIEVE_TEST_KILL_IN_STORE_WRITE=N``: inside the Nth write of a committed range into a
+  partition's dedup store, after RocksDB took the write batch and before the write returned
+  (the worker's overlay still holds the keys, the marker exists, Kafka has no offsets).
 
-Usage: python -m tests.integration.crashing_worker N
+Fault injection lives here, in the test tree, not in the worker.
 """
 
 from __future__ import annotations
@@ -17,19 +20,39 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 
 from streams.cli import main
-
-_commits_before_crash = int(sys.argv[1])
-_real_commit = AIOKafkaConsumer.commit
+from streams.worker.state.store import PartitionStore
 
 
-async def _commit_or_die(self: AIOKafkaConsumer, offsets: Any = None) -> None:
-    global _commits_before_crash
-    _commits_before_crash -= 1
-    if _commits_before_crash <= 0:
-        os.kill(os.getpid(), signal.SIGKILL)
-    await _real_commit(self, offsets)
+def _die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
-AIOKafkaConsumer.commit = _commit_or_die  # type: ignore[method-assign]
+if len(sys.argv) > 1:
+    _commits_before_crash = int(sys.argv[1])
+    _real_commit = AIOKafkaConsumer.commit
+
+    async def _commit_or_die(self: AIOKafkaConsumer, offsets: Any = None) -> None:
+        global _commits_before_crash
+        _commits_before_crash -= 1
+        if _commits_before_crash <= 0:
+            _die()
+        await _real_commit(self, offsets)
+
+    AIOKafkaConsumer.commit = _commit_or_die  # type: ignore[method-assign]
+
+if os.environ.get("SIEVE_TEST_KILL_IN_STORE_WRITE"):
+    _writes_before_crash = int(os.environ["SIEVE_TEST_KILL_IN_STORE_WRITE"])
+    _real_drop_expired = PartitionStore._drop_expired
+
+    def _drop_expired_or_die(self: PartitionStore, arrival_max: int) -> None:
+        # Called inside PartitionStore.apply right after the database took the write batch.
+        global _writes_before_crash
+        _writes_before_crash -= 1
+        if _writes_before_crash <= 0:
+            _die()
+        _real_drop_expired(self, arrival_max)
+
+    PartitionStore._drop_expired = _drop_expired_or_die  # type: ignore[method-assign]
+
 sys.argv = ["sieve", "worker"]
 main()

@@ -69,18 +69,17 @@ class SplitBlockBloom:
         return (words[:, 0] >> self._shift).astype(np.intp)
 
     def add(self, words: Words, masks: Masks) -> None:
+        if not len(words):
+            return
         rows = self._rows(words)
-        blocks = self._blocks
-        blocks[rows] = np.take(blocks, rows, axis=0) | masks
-        # Two keys of the batch in one block: fancy assignment keeps only the last one's
-        # bits. Re-apply until every key's bits are set (a filter must never miss a key).
-        while True:
-            missing = _missing(np.take(blocks, rows, axis=0), masks)
-            if not missing.any():
-                break
-            rows_left, masks_left = rows[missing], masks[missing]
-            blocks[rows_left] = np.take(blocks, rows_left, axis=0) | masks_left
-        self.count += len(rows)
+        # Keys sharing a block: fancy assignment would keep only the last one's bits, so
+        # the bits of each block's keys are OR-ed together first (one sort, one pass).
+        order = np.argsort(rows, kind="stable")
+        rows, masks = rows[order], masks[order]
+        starts = np.flatnonzero(np.concatenate(([True], rows[1:] != rows[:-1])))
+        blocks = rows[starts]
+        self._blocks[blocks] |= np.bitwise_or.reduceat(masks, starts, axis=0)
+        self.count += len(order)
 
     def might_contain(self, words: Words, masks: Masks) -> Mask:
         return ~_missing(np.take(self._blocks, self._rows(words), axis=0), masks)

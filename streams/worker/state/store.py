@@ -209,6 +209,11 @@ class PartitionStore:
         values = _multi_get(self._consent, keys) if keys else []
         return [0 if value is None else value[0] for value in values]
 
+    def estimated_keys(self, generation: int) -> int:
+        """RocksDB's estimate of the keys one generation holds (to size its filter)."""
+        estimate = self._generations[generation].property_int_value("rocksdb.estimate-num-keys")
+        return int(estimate or 0)
+
     def event_keys(self, generation: int, chunk: int = 1 << 16) -> Iterator[bytes]:
         """The keys of one generation, ``chunk`` at a time as concatenated 16-byte values."""
         yield from _chunks(self._generations[generation].keys(), chunk)
