@@ -27,6 +27,7 @@ passed that id's last key the extra cost stops.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -46,6 +47,7 @@ logger = logging.getLogger(__name__)
 
 # (key id, event ids) -> the event keys of those ids under that key id.
 KeysUnder = Callable[[str, Sequence[str]], list[str]]
+_STAMP = "stamp.json"
 # A new generation's filter holds this many keys before it grows a slice (384 KiB).
 FIRST_FILTER_KEYS = 1 << 18
 
@@ -77,11 +79,32 @@ class Deduplicator:
         self._filters: dict[int, GrowingBloom] = {}
         self._open = RangeKeys()
         self._sealed: deque[RangeKeys] = deque()
+        saved = _saved_filters(store)
         for generation in store.generations:
-            bloom = self._filters[generation] = GrowingBloom(store.estimated_keys(generation))
-            for chunk in store.event_keys(generation):
-                words = words_from_raw(chunk)
-                bloom.add(words, lane_masks(words))
+            bloom = saved.get(generation)
+            if bloom is None:  # ~0.4 µs a key: what a saved filter spares after a clean stop
+                bloom = GrowingBloom(store.estimated_keys(generation))
+                for chunk in store.event_keys(generation):
+                    words = words_from_raw(chunk)
+                    bloom.add(words, lane_masks(words))
+            self._filters[generation] = bloom
+
+    def save_filters(self) -> None:
+        """Save the filters for the next process to open this store (a clean stop).
+
+        They are trusted only by a process that finds the store holding the same range
+        as now; the first process to open the store deletes the record, so a filter that
+        a later, uncleanly stopped process would have left behind is never loaded.
+        """
+        folder = self.store.filters_path
+        folder.mkdir(parents=True, exist_ok=True)
+        for generation, bloom in self._filters.items():
+            bloom.save(folder / f"g{generation}.npz")
+        applied = self.store.applied
+        stamp = {"applied": None if applied is None else [applied.last_offset, applied.log_path]}
+        temporary = folder / "stamp.json.tmp"
+        temporary.write_text(json.dumps(stamp))
+        temporary.replace(folder / _STAMP)
 
     # --- deciding ------------------------------------------------------------------------
     def check(
@@ -275,3 +298,23 @@ def _repeated(keys: Sequence[str]) -> npt.NDArray[np.bool_]:
         if j != i:
             repeated[i] = repeated[j] = True
     return repeated
+
+
+def _saved_filters(store: PartitionStore) -> dict[int, GrowingBloom]:
+    """The filters a clean stop saved, if the store still holds what it held then."""
+    stamp_path = store.filters_path / _STAMP
+    try:
+        stamp = json.loads(stamp_path.read_text())
+    except (OSError, ValueError):
+        return {}
+    stamp_path.unlink()  # from now on this process may change the store
+    applied = store.applied
+    held = None if applied is None else [applied.last_offset, applied.log_path]
+    if stamp.get("applied") != held:
+        return {}
+    filters = {}
+    for generation in store.generations:
+        path = store.filters_path / f"g{generation}.npz"
+        if path.exists():
+            filters[generation] = GrowingBloom.load(path)
+    return filters

@@ -142,6 +142,7 @@ class PartitionPipeline:
         self._dedup: Deduplicator | None = None
         self._consent: ConsentTracker | None = None
         self._watermark: int | None = None  # the largest accepted event hour (epoch s)
+        self._closed = False
         self._buffer = _Buffer()
 
     # --- recovery ------------------------------------------------------------------------
@@ -174,6 +175,8 @@ class PartitionPipeline:
         logger.info("partition %s: state %s (%s)", self.partition, outcome, store.path)
 
     def _restored(self) -> tuple[Deduplicator, ConsentTracker]:
+        if self._closed:
+            raise RuntimeError(f"partition {self.partition}: the pipeline was closed")
         if self._dedup is None or self._consent is None:
             self.restore(pafs.LocalFileSystem(), f"(none)/{self.topic}", [])
         assert self._dedup is not None and self._consent is not None
@@ -199,9 +202,13 @@ class PartitionPipeline:
         consent.applied()
 
     def close(self) -> None:
-        """Release the partition's store (another worker process may open it next)."""
+        """Release the partition's store (another worker process may open it next); its
+        dedup filters are saved, so whoever opens it next need not rebuild them."""
+        if self._dedup is not None:
+            self._dedup.save_filters()
         self._context.state.close_partition(self.topic, self.partition)
         self._dedup = self._consent = None
+        self._closed = True
 
     # --- processing ----------------------------------------------------------------------
     def process(self, records: Sequence[KafkaRecord]) -> list[DeadLetter]:

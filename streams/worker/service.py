@@ -147,6 +147,7 @@ class RawTopicService(Service):
             async with self._lock:
                 for partition in list(self.pipelines):
                     await self._flush(partition, wait=True)
+                    self.pipelines.pop(partition).close()  # saves its dedup filters
             await self._consumer.stop()
         if self._producer is not None:
             await self._producer.stop()

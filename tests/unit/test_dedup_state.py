@@ -10,6 +10,7 @@ and is killed and restored at random points (its store kept, behind, or lost).
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,7 @@ from streams.worker.state.bloom import GrowingBloom, SplitBlockBloom, lane_masks
 from streams.worker.state.keys import key_words, raw_keys, words_from_raw
 from streams.worker.state.range_log import log_path, read_log
 from streams.worker.state.recovery import recover_store
-from streams.worker.state.store import AppliedRange, StateFolder, StoreUpdate
+from streams.worker.state.store import AppliedRange, PartitionStore, StateFolder, StoreUpdate
 
 TOPIC = "raw"
 HORIZON_MS = 1_000
@@ -348,3 +349,51 @@ def _process_ids(
     decisions, pending = partition.dedup.check(keys, stamps, ids)
     partition.dedup.record(pending)
     return decisions
+
+
+# --- filters saved at a clean stop --------------------------------------------------------------
+
+
+def test_filters_saved_at_a_clean_stop_are_reused_only_while_the_store_is_unchanged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rebuilt: list[int] = []
+    iterate = PartitionStore.event_keys
+
+    def counting(store: PartitionStore, generation: int, chunk: int = 1 << 16) -> Iterator[bytes]:
+        rebuilt.append(generation)
+        return iterate(store, generation, chunk)
+
+    monkeypatch.setattr(PartitionStore, "event_keys", counting)
+    partition = Partition(tmp_path)
+    keys = [hex_key(f"k{i}") for i in range(50)]
+    partition.process(0, [(key, 10) for key in keys])
+    partition.commit(49, apply=True)
+
+    def clean_stop() -> None:
+        assert partition.dedup is not None
+        partition.dedup.save_filters()
+        partition.folder.close_partition(TOPIC, 0)
+
+    clean_stop()
+    rebuilt.clear()
+    partition.restart(lost_store=False)
+    assert rebuilt == [], "the saved filters were not used"
+    assert partition.process(50, [(keys[0], 20), (hex_key("new"), 20)]) == [False, True]
+    # Killed now: the next process must not trust the filters saved before (the record of
+    # them was consumed when they were loaded), and rebuilds them from the store.
+    partition.folder.close_partition(TOPIC, 0)
+    partition.restart(lost_store=False)
+    assert rebuilt == [0]
+    assert partition.process(50, [(keys[1], 30)]) == [False]
+    # Saved for a store that then moved on (another process applied a range after): the
+    # record names another range than the store holds, so the filters are not trusted.
+    partition.commit(50, apply=True)
+    clean_stop()
+    assert partition.dedup is not None
+    stamp = partition.dedup.store.filters_path / "stamp.json"
+    stamp.write_text(json.dumps({"applied": [49, partition.markers[0].files[0]]}))
+    rebuilt.clear()
+    partition.restart(lost_store=False)
+    assert rebuilt == [0]
+    assert not stamp.exists()

@@ -16,6 +16,7 @@ per-key calls of the packaged filters cost more than the lookups they save.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Final
 
 import numpy as np
@@ -53,13 +54,17 @@ def lane_masks(words: Words) -> Masks:
 class SplitBlockBloom:
     """One fixed-size filter of ``blocks`` (a power of two) 256-bit blocks."""
 
-    def __init__(self, capacity: int) -> None:
-        wanted = max(MIN_BLOCKS, -(-capacity * BITS_PER_KEY // _BLOCK_BITS))
-        blocks = 1 << (wanted - 1).bit_length()
-        self.capacity = blocks * _BLOCK_BITS // BITS_PER_KEY
+    def __init__(self, capacity: int, blocks: npt.NDArray[np.uint32] | None = None) -> None:
+        if blocks is None:
+            wanted = max(MIN_BLOCKS, -(-capacity * BITS_PER_KEY // _BLOCK_BITS))
+            blocks = np.zeros((1 << (wanted - 1).bit_length(), 8), dtype=np.uint32)
+        rows = len(blocks)
+        if rows & (rows - 1) or blocks.shape != (rows, 8) or blocks.dtype != np.uint32:
+            raise ValueError("a filter is a power of two of 8-lane uint32 blocks")
+        self.capacity = rows * _BLOCK_BITS // BITS_PER_KEY
         self.count = 0
-        self._shift = np.uint64(64 - (blocks.bit_length() - 1))
-        self._blocks = np.zeros((blocks, 8), dtype=np.uint32)
+        self._shift = np.uint64(64 - (rows.bit_length() - 1))
+        self._blocks = blocks
 
     @property
     def nbytes(self) -> int:
@@ -117,3 +122,23 @@ class GrowingBloom:
         for part in self._slices[1:]:
             found |= part.might_contain(words, masks)
         return found
+
+    def save(self, path: Path) -> None:
+        """Write the filter to ``path`` (a temporary name, then renamed)."""
+        temporary = path.with_name(f"{path.name}.tmp")
+        with temporary.open("wb") as file:
+            counts = np.array([part.count for part in self._slices], dtype=np.int64)
+            blocks = {f"slice{i}": part._blocks for i, part in enumerate(self._slices)}
+            np.savez(file, counts=counts, **blocks)  # type: ignore[arg-type]
+        temporary.replace(path)
+
+    @staticmethod
+    def load(path: Path) -> GrowingBloom:
+        with np.load(path) as saved:
+            counts = saved["counts"].tolist()
+            slices = [SplitBlockBloom(0, saved[f"slice{i}"]) for i in range(len(counts))]
+        for part, count in zip(slices, counts, strict=True):
+            part.count = count
+        bloom = GrowingBloom(0)
+        bloom._slices = slices
+        return bloom

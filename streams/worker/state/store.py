@@ -165,11 +165,17 @@ class PartitionStore:
         value = self._db.get(key)
         return None if value is None else json.loads(value)
 
+    @property
+    def filters_path(self) -> Path:
+        """Where the dedup filters of this store are saved at a clean stop."""
+        return self.path.with_name(f"{self.path.name}.filters")
+
     def reset(self) -> None:
         """Forget everything (recovery rebuilds the state from the committed ranges)."""
         self.close()
         Rdict.destroy(str(self.path), self._resources.options())
         shutil.rmtree(self.path, ignore_errors=True)
+        shutil.rmtree(self.filters_path, ignore_errors=True)
         self._open()
         self._db.put(_IDENTITY, json.dumps(self._identity).encode())
 
