@@ -34,9 +34,9 @@ from streams.privacy.split import Enrichment, split
 from streams.worker.deadletter import DeadLetter, dead_letter
 from streams.worker.dedup import Deduplicator
 from streams.worker.state.consent import ConsentTracker
-from streams.worker.state.range_log import RangeLog, is_log_path
+from streams.worker.state.range_log import RangeLog, delete_log, is_log_path
 from streams.worker.state.recovery import recover_store
-from streams.worker.state.store import AppliedRange, StateFolder, StoreUpdate
+from streams.worker.state.store import AppliedRange, PartitionStore, StateFolder, StoreUpdate
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +143,8 @@ class PartitionPipeline:
         self._consent: ConsentTracker | None = None
         self._watermark: int | None = None  # the largest accepted event hour (epoch s)
         self._closed = False
+        self._filesystem: pafs.FileSystem | None = None  # the data root (restore sets it)
+        self._root = ""
         self._buffer = _Buffer()
 
     # --- recovery ------------------------------------------------------------------------
@@ -162,6 +164,7 @@ class PartitionPipeline:
             horizon_ms=context.dedup_horizon_seconds * 1000,
         )
         outcome = recover_store(store, filesystem, root, markers)
+        self._filesystem, self._root = filesystem, root
         keyring = context.keyring
         self._dedup = Deduplicator(
             store,
@@ -198,8 +201,19 @@ class PartitionPipeline:
                     consent_changes=pending.consent_changes,
                 )
             )
+            if log.arrival_max is not None:
+                self._delete_expired_logs(dedup.store, log.arrival_max - dedup.horizon_ms)
         dedup.applied()
         consent.applied()
+
+    def _delete_expired_logs(self, store: PartitionStore, floor_ms: int) -> None:
+        # Only a rebuild reads logs, and only those within the horizon of the last range:
+        # older ones go (files first, then their entries: a crash in between retries).
+        expired = store.expired_logs(floor_ms)
+        if expired and self._filesystem is not None:
+            for _, path in expired:
+                delete_log(self._filesystem, self._root, path)
+            store.forget_logs([entry for entry, _ in expired])
 
     def close(self) -> None:
         """Release the partition's store (another worker process may open it next); its

@@ -17,6 +17,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from schemas.commits import CommitMarker
 from schemas.events import ConsentChange, Event, Request, encode
 from streams.encryption import ParquetEncryption
 from streams.enrich.geo import make_geolocator
@@ -25,6 +26,7 @@ from streams.privacy.keyring import Keyring
 from streams.privacy.retention import load_policy
 from streams.worker.pipeline import PartitionPipeline, PendingRange, PipelineContext, RawRecord
 from streams.worker.sink import RangeWriter, open_data_root, recover_partition
+from streams.worker.state.store import StateFolder
 
 TOPIC = "raw"
 NOW = datetime(2026, 11, 20, 12, tzinfo=UTC)
@@ -164,3 +166,44 @@ def test_producer_timestamps_are_used_with_one_warning_per_worker(
     warnings = [r for r in caplog.records if "CreateTime" in r.getMessage()]
     assert len(warnings) == 1
     assert "LogAppendTime" in warnings[0].getMessage()
+
+
+def test_dedup_logs_past_the_horizon_are_deleted_and_never_missed(
+    tmp_path: Path,
+    context: PipelineContext,
+    keyring: Keyring,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    short = dataclasses.replace(context, dedup_horizon_seconds=1)
+    filesystem, root = open_data_root(str(tmp_path))
+    writer = RangeWriter(filesystem, root, ParquetEncryption(*keyring.encryption_keys()), "t")
+    events = [request(NOW) for _ in range(3)]
+
+    def commit(pipeline: PartitionPipeline, offset: int, arrival_ms: int) -> None:
+        pending = run(pipeline, records([(events[offset], NOW_MS + arrival_ms)], start=offset))
+        pipeline.range_committed(pending, writer.commit_range(TOPIC, 0, pending))
+
+    def markers() -> list[CommitMarker]:
+        return recover_partition(filesystem, root, TOPIC, 0).markers
+
+    first = PartitionPipeline(TOPIC, 0, short)  # its store (state folder) is kept
+    first.restore(filesystem, root, [])
+    commit(first, 0, 0)
+    first.close()
+    # Another worker, with a state folder of its own, commits two more ranges; the third
+    # arrives 5 s in, past the 1 s horizon of both earlier ones: their logs go.
+    other = PartitionPipeline(TOPIC, 0, dataclasses.replace(short, state=StateFolder()))
+    other.restore(filesystem, root, markers())
+    commit(other, 1, 1_500)
+    commit(other, 2, 5_000)
+    logs = sorted(path.name for path in (tmp_path / "_dedup").rglob("*.parquet"))
+    assert logs == [f"{TOPIC}+0+2-2.parquet"]
+    # The first store is behind and the log it would catch up from is gone: it is rebuilt,
+    # and a resend of the newest event within the horizon is still caught.
+    again = PartitionPipeline(TOPIC, 0, short)
+    with caplog.at_level(logging.INFO, logger="streams.worker.pipeline"):
+        again.restore(filesystem, root, markers())
+    assert any("state rebuilt" in record.getMessage() for record in caplog.records)
+    resent = [(events[2], NOW_MS + 5_500), (events[0], NOW_MS + 5_500)]
+    counts = run(again, records(resent, start=3)).counts
+    assert (counts.accepted, counts.duplicates) == (1, 1)

@@ -93,3 +93,12 @@ def _from_table(table: pa.Table) -> RangeLog:
         arrivals=table["arrival_ms"].to_numpy().astype(np.int64),
         arrival_max=None if arrival_max is None else int(arrival_max),
     )
+
+
+def delete_log(filesystem: pafs.FileSystem, root: str, relative_path: str) -> bool:
+    """Delete a range's log; False if it was gone already."""
+    try:
+        filesystem.delete_file(f"{root}/{relative_path}")
+    except FileNotFoundError:
+        return False
+    return True

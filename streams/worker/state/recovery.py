@@ -8,10 +8,11 @@ cache of what they imply. On assignment:
 - it holds an earlier marker's range (it is *behind*: a killed process lost its latest
   unflushed writes, or another worker committed ranges since): the ranges after it are
   applied from their logs and markers, in order;
-- it is empty, ahead of the markers, or holds a range no marker names (another data root,
-  a superseded range): it is rebuilt. Consent replays every marker's changes (all history:
-  consent does not expire; markers are read on assignment anyway); dedup applies the logs of
-  the ranges within the horizon of the last one only.
+- it is empty, ahead of the markers, holds a range no marker names (another data root, a
+  superseded range), or is so far behind that logs it needs were deleted: it is rebuilt.
+  Consent replays every marker's changes (all history: consent does not expire; markers are
+  read on assignment anyway); dedup applies the logs of the ranges within the horizon of the
+  last one only, and deletes the older logs left.
 
 After this the store's decisions are an uninterrupted run's: nothing in it comes from a
 range that is not committed.
@@ -28,6 +29,7 @@ import pyarrow.fs as pafs
 from schemas.commits import CommitMarker
 from streams.worker.state.range_log import (
     RangeLog,
+    delete_log,
     is_log_path,
     read_log,
     read_log_arrival_max,
@@ -57,8 +59,14 @@ def recover_store(
     if position == len(markers) - 1:
         return "current"
     clock = applied.arrival_max if applied is not None else None
-    for marker in markers[position + 1 :]:
-        clock = _apply(store, filesystem, root, marker, clock)
+    try:
+        for marker in markers[position + 1 :]:
+            clock = _apply(store, filesystem, root, marker, clock)
+    except FileNotFoundError:
+        # A log deleted meanwhile (past the horizon of a range another worker held): the
+        # store was too far behind to catch up; the logs within the horizon are all there.
+        _rebuild(store, filesystem, root, markers)
+        return "rebuilt"
     return "caught up"
 
 
@@ -87,9 +95,18 @@ def _rebuild(
     start = _first_in_horizon(store, filesystem, root, markers)
     clock = None
     if start > 0:
-        # Older ranges: their consent changes only (their keys are past the horizon).
+        # Older ranges: their consent changes only (their keys are past the horizon). Their
+        # clock matters only when no range follows (then the last log is there: it is the
+        # newest, and a log is only deleted once a later range is past its horizon).
         older = markers[:start]
-        clock = _arrival_max(filesystem, root, older[-1])
+        if start == len(markers):
+            clock = _arrival_max(filesystem, root, older[-1])
+        # Their logs are never read again: deleted, newest first, down to the first one
+        # found deleted already (the ones before it went the same way earlier).
+        for marker in reversed(older):
+            path = _log_path(marker)
+            if path and not delete_log(filesystem, root, path):
+                break
         store.apply(
             StoreUpdate(
                 first_offset=older[0].first_offset,
@@ -117,7 +134,10 @@ def _first_in_horizon(
     """
     last_clock = None
     for index in range(len(markers) - 1, -1, -1):
-        clock = _arrival_max(filesystem, root, markers[index])
+        try:
+            clock = _arrival_max(filesystem, root, markers[index])
+        except FileNotFoundError:
+            return index + 1  # deleted: it was past the horizon of a range held earlier
         if last_clock is None:
             last_clock = clock
             if clock is None:

@@ -8,6 +8,10 @@ Layout of the database ``<state folder>/<topic>/<partition>/``:
   operation, ~50 ms), so the store holds 1 to 1.5 horizons of keys, however long it runs.
 - column family ``consent``: consent key (16 bytes) -> one status byte (opted out, ended);
   people with no restriction have no entry. It grows with people, not with time.
+- column family ``logs``: range last offset (8 bytes big-endian) -> [dedup log path, arrival
+  clock after the range], for the ranges whose logs may still be needed: a log whose range is
+  older than the horizon of a range the store holds is deleted from the data root
+  (:meth:`PartitionStore.expired_logs`), so logs do not pile up either.
 - ``default``: what the store holds: the identity (data root, topic, partition, horizon),
   the last committed range applied, and per pseudonymization key id the latest arrival of a
   key made with it (so a rotation checks old key ids only while they can still match).
@@ -57,6 +61,7 @@ logger = logging.getLogger(__name__)
 
 GENERATIONS_PER_HORIZON: Final = 2
 CONSENT_CF: Final = "consent"
+LOGS_CF: Final = "logs"
 OPTED_OUT: Final = 1
 ENDED: Final = 2
 _IDENTITY: Final = b"identity"
@@ -148,10 +153,12 @@ class PartitionStore:
         names = Rdict.list_cf(str(self.path), options) if (self.path / "CURRENT").exists() else []
         families = {name: self._resources.options() for name in names if name != "default"}
         families.setdefault(CONSENT_CF, self._resources.options())
+        families.setdefault(LOGS_CF, self._resources.options())
         self._db = _open_waiting(self.path, options, families)
         self._closed = False
         self._db.set_write_options(self._write_options)
         self._consent = self._db.get_column_family(CONSENT_CF)
+        self._logs = self._db.get_column_family(LOGS_CF)
         self._generations: Mapping[int, Rdict] = {
             int(name[1:]): self._db.get_column_family(name)
             for name in families
@@ -184,7 +191,7 @@ class PartitionStore:
         if self._closed:
             return
         self._generations = {}
-        del self._consent
+        del self._consent, self._logs
         self._db.close()
         del self._db
         self._closed = True
@@ -227,6 +234,24 @@ class PartitionStore:
     def restricted_consent_keys(self, chunk: int = 1 << 16) -> Iterator[bytes]:
         yield from _chunks(self._consent.keys(), chunk)
 
+    def expired_logs(self, floor_ms: int) -> list[tuple[bytes, str]]:
+        """(entry, log path) of the ranges whose clock is older than ``floor_ms``, oldest
+        first: no rebuild can need their logs once a range at ``floor_ms`` + horizon is held."""
+        expired: list[tuple[bytes, str]] = []
+        for entry, value in self._logs.items():
+            path, clock = json.loads(cast(bytes, value))
+            if clock is not None and clock >= floor_ms:
+                break
+            expired.append((cast(bytes, entry), path))
+        return expired
+
+    def forget_logs(self, entries: Sequence[bytes]) -> None:
+        batch = WriteBatch(raw_mode=True)
+        handle = self._db.get_column_family_handle(LOGS_CF)
+        for entry in entries:
+            batch.delete(entry, handle)
+        self._db.write(batch)
+
     # --- writing -------------------------------------------------------------------------
     def apply(self, update: StoreUpdate) -> bool:
         """Add one committed range, if it is the next one; False if already held."""
@@ -244,6 +269,11 @@ class PartitionStore:
         key_ids = dict(self.key_ids)
         if len(update.arrivals):
             key_ids[update.key_id] = max(key_ids.get(update.key_id, 0), int(update.arrivals.max()))
+        applied = update.applied
+        if applied.log_path:
+            entry = applied.last_offset.to_bytes(8, "big")
+            record = json.dumps([applied.log_path, applied.arrival_max]).encode()
+            batch.put(entry, record, self._db.get_column_family_handle(LOGS_CF))
         batch.put(_APPLIED, json.dumps(update.applied.__dict__).encode())
         batch.put(_KEY_IDS, json.dumps(key_ids).encode())
         self._db.write(batch)
