@@ -58,7 +58,7 @@ from streams.broker.control import free_ports
 from streams.privacy.keyring import write_new_keyring
 from streams.worker.commands import committed_totals
 from streams.worker.sink import open_data_root
-from streams.worker.state.store import StateFolder
+from streams.worker.state.folder import StateFolder
 
 REPO = Path(__file__).resolve().parent.parent
 RSS_TOLERANCE = 0.10

@@ -43,7 +43,7 @@ from streams.worker.dedup import Deduplicator
 from streams.worker.pipeline import PartitionPipeline, PipelineContext, RawRecord
 from streams.worker.sink import RangeWriter, open_data_root
 from streams.worker.state.consent import ConsentTracker
-from streams.worker.state.store import StateFolder
+from streams.worker.state.folder import StateFolder
 
 # The functions pipeline.process calls, by the name it imports them under.
 STAGES = (

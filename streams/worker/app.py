@@ -23,7 +23,7 @@ from streams.worker.metrics import WorkerMetrics
 from streams.worker.pipeline import PipelineContext
 from streams.worker.service import ConsumerOptions, RawTopicService
 from streams.worker.sink import RangeWriter, open_data_root
-from streams.worker.state.store import StateFolder
+from streams.worker.state.folder import StateFolder
 
 LAG_REFRESH_SECONDS = 5.0
 

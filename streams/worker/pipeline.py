@@ -34,9 +34,10 @@ from streams.privacy.split import Enrichment, split
 from streams.worker.deadletter import DeadLetter, dead_letter
 from streams.worker.dedup import Deduplicator
 from streams.worker.state.consent import ConsentTracker
+from streams.worker.state.folder import StateFolder
 from streams.worker.state.range_log import RangeLog, delete_log, is_log_path
 from streams.worker.state.recovery import recover_store
-from streams.worker.state.store import AppliedRange, PartitionStore, StateFolder, StoreUpdate
+from streams.worker.state.store import AppliedRange, PartitionStore, StoreUpdate
 
 logger = logging.getLogger(__name__)
 

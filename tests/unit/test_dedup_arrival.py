@@ -26,7 +26,7 @@ from streams.privacy.keyring import Keyring
 from streams.privacy.retention import load_policy
 from streams.worker.pipeline import PartitionPipeline, PendingRange, PipelineContext, RawRecord
 from streams.worker.sink import RangeWriter, open_data_root, recover_partition
-from streams.worker.state.store import StateFolder
+from streams.worker.state.folder import StateFolder
 
 TOPIC = "raw"
 NOW = datetime(2026, 11, 20, 12, tzinfo=UTC)

@@ -27,10 +27,11 @@ from streams.privacy.keyring import Keyring
 from streams.privacy.pseudonymize import event_keys
 from streams.worker.dedup import Deduplicator
 from streams.worker.state.bloom import GrowingBloom, SplitBlockBloom, lane_masks
+from streams.worker.state.folder import StateFolder
 from streams.worker.state.keys import key_words, raw_keys, words_from_raw
 from streams.worker.state.range_log import log_path, read_log
 from streams.worker.state.recovery import recover_store
-from streams.worker.state.store import AppliedRange, PartitionStore, StateFolder, StoreUpdate
+from streams.worker.state.store import AppliedRange, PartitionStore, StoreUpdate
 
 TOPIC = "raw"
 HORIZON_MS = 1_000

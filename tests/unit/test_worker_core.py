@@ -25,7 +25,7 @@ from streams.worker.metrics import WorkerMetrics
 from streams.worker.pipeline import PartitionPipeline, PipelineContext, RawRecord
 from streams.worker.service import ConsumerOptions, range_is_due
 from streams.worker.sink import RangeWriter, open_data_root, recover_partition
-from streams.worker.state.store import StateFolder
+from streams.worker.state.folder import StateFolder
 from tests.integration.pipeline_truth import traffic_config
 
 HOUR = 3600
