@@ -40,8 +40,11 @@ from streams.enrich.geo import make_geolocator
 from streams.enrich.useragent import UserAgentParser
 from streams.privacy.keyring import Keyring
 from streams.privacy.retention import load_policy
+from streams.worker.dedup import Deduplicator
 from streams.worker.pipeline import PartitionPipeline, PipelineContext, RawRecord
 from streams.worker.sink import RangeWriter, open_data_root
+from streams.worker.state.consent import ConsentTracker
+from streams.worker.state.folder import StateFolder
 
 # The functions pipeline.process calls, by the name it imports them under.
 STAGES = (
@@ -52,12 +55,19 @@ STAGES = (
     "resolve_countries",
     "split",
 )
+# The state methods it calls: (class, method, stage name).
+STATE_STAGES = (
+    (Deduplicator, "check", "dedup check (filters, exact lookups)"),
+    (Deduplicator, "record", "dedup record (filters, overlay)"),
+    (ConsentTracker, "state_for", "consent state for the batch"),
+)
 
 
 @contextmanager
 def timed_stages(seconds: defaultdict[str, float]) -> Iterator[None]:
     """Wrap each stage function as the pipeline module sees it; restore on exit."""
     originals = {name: getattr(pipeline_module, name) for name in STAGES}
+    methods = [(owner, name, label, getattr(owner, name)) for owner, name, label in STATE_STAGES]
 
     def wrapper(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
         def timed(*args: Any, **kwargs: Any) -> Any:
@@ -71,32 +81,44 @@ def timed_stages(seconds: defaultdict[str, float]) -> Iterator[None]:
 
     for name, function in originals.items():
         setattr(pipeline_module, name, wrapper(name, function))
+    for owner, name, label, function in methods:
+        setattr(owner, name, wrapper(label, function))
     try:
         yield
     finally:
         for name, function in originals.items():
             setattr(pipeline_module, name, function)
+        for owner, name, _, function in methods:
+            setattr(owner, name, function)
 
 
 def one_pass(
     context: PipelineContext, keyring: Keyring, records: list[RawRecord], batch: int
 ) -> dict[str, float]:
-    """Seconds per stage for one pipeline over every record, plus the range's write."""
+    """Seconds per stage for one pipeline over every record, plus the range's write and the
+    state store's write of its keys (both on the worker's writer thread)."""
     seconds: defaultdict[str, float] = defaultdict(float)
-    pipeline = PartitionPipeline("raw", 0, context)
-    with timed_stages(seconds):
-        started = time.perf_counter()
-        for start in range(0, len(records), batch):
-            pipeline.process(records[start : start + batch])
-        seconds["process (all of it)"] = time.perf_counter() - started
-    pending = pipeline.take_range()
-    assert pending is not None
     with tempfile.TemporaryDirectory(prefix="sieve-stages-") as folder:
         filesystem, root = open_data_root(folder)
+        # A fresh state store each pass, as a worker's first start has.
+        context = dataclasses.replace(context, state=StateFolder())
+        pipeline = PartitionPipeline("raw", 0, context)
+        pipeline.restore(filesystem, root, [])
+        with timed_stages(seconds):
+            started = time.perf_counter()
+            for start in range(0, len(records), batch):
+                pipeline.process(records[start : start + batch])
+            seconds["process (all of it)"] = time.perf_counter() - started
+        pending = pipeline.take_range()
+        assert pending is not None
         writer = RangeWriter(filesystem, root, ParquetEncryption(*keyring.encryption_keys()), "b")
         started = time.perf_counter()
-        writer.commit_range("raw", 0, pending)
+        marker = writer.commit_range("raw", 0, pending)
         seconds["RangeWriter.commit"] = time.perf_counter() - started
+        started = time.perf_counter()
+        pipeline.range_committed(pending, marker)
+        seconds["state store write (writer thread)"] = time.perf_counter() - started
+        context.state.close()
     return seconds
 
 
@@ -157,7 +179,11 @@ def main(events: int, batch: int, repeat: int, seed: int) -> None:
 
 def _order(item: tuple[str, float]) -> tuple[int, float]:
     name, value = item
-    last = name in ("process (all of it)", "RangeWriter.commit")
+    last = name in (
+        "process (all of it)",
+        "RangeWriter.commit",
+        "state store write (writer thread)",
+    )
     return (1 if last else 0, -value)
 
 

@@ -70,7 +70,9 @@ class Settings(BaseSettings):
         " at least a batch is written at once when the worker has caught up).",
     )
     dedup_horizon: timedelta = Field(
-        timedelta(hours=24), description="How far back (event time) duplicate event ids are caught."
+        timedelta(hours=24),
+        description="How long after a record's arrival (the broker's timestamp, whatever the"
+        " event time) a resend of its event id is caught as a duplicate.",
     )
     session_timeout_seconds: float = Field(
         30.0,
@@ -87,6 +89,12 @@ class Settings(BaseSettings):
     )
     geoip_database: Path | None = Field(
         None, description="A MaxMind-format (.mmdb) database to use instead of the packaged one."
+    )
+    state_dir: Path | None = Field(
+        None,
+        description="Local folder of the worker's partition state (dedup keys, consent): a"
+        " cache of the committed ranges, rebuilt from them when lost. Keep it on local disk,"
+        " not in the data root. Default: <work_dir>/state.",
     )
 
     # --- secrets (paths only) --------------------------------------------------------------
@@ -197,6 +205,10 @@ class Settings(BaseSettings):
     @property
     def broker_dir(self) -> Path:
         return self.work_dir / "broker"
+
+    @property
+    def state_folder(self) -> Path:
+        return self.state_dir if self.state_dir is not None else self.work_dir / "state"
 
 
 def describe_environment() -> str:

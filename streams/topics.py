@@ -41,8 +41,16 @@ def _retention_configs(retention_hours: int) -> dict[str, str]:
 
 
 def raw_topic_spec(name: str, partitions: int, retention_hours: int) -> TopicSpec:
-    """The raw topic: events keyed by account id, deleted after ``retention_hours``."""
-    configs = {"cleanup.policy": "delete", **_retention_configs(retention_hours)}
+    """The raw topic: events keyed by account id, deleted after ``retention_hours``.
+
+    Records carry the broker's append time, not the producer's: dedup's horizon runs on
+    arrival, and only the log's own clock makes a replay decide as the first run did.
+    """
+    configs = {
+        "cleanup.policy": "delete",
+        "message.timestamp.type": "LogAppendTime",
+        **_retention_configs(retention_hours),
+    }
     return TopicSpec(name, partitions, configs)
 
 

@@ -48,9 +48,10 @@ def subject_day_key(keyring: Keyring, day: date, key_id: str | None = None) -> b
     return derive_key(master, _SUBJECT_DAY + day.isoformat().encode("ascii"))
 
 
-def event_keys(event_ids: Sequence[str], keyring: Keyring) -> list[str]:
-    """Pseudonym of every event id under the active pseudonymization key, aligned with input."""
-    mac = _mac_function(derive_key(keyring.pseudonymization_key(), _EVENT))
+def event_keys(event_ids: Sequence[str], keyring: Keyring, key_id: str | None = None) -> list[str]:
+    """Pseudonym of every event id, aligned with input, under the pseudonymization key
+    ``key_id`` (default: the active one; dedup asks for an older one after a rotation)."""
+    mac = _mac_function(derive_key(keyring.pseudonymization_key(key_id), _EVENT))
     distinct = {event_id: mac(event_id.encode()) for event_id in dict.fromkeys(event_ids)}
     return [distinct[event_id] for event_id in event_ids]
 

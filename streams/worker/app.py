@@ -25,6 +25,7 @@ from streams.worker.outage_log import OutageLog
 from streams.worker.pipeline import PipelineContext
 from streams.worker.service import ConsumerOptions, RawTopicService
 from streams.worker.sink import RangeWriter, open_data_root
+from streams.worker.state.folder import StateFolder
 
 LAG_REFRESH_SECONDS = 5.0
 
@@ -73,6 +74,7 @@ def build_service(
             max_behind=settings.event_max_behind,
             backfill_max_behind=settings.backfill_max_behind,
         ),
+        state=StateFolder(settings.state_folder),
     )
     encryption = ParquetEncryption(*keyring.encryption_keys())
     options = ConsumerOptions(

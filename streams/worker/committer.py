@@ -113,6 +113,10 @@ class RangeCommitter:
                 raise
             self._abandoned(partition, pipeline, pending, "recovered before its marker")
             return
+        # The range is committed: its keys and consent changes move into the partition's
+        # state store, on the writer thread (one range in flight per partition, so ranges go
+        # in in order). A crash before this is caught up from the range's dedup log.
+        await loop.run_in_executor(self._thread, pipeline.range_committed, pending, marker)
         self.metrics.add(marker.counts)
 
     def _abandoned(

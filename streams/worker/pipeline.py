@@ -18,9 +18,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 from schemas import arrow as schemas_arrow
 from schemas.bounds import DEFAULT_TIME_BOUNDS, TimeBounds, is_backfill
@@ -29,15 +27,23 @@ from schemas.decode import Rejection, decode_batch
 from schemas.events import Event
 from streams.enrich.geo import GeoLocator, resolve_countries
 from streams.enrich.useragent import UserAgentParser
-from streams.privacy.consent import ConsentState, StateChange, batch_consent_keys, decide
+from streams.privacy.consent import StateChange, batch_consent_keys, decide
 from streams.privacy.keyring import Keyring
 from streams.privacy.pseudonymize import event_keys
 from streams.privacy.retention import RetentionPolicy
 from streams.privacy.split import Enrichment, split
 from streams.worker.deadletter import PROCESSING_ERROR, DeadLetter, dead_letter
 from streams.worker.dedup import Deduplicator, PendingKeys
+from streams.worker.state.consent import ConsentTracker
+from streams.worker.state.folder import StateFolder
+from streams.worker.state.range_log import RangeLog, delete_log, is_log_path
+from streams.worker.state.recovery import recover_store
+from streams.worker.state.store import AppliedRange, PartitionStore, StoreUpdate
 
 logger = logging.getLogger(__name__)
+
+# aiokafka's ConsumerRecord.timestamp_type: 0 = CreateTime (the producer's clock).
+CREATE_TIME = 0
 
 
 class KafkaRecord(Protocol):
@@ -55,6 +61,8 @@ class KafkaRecord(Protocol):
     def value(self) -> bytes | None: ...
     @property
     def headers(self) -> Sequence[tuple[str, bytes]]: ...
+    @property
+    def timestamp_type(self) -> int: ...  # 0: CreateTime (producer), 1: LogAppendTime (broker)
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,7 @@ class RawRecord:
     timestamp: int
     value: bytes | None
     headers: Sequence[tuple[str, bytes]] = ()
+    timestamp_type: int = 1  # LogAppendTime, as on the raw topic Sieve creates
 
 
 @dataclass(frozen=True)
@@ -82,6 +91,9 @@ class PipelineContext:
     # How far occurred_at may lie from the record's arrival (schemas.bounds); the defaults
     # are the settings' defaults, so tests and benches that build a context keep them.
     time_bounds: TimeBounds = DEFAULT_TIME_BOUNDS
+    # Where partition state (dedup keys, consent) lives on local disk; a temporary folder
+    # by default (tests, benchmarks): it is rebuilt from the committed ranges when lost.
+    state: StateFolder = field(default_factory=StateFolder)
 
 
 @dataclass(frozen=True)
@@ -95,6 +107,8 @@ class PendingRange:
     counts: RangeCounts
     watermark: str | None
     consent_changes: list[tuple[str, str]]
+    # The range's accepted event keys with their arrivals, written next to its outputs.
+    dedup_log: RangeLog | None = None
 
 
 @dataclass
@@ -125,7 +139,6 @@ class _StageFailed(Exception):
 class _Outcome:
     """What (part of) one batch decided; applied to the pipeline only once complete."""
 
-    consent: ConsentState  # the consent state after it
     letters: list[DeadLetter] = field(default_factory=list)
     dead_lettered: Counter[str] = field(default_factory=Counter)
     duplicates: int = 0
@@ -133,15 +146,14 @@ class _Outcome:
     identifiable: list[pa.Table] = field(default_factory=list)
     facts: list[pa.Table] = field(default_factory=list)
     identifiable_by_class: Counter[str] = field(default_factory=Counter)
+    # Consent changes in order: a later part decides with them applied after the store's.
     consent_changes: list[StateChange] = field(default_factory=list)
     # The dedup decisions of every accepted event so far (check() covers the whole prefix).
     pending: PendingKeys | None = None
     accepted_keys: list[str] = field(default_factory=list)
-    accepted_hours: list[int] = field(default_factory=list)
-
-    @staticmethod
-    def start(consent: ConsentState) -> _Outcome:
-        return _Outcome(consent=consent)
+    accepted_arrivals: list[int] = field(default_factory=list)
+    accepted_ids: list[str] = field(default_factory=list)
+    watermark: int | None = None  # the largest accepted event hour (epoch s)
 
     def reject(self, code: str, letter: DeadLetter) -> None:
         self.dead_lettered[code] += 1
@@ -149,8 +161,8 @@ class _Outcome:
 
     def then(self, later: _Outcome) -> _Outcome:
         """This outcome followed by ``later`` (decided after it)."""
+        marks = [m for m in (self.watermark, later.watermark) if m is not None]
         return _Outcome(
-            consent=later.consent,
             letters=self.letters + later.letters,
             dead_lettered=self.dead_lettered + later.dead_lettered,
             duplicates=self.duplicates + later.duplicates,
@@ -161,7 +173,9 @@ class _Outcome:
             consent_changes=self.consent_changes + later.consent_changes,
             pending=later.pending if later.pending is not None else self.pending,
             accepted_keys=self.accepted_keys + later.accepted_keys,
-            accepted_hours=self.accepted_hours + later.accepted_hours,
+            accepted_arrivals=self.accepted_arrivals + later.accepted_arrivals,
+            accepted_ids=self.accepted_ids + later.accepted_ids,
+            watermark=max(marks) if marks else None,
         )
 
 
@@ -183,8 +197,13 @@ class PartitionPipeline:
         # must rewind.
         self.next_offset = next_offset
         self._context = context
-        self._dedup = Deduplicator(context.dedup_horizon_seconds)
-        self._consent = ConsentState()
+        # Opened by restore (a pipeline that is never restored starts from nothing).
+        self._dedup: Deduplicator | None = None
+        self._consent: ConsentTracker | None = None
+        self._watermark: int | None = None  # the largest accepted event hour (epoch s)
+        self._closed = False
+        self._filesystem: pafs.FileSystem | None = None  # the data root (restore sets it)
+        self._root = ""
         self._buffer = _Buffer()
         # Set while a batch's outcome is applied; stays set if that fails half way.
         self.broken = False
@@ -193,32 +212,78 @@ class PartitionPipeline:
     def restore(
         self, filesystem: pafs.FileSystem, root: str, markers: Sequence[CommitMarker]
     ) -> None:
-        """Rebuild dedup and consent state from the partition's committed ranges."""
-        changes = [change for marker in markers for change in marker.consent_changes]
-        self._consent = ConsentState().with_changes(changes)
+        """Bring dedup and consent state to what the partition's committed ranges imply.
+
+        The partition's store in the local state folder is reopened and caught up from the
+        ranges committed since it was last written, or rebuilt (streams.worker.state.recovery).
+        """
+        context = self._context
+        store = context.state.open(
+            self.topic,
+            self.partition,
+            identity=f"{type(filesystem).__name__}:{root}",
+            horizon_ms=context.dedup_horizon_seconds * 1000,
+        )
+        outcome = recover_store(store, filesystem, root, markers)
+        self._filesystem, self._root = filesystem, root
+        keyring = context.keyring
+        self._dedup = Deduplicator(
+            store,
+            keyring.pseudonymization_key_id,
+            keys_under=lambda key_id, ids: event_keys(ids, keyring, key_id),
+        )
+        self._consent = ConsentTracker(store)
         watermark_text = next((m.watermark for m in reversed(markers) if m.watermark), None)
-        if watermark_text is None:
-            return
-        watermark = int(datetime.fromisoformat(watermark_text).timestamp())
-        floor = watermark - self._context.dedup_horizon_seconds
-        # Only facts dated within the horizon can still match (the partition's files are
-        # listed by its markers, so nothing uncommitted is read).
-        first_day = _day_floor(floor)
-        recent = [
-            path
-            for marker in markers
-            for path in marker.files
-            if path.startswith("facts/") and _date_of(path) >= first_day
-        ]
-        keys: list[str] = []
-        hours: list[int] = []
-        for path in recent:
-            table = pq.read_table(
-                f"{root}/{path}", filesystem=filesystem, columns=["event_key", "occurred_hour"]
+        if watermark_text is not None:
+            self._watermark = int(datetime.fromisoformat(watermark_text).timestamp())
+        logger.info("partition %s: state %s (%s)", self.partition, outcome, store.path)
+
+    def _restored(self) -> tuple[Deduplicator, ConsentTracker]:
+        if self._closed:
+            raise RuntimeError(f"partition {self.partition}: the pipeline was closed")
+        if self._dedup is None or self._consent is None:
+            self.restore(pafs.LocalFileSystem(), f"(none)/{self.topic}", [])
+        assert self._dedup is not None and self._consent is not None
+        return self._dedup, self._consent
+
+    def range_committed(self, pending: PendingRange, marker: CommitMarker) -> None:
+        """Called once ``pending``'s commit marker exists: its keys go into the store."""
+        dedup, consent = self._restored()
+        log = pending.dedup_log
+        if log is not None:
+            path = next((path for path in marker.files if is_log_path(path)), "")
+            dedup.store.apply(
+                StoreUpdate(
+                    first_offset=pending.first_offset,
+                    applied=AppliedRange(pending.last_offset, path, log.arrival_max),
+                    key_id=log.key_id,
+                    event_keys=log.event_keys,
+                    arrivals=log.arrivals,
+                    consent_changes=pending.consent_changes,
+                )
             )
-            keys.extend(table["event_key"].to_pylist())
-            hours.extend(pc.cast(table["occurred_hour"], pa.int64()).to_pylist())
-        self._dedup.seed(keys, hours, watermark)
+            if log.arrival_max is not None:
+                self._delete_expired_logs(dedup.store, log.arrival_max - dedup.horizon_ms)
+        dedup.applied()
+        consent.applied()
+
+    def _delete_expired_logs(self, store: PartitionStore, floor_ms: int) -> None:
+        # Only a rebuild reads logs, and only those within the horizon of the last range:
+        # older ones go (files first, then their entries: a crash in between retries).
+        expired = store.expired_logs(floor_ms)
+        if expired and self._filesystem is not None:
+            for _, path in expired:
+                delete_log(self._filesystem, self._root, path)
+            store.forget_logs([entry for entry, _ in expired])
+
+    def close(self) -> None:
+        """Release the partition's store (another worker process may open it next); its
+        dedup filters are saved, so whoever opens it next need not rebuild them."""
+        if self._dedup is not None:
+            self._dedup.save_filters()
+        self._context.state.close_partition(self.topic, self.partition)
+        self._dedup = self._consent = None
+        self._closed = True
 
     # --- processing ----------------------------------------------------------------------
     def process(self, records: Sequence[KafkaRecord]) -> list[DeadLetter]:
@@ -239,10 +304,12 @@ class PartitionPipeline:
             raise RuntimeError(f"partition {self.partition}: the pipeline failed earlier")
         if not records:
             return []
+        dedup, consent = self._restored()
+        self._notice_clock(records[0])
         try:
-            outcome = self._decide(records, self._consent, [], [])
+            outcome = self._decide(records, dedup, consent, _Outcome())
         except _StageFailed as failure:
-            outcome = self._bisect(records, _Outcome.start(self._consent), failure)
+            outcome = self._bisect(records, dedup, consent, _Outcome(), failure)
         self.broken = True  # until the outcome is applied whole
         self._apply(records, outcome)
         self.broken = False
@@ -251,15 +318,15 @@ class PartitionPipeline:
     def _decide(
         self,
         records: Sequence[KafkaRecord],
-        consent: ConsentState,
-        earlier_keys: list[str],
-        earlier_hours: list[int],
+        dedup: Deduplicator,
+        consent: ConsentTracker,
+        before: _Outcome,
     ) -> _Outcome:
-        """The outcome of ``records`` after ``earlier_keys`` (accepted earlier in the same
-        batch, not yet recorded); changes nothing. Raises :class:`_StageFailed`."""
+        """The outcome of ``records`` after ``before`` (the parts of the same batch decided
+        earlier, not yet recorded); changes nothing. Raises :class:`_StageFailed`."""
         stage = "decode"
         try:
-            outcome = _Outcome.start(consent)
+            outcome = _Outcome()
             decoded = decode_batch(
                 [r.value for r in records],
                 received_at_ms=[r.timestamp for r in records],
@@ -273,15 +340,18 @@ class PartitionPipeline:
                 return outcome
             stage = "dedup"
             events: list[Event] = [decoded.events[i] for i in positions]  # type: ignore[misc]
-            keys = event_keys([e.event_id for e in events], self._context.keyring)
-            hours = [_hour_epoch(e.occurred_at) for e in events]
-            if earlier_keys:  # a later part of a bisected batch
-                fresh, outcome.pending = self._dedup.check(
-                    earlier_keys + keys, earlier_hours + hours
+            event_ids = [e.event_id for e in events]
+            keys = event_keys(event_ids, self._context.keyring)
+            arrivals = [records[i].timestamp for i in positions]
+            if before.accepted_keys:  # a later part of a bisected batch: decided after it
+                fresh, outcome.pending = dedup.check(
+                    before.accepted_keys + keys,
+                    before.accepted_arrivals + arrivals,
+                    before.accepted_ids + event_ids,
                 )
-                fresh = fresh[len(earlier_keys) :]
+                fresh = fresh[len(before.accepted_keys) :]
             else:
-                fresh, outcome.pending = self._dedup.check(keys, hours)
+                fresh, outcome.pending = dedup.check(keys, arrivals, event_ids)
             chosen = [i for i, ok in enumerate(fresh) if ok]
             outcome.duplicates = len(fresh) - len(chosen)
             if not chosen:
@@ -289,16 +359,18 @@ class PartitionPipeline:
             events = [events[i] for i in chosen]
             keys = [keys[i] for i in chosen]
             outcome.accepted_keys = keys
-            outcome.accepted_hours = [hours[i] for i in chosen]
+            outcome.accepted_arrivals = [arrivals[i] for i in chosen]
+            outcome.accepted_ids = [event_ids[i] for i in chosen]
+            outcome.watermark = _hour_epoch(max(e.occurred_at for e in events))
             records_kept = [records[positions[i]] for i in chosen]
 
             stage = "consent"
             person_keys, account_keys = batch_consent_keys(events, self._context.keyring)
-            keep, outcome.consent, outcome.consent_changes = decide(
+            keep, _, outcome.consent_changes = decide(
                 events,
                 person_keys=person_keys,
                 account_keys=account_keys,
-                state=consent,
+                state=consent.state_for(person_keys, account_keys, before.consent_changes),
                 honour_dnt=self._context.honour_dnt,
                 honour_gpc=self._context.honour_gpc,
             )
@@ -341,24 +413,34 @@ class PartitionPipeline:
         except Exception as error:
             raise _StageFailed(stage, error) from error
 
-    def _isolate(self, records: Sequence[KafkaRecord], before: _Outcome) -> _Outcome:
+    def _isolate(
+        self,
+        records: Sequence[KafkaRecord],
+        dedup: Deduplicator,
+        consent: ConsentTracker,
+        before: _Outcome,
+    ) -> _Outcome:
         """``before`` (the parts of the batch decided so far) followed by ``records``."""
         try:
-            part = self._decide(
-                records, before.consent, before.accepted_keys, before.accepted_hours
-            )
+            part = self._decide(records, dedup, consent, before)
         except _StageFailed as failure:
-            return self._bisect(records, before, failure)
+            return self._bisect(records, dedup, consent, before, failure)
         return before.then(part)
 
     def _bisect(
-        self, records: Sequence[KafkaRecord], before: _Outcome, failure: _StageFailed
+        self,
+        records: Sequence[KafkaRecord],
+        dedup: Deduplicator,
+        consent: ConsentTracker,
+        before: _Outcome,
+        failure: _StageFailed,
     ) -> _Outcome:
         """``records`` made a stage raise: decide each half after the one before it, down
         to the single records that raise, which are dead-lettered. Depth: log2(batch)."""
         if len(records) > 1:
             middle = len(records) // 2
-            return self._isolate(records[middle:], self._isolate(records[:middle], before))
+            first = self._isolate(records[:middle], dedup, consent, before)
+            return self._isolate(records[middle:], dedup, consent, first)
         record = records[0]
         # The exception's type and the stage, never its message: it may quote the value.
         reason = f"the {failure.stage} stage failed on this record ({type(failure.error).__name__})"
@@ -369,7 +451,7 @@ class PartitionPipeline:
             failure.stage,
             type(failure.error).__name__,
         )
-        part = _Outcome.start(before.consent)
+        part = _Outcome()
         part.reject(
             PROCESSING_ERROR, self._letter(Rejection(0, PROCESSING_ERROR, "$", reason), record)
         )
@@ -387,9 +469,12 @@ class PartitionPipeline:
         )
 
     def _apply(self, records: Sequence[KafkaRecord], outcome: _Outcome) -> None:
+        dedup, consent = self._restored()
         if outcome.pending is not None:
-            self._dedup.record(outcome.pending)
-        self._consent = outcome.consent
+            dedup.record(outcome.pending)
+        consent.record(outcome.consent_changes)
+        if outcome.watermark is not None:
+            self._watermark = max(self._watermark or outcome.watermark, outcome.watermark)
         buffer = self._buffer
         if buffer.first_offset is None:
             buffer.first_offset = records[0].offset
@@ -420,9 +505,11 @@ class PartitionPipeline:
         if self.broken or buffer.first_offset is None or buffer.last_offset is None:
             return None
         self._buffer = _Buffer()
+        dedup, consent = self._restored()
+        consent.seal()
         watermark = (
-            datetime.fromtimestamp(self._dedup.watermark, tz=UTC).isoformat()
-            if self._dedup.watermark is not None
+            datetime.fromtimestamp(self._watermark, tz=UTC).isoformat()
+            if self._watermark is not None
             else None
         )
         return PendingRange(
@@ -441,7 +528,22 @@ class PartitionPipeline:
             ),
             watermark=watermark,
             consent_changes=buffer.consent_changes,
+            dedup_log=dedup.seal(),
         )
+
+    def _notice_clock(self, record: KafkaRecord) -> None:
+        if getattr(record, "timestamp_type", None) != CREATE_TIME:
+            return
+        if self._context.state.notice_once(f"create-time:{self.topic}"):
+            logger.warning(
+                "topic %s stamps records with the producers' clocks (CreateTime), not the"
+                " broker's (LogAppendTime, what `sieve topics` creates): dedup measures arrival"
+                " with them, so a producer whose clock runs ahead makes earlier keys look"
+                " older than they are, and their resends within the horizon pass as new;"
+                " a clock behind changes nothing (arrival never goes back). Recreate the topic"
+                " with message.timestamp.type=LogAppendTime for exact dedup.",
+                self.topic,
+            )
 
 
 def _concat(tables: list[pa.Table], schema: pa.Schema) -> pa.Table:
@@ -453,12 +555,3 @@ def _concat(tables: list[pa.Table], schema: pa.Schema) -> pa.Table:
 def _hour_epoch(moment: datetime) -> int:
     seconds = int(moment.timestamp())
     return seconds - seconds % 3600
-
-
-def _date_of(relative_path: str) -> str:
-    # facts/date=YYYY-MM-DD/<stem>.parquet
-    return relative_path.split("/")[1].removeprefix("date=")
-
-
-def _day_floor(epoch_seconds: int) -> str:
-    return datetime.fromtimestamp(epoch_seconds, tz=UTC).strftime("%Y-%m-%d")

@@ -164,6 +164,9 @@ class RawTopicService(Service):
             async with self._lock:
                 for partition in list(self.pipelines):
                     await self._flush(partition, wait=True)
+                    pipeline = self.pipelines.get(partition)
+                    if pipeline is not None:  # None: dropped meanwhile (and closed then)
+                        self._drop(partition, pipeline)  # closing it saves its dedup filters
             await self._consumer.stop()
         if self._producer is not None:
             await self._producer.stop()
@@ -347,6 +350,9 @@ class RawTopicService(Service):
         if self.pipelines.get(partition) is not pipeline:
             return  # already dropped, or recovered anew since
         del self.pipelines[partition]
+        # Releases the partition's state store (and saves its filters) for whoever is
+        # assigned the partition next, in this process or another one.
+        pipeline.close()
         self._membership.pop(partition, None)
         self._letters.pop(partition, None)
         self._opened_at.pop(partition, None)

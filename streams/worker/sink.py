@@ -42,6 +42,7 @@ from schemas.commits import (
     resolve_markers,
 )
 from streams.encryption import ParquetEncryption
+from streams.worker.state.range_log import LOG_DIR, log_path
 
 if TYPE_CHECKING:
     from streams.worker.pipeline import PendingRange
@@ -189,6 +190,7 @@ class RangeWriter:
             consent_changes=pending.consent_changes,
             generation=generation,
             member_id=member_id,
+            dedup_log=None if pending.dedup_log is None else pending.dedup_log.table(),
         )
 
     def commit(
@@ -203,8 +205,13 @@ class RangeWriter:
         counts: RangeCounts,
         watermark: str | None,
         consent_changes: list[tuple[str, str]],
+        dedup_log: pa.Table | None = None,
     ) -> CommitMarker:
-        """Write every file of the range, then its marker. Idempotent for the same inputs."""
+        """Write every file of the range, then its marker. Idempotent for the same inputs.
+
+        ``dedup_log`` (the range's accepted event keys and arrivals) is written like the
+        outputs and listed in the marker: the worker's dedup store is rebuilt from it.
+        """
         return self.publish(
             self.stage(
                 topic=topic,
@@ -216,6 +223,7 @@ class RangeWriter:
                 counts=counts,
                 watermark=watermark,
                 consent_changes=consent_changes,
+                dedup_log=dedup_log,
             )
         )
 
@@ -231,6 +239,7 @@ class RangeWriter:
         counts: RangeCounts,
         watermark: str | None,
         consent_changes: list[tuple[str, str]],
+        dedup_log: pa.Table | None = None,
         generation: int = 0,
         member_id: str = "",
     ) -> StagedRange:
@@ -244,6 +253,9 @@ class RangeWriter:
         planned = plan_outputs(
             topic, partition, first_offset, last_offset, identifiable, facts, generation
         )
+        if dedup_log is not None:
+            stem = output_stem(topic, partition, first_offset, last_offset, generation)
+            planned.append(PlannedFile(log_path(topic, partition, stem), dedup_log, False))
         bytes_written = 0
         written: list[str] = []
         try:
@@ -421,9 +433,13 @@ def recover_partition(
 
     for marker in superseded:
         remove(f"{root}/{path_of(marker)}")
-    for info in _walk_files(
-        filesystem, root, ["identifiable", "facts", f"_commits/{topic}/{partition}"]
-    ):
+    folders = [
+        "identifiable",
+        "facts",
+        f"{LOG_DIR}/{topic}/{partition}",
+        f"_commits/{topic}/{partition}",
+    ]
+    for info in _walk_files(filesystem, root, folders):
         name = info.base_name
         if info.path.startswith(commits_dir):
             doomed = TMP_INFIX in name

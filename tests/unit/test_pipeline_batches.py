@@ -24,7 +24,6 @@ from streams.enrich.useragent import UserAgentInfo, UserAgentParser
 from streams.privacy.keyring import Keyring
 from streams.privacy.retention import load_policy
 from streams.worker.deadletter import PROCESSING_ERROR, DeadLetter
-from streams.worker.dedup import Deduplicator
 from streams.worker.metrics import WorkerMetrics
 from streams.worker.pipeline import PartitionPipeline, PipelineContext, RawRecord
 from streams.worker.sink import RangeWriter, open_data_root, recover_partition
@@ -303,17 +302,3 @@ def test_a_pipeline_that_failed_while_applying_a_batch_hands_out_no_range(
     assert pipeline.take_range() is None  # on_stop must not write half a batch
     with pytest.raises(RuntimeError, match="failed earlier"):
         pipeline.process(_records(good[:300])[200:])
-
-
-# --- dedup: decide without changing, then record ---------------------------------------------
-
-
-def test_dedup_check_changes_nothing_until_recorded() -> None:
-    dedup = Deduplicator(horizon_seconds=24 * HOUR)
-    decisions, pending = dedup.check(["a", "b", "a"], [HOUR, 2 * HOUR, HOUR])
-    assert decisions == [True, True, False]  # the repeat inside the call is caught
-    assert len(dedup) == 0 and dedup.watermark is None
-    assert dedup.check(["a"], [HOUR])[0] == [True]  # nothing was recorded yet
-    dedup.record(pending)
-    assert dedup.watermark == 2 * HOUR
-    assert dedup.check(["a", "c"], [HOUR, 3 * HOUR])[0] == [False, True]

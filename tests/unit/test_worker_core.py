@@ -1,4 +1,4 @@
-"""The worker's Kafka-free core: dedup, the partition pipeline, ranges, recovery.
+"""The worker's Kafka-free core: the partition pipeline, ranges, recovery.
 
 The central property: a partition processed with a crash and a restore in the middle
 produces the same outputs as one processed without interruption, however the records
@@ -7,15 +7,13 @@ were batched (what makes replays after a crash exactly once).
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from collections.abc import Sequence
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from schemas.commits import RangeCounts, iter_markers
 from streams.encryption import ParquetEncryption
@@ -23,60 +21,15 @@ from streams.enrich.geo import make_geolocator
 from streams.enrich.useragent import UserAgentParser
 from streams.privacy.keyring import Keyring
 from streams.privacy.retention import load_policy
-from streams.worker.dedup import Deduplicator
 from streams.worker.metrics import WorkerMetrics
 from streams.worker.pipeline import PartitionPipeline, PipelineContext, RawRecord
 from streams.worker.service import ConsumerOptions, range_is_due
 from streams.worker.sink import RangeWriter, open_data_root, recover_partition
+from streams.worker.state.folder import StateFolder
 from tests.integration.pipeline_truth import TRAFFIC_ARRIVAL_MS, traffic_config
 
 HOUR = 3600
 TOPIC = "raw"
-
-
-# --- dedup -----------------------------------------------------------------------------------
-
-
-@given(
-    st.lists(st.tuples(st.sampled_from("abcdefgh"), st.integers(0, 72)), max_size=60),
-    st.lists(st.integers(1, 10), min_size=1, max_size=10),
-)
-def test_dedup_decisions_do_not_depend_on_batch_cuts(
-    stream: list[tuple[str, int]], cuts: list[int]
-) -> None:
-    def decide(batches: Sequence[Sequence[tuple[str, int]]]) -> list[bool]:
-        dedup = Deduplicator(horizon_seconds=24 * HOUR)
-        out: list[bool] = []
-        for batch in batches:
-            out += dedup.filter([k for k, _ in batch], [h * HOUR for _, h in batch])
-        return out
-
-    batches, rest = [], list(stream)
-    for cut in cuts * len(stream):
-        if not rest:
-            break
-        batches.append(rest[:cut])
-        rest = rest[cut:]
-    if rest:
-        batches.append(rest)
-    assert decide(batches) == decide([stream])
-
-
-def test_dedup_forgets_beyond_the_horizon_of_the_watermark() -> None:
-    dedup = Deduplicator(horizon_seconds=24 * HOUR)
-    assert dedup.filter(["a", "b"], [0, 30 * HOUR]) == [True, True]
-    # "a" was seen at hour 0, more than 24 h before the watermark (hour 30): accepted again.
-    assert dedup.filter(["a", "b"], [0, 30 * HOUR]) == [True, False]
-
-
-def test_dedup_seeded_from_history_decides_like_the_original() -> None:
-    original = Deduplicator(horizon_seconds=24 * HOUR)
-    first = original.filter(["a", "b", "c"], [1 * HOUR, 2 * HOUR, 40 * HOUR])
-    restored = Deduplicator(horizon_seconds=24 * HOUR)
-    restored.seed(["a", "b", "c"], [1 * HOUR, 2 * HOUR, 40 * HOUR], original.watermark)
-    later = (["a", "c", "d", "c"], [1 * HOUR, 40 * HOUR, 41 * HOUR, 40 * HOUR])
-    assert first == [True, True, True]
-    assert restored.filter(*later) == original.filter(*later)
 
 
 # --- pipeline, ranges and recovery ----------------------------------------------------------
@@ -118,11 +71,21 @@ def _writer(root: Path, keyring: Keyring) -> tuple[RangeWriter, str]:
     return RangeWriter(filesystem, base, ParquetEncryption(keys, active), "test"), base
 
 
-def _commit(pipeline: PartitionPipeline, writer: RangeWriter, metrics: WorkerMetrics) -> None:
+def _commit(
+    pipeline: PartitionPipeline, writer: RangeWriter, metrics: WorkerMetrics, *, apply: bool
+) -> None:
     pending = pipeline.take_range()
     assert pending is not None
     marker = writer.commit_range(TOPIC, 0, pending)
     metrics.add(marker.counts)
+    if apply:
+        pipeline.range_committed(pending, marker)
+
+
+# How the state store fares at each simulated crash: written after every marker and reopened
+# ("apply"), never written so recovery catches up from the dedup logs ("catch up"), or lost
+# with the machine so recovery rebuilds it from them ("rebuild").
+STORE_FATES = ("apply", "catch up", "rebuild")
 
 
 def _run(
@@ -131,6 +94,7 @@ def _run(
     context: PipelineContext,
     records: list[RawRecord],
     cuts: list[int],
+    fate: str = "apply",
 ) -> WorkerMetrics:
     """Process ``records`` in batches cut at ``cuts``; at each cut, commit, 'crash' and restore."""
     writer, base = _writer(root, keyring)
@@ -140,11 +104,13 @@ def _run(
     for end in [*cuts, len(records)]:
         recovered = recover_partition(filesystem, base, TOPIC, 0)
         assert recovered.next_offset == (start if start else None)
+        if fate == "rebuild":
+            context = dataclasses.replace(context, state=StateFolder())
         pipeline = PartitionPipeline(TOPIC, 0, context)
         pipeline.restore(filesystem, base, recovered.markers)
         for batch_start in range(start, end, 700):
             pipeline.process(records[batch_start : min(end, batch_start + 700)])
-        _commit(pipeline, writer, metrics)
+        _commit(pipeline, writer, metrics, apply=fate == "apply")
         start = end
     return metrics
 
@@ -154,11 +120,12 @@ def _facts(root: Path) -> pa.Table:
     return table.select([c for c in table.column_names if c != "date"]).sort_by("event_key")
 
 
+@pytest.mark.parametrize("fate", STORE_FATES)
 def test_restored_pipeline_writes_what_an_uninterrupted_one_writes(
-    tmp_path: Path, keyring: Keyring, context: PipelineContext, records: list[RawRecord]
+    tmp_path: Path, keyring: Keyring, context: PipelineContext, records: list[RawRecord], fate: str
 ) -> None:
     straight = _run(tmp_path / "straight", keyring, context, records, cuts=[])
-    crashed = _run(tmp_path / "crashed", keyring, context, records, cuts=[500, 1_900, 2_100])
+    crashed = _run(tmp_path / "crashed", keyring, context, records, [500, 1_900, 2_100], fate)
     for name in ("raw", "accepted", "duplicates", "facts"):
         assert getattr(straight, name) == getattr(crashed, name), name
     assert straight.dead_lettered == crashed.dead_lettered
