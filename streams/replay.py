@@ -52,7 +52,7 @@ from schemas.events import BACKFILL_HEADER, MAX_USER_AGENT_BYTES, Identifier, Re
 from schemas.validate import passes_post_decode_checks
 from streams.errors import ConfigurationError
 from streams.generate.sinks import CREATE_TOPIC_HELP, RawSink, open_sink
-from streams.settings import Settings
+from streams.settings import Settings, reads_settings
 
 Format = Literal["combined", "jsonl"]
 DEFAULT_ACCOUNT: Final = "replay"
@@ -362,6 +362,7 @@ def describe(report: ReplayReport) -> list[str]:
     return lines
 
 
+@reads_settings("bootstrap_servers", "raw_topic", "raw_partitions", "raw_retention_hours")
 @click.command("replay")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(
@@ -398,8 +399,7 @@ def replay_command(
     (each line a `request` event) or JSON lines (forwarded as they are).
 
     Event ids derive from the line number and text, so replaying a file twice yields the
-    same ids. Uses SIEVE_BOOTSTRAP_SERVERS, SIEVE_RAW_TOPIC, SIEVE_RAW_PARTITIONS and
-    SIEVE_RAW_RETENTION_HOURS.
+    same ids.
     """
     try:
         msgspec.convert(account, Identifier)

@@ -11,13 +11,35 @@ from rich.table import Table
 
 from schemas.commits import iter_markers
 from streams.errors import ConfigurationError
-from streams.settings import Settings, describe_environment
+from streams.settings import Settings, reads_settings
 from streams.worker.sink import open_data_root
 
-ENV_EPILOG = "\b\nEnvironment:\n" + describe_environment()
 
-
-@click.command("worker", epilog=ENV_EPILOG)
+@reads_settings(
+    "work_dir",
+    "data_root",
+    "bootstrap_servers",
+    "raw_topic",
+    "raw_partitions",
+    "dead_letter_topic",
+    "dead_letter_retention_hours",
+    "consumer_group",
+    "batch_max_records",
+    "roll_max_records",
+    "roll_interval_seconds",
+    "dedup_horizon",
+    "session_timeout_seconds",
+    "metrics_port",
+    "honour_dnt",
+    "honour_gpc",
+    "policy_file",
+    "geoip_database",
+    "keyring_file",
+    "event_max_ahead",
+    "event_max_behind",
+    "backfill_max_behind",
+)
+@click.command("worker")
 @click.option("--loglevel", default="warning", show_default=True, help="faust/mode log level.")
 def worker_command(loglevel: str) -> None:
     """Run a stream processor: raw topic -> dead letters, identifiable logs, anonymized facts.
@@ -68,7 +90,8 @@ def committed_totals(
     return totals, dead, identifiable, ranges
 
 
-@click.command("status", epilog=ENV_EPILOG)
+@reads_settings("data_root", "bootstrap_servers", "raw_topic", "consumer_group")
+@click.command("status")
 def status_command() -> None:
     """What the workers have committed so far, and how far behind they are."""
     settings = Settings()
