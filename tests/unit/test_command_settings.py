@@ -155,8 +155,8 @@ def test_help_fits_80_columns() -> None:
 def test_a_declaration_names_only_settings() -> None:
     with pytest.raises(ValueError, match="not settings: raw_topik"):
         reads_settings("raw_topic", "raw_topik")
-    with pytest.raises(TypeError, match="above @click.command"):
-        reads_settings("raw_topic")(lambda: None)  # type: ignore[type-var]
+    with pytest.raises(TypeError, match=r"above @click\.command"):
+        reads_settings("raw_topic")(lambda: None)
 
 
 # --- the analysis itself, on small made-up packages -------------------------------------
