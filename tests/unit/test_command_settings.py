@@ -161,7 +161,7 @@ def test_a_declaration_names_only_settings() -> None:
 
 # --- the analysis itself, on small made-up packages -------------------------------------
 
-CONF = '''
+CONF = """
 class Conf:
     host: str
     port: int
@@ -171,7 +171,7 @@ class Conf:
     @property
     def address(self):
         return f"{self.host}:{self.port}"
-'''
+"""
 
 
 def _analyse(command: str, **modules: str) -> frozenset[str]:
