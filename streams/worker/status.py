@@ -91,6 +91,7 @@ def _lag_from_kafka(
         group_id=group,
         client_id=CLIENT_ID,
         enable_auto_commit=False,
+        allow_auto_create_topics=False,  # asking about a topic must never create it
         bootstrap_timeout_ms=left_ms(),
         request_timeout_ms=left_ms() + 1000,  # above fetch_max_wait_ms, as kafka-python requires
     )
