@@ -68,8 +68,8 @@ CLIENT_ID: Final = "sieve-replay"
 REPLAY_NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, "urn:sieve:replay")
 # How many unparsed line numbers the summary lists.
 SHOWN_BAD_LINES: Final = 10
-# How much of a file (decompressed) is read to tell text from binary; git looks at 8,000
-# bytes for the same decision, a few hundred log lines are a fairer sample of "most lines".
+# How much of a file (decompressed) is read to tell text from binary (git decides on 8,000
+# bytes; a few hundred log lines are a fairer sample of "most lines").
 SNIFF_BYTES: Final = 65_536
 _UTF16_BOMS: Final = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 
