@@ -7,7 +7,10 @@ PYTHON = python3
 VENV = .venv
 BIN = $(VENV)/bin
 
+# The dashboard tests drive a real Chromium at /usr/bin/chromium and fail without one (they
+# never skip): say at once which command installs it, not after minutes of tests.
 test: $(VENV)/.installed
+	@test -x /usr/bin/chromium || { echo "make test: /usr/bin/chromium is missing (the dashboard tests need it); install it with: sudo apt-get install -y chromium" >&2; exit 1; }
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy

@@ -16,7 +16,7 @@ from rich.console import Console
 
 from aggregations.catalog import ROLES, Role
 from aggregations.render import FORMATS, Format, render, render_invoice, table_rows
-from streams.settings import Settings
+from streams.settings import Settings, reads_settings
 
 _FORMAT = click.option(
     "--format",
@@ -56,6 +56,7 @@ _ROLE = click.option(
 )
 
 
+@reads_settings("data_root")
 @click.command("sql")
 @click.argument("query")
 @_ROLE
@@ -85,6 +86,16 @@ def sql_command(query: str, role: Role, fmt: Format) -> None:
     render(columns, rows, fmt, _console())
 
 
+@reads_settings(
+    "data_root",
+    "grace_period",
+    "dp_epsilon",
+    "dp_delta",
+    "dp_late_batches",
+    "dp_late_share",
+    "dp_late_interval",
+    "dp_max_events_per_person_day",
+)
 @click.command("publish")
 @click.option(
     "--catalog/--no-catalog",
@@ -169,6 +180,7 @@ def publish_command(catalog: bool, close_through: datetime | None) -> None:
         raise SystemExit(1)
 
 
+@reads_settings("data_root", "grace_period", "price_plan_file")
 @click.command("pricing")
 @click.option("--period", required=True, help="The month to invoice, YYYY-MM.")
 @click.option("--account", default=None, help="Only this account id.")
@@ -209,6 +221,7 @@ def pricing_command(period: str, account: str | None, draft: bool, fmt: Format) 
     render_invoice(bill, fmt, _console())
 
 
+@reads_settings("data_root")
 @click.command("analytics")
 @click.argument("report", required=False)
 @click.option(
@@ -254,6 +267,7 @@ def analytics_command(
     render(columns, rows, fmt, _console(), title=f"{report} {first} .. {last}")
 
 
+@reads_settings("data_root", "dp_epsilon")
 @click.command("dashboard")
 @click.option(
     "--out",

@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from streams.errors import SieveError
-from streams.settings import describe_environment
+from streams.settings import declared_settings, describe_environment
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "broker": ("streams.broker.commands:broker", "Start, stop or inspect the local Kafka broker."),
@@ -63,16 +63,24 @@ class LazyGroup(click.Group):
 
 
 def _with_environment_help(command: click.Command) -> None:
-    """Give every command (and subcommand) without an epilog the list of SIEVE_* variables."""
-    if command.epilog is None:
-        command.epilog = ENV_HELP
-    if isinstance(command, click.Group):
-        for subcommand in command.commands.values():
-            _with_environment_help(subcommand)
+    """A group lists the variables its commands read (each command declares its own with
+    ``streams.settings.reads_settings``, and its ``--help`` lists exactly those)."""
+    if isinstance(command, click.Group) and command.epilog is None:
+        command.epilog = group_environment_help(command)
 
 
-ENV_HELP = "Environment variables (all commands read the ones they need):\n\n\b\n" + (
-    describe_environment()
+def group_environment_help(group: click.Group) -> str:
+    read: set[str] = set()
+    for subcommand in group.commands.values():
+        read |= declared_settings(subcommand) or set()
+    if not read:
+        return "Its commands read no SIEVE_* environment variable."
+    return "Environment variables its commands read:\n\n\b\n" + describe_environment(read)
+
+
+ENV_HELP = (
+    "Environment variables (each command's --help lists the ones it reads):\n\n\b\n"
+    + describe_environment()
 )
 
 

@@ -12,14 +12,16 @@ import click
 
 from streams.errors import ConfigurationError
 from streams.privacy.keyring import Keyring, replace_with_new_keyring, write_new_keyring
+from streams.settings import reads_settings
 
 
-@click.group("keys", epilog="Reads no environment variable.")
+@click.group("keys")
 def keys() -> None:
     """Key files (SIEVE_KEYRING_FILE)."""
 
 
-@keys.command("new", epilog="Reads no environment variable.")
+@reads_settings()
+@keys.command("new")
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
     "--force",

@@ -17,6 +17,11 @@ writes): checking them is the worker's job, and a line the contract rejects ends
 the dead-letter topic with its reason rather than vanishing here. The key is the line's
 ``account_id`` when it has one, else ``--account``.
 
+A file that is not text (NUL bytes, or most of its first lines not UTF-8: an image, an
+archive, UTF-16) is refused before anything is sent, and a replay that sends nothing (an
+empty file, a log in another format) exits with a non-zero code: either would otherwise
+look like a replay that worked.
+
 Every record carries the Kafka header ``sieve.backfill: 1`` (``schemas.events.
 BACKFILL_HEADER``): a replayed log is old by nature (the sample in ``tests/data`` is from
 2015), and the worker then allows ``occurred_at`` up to SIEVE_BACKFILL_MAX_BEHIND (50 years)
@@ -25,10 +30,12 @@ before the record's arrival instead of SIEVE_EVENT_MAX_BEHIND (400 days).
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import ipaddress
 import re
 import uuid
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -50,9 +57,9 @@ from rich.progress import (
 
 from schemas.events import BACKFILL_HEADER, MAX_USER_AGENT_BYTES, Identifier, Request, encode
 from schemas.validate import passes_post_decode_checks
-from streams.errors import ConfigurationError
+from streams.errors import ConfigurationError, SieveError
 from streams.generate.sinks import CREATE_TOPIC_HELP, RawSink, open_sink
-from streams.settings import Settings
+from streams.settings import Settings, reads_settings
 
 Format = Literal["combined", "jsonl"]
 DEFAULT_ACCOUNT: Final = "replay"
@@ -61,6 +68,18 @@ CLIENT_ID: Final = "sieve-replay"
 REPLAY_NAMESPACE: Final = uuid.uuid5(uuid.NAMESPACE_URL, "urn:sieve:replay")
 # How many unparsed line numbers the summary lists.
 SHOWN_BAD_LINES: Final = 10
+# How much of a file (decompressed) is read to tell text from binary (git decides on 8,000
+# bytes; a few hundred log lines are a fairer sample of "most lines").
+SNIFF_BYTES: Final = 65_536
+_UTF16_BOMS: Final = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+
+
+class NotTextError(ConfigurationError):
+    """The file is not text replay can read; nothing was sent (exit code 2)."""
+
+
+class NothingSentError(SieveError):
+    """The replay sent no record: the file is empty, blank, or no line parsed (exit code 1)."""
 
 
 def _quoted(name: str) -> str:
@@ -285,6 +304,70 @@ def _first_content_line(path: Path) -> str:
     return ""
 
 
+def text_problem(head: bytes, whole: bool) -> str | None:
+    """Why ``head``, the first bytes of a file (``whole``: all of it), is not text replay
+    can read, or None if it is. Pure.
+
+    Not text: a NUL byte (no log or JSON line holds one; UTF-16 text is full of them), or
+    more than half of the non-blank lines not UTF-8. A few bad lines are a log's ordinary
+    damage: they are replayed (and counted) as the rest.
+    """
+    if b"\0" in head:
+        if head.startswith(_UTF16_BOMS):
+            return "it is UTF-16 text; convert it first: iconv -f UTF-16 -t UTF-8"
+        return "it holds NUL bytes"
+    lines = head.split(b"\n")
+    # The sample may end inside a line, even inside a character: that line is checked only
+    # as far as it goes (an incremental decoder accepts a character cut at the end).
+    last = None if whole else lines.pop()
+    content = [line for line in lines if line.strip()]
+    bad = sum(not _is_utf8(line) for line in content)
+    if last is not None and last.strip():
+        content.append(last)
+        bad += not _is_utf8(last, complete=False)
+    if content and bad * 2 > len(content):
+        return f"{bad:,} of its first {len(content):,} lines are not UTF-8"
+    return None
+
+
+def _is_utf8(line: bytes, *, complete: bool = True) -> bool:
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(line, final=complete)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def refuse_binary(path: Path) -> None:
+    """Raise :class:`NotTextError` if ``path`` (decompressed if it ends in .gz) is not text,
+    ``ConfigurationError`` if it cannot be read."""
+    try:
+        with gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb") as raw:
+            head = raw.read(SNIFF_BYTES + 1)
+    except (OSError, EOFError, zlib.error) as error:
+        raise ConfigurationError(f"cannot read {path}: {error}") from error
+    problem = text_problem(head[:SNIFF_BYTES], whole=len(head) <= SNIFF_BYTES)
+    if problem is not None:
+        raise NotTextError(
+            f"{path} is not text ({problem}); replay reads an Apache/nginx combined access"
+            " log or JSON lines, in UTF-8 (gzipped if the name ends in .gz): nothing was sent"
+        )
+
+
+def nothing_sent(path: Path, report: ReplayReport) -> NothingSentError:
+    """The error of a replay of ``path`` that sent nothing, saying why."""
+    if report.lines == 0:
+        why = f"{path} is empty"
+    elif report.blank == report.lines:
+        why = f"{path} holds only blank lines"
+    else:
+        why = (
+            f"no line of {path} is a valid combined-format request (another log format? JSON"
+            " lines start with '{')"
+        )
+    return NothingSentError(f"{why}: nothing was sent")
+
+
 def run_replay(
     path: Path,
     sink: RawSink,
@@ -294,9 +377,11 @@ def run_replay(
     console: Console | None = None,
 ) -> ReplayReport:
     """Replay ``path`` into ``sink`` (closed at the end, even on error); ``fmt`` None
-    detects the format from the first non-blank line."""
+    detects the format from the first non-blank line. A file that is not text raises
+    :class:`NotTextError` before anything is sent."""
     with ExitStack() as stack:
         stack.callback(sink.close)
+        refuse_binary(path)
         try:
             chosen = fmt or detect_format(_first_content_line(path))
             text = stack.enter_context(_open_text(path))
@@ -362,6 +447,7 @@ def describe(report: ReplayReport) -> list[str]:
     return lines
 
 
+@reads_settings("bootstrap_servers", "raw_topic", "raw_partitions", "raw_retention_hours")
 @click.command("replay")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(
@@ -398,8 +484,8 @@ def replay_command(
     (each line a `request` event) or JSON lines (forwarded as they are).
 
     Event ids derive from the line number and text, so replaying a file twice yields the
-    same ids. Uses SIEVE_BOOTSTRAP_SERVERS, SIEVE_RAW_TOPIC, SIEVE_RAW_PARTITIONS and
-    SIEVE_RAW_RETENTION_HOURS.
+    same ids. Exit codes: 1 when nothing was sent (an empty file, no line parsed), 2 when
+    FILE is not text (NUL bytes, most lines not UTF-8: nothing is sent).
     """
     try:
         msgspec.convert(account, Identifier)
@@ -409,9 +495,12 @@ def replay_command(
     console = Console(stderr=out_path == "-")
     settings = cast(Callable[[], Settings], Settings)()
     topic = topic or settings.raw_topic
+    refuse_binary(file)  # before the sink: no topic is created, no output file written
     sink, where = open_sink(out_path, settings, topic, CLIENT_ID, create_topic=create_topic)
     console.print(f"replaying {file} -> {where}")
     chosen: Format | None = None if fmt == "auto" else cast(Format, fmt)
     report = run_replay(file, sink, fmt=chosen, account_id=account, console=console)
     for line in describe(report):
         console.print(line)
+    if report.sent == 0:
+        raise nothing_sent(file, report)

@@ -8,8 +8,11 @@ never settings values: the settings hold *paths* to key files, and the files are
 
 from __future__ import annotations
 
+import textwrap
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -19,6 +22,9 @@ from schemas.events import (
     DEFAULT_EVENT_MAX_AHEAD,
     DEFAULT_EVENT_MAX_BEHIND,
 )
+
+if TYPE_CHECKING:
+    import click
 
 ENV_PREFIX = "SIEVE_"
 
@@ -211,15 +217,84 @@ class Settings(BaseSettings):
         return self.state_dir if self.state_dir is not None else self.work_dir / "state"
 
 
-def describe_environment() -> str:
-    """One line per setting: the variable, its default and what it is for (for ``--help``)."""
+# The help text is wrapped to fit 80 columns once click indents the epilog by two.
+_HELP_WIDTH = 76
+_SETTINGS_ATTRIBUTE = "sieve_settings"
+CommandT = TypeVar("CommandT", bound="click.Command")
+
+
+def _shown_default(name: str, default: object) -> str:
+    if default is None:
+        return "(required)" if "keyring" in name else "(unset)"
+    if isinstance(default, Path):
+        return str(default)
+    if isinstance(default, timedelta):
+        return f"{_iso_duration(default)} (an ISO 8601 duration)"
+    if isinstance(default, bool):
+        return "true" if default else "false"
+    return str(default) if default != "" else "''"
+
+
+def _iso_duration(duration: timedelta) -> str:
+    # Days, hours, minutes or seconds only: a year or a month has no fixed length.
+    seconds = int(duration.total_seconds())
+    for unit, size in (("D", 86_400), ("H", 3_600), ("M", 60)):
+        if seconds % size == 0:
+            return f"P{seconds // size}D" if unit == "D" else f"PT{seconds // size}{unit}"
+    return f"PT{seconds}S"
+
+
+def describe_environment(names: Iterable[str] | None = None) -> str:
+    """The variables of ``names`` (every setting if None), in the order of :class:`Settings`:
+    each its default, then what it is for, wrapped to 80 columns (for ``--help``)."""
+    chosen = set(Settings.model_fields if names is None else names)
     lines = []
     for name, field in Settings.model_fields.items():
-        default = field.default
-        shown = "(required)" if default is None and "keyring" in name else repr(default)
-        if isinstance(default, Path):
-            shown = str(default)
-        elif isinstance(default, timedelta):
-            shown = f"PT{int(default.total_seconds())}S (an ISO 8601 duration, e.g. PT1H)"
-        lines.append(f"{ENV_PREFIX}{name.upper()}={shown}  {field.description}")
+        if name not in chosen:
+            continue
+        lines.append(f"{ENV_PREFIX}{name.upper()}={_shown_default(name, field.default)}")
+        lines.extend(
+            textwrap.wrap(
+                field.description or "",
+                _HELP_WIDTH,
+                initial_indent="    ",
+                subsequent_indent="    ",
+                break_on_hyphens=False,
+            )
+        )
     return "\n".join(lines)
+
+
+def environment_help(names: Iterable[str]) -> str:
+    """A click epilog listing the variables of ``names`` (``\\b``: click keeps its lines)."""
+    listed = describe_environment(names)
+    if not listed:
+        return "Reads no SIEVE_* environment variable."
+    return "Environment variables it reads:\n\n\b\n" + listed
+
+
+def reads_settings(*names: str) -> Callable[[CommandT], CommandT]:
+    """Declare the settings a command reads; its ``--help`` then lists exactly their
+    variables. Put it above ``@click.command``.
+
+    A declaration can drift from the code, so tests/unit/test_command_settings.py reads each
+    command's code (and every function its settings reach) and requires the two to match.
+    """
+    unknown = sorted(set(names) - set(Settings.model_fields))
+    if unknown:
+        raise ValueError(f"not settings: {', '.join(unknown)}")
+
+    def declare(command: CommandT) -> CommandT:
+        if not callable(getattr(command, "get_help", None)):
+            raise TypeError("@reads_settings goes above @click.command (it takes the command)")
+        command.epilog = environment_help(names)
+        setattr(command, _SETTINGS_ATTRIBUTE, frozenset(names))
+        return command
+
+    return declare
+
+
+def declared_settings(command: object) -> frozenset[str] | None:
+    """The settings ``command`` declared with :func:`reads_settings`, None if it did not."""
+    declared = getattr(command, _SETTINGS_ATTRIBUTE, None)
+    return declared if isinstance(declared, frozenset) else None

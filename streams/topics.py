@@ -14,7 +14,7 @@ from typing import cast
 import click
 
 from streams.errors import ConfigurationError, TransientError
-from streams.settings import Settings
+from streams.settings import Settings, reads_settings
 
 HOUR_MS = 3_600_000
 TOPIC_ALREADY_EXISTS = 36  # Kafka protocol error code
@@ -166,6 +166,14 @@ def ensure_topics_from_settings(settings: Settings, *, timeout_s: float = 30.0) 
     )
 
 
+@reads_settings(
+    "bootstrap_servers",
+    "raw_topic",
+    "raw_partitions",
+    "raw_retention_hours",
+    "dead_letter_topic",
+    "dead_letter_retention_hours",
+)
 @click.command("topics")
 @click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for Kafka.")
 def topics_command(timeout: float) -> None:

@@ -11,7 +11,7 @@ from rich.console import Console
 
 from streams.broker.control import BrokerStatus, LocalBroker
 from streams.errors import SieveError
-from streams.settings import Settings
+from streams.settings import Settings, reads_settings
 
 
 class BrokerNotRunningError(SieveError):
@@ -40,6 +40,7 @@ def broker() -> None:
     """Run a local single-node Apache Kafka broker (jars from Maven Central, in SIEVE_WORK_DIR)."""
 
 
+@reads_settings("work_dir", "broker_port", "broker_controller_port")
 @broker.command()
 @click.option("--timeout", default=90.0, show_default=True, help="Seconds to wait for answers.")
 def start(timeout: float) -> None:
@@ -53,6 +54,7 @@ def start(timeout: float) -> None:
     click.echo(f"{_describe(status)}; ready in {elapsed:.1f} s")
 
 
+@reads_settings("work_dir", "broker_port", "broker_controller_port")
 @broker.command()
 @click.option("--timeout", default=30.0, show_default=True, help="Seconds before SIGKILL.")
 def stop(timeout: float) -> None:
@@ -63,6 +65,7 @@ def stop(timeout: float) -> None:
     click.echo("Kafka stopped" if was_running else "Kafka was not running")
 
 
+@reads_settings("work_dir", "broker_port", "broker_controller_port")
 @broker.command()
 def status() -> None:
     """Print whether the broker runs and answers; exit code 3 when it does not run."""

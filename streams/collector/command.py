@@ -14,14 +14,28 @@ from streams.collector.keys import WriteKeys
 from streams.collector.server import EVENTS_PATH, create_collector_app
 from streams.errors import ConfigurationError, TransientError
 from streams.http_server import serve_until_stopped
-from streams.settings import Settings, describe_environment
+from streams.settings import Settings, reads_settings
 
-ENV_EPILOG = "\b\nEnvironment:\n" + describe_environment()
 # The access log without the client's address and user agent: those are personal data,
 # and stdout is no place to keep them (they reach the pipeline only inside events).
 
 
-@click.command("collect", epilog=ENV_EPILOG)
+@reads_settings(
+    "bootstrap_servers",
+    "raw_topic",
+    "write_keys_file",
+    "event_max_ahead",
+    "event_max_behind",
+    "backfill_max_behind",
+    "collector_host",
+    "collector_port",
+    "collector_max_body_bytes",
+    "collector_header_timeout_seconds",
+    "collector_body_timeout_seconds",
+    "collector_max_requests_per_key",
+    "collector_ack_timeout_seconds",
+)
+@click.command("collect")
 @click.option("--host", default=None, help="Address to bind [default: SIEVE_COLLECTOR_HOST].")
 @click.option(
     "--port", type=int, default=None, help="Port to bind [default: SIEVE_COLLECTOR_PORT]."

@@ -67,7 +67,7 @@ from streams.generate.model import TrafficConfig
 from streams.generate.records import GroundTruth
 from streams.generate.user_agents import load_user_agents
 from streams.privacy.keyring import Keyring, write_new_keyring
-from streams.settings import Settings, describe_environment
+from streams.settings import Settings, reads_settings
 from streams.topics import ensure_topics_from_settings
 
 # 124 s in all measured on this 2-core machine while other jobs kept its load average at 5
@@ -541,7 +541,9 @@ def _console() -> Console:
     return console if console.is_terminal else Console(width=100_000)
 
 
-@click.command("demo", epilog="\b\nEnvironment:\n" + describe_environment())
+# Every setting: the demo hands each to the worker it starts.
+@reads_settings(*Settings.model_fields)
+@click.command("demo")
 @click.option(
     "--events",
     type=click.IntRange(min=1),

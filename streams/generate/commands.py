@@ -24,7 +24,7 @@ from streams.generate.progress import RunProgress
 from streams.generate.records import GroundTruth
 from streams.generate.sinks import CREATE_TOPIC_HELP, RawSink, TokenBucket, TopicSink, open_sink
 from streams.generate.user_agents import load_user_agents
-from streams.settings import Settings
+from streams.settings import Settings, reads_settings
 
 CLIENT_ID = "sieve-generate"
 # Progress is redrawn every this many records: per-record updates would cost more than
@@ -139,6 +139,7 @@ def summary_table(report: GenerateReport) -> Table:
     return table
 
 
+@reads_settings("bootstrap_servers", "raw_topic", "raw_partitions", "raw_retention_hours")
 @click.command("generate")
 @click.option(
     "--count",

@@ -27,7 +27,7 @@ from streams.encryption import ParquetEncryption
 from streams.errors import ConfigurationError, SieveError
 from streams.privacy.keyring import Keyring
 from streams.privacy.retention import RetentionPolicy, load_policy
-from streams.settings import Settings, describe_environment
+from streams.settings import Settings, reads_settings
 from streams.subject.access import (
     DeadLetterTopic,
     find_dead_letters,
@@ -39,7 +39,6 @@ from streams.subject.identifiable_store import Subject
 from streams.subject.retention_sweep import SweepReport, account_ends_from_store, sweep
 from streams.worker.sink import open_data_root
 
-ENV_EPILOG = "\b\nEnvironment:\n" + describe_environment()
 _LOCK_PATH = "_locks/identifiable.lock"
 
 
@@ -66,12 +65,13 @@ class ExportIncompleteError(SieveError):
 # --- sieve retention ---------------------------------------------------------------------
 
 
-@click.group("retention", epilog=ENV_EPILOG)
+@click.group("retention")
 def retention() -> None:
     """Retention of identifiable records (the periods live in the policy file)."""
 
 
-@retention.command("sweep", epilog=ENV_EPILOG)
+@reads_settings("data_root", "policy_file", "keyring_file")
+@retention.command("sweep")
 @click.option("--dry-run", is_flag=True, help="Count what would be deleted; change nothing.")
 @click.option(
     "--now",
@@ -99,12 +99,13 @@ def sweep_command(dry_run: bool, now_text: str | None) -> None:
 # --- sieve subject -----------------------------------------------------------------------
 
 
-@click.group("subject", epilog=ENV_EPILOG)
+@click.group("subject")
 def subject() -> None:
     """Requests of one person: access (export) and erasure."""
 
 
-@subject.command("export", epilog=ENV_EPILOG)
+@reads_settings("data_root", "bootstrap_servers", "dead_letter_topic", "keyring_file")
+@subject.command("export")
 @click.argument("account_id")
 @click.option(
     "--user", "user_id", metavar="USER_ID", help="One user of the account (default: all)."
@@ -170,7 +171,10 @@ def export_command(
         )
 
 
-@subject.command("erase", epilog=ENV_EPILOG)
+@reads_settings(
+    "data_root", "bootstrap_servers", "dead_letter_topic", "policy_file", "keyring_file"
+)
+@subject.command("erase")
 @click.argument("account_id")
 @click.option(
     "--user", "user_id", metavar="USER_ID", help="One user of the account (default: all)."

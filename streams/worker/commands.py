@@ -2,22 +2,44 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from datetime import UTC, datetime
 
 import click
 from rich.console import Console
-from rich.table import Table
 
 from schemas.commits import iter_markers
 from streams.errors import ConfigurationError
-from streams.settings import Settings, describe_environment
+from streams.settings import Settings, reads_settings
 from streams.worker.sink import open_data_root
 
-ENV_EPILOG = "\b\nEnvironment:\n" + describe_environment()
 
-
-@click.command("worker", epilog=ENV_EPILOG)
+@reads_settings(
+    "work_dir",
+    "data_root",
+    "bootstrap_servers",
+    "raw_topic",
+    "raw_partitions",
+    "dead_letter_topic",
+    "dead_letter_retention_hours",
+    "consumer_group",
+    "batch_max_records",
+    "roll_max_records",
+    "roll_interval_seconds",
+    "dedup_horizon",
+    "session_timeout_seconds",
+    "metrics_port",
+    "honour_dnt",
+    "honour_gpc",
+    "policy_file",
+    "geoip_database",
+    "keyring_file",
+    "event_max_ahead",
+    "event_max_behind",
+    "backfill_max_behind",
+)
+@click.command("worker")
 @click.option("--loglevel", default="warning", show_default=True, help="faust/mode log level.")
 def worker_command(loglevel: str) -> None:
     """Run a stream processor: raw topic -> dead letters, identifiable logs, anonymized facts.
@@ -68,45 +90,39 @@ def committed_totals(
     return totals, dead, identifiable, ranges
 
 
-@click.command("status", epilog=ENV_EPILOG)
-def status_command() -> None:
-    """What the workers have committed so far, and how far behind they are."""
+@reads_settings("data_root", "bootstrap_servers", "raw_topic", "consumer_group")
+@click.command("status")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="Output: a table for people, json for programs.",
+)
+def status_command(fmt: str) -> None:
+    """What the workers have committed so far, and how far behind they are.
+
+    The counts come from the commit markers; the lag from Kafka. With no broker answering
+    within 2 s the lag is unknown: the counts are printed all the same, then the reason,
+    and the exit code is 1.
+    """
+    from streams.worker.status import LagUnknownError, query_lag, status_document, status_table
+
     settings = Settings()
-    totals, dead, identifiable, ranges = committed_totals(settings.data_root, settings.raw_topic)
-    table = Table(title=f"Committed from {settings.raw_topic} ({ranges} ranges)")
-    table.add_column("counter")
-    table.add_column("value", justify="right")
-    for name in ("raw", "accepted", "duplicates"):
-        table.add_row(name, f"{totals[name]:,}")
-    table.add_row("dead-lettered", f"{sum(dead.values()):,}")
-    for reason, count in sorted(dead.items()):
-        table.add_row(f"  {reason}", f"{count:,}")
-    for cls, count in sorted(identifiable.items()):
-        table.add_row(f"identifiable: {cls}", f"{count:,}")
-    table.add_row("facts", f"{totals['facts']:,}")
-    table.add_row("bytes written", f"{totals['bytes_written']:,}")
-    table.add_row("lag", _lag_text(settings))
-    Console().print(table)
-
-
-def _lag_text(settings: Settings) -> str:
-    from kafka import KafkaConsumer, TopicPartition
-    from kafka.errors import KafkaError
-
+    totals = committed_totals(settings.data_root, settings.raw_topic)
+    lag: dict[int, int] | None = None
+    unknown: LagUnknownError | None = None
     try:
-        consumer = KafkaConsumer(
-            bootstrap_servers=settings.bootstrap_servers,
-            group_id=settings.consumer_group,
-            enable_auto_commit=False,
-            request_timeout_ms=5000,
-        )
-    except KafkaError as error:
-        return f"broker unreachable ({type(error).__name__})"
-    try:
-        partitions = consumer.partitions_for_topic(settings.raw_topic) or set()
-        tps = [TopicPartition(settings.raw_topic, p) for p in sorted(partitions)]
-        ends = consumer.end_offsets(tps)
-        behind = sum(ends[tp] - (consumer.committed(tp) or 0) for tp in tps)
-        return f"{behind:,} records"
-    finally:
-        consumer.close()
+        lag = query_lag(settings.bootstrap_servers, settings.consumer_group, settings.raw_topic)
+    except LagUnknownError as error:
+        unknown = error
+    document = status_document(
+        settings.raw_topic, *totals, lag=lag, lag_error=None if unknown is None else str(unknown)
+    )
+    if fmt == "json":
+        click.echo(json.dumps(document, indent=2))
+    else:
+        Console().print(status_table(document))
+    if unknown is not None:
+        raise unknown

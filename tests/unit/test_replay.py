@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import codecs
+import gzip
+import subprocess
+import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -14,7 +18,9 @@ from schemas.bounds import is_backfill
 from schemas.decode import decode_batch
 from schemas.events import Event, Request
 from schemas.validate import validate_event_bytes
+from streams.cli import cli
 from streams.replay import (
+    NotTextError,
     ReplayReport,
     describe,
     detect_format,
@@ -22,6 +28,7 @@ from streams.replay import (
     replay_command,
     replay_records,
     run_replay,
+    text_problem,
 )
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "access-log-sample.log"
@@ -356,3 +363,118 @@ def test_the_2015_log_is_accepted_whole_as_a_backfill_and_only_as_one() -> None:
 def test_a_line_the_worker_would_reject_is_not_parsed(target: str, stamp: str) -> None:
     line = f'83.149.9.216 - - [{stamp}] "GET {target} HTTP/1.1" 200 10 "-" "curl/8"'
     assert parse_combined_line(line) is None
+
+
+# -- what replay refuses, and its exit codes (issue 12.3) -------------------------------------
+
+PNG_HEAD = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x01\x00"
+
+
+def test_text_problem_finds_nul_bytes_and_lines_that_are_mostly_not_utf8() -> None:
+    text = "\n".join(SAMPLE_LINES[:50]).encode("utf-8")
+    assert text_problem(text, whole=True) is None
+    assert text_problem(PNG_HEAD, whole=True) == "it holds NUL bytes"
+    utf16 = codecs.BOM_UTF16_LE + SAMPLE_LINES[0].encode("utf-16-le")
+    assert "iconv -f UTF-16 -t UTF-8" in (text_problem(utf16, whole=True) or "")
+    latin1 = [f"{n} caf\xe9".encode("latin-1") for n in range(3)]
+    ascii_ = [f"{n} cafe".encode() for n in range(2)]
+    assert text_problem(b"\n".join(latin1 + ascii_), whole=True) == (
+        "3 of its first 5 lines are not UTF-8"
+    )
+    # A few damaged lines in a log are replayed (and counted), not a reason to refuse it.
+    assert text_problem(b"\n".join(latin1[:2] + ascii_ + ascii_), whole=True) is None
+    # Blank lines do not count either way.
+    assert text_problem(b"\n\n" + b"\n".join(latin1) + b"\n\n\n\n", whole=True) == (
+        "3 of its first 3 lines are not UTF-8"
+    )
+
+
+def test_a_sample_cut_inside_a_character_is_still_text() -> None:
+    cut = ("caf\u00e9 " * 20).encode("utf-8")[:-2]  # ends inside the last é
+    assert text_problem(cut, whole=False) is None
+    assert text_problem(cut, whole=True) == "1 of its first 1 lines are not UTF-8"
+
+
+def _gzipped_bytes(path: Path, data: bytes) -> Path:
+    with gzip.open(path, "wb") as out:
+        out.write(data)
+    return path
+
+
+# Each case: a file, the exit code, what the message says.
+EXIT_CASES = {
+    "a log": (lambda p: p.write_text("\n".join(SAMPLE_LINES[:20]) + "\n", "utf-8"), 0, "20 sent"),
+    "JSON lines": (lambda p: p.write_text('{"account_id": "a"}\n', "utf-8"), 0, "1 sent"),
+    "empty": (lambda p: p.write_bytes(b""), 1, "is empty: nothing was sent"),
+    "blank": (lambda p: p.write_text("\n  \n\n", "utf-8"), 1, "only blank lines"),
+    "another format": (
+        lambda p: p.write_text("2015-05-17 10:05:03 GET /\n" * 5, "utf-8"),
+        1,
+        "no line of",
+    ),
+    "an image": (lambda p: p.write_bytes(PNG_HEAD + bytes(range(256)) * 40), 2, "NUL bytes"),
+    "not UTF-8": (
+        lambda p: p.write_bytes(b"\n".join(bytes([0x80 + n % 64]) * 30 for n in range(500))),
+        2,
+        "500 of its first 500 lines are not UTF-8",
+    ),
+    "gzipped binary": (
+        lambda p: _gzipped_bytes(p.with_suffix(".gz"), PNG_HEAD * 100),
+        2,
+        "NUL bytes",
+    ),
+}
+
+
+def _input(tmp_path: Path, case: str) -> Path:
+    make, _, _ = EXIT_CASES[case]
+    path = tmp_path / "input.log"
+    made = make(path)
+    return made if isinstance(made, Path) else path
+
+
+@pytest.mark.parametrize("case", sorted(EXIT_CASES))
+def test_replay_exit_codes(tmp_path: Path, case: str) -> None:
+    _, code, message = EXIT_CASES[case]
+    path = _input(tmp_path, case)
+    out = tmp_path / "out.jsonl"
+    result = CliRunner().invoke(cli, ["replay", str(path), "--out", str(out)])
+    exit_code = getattr(result.exception, "exit_code", result.exit_code)
+    assert exit_code == code, result.output
+    assert message in (str(result.exception) if code else result.output)
+    if code == 2:  # refused before anything was opened for writing
+        assert not out.exists()
+    elif code == 1:
+        assert out.read_bytes() == b""
+
+
+@pytest.mark.parametrize(("case", "code"), [("empty", 1), ("an image", 2)])
+def test_the_command_line_exits_with_the_code(tmp_path: Path, case: str, code: int) -> None:
+    path = _input(tmp_path, case)
+    done = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "replay", str(path), "--out", "-"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == code, done.stderr
+    assert done.stdout == ""
+    assert done.stderr.strip().splitlines()[-1].startswith("sieve: ")
+
+
+def test_a_binary_file_is_refused_before_kafka_is_asked(tmp_path: Path) -> None:
+    # No broker listens at port 1: the refusal must come before the sink is opened.
+    path = _input(tmp_path, "an image")
+    result = CliRunner().invoke(
+        cli, ["replay", str(path)], env={"SIEVE_BOOTSTRAP_SERVERS": "127.0.0.1:1"}
+    )
+    assert isinstance(result.exception, NotTextError)
+    assert result.exception.exit_code == 2
+    assert "nothing was sent" in str(result.exception)
+
+
+def test_run_replay_refuses_binary_too(tmp_path: Path) -> None:
+    sink = ListSink()
+    with pytest.raises(NotTextError):
+        run_replay(_input(tmp_path, "an image"), sink)
+    assert sink.records == [] and sink.closed
