@@ -181,8 +181,13 @@ def find_java() -> str:
 
 
 def _new_cluster_id() -> str:
-    # Kafka's Uuid.toString: URL-safe base64 of the 16 bytes, no padding.
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode("ascii")
+    # Kafka's Uuid.toString: URL-safe base64 of the 16 bytes, no padding. An id starting
+    # with "-" reads as an option to kafka-storage (`format --cluster-id -x...` fails, about
+    # one start in 64); Kafka's own Uuid.randomUuid never makes one, so neither do we.
+    while True:
+        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode("ascii")
+        if not text.startswith("-"):
+            return text
 
 
 @contextlib.contextmanager

@@ -28,6 +28,7 @@ from streams.worker.sink import open_data_root
     "roll_max_records",
     "roll_interval_seconds",
     "dedup_horizon",
+    "state_dir",
     "session_timeout_seconds",
     "metrics_port",
     "honour_dnt",
