@@ -79,6 +79,7 @@ class RangeCommitter:
     ) -> None:
         """Dead letters confirmed, files written, offsets committed in ``membership``'s
         generation, then the marker: or, if the group refused the commit, nothing."""
+        started = time.monotonic()
         await sender.confirm(letters)
         tp = TopicPartition(self.topic, partition)
         try:
@@ -113,7 +114,14 @@ class RangeCommitter:
                 raise
             self._abandoned(partition, pipeline, pending, "recovered before its marker")
             return
-        self.metrics.add(marker.counts)
+        self.metrics.range_committed(
+            partition,
+            pending.first_offset,
+            pending.last_offset,
+            marker.counts,
+            now=time.time(),
+            write_seconds=time.monotonic() - started,
+        )
 
     def _abandoned(
         self, partition: int, pipeline: PartitionPipeline, pending: PendingRange, why: str
