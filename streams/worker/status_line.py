@@ -53,22 +53,34 @@ class StatusSample:
 
 
 def status_text(previous: StatusSample | None, current: StatusSample) -> str:
-    """One line: the pace since ``previous`` (none on the first line), the lag, and what this
-    worker committed since it started."""
-    elapsed = current.at - previous.at if previous is not None else 0.0
-    if previous is None or elapsed <= 0:
-        pace = "- events/s"
-    else:
-        pace = f"{(current.processed - previous.processed) / elapsed:,.0f} events/s"
+    """The plain line: the pace since ``previous`` (none on the first line), the lag, and
+    what this worker committed since it started."""
     if current.partitions:
         where = "partition" if current.partitions == 1 else "partitions"
         lag = f"lag {current.lag:,} records on {current.partitions} {where}"
     else:
         lag = "no partitions assigned yet"
     return (
-        f"{pace}, {lag}, {current.ranges:,} ranges committed ({current.committed:,} records),"
+        f"{_pace(previous, current)}, {lag}, {current.ranges:,} ranges committed"
+        f" ({current.committed:,} records), {current.dead_letters:,} dead letters"
+    )
+
+
+def live_text(previous: StatusSample | None, current: StatusSample) -> str:
+    """The live line: what the plain line says that matters most, short enough for an
+    80-column terminal at any realistic count."""
+    lag = f"lag {current.lag:,}" if current.partitions else "no partitions yet"
+    return (
+        f"{_pace(previous, current)}, {lag}, {current.ranges:,} ranges committed,"
         f" {current.dead_letters:,} dead letters"
     )
+
+
+def _pace(previous: StatusSample | None, current: StatusSample) -> str:
+    elapsed = current.at - previous.at if previous is not None else 0.0
+    if previous is None or elapsed <= 0:
+        return "- events/s"
+    return f"{(current.processed - previous.processed) / elapsed:,.0f} events/s"
 
 
 class StatusReporter:
@@ -96,14 +108,15 @@ class StatusReporter:
 
     def tick(self) -> None:
         current = StatusSample.of(self.metrics, self._clock())
-        text = status_text(self._previous, current)
-        self._previous = current
+        previous, self._previous = self._previous, current
         if not self.live:
             stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
-            self._write(f"[{stamp}] sieve worker: {text}\n")
+            self._write(f"[{stamp}] sieve worker: {status_text(previous, current)}\n")
             return
         self._guard.install()
-        self._write(f"{ERASE_LINE}sieve worker: {text}"[: len(ERASE_LINE) + self._columns() - 1])
+        # Cut to the width: a line that wrapped could not be redrawn in place.
+        text = live_text(previous, current)[: self._columns() - 1]
+        self._write(f"{ERASE_LINE}{text}")
         self._shown = True
 
     def erase(self) -> None:

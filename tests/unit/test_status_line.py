@@ -19,6 +19,7 @@ from streams.worker.status_line import (
     StatusReporter,
     StatusSample,
     is_terminal,
+    live_text,
     status_text,
 )
 
@@ -130,15 +131,25 @@ def test_a_terminal_gets_a_live_line_redrawn_in_place() -> None:
     assert "\n" not in drawn
     frames = drawn.split(ERASE_LINE)
     assert frames[0] == "" and len(frames) == 4
-    assert frames[-1].startswith("sieve worker: 5,000 events/s, lag 1,534 records")
+    assert frames[-1] == "5,000 events/s, lag 1,534, 1 ranges committed, 10 dead letters"
     reporter.finish()
     assert screen.getvalue().endswith(frames[-1] + "\n")
 
 
-def test_the_live_line_fits_the_terminal_width() -> None:
-    screen = Terminal()  # no file descriptor: the fallback width
-    reporter = StatusReporter(busy_metrics(), screen, live=True, interval_s=1)
-    reporter.tick()
+def test_the_live_line_fits_80_columns_and_is_cut_to_narrower_ones() -> None:
+    huge = sample(0, 0)
+    after = sample(1, 263_412, ranges=12_345, dead_letters=12_345, lag=12_345_678, partitions=6)
+    assert len(live_text(huge, after)) < 80
+    assert live_text(None, sample(1, 0)).startswith("- events/s, no partitions yet, 0 ranges")
+
+    class Narrow(Terminal):
+        def fileno(self) -> int:
+            raise OSError("no terminal size")  # as a pty nobody sized: the fallback, 80
+
+    screen = Narrow()
+    metrics = busy_metrics()
+    metrics.dead_lettered["x"] = 10**30  # a line far longer than the terminal
+    StatusReporter(metrics, screen, live=True, interval_s=1).tick()
     assert len(screen.getvalue()) == len(ERASE_LINE) + 79
 
 
@@ -163,7 +174,7 @@ def test_a_log_record_erases_the_live_line_first(root_handler: Terminal) -> None
     line, rest = screen.split("the broker went away\n")
     # The record starts on an empty row: the line before it was erased.
     assert line.endswith(ERASE_LINE)
-    assert rest.startswith(ERASE_LINE + "sieve worker: ")
+    assert rest.startswith(ERASE_LINE) and ", lag 1,534, 1 ranges committed" in rest
     logging.getLogger("sieve.test").warning("again")
     assert root_handler.getvalue().endswith(ERASE_LINE + "again\n")
 
