@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from aiohttp import web
 
@@ -16,6 +17,19 @@ from streams.errors import ConfigurationError
 
 # No client address in access logs: it is personal data and nothing here needs it.
 ACCESS_LOG_FORMAT = '%t "%r" %s %b %Tf'
+
+
+@dataclass(frozen=True)
+class Listener:
+    """An application served beside the main one, on an address of its own (the
+    collector's ``/metrics``, which its clients' port must not show)."""
+
+    app: web.Application
+    host: str
+    port: int
+    what: str
+    port_hint: str
+    on_ready: Callable[[list[str]], None] = lambda urls: None
 
 
 async def serve_until_stopped(
@@ -26,22 +40,30 @@ async def serve_until_stopped(
     *,
     what: str,
     port_hint: str,
+    also: Sequence[Listener] = (),
 ) -> None:
-    """Serve ``app`` until SIGINT or SIGTERM; ``on_ready`` gets the URLs once listening."""
-    runner = web.AppRunner(app, access_log_format=ACCESS_LOG_FORMAT)
-    await runner.setup()
+    """Serve ``app`` (and each of ``also``) until SIGINT or SIGTERM; ``on_ready`` gets the
+    URLs once everything listens."""
+    main = Listener(app, host, port, what, port_hint, on_ready)
+    runners: list[tuple[Listener, web.AppRunner]] = []
     try:
-        try:
-            await web.TCPSite(runner, host, port).start()
-        except OSError as error:
-            raise ConfigurationError(
-                f"the {what} cannot listen on {host}:{port} ({error.strerror or error});"
-                f" choose another {port_hint}"
-            ) from None
-        on_ready([url_of(address) for address in runner.addresses])
+        for listener in (main, *also):
+            runner = web.AppRunner(listener.app, access_log_format=ACCESS_LOG_FORMAT)
+            runners.append((listener, runner))
+            await runner.setup()
+            try:
+                await web.TCPSite(runner, listener.host, listener.port).start()
+            except OSError as error:
+                raise ConfigurationError(
+                    f"the {listener.what} cannot listen on {listener.host}:{listener.port}"
+                    f" ({error.strerror or error}); choose another {listener.port_hint}"
+                ) from None
+        for listener, runner in runners:
+            listener.on_ready([url_of(address) for address in runner.addresses])
         await _until_stopped()
     finally:
-        await runner.cleanup()
+        for _, runner in runners:  # the main app first: /metrics answers while it drains
+            await runner.cleanup()
 
 
 async def _until_stopped() -> None:

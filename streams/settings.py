@@ -102,6 +102,18 @@ class Settings(BaseSettings):
         " cache of the committed ranges, rebuilt from them when lost. Keep it on local disk,"
         " not in the data root. Default: <work_dir>/state.",
     )
+    metrics_host: str = Field(
+        "127.0.0.1",
+        description="Address the worker's web server (/metrics) binds: 0.0.0.0 (or one of the"
+        " host's addresses) for a Prometheus on another machine or container.",
+    )
+    status_interval_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="Seconds between the worker's status lines (events/s, lag, committed ranges,"
+        " dead letters) when its output is not a terminal; 0 writes none. In a terminal one"
+        " live line is redrawn every second instead.",
+    )
 
     # --- secrets (paths only) --------------------------------------------------------------
     keyring_file: Path | None = Field(
@@ -163,6 +175,14 @@ class Settings(BaseSettings):
         gt=0,
         description="Longest a request waits for Kafka's acknowledgements before the collector"
         " answers 503 (also bounds how long sending may block while the broker is away).",
+    )
+    collector_metrics_host: str = Field(
+        "127.0.0.1",
+        description="Address the collector's /metrics listener binds (a port of its own, apart"
+        " from the one clients post to): 0.0.0.0 for a Prometheus on another machine.",
+    )
+    collector_metrics_port: int = Field(
+        6067, ge=1, le=65535, description="Port of the collector's /metrics listener."
     )
 
     # --- aggregations ---------------------------------------------------------------------

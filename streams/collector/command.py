@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import cast
 
 import click
@@ -11,9 +11,11 @@ from aiohttp import web
 
 from schemas.bounds import TimeBounds
 from streams.collector.keys import WriteKeys
+from streams.collector.metrics import CollectorMetrics
 from streams.collector.server import EVENTS_PATH, create_collector_app
 from streams.errors import ConfigurationError, TransientError
-from streams.http_server import serve_until_stopped
+from streams.http_server import Listener, serve_until_stopped
+from streams.monitoring.exposition import METRICS_PATH, metrics_app
 from streams.settings import Settings, reads_settings
 
 # The access log without the client's address and user agent: those are personal data,
@@ -34,6 +36,8 @@ from streams.settings import Settings, reads_settings
     "collector_body_timeout_seconds",
     "collector_max_requests_per_key",
     "collector_ack_timeout_seconds",
+    "collector_metrics_host",
+    "collector_metrics_port",
 )
 @click.command("collect")
 @click.option("--host", default=None, help="Address to bind [default: SIEVE_COLLECTOR_HOST].")
@@ -44,7 +48,8 @@ def collect_command(host: str | None, port: int | None) -> None:
     """Run the HTTP collector: POST /v1/events (JSON array or NDJSON) -> the raw topic.
 
     Clients authenticate with a write key of their account (Authorization: Bearer <key>),
-    listed in SIEVE_WRITE_KEYS_FILE.
+    listed in SIEVE_WRITE_KEYS_FILE. Prometheus metrics are served on a port of their own
+    (SIEVE_COLLECTOR_METRICS_HOST, SIEVE_COLLECTOR_METRICS_PORT).
     """
     from streams.producer import EventProducer  # imported late: kafka-python is heavy
 
@@ -67,6 +72,7 @@ def collect_command(host: str | None, port: int | None) -> None:
         request_timeout_s=deadline,
         delivery_timeout_s=deadline + 1.0,
     )
+    metrics = CollectorMetrics.create()
     try:
         app = create_collector_app(
             producer=producer,
@@ -79,6 +85,7 @@ def collect_command(host: str | None, port: int | None) -> None:
             time_bounds=TimeBounds(
                 settings.event_max_ahead, settings.event_max_behind, settings.backfill_max_behind
             ),
+            metrics=metrics,
         )
         bind_host = settings.collector_host if host is None else host
         bind_port = settings.collector_port if port is None else port
@@ -91,7 +98,19 @@ def collect_command(host: str | None, port: int | None) -> None:
                 " Ctrl+C stops"
             )
 
-        asyncio.run(serve(app, bind_host, bind_port, announce))
+        def announce_metrics(urls: list[str]) -> None:
+            where = ", ".join(f"{url}{METRICS_PATH}" for url in urls)
+            click.echo(f"sieve collector: metrics at {where}")
+
+        metrics_listener = Listener(
+            metrics_app(metrics.registry),
+            settings.collector_metrics_host,
+            settings.collector_metrics_port,
+            what="collector's metrics listener",
+            port_hint="SIEVE_COLLECTOR_METRICS_PORT",
+            on_ready=announce_metrics,
+        )
+        asyncio.run(serve(app, bind_host, bind_port, announce, also=(metrics_listener,)))
     finally:
         # Requests in flight were answered before serve() returned; close() still delivers
         # whatever a timed-out request left queued (for up to the deadline) before
@@ -103,9 +122,21 @@ def collect_command(host: str | None, port: int | None) -> None:
 
 
 async def serve(
-    app: web.Application, host: str, port: int, on_ready: Callable[[list[str]], None]
+    app: web.Application,
+    host: str,
+    port: int,
+    on_ready: Callable[[list[str]], None],
+    *,
+    also: Sequence[Listener] = (),
 ) -> None:
-    """Serve ``app`` until SIGINT/SIGTERM; requests in flight finish before this returns."""
+    """Serve ``app`` (and ``also``: the metrics) until SIGINT/SIGTERM; requests in flight
+    finish before this returns."""
     await serve_until_stopped(
-        app, host, port, on_ready, what="collector", port_hint="--port or SIEVE_COLLECTOR_PORT"
+        app,
+        host,
+        port,
+        on_ready,
+        what="collector",
+        port_hint="--port or SIEVE_COLLECTOR_PORT",
+        also=also,
     )

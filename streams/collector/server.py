@@ -63,6 +63,7 @@ from streams.collector.encoding import (
     decode_body,
 )
 from streams.collector.keys import WriteKeys
+from streams.collector.metrics import CollectorMetrics, measuring
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ class CollectorConfig:
     max_requests_per_key: int
     time_bounds: TimeBounds
     clock: Callable[[], float]  # wall clock, seconds since the epoch: the arrival of events
+    metrics: CollectorMetrics
     in_progress: Counter[str] = field(default_factory=Counter)  # requests per account
     delivery_threads: ThreadPoolExecutor | None = None
 
@@ -110,6 +112,7 @@ def create_collector_app(
     max_requests_per_key: int = DEFAULT_MAX_REQUESTS_PER_KEY,
     time_bounds: TimeBounds = DEFAULT_TIME_BOUNDS,
     clock: Callable[[], float] = time.time,
+    metrics: CollectorMetrics | None = None,
 ) -> web.Application:
     """A collector application; the caller owns ``producer`` (flushes and closes it).
 
@@ -117,6 +120,7 @@ def create_collector_app(
     keys. ``ack_timeout_s`` bounds how long one request waits for the broker's
     acknowledgements before it answers 503. ``time_bounds`` is the window around the
     request's arrival (``clock``) that each ``occurred_at`` must lie in, as in the worker.
+    ``metrics`` counts and times every answer (the caller serves its registry elsewhere).
     """
     if max_body_bytes < 1:
         raise ValueError(f"max_body_bytes must be positive, not {max_body_bytes}")
@@ -124,7 +128,10 @@ def create_collector_app(
         raise ValueError(f"max_requests_per_key must be positive, not {max_requests_per_key}")
     if not isinstance(write_keys, WriteKeys):
         write_keys = WriteKeys(write_keys)
+    if metrics is None:
+        metrics = CollectorMetrics.create()
     app = web.Application(
+        middlewares=[measuring(metrics)],
         # client_max_size also caps aiohttp's own body readers, should anything use them.
         client_max_size=max_body_bytes,
         handler_args={
@@ -145,6 +152,7 @@ def create_collector_app(
         max_requests_per_key=max_requests_per_key,
         time_bounds=time_bounds,
         clock=clock,
+        metrics=metrics,
     )
     app.cleanup_ctx.append(_delivery_threads)
     app.router.add_post(EVENTS_PATH, post_events, expect_handler=_expect_events)
@@ -251,6 +259,7 @@ async def _forward(config: CollectorConfig, events: list[Event], account_id: str
         late = "no acknowledgement within the request's deadline"
         deliveries = [Delivery(i, e.event_id, error=late) for i, e in enumerate(events)]
     failed = [d for d in deliveries if d.error is not None]
+    config.metrics.events_accepted.inc(len(deliveries) - len(failed))
     if not failed:
         return web.json_response([d.as_result() for d in deliveries], status=202)
     log.warning(
@@ -281,14 +290,21 @@ async def read_capped(content: StreamReader, max_bytes: int) -> bytes:
 
 async def _expect_events(request: web.Request) -> web.StreamResponse | None:
     """``Expect: 100-continue``: refuse before the client sends a body we would not read
-    (a 429 too, so a well-behaved client reads it rather than a reset mid-upload)."""
+    (a 429 too, so a well-behaved client reads it rather than a reset mid-upload). aiohttp
+    answers such a refusal without the middlewares, so it is counted here."""
+    started = time.perf_counter()
     config = request.app[CONFIG]
+    refused: web.Response | None = None
     try:
         account_id, _, _ = _precheck(request, config)
     except Refusal as refusal:
-        return refusal.response()
-    if config.in_progress[account_id] >= config.max_requests_per_key:
-        return answers.busy(config.max_requests_per_key).response()
+        refused = refusal.response()
+    else:
+        if config.in_progress[account_id] >= config.max_requests_per_key:
+            refused = answers.busy(config.max_requests_per_key).response()
+    if refused is not None:
+        config.metrics.answered(request, refused.status, time.perf_counter() - started)
+        return refused
     # What aiohttp's default expect handler does once the request may go on.
     expect = request.headers.get(hdrs.EXPECT, "")
     if request.version != HttpVersion11:

@@ -17,6 +17,7 @@ from schemas.bounds import TimeBounds
 from streams.encryption import ParquetEncryption
 from streams.enrich.geo import make_geolocator
 from streams.enrich.useragent import UserAgentParser
+from streams.monitoring.exposition import METRICS_PATH, render
 from streams.privacy.keyring import Keyring
 from streams.privacy.retention import load_policy
 from streams.settings import Settings
@@ -26,6 +27,7 @@ from streams.worker.pipeline import PipelineContext
 from streams.worker.service import ConsumerOptions, RawTopicService
 from streams.worker.sink import RangeWriter, open_data_root
 from streams.worker.state.folder import StateFolder
+from streams.worker.status_line import StatusReporter
 
 LAG_REFRESH_SECONDS = 5.0
 
@@ -98,18 +100,26 @@ def create_app(
     *,
     dead_letter_max_bytes: int = 1_048_576,
     outage_log: OutageLog | None = None,
+    metrics: WorkerMetrics | None = None,
+    status: StatusReporter | None = None,
 ) -> Worker:
     """A faust app hosting the raw-topic service, a /metrics page and a lag timer (and the
-    timer that reports the end of a broker outage, given ``outage_log``)."""
-    metrics = WorkerMetrics()
+    timer that reports the end of a broker outage, given ``outage_log``, and the one that
+    shows the worker's status, given ``status``: it must report on ``metrics``)."""
+    metrics = WorkerMetrics() if metrics is None else metrics
     service = build_service(settings, keyring, metrics, dead_letter_max_bytes=dead_letter_max_bytes)
     app = faust.App(
         f"{settings.consumer_group}-app",
         broker=f"kafka://{settings.bootstrap_servers.split(',')[0]}",
         web_enabled=True,
+        # faust binds web_bind (its default: every address); web_host only names it in URLs.
+        web_bind=settings.metrics_host,
         web_host="127.0.0.1",
         web_port=settings.metrics_port,
         web_in_thread=False,
+        # The worker has no faust tables: nothing for these pages to show, on any address.
+        web_router_enabled=False,
+        web_tables_enabled=False,
         topic_replication_factor=1,
         # faust's own consumer group (no topics of ours) gates the worker's start: a worker
         # restarted after a kill waits this long for its dead predecessor to leave.
@@ -126,9 +136,10 @@ def create_app(
         async def on_start(self) -> None:
             await self.add_runtime_dependency(service)
 
-    @app.page("/metrics")
+    @app.page(METRICS_PATH)
     async def metrics_page(view: faust.web.View, request: faust.web.Request) -> faust.web.Response:
-        return view.text(metrics.render())
+        body, content_type = render(metrics.registry)
+        return view.bytes(body, headers={"Content-Type": content_type})
 
     @app.timer(interval=LAG_REFRESH_SECONDS)
     async def refresh_lag() -> None:
@@ -138,6 +149,14 @@ def create_app(
     async def report_outage_end() -> None:
         if outage_log is not None:
             outage_log.tick()
+
+    if status is not None:
+
+        @app.timer(interval=status.interval_s)
+        async def show_status() -> None:
+            status.tick()
+
+        del show_status
 
     del HostedRawTopicService, metrics_page, refresh_lag, report_outage_end
     return Worker(app=app, service=service, metrics=metrics)

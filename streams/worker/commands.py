@@ -31,6 +31,8 @@ from streams.worker.sink import open_data_root
     "state_dir",
     "session_timeout_seconds",
     "metrics_port",
+    "metrics_host",
+    "status_interval_seconds",
     "honour_dnt",
     "honour_gpc",
     "policy_file",

@@ -79,6 +79,7 @@ class RangeCommitter:
     ) -> None:
         """Dead letters confirmed, files written, offsets committed in ``membership``'s
         generation, then the marker: or, if the group refused the commit, nothing."""
+        started = time.monotonic()
         await sender.confirm(letters)
         tp = TopicPartition(self.topic, partition)
         try:
@@ -117,7 +118,14 @@ class RangeCommitter:
         # state store, on the writer thread (one range in flight per partition, so ranges go
         # in in order). A crash before this is caught up from the range's dedup log.
         await loop.run_in_executor(self._thread, pipeline.range_committed, pending, marker)
-        self.metrics.add(marker.counts)
+        self.metrics.range_committed(
+            partition,
+            pending.first_offset,
+            pending.last_offset,
+            marker.counts,
+            now=time.time(),
+            write_seconds=time.monotonic() - started,
+        )
 
     def _abandoned(
         self, partition: int, pipeline: PartitionPipeline, pending: PendingRange, why: str

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
+from typing import Any, TextIO
 
 import faust
 
@@ -16,8 +17,10 @@ from streams.privacy.keyring import Keyring
 from streams.settings import Settings
 from streams.topics import DeadLetterTopic, prepare_dead_letter_topic
 from streams.worker.app import create_app
+from streams.worker.metrics import WorkerMetrics
 from streams.worker.outage_log import OutageLog, install_outage_filter
 from streams.worker.startup import broker_away, wait_for_broker
+from streams.worker.status_line import LIVE_INTERVAL_S, StatusReporter, is_terminal
 
 
 def run_worker(
@@ -41,16 +44,22 @@ def run_worker(
         report(f"created the dead-letter topic {settings.dead_letter_topic} (it was missing)")
     outage = OutageLog()
     install_outage_filter(outage)
+    metrics = WorkerMetrics()
+    status = status_reporter(settings, metrics, sys.stderr)
     worker = create_app(
         settings,
         keyring,
         dead_letter_max_bytes=dead_letter.max_message_bytes,
         outage_log=outage,
+        metrics=metrics,
+        status=status,
     )
     runner = _Worker(worker.app, loglevel=loglevel, quiet=True)
     try:
         runner.execute_from_commandline()
     except SystemExit as exiting:
+        if status is not None:
+            status.finish()
         if not exiting.code or not broker_away(runner.start_error):
             raise
         # The broker went away while faust started its clients. A fresh process is the
@@ -61,10 +70,30 @@ def run_worker(
         os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])  # noqa: S606 - this very command
 
 
+def status_reporter(
+    settings: Settings, metrics: WorkerMetrics, stream: TextIO
+) -> StatusReporter | None:
+    """A live line when ``stream`` is a terminal, else a line every
+    ``settings.status_interval_seconds`` (none if 0). ``stream`` is taken now, before faust
+    replaces ``sys.stderr`` with a proxy into its logging."""
+    if is_terminal(stream, os.environ.get("TERM")):
+        return StatusReporter(metrics, stream, live=True, interval_s=LIVE_INTERVAL_S)
+    if settings.status_interval_seconds > 0:
+        return StatusReporter(
+            metrics, stream, live=False, interval_s=settings.status_interval_seconds
+        )
+    return None
+
+
 class _Worker(faust.Worker):
-    """faust's worker, remembering why its start failed (mode logs it, then exits 1)."""
+    """faust's worker, remembering why its start failed (mode logs it, then exits 1), and
+    without faust's spinner (cursor escape codes, which the status line replaces)."""
 
     start_error: BaseException | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.spinner = None
 
     async def start(self) -> None:
         try:

@@ -200,6 +200,7 @@ class RawTopicService(Service):
                 fetch.exception()
 
     async def _process(self, partition: int, messages: list[Any]) -> None:
+        started = time.perf_counter()
         pipeline = self.pipelines[partition]
         letters = await asyncio.to_thread(pipeline.process, messages)
         if letters:
@@ -213,6 +214,7 @@ class RawTopicService(Service):
                 raise
             self._letters.setdefault(partition, []).extend(sent)
         self._opened_at.setdefault(partition, time.monotonic())
+        self.metrics.batch_processed(partition, messages, time.perf_counter() - started)
 
     def _fetch(self) -> asyncio.Future[dict[TopicPartition, list[Any]]]:
         assert self._consumer is not None
@@ -356,6 +358,7 @@ class RawTopicService(Service):
         self._membership.pop(partition, None)
         self._letters.pop(partition, None)
         self._opened_at.pop(partition, None)
+        self.metrics.forget_partition(partition)
         assert self._consumer is not None
         with contextlib.suppress(IllegalStateError):
             self._consumer.pause(TopicPartition(self.options.topic, partition))
