@@ -67,6 +67,7 @@ from aggregations.schemas import (
     LEGACY_METERING_DIRS,
     METERING,
     METERING_DIR,
+    PUBLISHED_DIR,
 )
 from aggregations.storage import (
     CommittedRange,
@@ -75,6 +76,7 @@ from aggregations.storage import (
     committed_ranges,
     delete,
     ensure_schema_file,
+    exists,
     facts_day,
     file_facts,
     list_files,
@@ -136,6 +138,12 @@ def ensure_layout(root: Root) -> None:
     ensure_schema_file(root, ANALYTICS_DIR, ANALYTICS)
 
 
+def layout_complete(root: Root) -> bool:
+    return all(
+        exists(root, f"{folder}/_schema.parquet") for folder in (METERING_DIR, ANALYTICS_DIR)
+    )
+
+
 def refuse_legacy_metering(root: Root) -> None:
     for folder in LEGACY_METERING_DIRS:
         if list_parquet(root, folder):
@@ -149,9 +157,28 @@ def refuse_legacy_metering(root: Root) -> None:
 
 
 @dataclass
+class _Writes:
+    """Marks the run as started before its first write (and only if it writes at all): a
+    run found started at the next run's start crashed, and its leftovers are swept."""
+
+    root: Root
+    started: bool = False
+
+    def begin(self) -> None:
+        if not self.started:
+            mark_run_started(self.root, "publish")
+            self.started = True
+
+    def finish(self) -> None:
+        if self.started:
+            mark_run_finished(self.root)
+
+
+@dataclass
 class _Run:
     """What a run has gathered and done so far (one per publish call)."""
 
+    writes: _Writes
     root: Root
     manifest: Manifest
     plan: RunPlan
@@ -199,30 +226,36 @@ def publish(
     """
     root = resolve_root(data_root)
     meters = tuple(meters) if meters is not None else default_meters()
+    writes = _Writes(root)
     with publish_lock(root):
-        ensure_layout(root)
         refuse_legacy_metering(root)
         manifest = read_manifest(root)
         if run_interrupted(root):
             sweep_leftovers(root, manifest)
+        if not layout_complete(root):
+            writes.begin()
+            ensure_layout(root)
         listing = batch_listing(root)
         restored = 0
         for day, batch in listing.missing():
+            writes.begin()
             ledger.publish_recorded(root, ledger.entry_at(root, day, batch))
             restored += 1
         ranges = committed_ranges(root)
-        run = _start(root, manifest, ranges, meters, now, grace, privacy, close_through)
+        run = _start(root, manifest, ranges, meters, now, grace, privacy, close_through, writes)
         if run is None:
+            writes.finish()
             return PublishReport(None, None, 0, analytics_restored=restored)
         stopped = listing.unrecorded()
         waiting, unreleased, pending = _work(run, stopped, memory_limit_mb)
         changed = _next_manifest(run, waiting, pending, unreleased)
         anything = run.metering_rows or run.batches or restored
         if changed != manifest:
+            writes.begin()
             for name in manifest.retired:
                 delete(root, name)
             write_manifest(root, changed)
-        mark_run_finished(root)
+        writes.finish()
         last_day = last_closed_day(run.plan.mark, grace) if run.plan.mark else None
         refused = [
             unrecorded_refusal(day, batch)
@@ -260,6 +293,7 @@ def _start(
     grace: timedelta,
     privacy: Privacy,
     close_through: datetime | None,
+    writes: _Writes,
 ) -> _Run | None:
     """Plan the run: read the footers of the new ranges' files, nothing else of the facts."""
     files_by_day: dict[date, list[str]] = {}
@@ -285,6 +319,7 @@ def _start(
     if plan.run is None:
         return None
     return _Run(
+        writes,
         root,
         manifest,
         plan,
@@ -320,7 +355,7 @@ def _work(
     due = {scheduled.day: scheduled for scheduled in plan_due.due}
     work_days = sorted(set(plan.metering_days) | set(due))
     if work_days:
-        mark_run_started(run.root, plan.run)
+        run.writes.begin()
     size = {
         day: (run.rows(run.files_by_day.get(day, [])) if day in plan.metering_days else 0)
         + (run.rows(due[day].covered_files) if day in due else 0)
@@ -483,7 +518,7 @@ def sweep_leftovers(root: Root, manifest: Manifest) -> None:
     for name in list_files(root, METERING_DIR):
         if name not in keep:
             delete(root, name)
-    for folder in (ANALYTICS_DIR, ledger.LEDGER_DIR):
+    for folder in (PUBLISHED_DIR, ledger.LEDGER_DIR):
         for name in list_files(root, folder):
             if ".tmp-" in name.rsplit("/", 1)[-1]:
                 delete(root, name)
