@@ -144,6 +144,8 @@ def bound_days(
         for day in totals:
             events_by[day][dimension] = events[day]
             people_by[day][dimension] = people[day]
+    for name in ("unit_facts", "unit_sizes", "kept", "unit_values"):
+        connection.execute(f"DROP TABLE IF EXISTS {name}")
     return {
         day: BoundedBatch(
             day=day,
