@@ -172,11 +172,18 @@ def activity_figure(totals: Rows, types: Rows, span: Span = EVERY_DAY) -> go.Fig
 
 
 def _bars(labels: list[str], values: list[int], sds: list[float], name: str) -> go.Bar:
-    """Horizontal bars with +-1.96 sd error bars (the 95 % interval of the noise)."""
+    """Horizontal bars with +-1.96 sd error bars (the 95 % interval of the noise), the low
+    end clipped at 0 as the views' ``*_low`` are: a count is never negative, and an axis
+    running into negative numbers reads as if it could be."""
     return go.Bar(
         y=labels,
         x=values,
-        error_x={"type": "data", "array": [Z95 * sd for sd in sds], "visible": True},
+        error_x={
+            "type": "data",
+            "array": [Z95 * sd for sd in sds],
+            "arrayminus": [min(value, Z95 * sd) for value, sd in zip(values, sds, strict=True)],
+            "visible": True,
+        },
         orientation="h",
         name=name,
         hovertemplate="%{y}: %{x:,}<extra></extra>",

@@ -74,11 +74,12 @@ def rows_of(connection: Connection, sql: str, params: dict[str, Any] | None = No
 
 def style(figure: go.Figure, height: int) -> go.Figure:
     """The common look. The legend sits under the plot, at the bottom of the figure: at the
-    top it ran under plotly's toolbar (top right), which covered its last entries."""
+    top it ran under plotly's toolbar (top right), which covered its last entries. The top
+    margin keeps subplot titles below the toolbar too."""
     figure.update_layout(
         template="plotly_white",
         height=height,
-        margin={"l": 60, "r": 30, "t": 40, "b": 40},
+        margin={"l": 60, "r": 30, "t": 64, "b": 40},
         legend={
             "orientation": "h",
             "yref": "container",
