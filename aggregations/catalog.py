@@ -212,11 +212,6 @@ def view_statements(root: Root, role: Role) -> list[str]:
     return _metering_views(_listed(root, files), meters)
 
 
-def published_meters(data_root: str) -> list[Meter]:
-    """The meters the last publish run published (the billing views' columns)."""
-    return [Meter.from_record(record) for record in read_manifest(resolve_root(data_root)).meters]
-
-
 def open_catalog(
     data_root: str,
     catalog_path: Path | None = None,

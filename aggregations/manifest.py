@@ -87,11 +87,6 @@ def write_manifest(root: Root, manifest: Manifest) -> None:
     write_bytes_atomic(root, MANIFEST, msgspec.json.encode(manifest))
 
 
-def metering_files(manifest: Manifest) -> list[str]:
-    """The published metering files, in date order."""
-    return [manifest.metering[day] for day in sorted(manifest.metering)]
-
-
 # --- the cursor (pure) -------------------------------------------------------------------------
 
 

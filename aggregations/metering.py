@@ -29,14 +29,13 @@ import pyarrow as pa
 
 from aggregations.engine import connect
 from aggregations.meters import Meter
-from aggregations.schemas import METERING, METERING_VALUE_TYPE
+from aggregations.schemas import METERING_VALUE_TYPE
 
 _ANY = "__any_usage"
 # The key of a row; `hour` is null on day rows and `dimension` on totals, hence the
 # null-safe comparisons below.
 KEY = ("grain", "date", "hour", "account_id", "meter", "dimension", "dimension_value")
 WINDOW = ("grain", "date", "hour", "account_id")
-LONG_COLUMNS = (*KEY, "value")
 
 
 def _same(left: str, right: str, columns: Sequence[str]) -> str:
@@ -207,7 +206,3 @@ def wide(long: pa.Table, meters: Sequence[Meter], grain: str) -> list[dict[str, 
         )
         out[row["meter"]] = out[row["meter"]] + row["value"]
     return [rows[key] for key in sorted(rows, key=lambda k: (str(k[0]), k[1]))]
-
-
-def empty_published() -> pa.Table:
-    return METERING.empty_table()

@@ -367,7 +367,3 @@ def load_meters(path: Path | None, facts: pa.Schema = FACTS) -> tuple[Meter, ...
 
 def default_meters() -> tuple[Meter, ...]:
     return load_meters(None)
-
-
-def meter_names(meters: Iterable[Meter]) -> tuple[str, ...]:
-    return tuple(meter.name for meter in meters)

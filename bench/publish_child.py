@@ -19,7 +19,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from aggregations import analytics
+from aggregations import analytics, publish_run
 from aggregations import publish as publish_module
 from aggregations.analytics import privacy_of
 from streams.settings import Settings
@@ -41,7 +41,7 @@ def _timed(stages: dict[str, float], name: str, function: Callable[..., T]) -> C
 
 def main(data_root: str, now: datetime, memory_mb: int) -> dict[str, Any]:
     stages: dict[str, float] = {}
-    publish_module._meter = _timed(stages, "metering", publish_module._meter)  # type: ignore[assignment]
+    publish_run.meter_days = _timed(stages, "metering", publish_run.meter_days)  # type: ignore[assignment]
     analytics.bound_days = _timed(stages, "dp bounding", analytics.bound_days)  # type: ignore[assignment]
     analytics.release_bounded = _timed(stages, "dp noise", analytics.release_bounded)  # type: ignore[assignment]
     started = time.perf_counter()
