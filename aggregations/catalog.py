@@ -22,8 +22,10 @@ publish`` rewrites the catalog files).
 
 There is no view over ``facts/``, ``identifiable/``, ``_commits/`` or the privacy ledger.
 With a ``catalog_path`` the views are stored in that DuckDB file (``<data root>/
-catalog-<role>.duckdb`` by convention) for ``duckdb <file>``; the views read the Parquet
-files when queried, so new publishes show without refreshing the file. Such a file is as
+catalog-<role>.duckdb`` by convention) for ``duckdb <file>``. The analyst views glob their
+folder, so new batches show without refreshing the file; the billing views list the files
+of the manifest at the time, so ``sieve publish`` rewrites the file after every run. Such a
+file is as
 private as the OS permissions on the folders its views read: give an analyst access to
 ``published/analytics`` and ``catalog-analyst.duckdb`` only.
 
@@ -42,7 +44,7 @@ from typing import Final, Literal, get_args
 import duckdb
 
 from aggregations.engine import connect
-from aggregations.manifest import read_manifest
+from aggregations.manifest import GRAINS, metering_files, read_manifest
 from aggregations.meters import Meter
 from aggregations.schemas import ANALYTICS_DIR, METERING_DIR
 from aggregations.storage import Root, resolve_root
@@ -96,8 +98,8 @@ def _location(root: Root, relative: str) -> str:
 
 def _listed(root: Root, files: list[str]) -> str:
     """A scan of exactly ``files``; with none yet, of the folder's zero-row schema file (the
-    view binds before the first run). The ``date=`` folders let DuckDB skip a file without
-    opening it when a query filters on ``date``."""
+    view binds before the first run). The ``grain=``/``date=`` folders let DuckDB skip a file
+    without opening it when a query filters on ``date``."""
     if not files:
         schema_file = _literal(_location(root, f"{METERING_DIR}/_schema.parquet"))
         return f"read_parquet({schema_file}, hive_partitioning = false)"
@@ -120,32 +122,37 @@ def _pivot(meters: list[Meter]) -> str:
     )
 
 
-def _metering_views(source: str, meters: list[Meter]) -> list[str]:
+def _metering_views(hours: str, days: str, meters: list[Meter]) -> list[str]:
+    """The billing views over the scans of the hour files and of the day files."""
     names = ", ".join(_literal(m.name) for m in meters) or "NULL"
-    totals = f"SELECT * FROM {source} WHERE dimension IS NULL AND meter IN ({names})"  # noqa: S608
-    wide = {
-        name: f"""
+    both = f"(SELECT * FROM {hours} UNION ALL BY NAME SELECT * FROM {days})"  # noqa: S608
+
+    def totals(source: str) -> str:
+        return f"SELECT * FROM {source} WHERE dimension IS NULL AND meter IN ({names})"  # noqa: S608
+
+    wide = [
+        f"""
 CREATE OR REPLACE VIEW {name} AS
 SELECT {window}, account_id,
   {_pivot(meters)}{_CORRECTIONS},
   max(published_at) AS updated_at
-FROM ({totals}) WHERE grain = {_literal(grain)}
+FROM ({totals(source)})
 GROUP BY {window}, account_id
 """  # noqa: S608
-        for name, window, grain in (
-            ("metering_hourly", "hour", "hour"),
-            ("metering_daily", "date", "day"),
+        for name, window, source in (
+            ("metering_hourly", "hour", hours),
+            ("metering_daily", "date", days),
         )
-    }
+    ]
     # View text cannot take parameters; every piece here is a constant, a checked meter name
     # or _literal().
     return [
-        *wide.values(),
+        *wide,
         f"""
 CREATE OR REPLACE VIEW metering_corrections AS
 SELECT grain, date, hour, account_id,
   {_pivot(meters)}publish_run, watermark, published_at
-FROM ({totals}) WHERE is_correction
+FROM ({totals(both)}) WHERE is_correction
 GROUP BY grain, date, hour, account_id, publish_run, watermark, published_at
 """,  # noqa: S608
         f"""
@@ -154,7 +161,7 @@ SELECT grain, date, hour, account_id, meter, dimension, dimension_value,
   sum(value) AS value,
   {_CORRECTIONS},
   max(published_at) AS updated_at
-FROM {source} WHERE meter IN ({names})
+FROM {both} WHERE meter IN ({names})
 GROUP BY grain, date, hour, account_id, meter, dimension, dimension_value
 """,  # noqa: S608
     ]
@@ -207,9 +214,9 @@ def view_statements(root: Root, role: Role) -> list[str]:
     if role == "analyst":
         return _analytics_views(_scan(root, ANALYTICS_DIR))
     manifest = read_manifest(root)
-    files = [manifest.metering[day] for day in sorted(manifest.metering)]
     meters = [Meter.from_record(record) for record in manifest.meters]
-    return _metering_views(_listed(root, files), meters)
+    hours, days = (_listed(root, metering_files(manifest, grain)) for grain in GRAINS)
+    return _metering_views(hours, days, meters)
 
 
 def open_catalog(

@@ -90,7 +90,8 @@ def sql_command(query: str, role: Role, fmt: Format) -> None:
     "--catalog/--no-catalog",
     default=True,
     show_default=True,
-    help="Also (re)write the analysts' catalog file <data root>/catalog.duckdb.",
+    help="Also (re)write the catalog files <data root>/catalog-analyst.duckdb and"
+    " catalog-billing.duckdb.",
 )
 @click.option(
     "--close-through",
@@ -171,7 +172,12 @@ def publish_command(catalog: bool, close_through: datetime | None) -> None:
                 open_catalog(settings.data_root, path, role=role).close()
                 click.echo(f"catalog ({role}): {path}")
             except duckdb.IOException as error:  # someone holds the file open
-                click.echo(f"catalog not refreshed ({error}); the views read new files anyway")
+                click.echo(
+                    f"catalog ({role}) not refreshed ({error}): its metering views list the"
+                    " previous run's files until it is (sieve sql always reads the latest)"
+                    if role == "billing"
+                    else f"catalog ({role}) not refreshed ({error}); its views read new files anyway"
+                )
     if report.analytics_refused:
         raise SystemExit(1)
 

@@ -5,8 +5,9 @@
 - the **cursor**: per input topic and partition, the offset intervals whose committed facts
   are published (normally one interval per partition: the worker commits ranges in order);
   a run reads only the ranges the cursor does not cover;
-- the **metering files**: one file per UTC date (``published/metering/date=<d>/<run>.parquet``);
-  the billing catalog's views read exactly these files, never a glob;
+- the **metering files**: one file per grain and UTC date (``published/metering/grain=<hour|
+  day>/date=<d>/<run>.parquet``, so that pricing reads the day rows alone); the billing
+  catalog's views read exactly these files, never a glob;
 - the watermark and the latest event hour, the days that have facts, the meters published
   (their definitions and units), and the analytics' pending and waiting days.
 
@@ -26,7 +27,7 @@ from typing import Any, Final, Literal
 
 import msgspec
 
-from aggregations.schemas import PUBLISHED_DIR
+from aggregations.schemas import METERING_DIR, PUBLISHED_DIR
 from aggregations.storage import Root, delete, read_bytes, write_bytes_atomic
 
 MANIFEST: Final = f"{PUBLISHED_DIR}/_manifest.json"
@@ -36,6 +37,7 @@ RUN_IN_PROGRESS: Final = f"{PUBLISHED_DIR}/_run-in-progress.json"
 LOCK: Final = f"{PUBLISHED_DIR}/.publish.lock"
 FORMAT: Final = 1
 
+GRAINS: Final = ("hour", "day")
 Interval = tuple[int, int]
 Coverage = Literal["none", "all", "partial"]
 
@@ -54,7 +56,8 @@ class Manifest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # topic -> partition -> sorted, disjoint, non-adjacent [first, last] offset intervals.
     cursor: dict[str, dict[int, list[Interval]]] = msgspec.field(default_factory=dict)
     days: list[date] = msgspec.field(default_factory=list)  # days with committed facts
-    metering: dict[str, str] = msgspec.field(default_factory=dict)  # ISO date -> file
+    # "<grain>/<ISO date>" -> its metering file (metering_key).
+    metering: dict[str, str] = msgspec.field(default_factory=dict)
     retired: list[str] = msgspec.field(default_factory=list)  # deleted by the next run
     meters: list[dict[str, Any]] = msgspec.field(default_factory=list)  # Meter.to_record()
     definitions: dict[str, str] = msgspec.field(default_factory=dict)  # meter -> definition
@@ -63,6 +66,20 @@ class Manifest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     pending_days: list[date] = msgspec.field(default_factory=list)
     waiting_days: list[date] = msgspec.field(default_factory=list)
     unreleased_facts: int = 0
+
+
+def metering_key(grain: str, day: date) -> str:
+    return f"{grain}/{day.isoformat()}"
+
+
+def metering_path(grain: str, day: date, run: str) -> str:
+    return f"{METERING_DIR}/grain={grain}/date={day.isoformat()}/{run}.parquet"
+
+
+def metering_files(manifest: Manifest, grain: str) -> list[str]:
+    """The published metering files of one grain, in date order."""
+    prefix = f"{grain}/"
+    return [path for key, path in sorted(manifest.metering.items()) if key.startswith(prefix)]
 
 
 class ManifestError(ValueError):

@@ -19,10 +19,17 @@ from aggregations import metering
 from aggregations.analytics import DayFacts, Privacy, Refusal, Scheduled, release, schedule
 from aggregations.dp import ledger
 from aggregations.engine import connect
-from aggregations.manifest import Manifest, mark_run_finished, mark_run_started
+from aggregations.manifest import (
+    GRAINS,
+    Manifest,
+    mark_run_finished,
+    mark_run_started,
+    metering_key,
+    metering_path,
+)
 from aggregations.meters import Meter
 from aggregations.publish_plan import RunPlan, chunks
-from aggregations.schemas import METERING, METERING_DIR
+from aggregations.schemas import METERING
 from aggregations.storage import (
     FileFacts,
     Root,
@@ -153,9 +160,8 @@ def meter_days(run: Run, connection: duckdb.DuckDBPyConnection, days: list[date]
         last_closed_hour(plan.mark, run.grace),
         last_closed_day(plan.mark, run.grace),
     )
-    published = [
-        run.metering_files[d.isoformat()] for d in days if d.isoformat() in run.metering_files
-    ]
+    keys = [metering_key(grain, day) for day in days for grain in GRAINS]
+    published = [run.metering_files[key] for key in keys if key in run.metering_files]
     register_published(connection, run.root, published)
     counts = metering.changes(connection, run.meters, plan.new_meters)
     run.counts = metering.Changes(
@@ -168,12 +174,12 @@ def meter_days(run: Run, connection: duckdb.DuckDBPyConnection, days: list[date]
         f"""
         SELECT {", ".join(METERING.names)} FROM (
             SELECT *, 0 AS part, file_row_number AS ordinal FROM published
-            WHERE date IN (SELECT date FROM changes)
+            SEMI JOIN (SELECT DISTINCT grain, date FROM changes) USING (grain, date)
             UNION ALL BY NAME
             SELECT *, $run AS publish_run, $mark AS watermark, $now AS published_at, 1 AS part,
                    row_number() OVER (ORDER BY {", ".join(metering.KEY)}) AS ordinal
             FROM changes
-        ) ORDER BY date, part, ordinal
+        ) ORDER BY grain, date, part, ordinal
         """,  # noqa: S608 - column names are constants
         params={"run": plan.run, "mark": plan.mark, "now": run.now},
     ).to_arrow_table()
@@ -195,18 +201,24 @@ def register_published(connection: duckdb.DuckDBPyConnection, root: Root, files:
 
 
 def write_days(run: Run, table: pa.Table) -> None:
-    """One file per date of ``table`` (sorted by date): the day's rows before and the new."""
-    if table.num_rows == 0:
+    """One file per grain and date of ``table`` (sorted by both): the rows it had before and
+    the new ones."""
+    run_id = run.plan.run
+    if table.num_rows == 0 or run_id is None:
         return
-    encoded = pc.run_end_encode(table["date"].combine_chunks())
+    keys = pc.binary_join_element_wise(
+        table["grain"], pc.cast(table["date"], pa.string()), "/"
+    ).combine_chunks()
+    encoded = pc.run_end_encode(keys)
     start = 0
-    for end, day in zip(encoded.run_ends.to_pylist(), encoded.values.to_pylist(), strict=True):
-        name = f"{METERING_DIR}/date={day.isoformat()}/{run.plan.run}.parquet"
+    for end, key in zip(encoded.run_ends.to_pylist(), encoded.values.to_pylist(), strict=True):
+        grain, day = key.split("/")
+        name = metering_path(grain, date.fromisoformat(day), run_id)
         write_parquet_atomic(run.root, name, table.slice(start, end - start))
-        previous = run.metering_files.get(day.isoformat())
+        previous = run.metering_files.get(key)
         if previous is not None and previous != name:
             run.retired.append(previous)
-        run.metering_files[day.isoformat()] = name
+        run.metering_files[key] = name
         start = end
 
 

@@ -38,7 +38,7 @@ def _meta(dataset: str) -> dict[str, str]:
 # Exact usage in the long layout: one row per window, account, meter (and breakdown value),
 # so a new meter (a table in the meters file) changes no file schema and needs no migration;
 # the catalog's views present the wide shape (one column per meter). One file per UTC date
-# (``date=<d>/<run>.parquet``, rewritten whole when a run adds rows to that date), listed by
+# (``grain=<g>/date=<d>/<run>.parquet``, rewritten whole when a run adds rows to it), listed by
 # the publish manifest. The current value of a key is the sum of its base row and its
 # correction rows. A zero is not written, except one row per account and window whose every
 # meter is zero (so the account still has its row of zeros in the window).

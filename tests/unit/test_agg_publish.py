@@ -144,7 +144,7 @@ def test_a_crash_before_the_manifest_leaves_the_old_state_and_the_rerun_complete
         with pytest.raises(_Crash):
             publish(str(tmp_path), NOW, GRACE, PRIVACY)
     # Its metering file was written, but no manifest lists it: readers see nothing yet.
-    assert list((tmp_path / METERING_DIR).glob("date=*/*.parquet"))
+    assert list((tmp_path / METERING_DIR).glob("grain=*/date=*/*.parquet"))
     assert _view(tmp_path, "metering_daily") == []
     # The ledger recorded the release (the budget is spent): the rerun restores it, draws
     # no new noise, and publishes the metering.

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pytest
 from rich.console import Console
 
-from aggregations.manifest import Manifest, write_manifest
+from aggregations.manifest import Manifest, metering_key, metering_path, write_manifest
 from aggregations.meters import default_meters
 from aggregations.pricing import (
     Invoice,
@@ -30,7 +30,7 @@ from aggregations.pricing import (
     published_watermark,
 )
 from aggregations.render import INVOICE_CSV_COLUMNS, Format, invoice_document, render_invoice
-from aggregations.schemas import METERING, METERING_DIR
+from aggregations.schemas import METERING
 from aggregations.storage import resolve_root, write_parquet_atomic
 
 METRICS = tuple(m.name for m in default_meters())
@@ -237,11 +237,11 @@ def _publish(root: Path, rows: list[dict[str, object]], mark: datetime) -> None:
         for meter in meters
     ]
     data = resolve_root(str(root))
-    name = f"{METERING_DIR}/date=2026-10-01/r-{mark:%d%H}.parquet"
+    name = metering_path("day", date(2026, 10, 1), f"r-{mark:%d%H}")
     write_parquet_atomic(data, name, pa.Table.from_pylist(long, schema=METERING))
     manifest = Manifest(
         watermark=mark,
-        metering={"2026-10-01": name},
+        metering={metering_key("day", date(2026, 10, 1)): name},
         meters=[m.to_record() for m in meters],
         definitions={m.name: m.definition for m in meters},
     )
