@@ -172,12 +172,13 @@ def publish_command(catalog: bool, close_through: datetime | None) -> None:
                 open_catalog(settings.data_root, path, role=role).close()
                 click.echo(f"catalog ({role}): {path}")
             except duckdb.IOException as error:  # someone holds the file open
-                click.echo(
-                    f"catalog ({role}) not refreshed ({error}): its metering views list the"
-                    " previous run's files until it is (sieve sql always reads the latest)"
+                stale = (
+                    "its metering views list the previous run's files until it is (sieve sql"
+                    " always reads the latest)"
                     if role == "billing"
-                    else f"catalog ({role}) not refreshed ({error}); its views read new files anyway"
+                    else "its views read new files anyway"
                 )
+                click.echo(f"catalog ({role}) not refreshed ({error}): {stale}")
     if report.analytics_refused:
         raise SystemExit(1)
 
