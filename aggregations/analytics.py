@@ -6,25 +6,32 @@ Before a batch is released the accountant checks the day's ledger (aggregations/
 ledger.py); a batch over budget is refused and reported, never published. A release is
 recorded in the ledger first and published second, so a batch is never published twice
 with different noise: a published file that disappeared is restored from the ledger.
+
+Cost per new day, not per history (issue 10): a run looks only at the days *in play*
+(:func:`days_in_play`): days with a slot that fell due since the last run, days with new
+facts, and days whose due batch was refused. Their ledger folders are read, nothing else of
+the ledger; which batches are published and recorded is known from the file names of the two
+folders (:func:`batch_listing`). What a run releases is what the full scan of every day
+would release: a day not in play has no due slot unreleased and no new facts.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
+import duckdb
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from aggregations.dp.bounding import Bounds
+from aggregations.dp.bounding import Bounds, bound_days, empty_batch
 from aggregations.dp.budget import Budget, check
 from aggregations.dp.domains import domains
-from aggregations.dp.ledger import Entry, entry_of, spent_rho
-from aggregations.dp.release import Cell, release_batch
+from aggregations.dp.ledger import LEDGER_DIR, Entry, batch_names, entry_of, spent_rho
+from aggregations.dp.release import Cell, release_bounded
 from aggregations.schemas import ANALYTICS, ANALYTICS_DIR
-from aggregations.storage import FILE_INDEX, Facts, Root, list_parquet
+from aggregations.storage import Root
 from streams.settings import Settings
 
 
@@ -55,12 +62,20 @@ def privacy_of(settings: Settings) -> Privacy:
 
 
 @dataclass(frozen=True)
+class DayFacts:
+    """A day's committed facts files (relative paths) and their rows; ``new``: of this run."""
+
+    files: tuple[str, ...]
+    rows: Mapping[str, int]
+    new: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
 class Scheduled:
     """A batch to release: its day, the due slots, and the facts files it covers."""
 
     day: date
     slots: tuple[int, ...]
-    file_indices: tuple[int, ...]
     covered_files: tuple[str, ...]
 
 
@@ -79,13 +94,12 @@ class AnalyticsBatch:
 
 @dataclass(frozen=True)
 class Schedule:
-    """What a run does for the analytics, before any noise is drawn."""
+    """What a run does for the analytics of the days in play, before any noise is drawn."""
 
     due: tuple[Scheduled, ...]
-    restore: tuple[Entry, ...]  # recorded releases whose published copy is missing
     refused: tuple[Refusal, ...]  # days the run may not release (a lost ledger record)
     waiting_days: tuple[date, ...]  # closed days with facts for a slot not yet due
-    unreleased_facts: int  # facts of days whose every slot is released: never in analytics
+    unreleased_facts: int  # new facts of days whose every slot is released: never released
 
 
 @dataclass(frozen=True)
@@ -94,107 +108,164 @@ class Released:
     refused: tuple[Refusal, ...] = field(default_factory=tuple)
 
 
-def published_batches(root: Root) -> dict[date, set[int]]:
-    """The batches present under ``published/analytics``, per day."""
-    found: dict[date, set[int]] = {}
-    for path in list_parquet(root, ANALYTICS_DIR):
-        entry = entry_of(path, root)
-        if entry is None:
-            metadata = pq.read_schema(path, filesystem=root.fs).metadata or {}
-            if metadata.get(b"sieve.dataset") == b"analytics":
-                raise LegacyAnalyticsError(
-                    f"{path} is a k-anonymous analytics file from an earlier Sieve: such"
-                    " cells can be taken apart by differencing (issue 8). Delete"
-                    " published/analytics and publish again."
-                )
-            continue
-        found.setdefault(entry.day, set()).add(entry.batch)
-    return found
+# --- which days a run looks at -----------------------------------------------------------------
+
+
+def newly_due(
+    day: date, budget: Budget, before: datetime | None, after: datetime, grace: timedelta
+) -> bool:
+    """Whether a slot of ``day`` is due under the watermark ``after`` and was not under
+    ``before`` (None: no earlier run)."""
+    return any(
+        budget.due(slot, day, after, grace)
+        and (before is None or not budget.due(slot, day, before, grace))
+        for slot in range(budget.slots)
+    )
+
+
+def days_in_play(
+    days: Iterable[date],
+    touched: Iterable[date],
+    pending: Iterable[date],
+    budget: Budget,
+    before: datetime | None,
+    after: datetime,
+    grace: timedelta,
+) -> set[date]:
+    """Days a run must schedule: a slot fell due since the last run (``before``), new facts
+    came, or a due batch is still unreleased (refused by the accountant)."""
+    due = {day for day in days if newly_due(day, budget, before, after, grace)}
+    return due | set(touched) | set(pending)
+
+
+# --- the published and recorded batches, by name -----------------------------------------------
+
+
+@dataclass(frozen=True)
+class BatchListing:
+    """Batches recorded in the ledger and present under ``published/analytics``."""
+
+    recorded: dict[date, set[int]]
+    published: dict[date, set[int]]
+
+    def missing(self) -> list[tuple[date, int]]:
+        """Recorded batches whose published copy is gone: restored from the ledger."""
+        return sorted(
+            (day, batch)
+            for day, batches in self.recorded.items()
+            for batch in batches - self.published.get(day, set())
+        )
+
+    def unrecorded(self) -> dict[date, int]:
+        """Days with a published batch the ledger does not record (its first such batch)."""
+        return {
+            day: min(batches - self.recorded.get(day, set()))
+            for day, batches in self.published.items()
+            if batches - self.recorded.get(day, set())
+        }
+
+
+def batch_listing(root: Root) -> BatchListing:
+    """List both folders (names only). A Parquet file under ``published/analytics`` that is
+    not a batch's is opened: a k-anonymous file of an earlier Sieve is refused."""
+    recorded, _ = batch_names(root, LEDGER_DIR)
+    published, others = batch_names(root, ANALYTICS_DIR)
+    for path in others:
+        metadata = pq.read_schema(path, filesystem=root.fs).metadata or {}
+        if metadata.get(b"sieve.dataset") == b"analytics" and entry_of(path, root) is None:
+            raise LegacyAnalyticsError(
+                f"{path} is a k-anonymous analytics file from an earlier Sieve: such"
+                " cells can be taken apart by differencing (issue 8). Delete"
+                " published/analytics and publish again."
+            )
+    for day, batches in published.items():
+        for batch in batches - recorded.get(day, set()):
+            path = root.join(f"{ANALYTICS_DIR}/date={day.isoformat()}/batch-{batch:04d}.parquet")
+            if entry_of(path, root) is None:
+                metadata = pq.read_schema(path, filesystem=root.fs).metadata or {}
+                if metadata.get(b"sieve.dataset") == b"analytics":
+                    raise LegacyAnalyticsError(
+                        f"{path} is a k-anonymous analytics file from an earlier Sieve:"
+                        " delete published/analytics and publish again."
+                    )
+    return BatchListing(recorded, published)
+
+
+def unrecorded_refusal(day: date, batch: int) -> Refusal:
+    return Refusal(
+        day,
+        batch,
+        "published/analytics has batches of this day that the privacy ledger does not"
+        " record: what the day spent is unknown, so nothing more is released for it",
+    )
+
+
+# --- scheduling (pure) -------------------------------------------------------------------------
 
 
 def schedule(
-    facts: Facts,
+    facts: Mapping[date, DayFacts],
     ledger: Mapping[date, list[Entry]],
-    published: Mapping[date, set[int]],
+    stopped: Mapping[date, int],
     mark: datetime,
     grace: timedelta,
     last_day: date,
     budget: Budget,
 ) -> Schedule:
-    """Which batches are due for every closed day (``<= last_day``) with facts."""
-    restore = tuple(
-        entry
-        for entries in ledger.values()
-        for entry in entries
-        if entry.batch not in published.get(entry.day, set())
-    )
-    table = facts.table
+    """Which batches are due for the closed days (``<= last_day``) of ``facts`` (the days in
+    play); ``stopped``: days with a published batch the ledger does not record."""
     due: list[Scheduled] = []
     refused: list[Refusal] = []
     waiting: list[date] = []
     unreleased = 0
-    if table.num_rows == 0:
-        return Schedule((), restore, (), (), 0)
-    days = pc.cast(table["occurred_hour"], pa.date32())
-    for day in sorted(set(pc.unique(days).to_pylist())):
+    for day in sorted(facts):
         if day > last_day:
             continue
-        entries = ledger.get(day, [])
-        recorded = {entry.batch for entry in entries}
-        unrecorded = published.get(day, set()) - recorded
-        if unrecorded:
-            refused.append(
-                Refusal(
-                    day,
-                    min(unrecorded),
-                    "published/analytics has batches of this day that the privacy ledger"
-                    " does not record: what the day spent is unknown, so nothing more is"
-                    " released for it",
-                )
-            )
+        if day in stopped:
+            refused.append(unrecorded_refusal(day, stopped[day]))
             continue
-        released_slots = frozenset(slot for entry in entries for slot in entry.slots)
+        entries = ledger.get(day, [])
+        released = frozenset(slot for entry in entries for slot in entry.slots)
         covered = {name for entry in entries for name in entry.covered_files}
-        of_day = table.filter(pc.equal(days, pa.scalar(day, pa.date32())))
-        indices = sorted(
-            i for i in pc.unique(of_day[FILE_INDEX]).to_pylist() if facts.files[i] not in covered
-        )
-        slots = budget.due_slots(day, mark, grace, released_slots)
+        of_day = facts[day]
+        uncovered = tuple(name for name in of_day.files if name not in covered)
+        slots = budget.due_slots(day, mark, grace, released)
         if slots:
-            due.append(
-                Scheduled(day, slots, tuple(indices), tuple(facts.files[i] for i in indices))
-            )
-        elif indices and len(released_slots) < budget.slots:
+            due.append(Scheduled(day, slots, uncovered))
+        elif uncovered and len(released) < budget.slots:
             waiting.append(day)
-        elif indices:
-            mask = pc.is_in(of_day[FILE_INDEX], pa.array(indices, pa.int32()))
-            unreleased += pc.sum(pc.cast(mask, pa.int64())).as_py() or 0
-    return Schedule(tuple(due), restore, tuple(refused), tuple(waiting), unreleased)
+        else:
+            unreleased += sum(of_day.rows[name] for name in uncovered if name in of_day.new)
+    return Schedule(tuple(due), tuple(refused), tuple(waiting), unreleased)
+
+
+# --- release -----------------------------------------------------------------------------------
 
 
 def release(
-    facts: Facts,
+    connection: duckdb.DuckDBPyConnection,
+    source: str,
     ledger: Mapping[date, list[Entry]],
-    due: tuple[Scheduled, ...],
+    due: Sequence[Scheduled],
     privacy: Privacy,
     run: str,
     now: datetime,
 ) -> Released:
-    """Release the due batches (noise drawn here), each checked by the accountant."""
+    """Release the due batches (noise drawn here), each checked by the accountant.
+
+    ``source`` is a view of the facts the batches cover (each day's uncovered files): every
+    day is bounded in one set of DuckDB queries, then released on its own.
+    """
     budget, bounds = privacy.budget, privacy.bounds
     dims = domains()
+    bounded = bound_days(connection, source, [s.day for s in due], dims, bounds)
     batches: list[AnalyticsBatch] = []
     refused: list[Refusal] = []
     for scheduled in due:
-        rows = facts.table.filter(
-            pc.is_in(facts.table[FILE_INDEX], pa.array(scheduled.file_indices, pa.int32()))
-        ).drop_columns([FILE_INDEX])
-        days = pc.cast(rows["occurred_hour"], pa.date32())
-        rows = rows.filter(pc.equal(days, pa.scalar(scheduled.day, pa.date32())))
         share = sum(budget.share(slot) for slot in scheduled.slots)
-        released = release_batch(rows, scheduled.day, budget.rho * share, bounds, dims)
-        spent = spent_rho(ledger.get(scheduled.day, []))
-        verdict = check(budget, spent, released.rho)
+        of_day = bounded.get(scheduled.day) or empty_batch(scheduled.day, dims)
+        released = release_bounded(of_day, budget.rho * share, bounds, dims)
+        verdict = check(budget, spent_rho(ledger.get(scheduled.day, [])), released.rho)
         batch = scheduled.slots[0]
         if verdict.refusal is not None:
             refused.append(Refusal(scheduled.day, batch, verdict.refusal))

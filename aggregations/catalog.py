@@ -7,15 +7,25 @@ Two roles, two catalogs, never mixed (issue 8):
   count's noise standard deviation and 95 % interval; ``analytics_cells`` is every
   published row as it is, per batch.
 - **billing** (invoices): exact per-account metering. ``metering_hourly`` /
-  ``metering_daily``: one row per account and window, the exact current value (base row +
-  every correction), with ``corrections`` and ``updated_at``; ``metering_corrections``:
-  every correction row as published. An account with one user is one person's activity
-  hour by hour: this is billing data, never an analyst's.
+  ``metering_daily``: one row per account and window, a column per published meter (its
+  declared type), the exact current value (base rows + every correction), with
+  ``corrections`` (the runs that corrected the window) and ``updated_at``;
+  ``metering_corrections``: every correction as published, one row per window and run;
+  ``metering_values``: the long rows (one per window, account, meter and breakdown value,
+  the meter's ``group_by``), current values. An account with one user is one person's
+  activity hour by hour: this is billing data, never an analyst's.
+
+The billing views read exactly the files the publish manifest lists (never a glob), so a
+reader sees one publish run whole or the next one whole; their columns are the meters that
+run published. They are rebuilt from the manifest whenever a catalog is opened (``sieve
+publish`` rewrites the catalog files).
 
 There is no view over ``facts/``, ``identifiable/``, ``_commits/`` or the privacy ledger.
 With a ``catalog_path`` the views are stored in that DuckDB file (``<data root>/
-catalog-<role>.duckdb`` by convention) for ``duckdb <file>``; the views read the Parquet
-files when queried, so new publishes show without refreshing the file. Such a file is as
+catalog-<role>.duckdb`` by convention) for ``duckdb <file>``. The analyst views glob their
+folder, so new batches show without refreshing the file; the billing views list the files
+of the manifest at the time, so ``sieve publish`` rewrites the file after every run. Such a
+file is as
 private as the OS permissions on the folders its views read: give an analyst access to
 ``published/analytics`` and ``catalog-analyst.duckdb`` only.
 
@@ -34,12 +44,9 @@ from typing import Final, Literal, get_args
 import duckdb
 
 from aggregations.engine import connect
-from aggregations.schemas import (
-    ANALYTICS_DIR,
-    METERING_DAILY_DIR,
-    METERING_HOURLY_DIR,
-    METRICS,
-)
+from aggregations.manifest import GRAINS, metering_files, read_manifest
+from aggregations.meters import Meter
+from aggregations.schemas import ANALYTICS_DIR, METERING_DIR
 from aggregations.storage import Root, resolve_root
 
 Role = Literal["analyst", "billing"]
@@ -59,8 +66,8 @@ SPECS: Final[dict[Role, RoleSpec]] = {
         (ANALYTICS_DIR,), ("analytics_daily", "analytics_hourly", "analytics_cells")
     ),
     "billing": RoleSpec(
-        (METERING_HOURLY_DIR, METERING_DAILY_DIR),
-        ("metering_hourly", "metering_daily", "metering_corrections"),
+        (METERING_DIR,),
+        ("metering_hourly", "metering_daily", "metering_corrections", "metering_values"),
     ),
 }
 
@@ -80,42 +87,84 @@ def _literal(text: str) -> str:
 
 
 def _scan(root: Root, relative_dir: str) -> str:
-    location = root.join(relative_dir)
-    if not root.is_local:
-        location = f"{root.fs.type_name}://{location}"
-    glob = _literal(f"{location}/**/*.parquet")
+    glob = _literal(f"{_location(root, relative_dir)}/**/*.parquet")
     return f"read_parquet({glob}, union_by_name = true, hive_partitioning = false)"
 
 
-def _metering_view(name: str, window: str, source: str) -> str:
-    sums = ",\n  ".join(
-        f"CAST(sum({m}) AS {'DECIMAL(18, 3)' if m == 'session_seconds' else 'BIGINT'}) AS {m}"
-        for m in METRICS
+def _location(root: Root, relative: str) -> str:
+    location = root.join(relative)
+    return location if root.is_local else f"{root.fs.type_name}://{location}"
+
+
+def _listed(root: Root, files: list[str]) -> str:
+    """A scan of exactly ``files``; with none yet, of the folder's zero-row schema file (the
+    view binds before the first run). The ``grain=``/``date=`` folders let DuckDB skip a file
+    without opening it when a query filters on ``date``."""
+    if not files:
+        schema_file = _literal(_location(root, f"{METERING_DIR}/_schema.parquet"))
+        return f"read_parquet({schema_file}, hive_partitioning = false)"
+    listed = ", ".join(_literal(_location(root, path)) for path in files)
+    return f"read_parquet([{listed}], hive_partitioning = true)"
+
+
+# How many publish runs corrected a window (or a key) after its first publication.
+_CORRECTIONS: Final = (
+    "CAST(count(DISTINCT publish_run) FILTER (WHERE is_correction) AS BIGINT) AS corrections"
+)
+
+
+def _pivot(meters: list[Meter]) -> str:
+    """One column per meter, in its declared type (each followed by a comma)."""
+    return "".join(
+        f"CAST(coalesce(sum(value) FILTER (WHERE meter = {_literal(m.name)}), 0)"
+        f" AS {m.sql_type}) AS {m.name},\n  "
+        for m in meters
     )
-    # View text cannot take parameters; every piece here is a constant or _literal().
-    return f"""
+
+
+def _metering_views(hours: str, days: str, meters: list[Meter]) -> list[str]:
+    """The billing views over the scans of the hour files and of the day files."""
+    names = ", ".join(_literal(m.name) for m in meters) or "NULL"
+    both = f"(SELECT * FROM {hours} UNION ALL BY NAME SELECT * FROM {days})"  # noqa: S608
+
+    def totals(source: str) -> str:
+        return f"SELECT * FROM {source} WHERE dimension IS NULL AND meter IN ({names})"  # noqa: S608
+
+    wide = [
+        f"""
 CREATE OR REPLACE VIEW {name} AS
 SELECT {window}, account_id,
-  {sums},
-  CAST(count(*) FILTER (WHERE is_correction) AS BIGINT) AS corrections,
+  {_pivot(meters)}{_CORRECTIONS},
   max(published_at) AS updated_at
-FROM {source}
+FROM ({totals(source)})
 GROUP BY {window}, account_id
 """  # noqa: S608
-
-
-def _corrections_view(hourly: str, daily: str) -> str:
-    metrics = ", ".join(METRICS)
-    return f"""
+        for name, window, source in (
+            ("metering_hourly", "hour", hours),
+            ("metering_daily", "date", days),
+        )
+    ]
+    # View text cannot take parameters; every piece here is a constant, a checked meter name
+    # or _literal().
+    return [
+        *wide,
+        f"""
 CREATE OR REPLACE VIEW metering_corrections AS
-SELECT 'hour' AS grain, CAST(hour AS DATE) AS date, hour, account_id, {metrics},
-       publish_run, watermark, published_at
-FROM {hourly} WHERE is_correction
-UNION ALL
-SELECT 'day' AS grain, date, CAST(NULL AS TIMESTAMPTZ) AS hour, account_id, {metrics},
-       publish_run, watermark, published_at
-FROM {daily} WHERE is_correction
-"""  # noqa: S608
+SELECT grain, date, hour, account_id,
+  {_pivot(meters)}publish_run, watermark, published_at
+FROM ({totals(both)}) WHERE is_correction
+GROUP BY grain, date, hour, account_id, publish_run, watermark, published_at
+""",  # noqa: S608
+        f"""
+CREATE OR REPLACE VIEW metering_values AS
+SELECT grain, date, hour, account_id, meter, dimension, dimension_value,
+  sum(value) AS value,
+  {_CORRECTIONS},
+  max(published_at) AS updated_at
+FROM {both} WHERE meter IN ({names})
+GROUP BY grain, date, hour, account_id, meter, dimension, dimension_value
+""",  # noqa: S608
+    ]
 
 
 def _interval(count: str) -> str:
@@ -164,13 +213,10 @@ FROM {source}
 def view_statements(root: Root, role: Role) -> list[str]:
     if role == "analyst":
         return _analytics_views(_scan(root, ANALYTICS_DIR))
-    hourly = _scan(root, METERING_HOURLY_DIR)
-    daily = _scan(root, METERING_DAILY_DIR)
-    return [
-        _metering_view("metering_hourly", "hour", hourly),
-        _metering_view("metering_daily", "date", daily),
-        _corrections_view(hourly, daily),
-    ]
+    manifest = read_manifest(root)
+    meters = [Meter.from_record(record) for record in manifest.meters]
+    hours, days = (_listed(root, metering_files(manifest, grain)) for grain in GRAINS)
+    return _metering_views(hours, days, meters)
 
 
 def open_catalog(

@@ -95,13 +95,16 @@ def sql_command(query: str, role: Role, fmt: Format) -> None:
     "dp_late_share",
     "dp_late_interval",
     "dp_max_events_per_person_day",
+    "meters_file",
+    "publish_memory_mb",
 )
 @click.command("publish")
 @click.option(
     "--catalog/--no-catalog",
     default=True,
     show_default=True,
-    help="Also (re)write the analysts' catalog file <data root>/catalog.duckdb.",
+    help="Also (re)write the catalog files <data root>/catalog-analyst.duckdb and"
+    " catalog-billing.duckdb.",
 )
 @click.option(
     "--close-through",
@@ -114,12 +117,15 @@ def sql_command(query: str, role: Role, fmt: Format) -> None:
 def publish_command(catalog: bool, close_through: datetime | None) -> None:
     """Publish exact metering and differentially private analytics for every closed window.
 
-    Reads SIEVE_DATA_ROOT, SIEVE_GRACE_PERIOD and the SIEVE_DP_* budget. Idempotent:
-    running it again with no new facts writes nothing and spends nothing; a batch over a
-    day's budget is refused and reported (exit status 1), never published.
+    Reads SIEVE_DATA_ROOT, SIEVE_GRACE_PERIOD, SIEVE_METERS_FILE, SIEVE_PUBLISH_MEMORY_MB
+    and the SIEVE_DP_* budget. Incremental: a run reads the facts committed since the last
+    one (and the days it meters again); running it again with no new facts writes nothing
+    and spends nothing; a batch over a day's budget is refused and reported (exit status
+    1), never published.
     """
     from aggregations.analytics import privacy_of
     from aggregations.catalog import default_catalog_path, open_catalog
+    from aggregations.meters import load_meters
     from aggregations.publish import publish
     from aggregations.storage import resolve_root
 
@@ -131,13 +137,17 @@ def publish_command(catalog: bool, close_through: datetime | None) -> None:
         settings.grace_period,
         privacy_of(settings),
         close_through=close_through.replace(tzinfo=UTC) if close_through else None,
+        meters=load_meters(settings.meters_file),
+        memory_limit_mb=settings.publish_memory_mb,
     )
     seconds = time.perf_counter() - started
-    rate = report.facts / seconds if seconds > 0 else 0.0
     click.echo(
         f"watermark {report.watermark.isoformat() if report.watermark else '-'}:"
-        f" {report.facts} facts read in {seconds:.2f}s ({rate:,.0f} facts/s)"
+        f" {report.facts:,} new facts, {report.facts_read:,} read (days metered again"
+        f" included) in {seconds:.2f}s"
     )
+    if report.remetered:
+        click.echo(f"meters new or changed, metered over every day: {', '.join(report.remetered)}")
     click.echo(
         f"metering hourly: {report.hourly_base} new, {report.hourly_corrections} corrections;"
         f" daily: {report.daily_base} new, {report.daily_corrections} corrections"
@@ -175,12 +185,18 @@ def publish_command(catalog: bool, close_through: datetime | None) -> None:
                 open_catalog(settings.data_root, path, role=role).close()
                 click.echo(f"catalog ({role}): {path}")
             except duckdb.IOException as error:  # someone holds the file open
-                click.echo(f"catalog not refreshed ({error}); the views read new files anyway")
+                stale = (
+                    "its metering views list the previous run's files until it is (sieve sql"
+                    " always reads the latest)"
+                    if role == "billing"
+                    else "its views read new files anyway"
+                )
+                click.echo(f"catalog ({role}) not refreshed ({error}): {stale}")
     if report.analytics_refused:
         raise SystemExit(1)
 
 
-@reads_settings("data_root", "grace_period", "price_plan_file")
+@reads_settings("data_root", "grace_period", "price_plan_file", "meters_file")
 @click.command("pricing")
 @click.option("--period", required=True, help="The month to invoice, YYYY-MM.")
 @click.option("--account", default=None, help="Only this account id.")
@@ -199,8 +215,9 @@ def pricing_command(period: str, account: str | None, draft: bool, fmt: Format) 
     A month is invoiced once it is closed (its last day's metering is published); before,
     the command fails with exit code 3 unless --draft. An unknown account, or a month with
     no metering, fails with exit code 4. Reads SIEVE_DATA_ROOT, SIEVE_PRICE_PLAN_FILE (the
-    packaged plan if unset) and SIEVE_GRACE_PERIOD.
+    packaged plan if unset), SIEVE_METERS_FILE (the invoice units) and SIEVE_GRACE_PERIOD.
     """
+    from aggregations.meters import load_meters
     from aggregations.pricing import load_plan, period_bounds, price_period, published_watermark
 
     settings = _settings()
@@ -208,7 +225,7 @@ def pricing_command(period: str, account: str | None, draft: bool, fmt: Format) 
         period_bounds(period)
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--period") from None
-    plan = load_plan(settings.price_plan_file)
+    plan = load_plan(settings.price_plan_file, load_meters(settings.meters_file))
     bill = price_period(
         _catalog(settings.data_root),
         plan,
@@ -267,7 +284,7 @@ def analytics_command(
     render(columns, rows, fmt, _console(), title=f"{report} {first} .. {last}")
 
 
-@reads_settings("data_root", "dp_epsilon")
+@reads_settings("data_root", "grace_period", "dp_epsilon")
 @click.command("dashboard")
 @click.option(
     "--out",
@@ -290,18 +307,41 @@ def analytics_command(
 @click.option(
     "--account", default=None, help="Billing role: usage, bandwidth and sessions of this account."
 )
+@click.option(
+    "--since",
+    type=click.DateTime(["%Y-%m-%d"]),
+    default=None,
+    help="First day shown (default: the first day of the last closed month).",
+)
+@click.option(
+    "--until",
+    type=click.DateTime(["%Y-%m-%d"]),
+    default=None,
+    help="Last day shown, inclusive (default: the last day of the last closed month).",
+)
 def dashboard_command(
-    out: str | None, serve: bool, host: str, port: int, role: Role, account: str | None
+    out: str | None,
+    serve: bool,
+    host: str,
+    port: int,
+    role: Role,
+    account: str | None,
+    since: datetime | None,
+    until: datetime | None,
 ) -> None:
     """Write a dashboard: one self-contained HTML page (it opens with no network) of charts
-    over one role's published views. analyst (default): the differentially private
-    analytics with their 95 % intervals, in dashboard.html. billing: exact per-account usage
-    from metering, in billing.html. Reads SIEVE_DATA_ROOT and SIEVE_DP_EPSILON.
+    over one role's published views, for the days --since to --until (by default the last
+    closed month; every day if that month has no data). analyst (default): the
+    differentially private analytics with their 95 % intervals, in dashboard.html. billing:
+    exact per-account usage from metering, in billing.html; an --account with no metering
+    is an error (exit code 4). Reads SIEVE_DATA_ROOT, SIEVE_GRACE_PERIOD and
+    SIEVE_DP_EPSILON.
     """
     import asyncio
     from pathlib import Path
 
     from aggregations import dashboard
+    from aggregations.pricing import published_watermark
 
     if account is not None and role != "billing":
         raise click.BadParameter(
@@ -310,15 +350,28 @@ def dashboard_command(
             param_hint="--account",
         )
     settings = _settings()
+    first = since.date() if since else None
+    last = until.date() if until else None
+    try:
+        dashboard.default_span(None, settings.grace_period, first, last)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--since") from None
 
     def build() -> str:
-        # The clock is read here, at the edge; the page only shows it.
+        # The clock and the watermark are read here, at the edge; the page only shows them.
+        mark = published_watermark(settings.data_root)
+        chosen = first is not None or last is not None
         return dashboard.build_dashboard(
             settings.data_root,
             role=role,
             account=account,
             epsilon=settings.dp_epsilon,
             generated_at=datetime.now(UTC),
+            span=dashboard.default_span(mark, settings.grace_period, first, last)
+            if chosen
+            else None,
+            watermark=mark,
+            grace=settings.grace_period,
         )
 
     path = Path(out) if out is not None else dashboard.default_output(settings.data_root, role)

@@ -19,7 +19,7 @@ import asyncio
 import html
 import os
 from collections.abc import Callable
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Final
 
@@ -29,8 +29,19 @@ from aiohttp import web
 
 from aggregations import dashboard_analytics, dashboard_billing
 from aggregations.catalog import Role
-from aggregations.dashboard_page import CSP, Connection, cards, human_bytes, page, section
+from aggregations.dashboard_page import (
+    CSP,
+    EVERY_DAY,
+    Connection,
+    Span,
+    cards,
+    human_bytes,
+    page,
+    section,
+)
+from aggregations.pricing import NoMeteringError
 from aggregations.storage import resolve_root
+from aggregations.windows import last_closed_day
 from streams.errors import ConfigurationError
 from streams.http_server import serve_until_stopped
 
@@ -44,23 +55,51 @@ __all__ = [
     "CHART_IDS",
     "CSP",
     "PAGE_FILES",
+    "Span",
     "build_dashboard",
     "create_app",
     "default_output",
+    "default_span",
     "render_page",
     "serve",
     "write_page",
 ]
 
 
+def default_span(
+    mark: datetime | None, grace: timedelta, since: date | None, until: date | None
+) -> Span:
+    """The days a page shows (pure): ``since``/``until`` as given; by default the last
+    closed month (its last day closed under the published watermark ``mark``), or every day
+    before anything is closed. Only ``since``: through the last closed day; only ``until``:
+    from the first of its month."""
+    if since is not None and until is not None and since > until:
+        raise ValueError(f"--since {since} is after --until {until}")
+    last = None if mark is None else last_closed_day(mark, grace)
+    if since is None and until is None:
+        if last is None:
+            return EVERY_DAY
+        ends_month = (last + timedelta(days=1)).month != last.month
+        month_end = last if ends_month else last.replace(day=1) - timedelta(days=1)
+        return Span(month_end.replace(day=1), month_end)
+    if until is None:
+        return Span(
+            since, last if last is not None and since is not None and last >= since else None
+        )
+    return Span(since if since is not None else until.replace(day=1), until)
+
+
 def _header(
-    span: tuple[date, date] | None,
+    data: tuple[date, date] | None,
     facts: list[str],
     generated_at: datetime | None,
+    shown: Span = EVERY_DAY,
 ) -> str:
     line = []
-    if span is not None:
-        line.append(f"Data: {span[0].isoformat()} to {span[1].isoformat()} (UTC days)")
+    if data is not None:
+        line.append(f"Data: {data[0].isoformat()} to {data[1].isoformat()} (UTC days)")
+    if shown.since is not None or shown.until is not None:
+        line.append(f"showing {shown.describe()}")
     line += facts
     if generated_at is not None:
         line.append(f"generated {generated_at.isoformat(timespec='seconds')}")
@@ -89,48 +128,45 @@ def render_page(
     account: str | None = None,
     epsilon: float | None = None,
     generated_at: datetime | None = None,
+    span: Span = EVERY_DAY,
 ) -> str:
     """The page from an open catalog connection of ``role`` (:mod:`aggregations.catalog`).
 
-    ``account`` (billing only) restricts the charts to one account; ``epsilon`` is the
-    configured budget, shown in the analysts' header.
+    ``account`` (billing only) restricts the charts to one account: one with no metering
+    at all is a :class:`~aggregations.pricing.NoMeteringError`. ``epsilon`` is the
+    configured budget, shown in the analysts' header; ``span`` the days shown.
     """
     if role == "analyst":
         if account is not None:
             raise ValueError("the analytics have no account dimension: --account is billing's")
         title = "Sieve analytics"
-        span = dashboard_analytics.date_range(connection)
+        data = dashboard_analytics.date_range(connection)
         facts = ["differentially private: every count has noise, bands are 95 % intervals"]
         if epsilon is not None:
             facts.append(f"epsilon = {epsilon:g} per person per day (configured)")
-        header = _header(span, facts, generated_at)
-        if span is None:
+        header = _header(data, facts, generated_at, span)
+        if data is None:
             return page(title, header, _nothing(role), "")
-        body = "".join(section(chart) for chart in dashboard_analytics.charts(connection))
+        body = "".join(section(chart) for chart in dashboard_analytics.charts(connection, span))
         return page(title, header, body, plotly.offline.get_plotlyjs())
+    if account is not None and not dashboard_billing.known_account(connection, account):
+        raise NoMeteringError(f"unknown account {account!r}: no metering published for it")
     title = "Sieve billing" + (f": {account}" if account else "")
-    span = dashboard_billing.date_range(connection)
+    data = dashboard_billing.date_range(connection)
     facts = ["exact per-account metering: billing role only"]
     if account:
         facts.append(f"account: {account}")
-    header = _header(span, facts, generated_at)
-    if span is None:
+    header = _header(data, facts, generated_at, span)
+    if data is None:
         return page(title, header, _nothing(role), "")
-    accounts, requests, page_views, sessions, up, down = dashboard_billing.totals(
-        connection, account
-    )
     summary = cards(
         [
-            ("accounts", f"{accounts:,}"),
-            ("requests", f"{requests:,}"),
-            ("page views", f"{page_views:,}"),
-            ("sessions", f"{sessions:,}"),
-            ("uploaded", human_bytes(up)),
-            ("downloaded", human_bytes(down)),
+            (label, human_bytes(value) if label.endswith("loaded") else f"{value:,}")
+            for label, value in dashboard_billing.totals(connection, account, span)
         ]
     )
     body = summary + "".join(
-        section(chart) for chart in dashboard_billing.charts(connection, account)
+        section(chart) for chart in dashboard_billing.charts(connection, account, span)
     )
     return page(title, header, body, plotly.offline.get_plotlyjs())
 
@@ -142,22 +178,43 @@ def build_dashboard(
     account: str | None = None,
     epsilon: float | None = None,
     generated_at: datetime | None = None,
+    span: Span | None = EVERY_DAY,
+    watermark: datetime | None = None,
+    grace: timedelta = timedelta(hours=1),
 ) -> str:
     """A self-contained HTML page of ``role``'s charts over its published views.
 
     Given a data root, opens the role's catalog locked down (creating the empty published
-    folders if need be, like ``sieve sql``) and closes it after.
+    folders if need be, like ``sieve sql``) and closes it after. ``span``: the days shown;
+    None: the default of :func:`default_span` under ``watermark``, or every day when that
+    month has no data for the role.
     """
-    options = {"role": role, "account": account, "epsilon": epsilon, "generated_at": generated_at}
+    if role == "analyst" and account is not None:
+        # Before anything opens: opening a data root creates its published folders.
+        raise ValueError("the analytics have no account dimension: --account is billing's")
     if isinstance(connection_or_data_root, duckdb.DuckDBPyConnection):
-        return render_page(connection_or_data_root, **options)  # type: ignore[arg-type]
-    from aggregations.sandbox import open_sandbox
+        connection, close = connection_or_data_root, False
+    else:
+        from aggregations.sandbox import open_sandbox
 
-    connection = open_sandbox(os.fspath(connection_or_data_root), role)
+        connection, close = open_sandbox(os.fspath(connection_or_data_root), role), True
     try:
-        return render_page(connection, **options)  # type: ignore[arg-type]
+        if span is None:
+            span = default_span(watermark, grace, None, None)
+            data = (dashboard_analytics if role == "analyst" else dashboard_billing).date_range
+            if data(connection, span) is None:
+                span = EVERY_DAY
+        return render_page(
+            connection,
+            role=role,
+            account=account,
+            epsilon=epsilon,
+            generated_at=generated_at,
+            span=span,
+        )
     finally:
-        connection.close()
+        if close:
+            connection.close()
 
 
 def default_output(data_root: str, role: Role = "analyst") -> Path:

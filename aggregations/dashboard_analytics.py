@@ -14,7 +14,17 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from aggregations.catalog import Z95
-from aggregations.dashboard_page import Chart, Connection, Rows, day_axis, rows_of, style
+from aggregations.dashboard_page import (
+    EVERY_DAY,
+    IN_SPAN,
+    Chart,
+    Connection,
+    Rows,
+    Span,
+    day_axis,
+    rows_of,
+    style,
+)
 
 CHART_IDS: Final = ("chart-people", "chart-activity", "chart-geography", "chart-devices")
 TOP_VALUES: Final = 20
@@ -30,43 +40,50 @@ _LINE: Final = "#1d4ed8"
 Cells = list[tuple[str, int, float, int | None, float | None]]
 
 
-def date_range(connection: Connection) -> tuple[Any, Any] | None:
-    ((first, last),) = rows_of(connection, "SELECT min(date), max(date) FROM analytics_daily")
+def date_range(connection: Connection, span: Span = EVERY_DAY) -> tuple[Any, Any] | None:
+    ((first, last),) = rows_of(
+        connection,
+        f"SELECT min(date), max(date) FROM analytics_daily WHERE {IN_SPAN}",  # noqa: S608
+        span.params,
+    )
     return None if first is None else (first, last)
 
 
-def _daily_totals(connection: Connection) -> Rows:
+def _daily_totals(connection: Connection, span: Span) -> Rows:
     """(date, people, low, high, events, low, high) of each day's total."""
     return rows_of(
         connection,
-        """
+        f"""
         SELECT date, people, people_low, people_high, events, events_low, events_high
-        FROM analytics_daily WHERE dimension = 'total' ORDER BY date
-        """,
+        FROM analytics_daily WHERE dimension = 'total' AND {IN_SPAN} ORDER BY date
+        """,  # noqa: S608 - constant fragments only
+        span.params,
     )
 
 
-def _types(connection: Connection) -> Rows:
+def _types(connection: Connection, span: Span) -> Rows:
     return rows_of(
         connection,
-        """
+        f"""
         SELECT date, value, events FROM analytics_daily
-        WHERE dimension = 'type' AND cell = 'value' ORDER BY value, date
-        """,
+        WHERE dimension = 'type' AND cell = 'value' AND {IN_SPAN} ORDER BY value, date
+        """,  # noqa: S608 - constant fragments only
+        span.params,
     )
 
 
-def cells(connection: Connection, dimension: str) -> Cells:
+def cells(connection: Connection, dimension: str, span: Span = EVERY_DAY) -> Cells:
     """One dimension's published day cells summed over the range, largest first."""
     rows = rows_of(
         connection,
         f"""
         SELECT {_LABEL} AS label, CAST(sum(events) AS BIGINT), sqrt(sum(events_sd * events_sd)),
                CAST(sum(people) AS BIGINT), sqrt(sum(people_sd * people_sd))
-        FROM analytics_daily WHERE dimension = $dimension AND cell IN ('value', 'other')
+        FROM analytics_daily
+        WHERE dimension = $dimension AND cell IN ('value', 'other') AND {IN_SPAN}
         GROUP BY label ORDER BY 2 DESC, label
         """,  # noqa: S608 - constant fragments only
-        {"dimension": dimension},
+        {"dimension": dimension, **span.params},
     )
     return [
         (str(label), int(events), float(sd), None if p is None else int(p), psd)
@@ -105,7 +122,7 @@ def _band(figure: go.Figure, days: list[Any], low: list[Any], high: list[Any], n
     )
 
 
-def people_figure(rows: Rows) -> go.Figure:
+def people_figure(rows: Rows, span: Span = EVERY_DAY) -> go.Figure:
     days = [row[0] for row in rows]
     figure = go.Figure()
     _band(figure, days, [row[2] for row in rows], [row[3] for row in rows], "95 % interval")
@@ -121,11 +138,11 @@ def people_figure(rows: Rows) -> go.Figure:
         )
     )
     figure.update_layout(yaxis={"title": "people", "rangemode": "tozero"})
-    day_axis(figure, days)
+    day_axis(figure, days, span)
     return style(figure, 380)
 
 
-def activity_figure(totals: Rows, types: Rows) -> go.Figure:
+def activity_figure(totals: Rows, types: Rows, span: Span = EVERY_DAY) -> go.Figure:
     figure = go.Figure()
     for value in dict.fromkeys(row[1] for row in types):
         mine = [row for row in types if row[1] == value]
@@ -150,16 +167,23 @@ def activity_figure(totals: Rows, types: Rows) -> go.Figure:
         )
     )
     figure.update_layout(barmode="stack", yaxis={"title": "events", "rangemode": "tozero"})
-    day_axis(figure, days)
+    day_axis(figure, days, span)
     return style(figure, 420)
 
 
 def _bars(labels: list[str], values: list[int], sds: list[float], name: str) -> go.Bar:
-    """Horizontal bars with +-1.96 sd error bars (the 95 % interval of the noise)."""
+    """Horizontal bars with +-1.96 sd error bars (the 95 % interval of the noise), the low
+    end clipped at 0 as the views' ``*_low`` are: a count is never negative, and an axis
+    running into negative numbers reads as if it could be."""
     return go.Bar(
         y=labels,
         x=values,
-        error_x={"type": "data", "array": [Z95 * sd for sd in sds], "visible": True},
+        error_x={
+            "type": "data",
+            "array": [Z95 * sd for sd in sds],
+            "arrayminus": [min(value, Z95 * sd) for value, sd in zip(values, sds, strict=True)],
+            "visible": True,
+        },
         orientation="h",
         name=name,
         hovertemplate="%{y}: %{x:,}<extra></extra>",
@@ -225,19 +249,19 @@ def devices_figure(by_dimension: dict[str, Cells]) -> go.Figure:
     return figure
 
 
-def charts(connection: Connection) -> list[Chart]:
-    totals = _daily_totals(connection)
-    types = _types(connection)
-    countries = cells(connection, "country")
-    devices = {dimension: cells(connection, dimension) for dimension, _ in DEVICE_DIMENSIONS}
-    nothing = "No analytics published yet (a day is released once it closes)."
+def charts(connection: Connection, span: Span = EVERY_DAY) -> list[Chart]:
+    totals = _daily_totals(connection, span)
+    types = _types(connection, span)
+    countries = cells(connection, "country", span)
+    devices = {dimension: cells(connection, dimension, span) for dimension, _ in DEVICE_DIMENSIONS}
+    nothing = f"No analytics published from {span.describe()} (a day is released once it closes)."
     return [
         Chart(
             CHART_IDS[0],
             "Daily active people",
             "Distinct people a day (differentially private: the band is the 95 % interval of"
             " the noise). A person is counted once a day; days do not add up to people.",
-            people_figure(totals) if totals else None,
+            people_figure(totals, span) if totals else None,
             nothing,
         ),
         Chart(
@@ -245,7 +269,7 @@ def charts(connection: Connection) -> list[Chart]:
             "Activity",
             "Events per day by event type, and all events with their 95 % interval. Each"
             " person's day counts at most the configured number of events.",
-            activity_figure(totals, types) if totals else None,
+            activity_figure(totals, types, span) if totals else None,
             nothing,
         ),
         Chart(

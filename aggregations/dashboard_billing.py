@@ -3,7 +3,8 @@
 Usage, bandwidth and sessions per day, from ``metering_daily``: exact, per account, so an
 account with one user shows that person's activity. This page is a billing artefact, built
 on the billing catalog; the analysts' dashboard (:mod:`aggregations.dashboard_analytics`)
-never reads metering.
+never reads metering. Its charts use the packaged meters (requests, page views, bytes,
+sessions); a chart whose meters a meters file does not declare says so instead.
 """
 
 from __future__ import annotations
@@ -14,41 +15,92 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
-from aggregations.dashboard_page import Chart, Connection, Rows, day_axis, rows_of, style
+from aggregations.dashboard_page import (
+    EVERY_DAY,
+    IN_SPAN,
+    Chart,
+    Connection,
+    Rows,
+    Span,
+    day_axis,
+    rows_of,
+    style,
+)
 
 TOP_ACCOUNTS: Final = 8
 CHART_IDS: Final = ("chart-usage", "chart-bandwidth", "chart-sessions")
+# The meters each chart draws, and the totals cards.
+NEEDS: Final = {
+    CHART_IDS[0]: ("requests", "page_views"),
+    CHART_IDS[1]: ("upload_bytes", "uploads", "download_bytes", "downloads"),
+    CHART_IDS[2]: ("sessions", "session_seconds"),
+}
+CARDS: Final = (
+    ("requests", "requests"),
+    ("page_views", "page views"),
+    ("sessions", "sessions"),
+    ("upload_bytes", "uploaded"),
+    ("download_bytes", "downloaded"),
+)
 # One colour per account in both usage panels (plotly would give each trace the next one).
 _ACCOUNT_COLOURS: Final = qualitative.Plotly
 _OTHERS_COLOUR: Final = "#9ca3af"
 _ACCOUNT = "(CAST($account AS VARCHAR) IS NULL OR account_id = $account)"
 
 
-def date_range(connection: Connection) -> tuple[Any, Any] | None:
-    ((first, last),) = rows_of(connection, "SELECT min(date), max(date) FROM metering_daily")
+def published_meters(connection: Connection) -> set[str]:
+    """The meter columns of ``metering_daily`` (what the last publish run published)."""
+    return {row[0] for row in rows_of(connection, "DESCRIBE metering_daily")}
+
+
+def known_account(connection: Connection, account: str) -> bool:
+    """Whether any metering is published for ``account`` (any day)."""
+    ((count,),) = rows_of(
+        connection,
+        "SELECT count(*) FROM metering_daily WHERE account_id = $account",
+        {"account": account},
+    )
+    return bool(count)
+
+
+def date_range(connection: Connection, span: Span = EVERY_DAY) -> tuple[Any, Any] | None:
+    ((first, last),) = rows_of(
+        connection,
+        f"SELECT min(date), max(date) FROM metering_daily WHERE {IN_SPAN}",  # noqa: S608
+        span.params,
+    )
     return None if first is None else (first, last)
 
 
-def totals(connection: Connection, account: str | None) -> tuple[Any, ...]:
+def totals(
+    connection: Connection, account: str | None, span: Span = EVERY_DAY
+) -> list[tuple[str, Any]]:
+    """(card label, value) of the accounts and each published card meter over the span."""
+    meters = [(meter, label) for meter, label in CARDS if meter in published_meters(connection)]
+    sums = "".join(f", sum({meter})" for meter, _ in meters)
     (row,) = rows_of(
         connection,
         f"""
-        SELECT count(DISTINCT account_id), sum(requests), sum(page_views), sum(sessions),
-               sum(upload_bytes), sum(download_bytes)
-        FROM metering_daily WHERE {_ACCOUNT}
-        """,  # noqa: S608 - constant fragments only
-        {"account": account},
+        SELECT count(DISTINCT account_id){sums}
+        FROM metering_daily WHERE {_ACCOUNT} AND {IN_SPAN}
+        """,  # noqa: S608 - checked meter names and constant fragments only
+        {"account": account, **span.params},
     )
-    return tuple(0 if value is None else value for value in row)
+    values = [0 if value is None else value for value in row]
+    return [
+        ("accounts", values[0]),
+        *((label, v) for (_, label), v in zip(meters, values[1:], strict=True)),
+    ]
 
 
-def _usage(connection: Connection, account: str | None, top: int) -> Rows:
+def _usage(connection: Connection, account: str | None, top: int, span: Span) -> Rows:
     """(date, account or None for "others", requests, page_views), busiest accounts first."""
     return rows_of(
         connection,
         f"""
         WITH usage AS (
-            SELECT date, account_id, requests, page_views FROM metering_daily WHERE {_ACCOUNT}
+            SELECT date, account_id, requests, page_views FROM metering_daily
+            WHERE {_ACCOUNT} AND {IN_SPAN}
         ), ranked AS (
             SELECT account_id, row_number() OVER (
                 ORDER BY sum(requests + page_views) DESC, account_id) AS rank
@@ -61,36 +113,36 @@ def _usage(connection: Connection, account: str | None, top: int) -> Rows:
         SELECT date, account, CAST(sum(requests) AS BIGINT), CAST(sum(page_views) AS BIGINT)
         FROM labelled GROUP BY bucket, account, date ORDER BY bucket, date
         """,  # noqa: S608 - constant fragments only
-        {"account": account, "top": top},
+        {"account": account, "top": top, **span.params},
     )
 
 
-def _bandwidth(connection: Connection, account: str | None) -> Rows:
+def _bandwidth(connection: Connection, account: str | None, span: Span) -> Rows:
     return rows_of(
         connection,
         f"""
         SELECT date, CAST(sum(upload_bytes) AS BIGINT), CAST(sum(uploads) AS BIGINT),
                CAST(sum(download_bytes) AS BIGINT), CAST(sum(downloads) AS BIGINT)
-        FROM metering_daily WHERE {_ACCOUNT} GROUP BY date ORDER BY date
+        FROM metering_daily WHERE {_ACCOUNT} AND {IN_SPAN} GROUP BY date ORDER BY date
         """,  # noqa: S608 - constant fragments only
-        {"account": account},
+        {"account": account, **span.params},
     )
 
 
-def _sessions(connection: Connection, account: str | None) -> Rows:
+def _sessions(connection: Connection, account: str | None, span: Span) -> Rows:
     """(date, sessions started, mean length in seconds of the sessions ended that day)."""
     return rows_of(
         connection,
         f"""
         SELECT date, CAST(sum(sessions) AS BIGINT),
                CAST(sum(session_seconds) AS DOUBLE) / nullif(sum(sessions), 0)
-        FROM metering_daily WHERE {_ACCOUNT} GROUP BY date ORDER BY date
+        FROM metering_daily WHERE {_ACCOUNT} AND {IN_SPAN} GROUP BY date ORDER BY date
         """,  # noqa: S608 - constant fragments only
-        {"account": account},
+        {"account": account, **span.params},
     )
 
 
-def usage_figure(rows: Rows) -> go.Figure:
+def usage_figure(rows: Rows, span: Span = EVERY_DAY) -> go.Figure:
     figure = make_subplots(
         rows=2,
         cols=1,
@@ -121,11 +173,11 @@ def usage_figure(rows: Rows) -> go.Figure:
                 col=1,
             )
     figure.update_layout(barmode="stack")
-    day_axis(figure, [row[0] for row in rows])
-    return style(figure, 560)
+    day_axis(figure, [row[0] for row in rows], span)
+    return style(figure, 600)
 
 
-def bandwidth_figure(rows: Rows) -> go.Figure:
+def bandwidth_figure(rows: Rows, span: Span = EVERY_DAY) -> go.Figure:
     days = [row[0] for row in rows]
     figure = go.Figure(
         [
@@ -148,11 +200,11 @@ def bandwidth_figure(rows: Rows) -> go.Figure:
     figure.update_layout(
         barmode="group", yaxis={"title": "bytes per day", "tickformat": ".3~s", "ticksuffix": "B"}
     )
-    day_axis(figure, days)
-    return style(figure, 380)
+    day_axis(figure, days, span)
+    return style(figure, 400)
 
 
-def sessions_figure(rows: Rows) -> go.Figure:
+def sessions_figure(rows: Rows, span: Span = EVERY_DAY) -> go.Figure:
     figure = make_subplots(specs=[[{"secondary_y": True}]])
     days = [row[0] for row in rows]
     figure.add_trace(
@@ -176,37 +228,45 @@ def sessions_figure(rows: Rows) -> go.Figure:
     figure.update_yaxes(
         title_text="minutes", secondary_y=True, rangemode="tozero", showgrid=False, tickformat=".1f"
     )
-    day_axis(figure, days)
-    return style(figure, 380)
+    day_axis(figure, days, span)
+    return style(figure, 400)
 
 
-def charts(connection: Connection, account: str | None) -> list[Chart]:
+def charts(connection: Connection, account: str | None, span: Span = EVERY_DAY) -> list[Chart]:
     scope = f"account {account}" if account else f"top {TOP_ACCOUNTS} accounts and others"
-    usage = _usage(connection, account, TOP_ACCOUNTS)
-    bandwidth = _bandwidth(connection, account)
-    sessions = _sessions(connection, account)
-    nothing = "No metering published yet" + (f" for account {account}." if account else ".")
-    return [
-        Chart(
-            CHART_IDS[0],
-            "Usage",
-            f"Exact metering, {scope}.",
-            usage_figure(usage) if usage else None,
-            nothing,
-        ),
-        Chart(
-            CHART_IDS[1],
+    present = published_meters(connection)
+    nothing = (
+        "No metering published"
+        + (f" for account {account}" if account else "")
+        + f" from {span.describe()}."
+    )
+    specs = [
+        ("Usage", f"Exact metering, {scope}.", _usage, usage_figure),
+        (
             "Bandwidth",
             "Bytes uploaded and downloaded per day (exact metering).",
-            bandwidth_figure(bandwidth) if bandwidth else None,
-            nothing,
+            _bandwidth,
+            bandwidth_figure,
         ),
-        Chart(
-            CHART_IDS[2],
+        (
             "Sessions",
             "Sessions started per day and the mean length of the sessions ended that day"
             " (exact metering).",
-            sessions_figure(sessions) if sessions else None,
-            nothing,
+            _sessions,
+            sessions_figure,
         ),
     ]
+    built = []
+    for div_id, (title, note, query, draw) in zip(CHART_IDS, specs, strict=True):
+        missing = [meter for meter in NEEDS[div_id] if meter not in present]
+        if missing:
+            reason = f"The published meters have no {', '.join(missing)} (see the meters file)."
+            built.append(Chart(div_id, title, note, None, reason))
+            continue
+        rows = (
+            _usage(connection, account, TOP_ACCOUNTS, span)
+            if query is _usage
+            else query(connection, account, span)  # type: ignore[operator]
+        )
+        built.append(Chart(div_id, title, note, draw(rows, span) if rows else None, nothing))
+    return built

@@ -11,7 +11,7 @@ from __future__ import annotations
 import html
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime, time, timedelta
 from typing import Any, Final
 
 import duckdb
@@ -30,6 +30,33 @@ PLOT_CONFIG: Final = {"displaylogo": False, "responsive": True}
 _DAY_MS: Final = 86_400_000
 
 
+# Every chart query filters its days with this, on its parameters $since and $until.
+IN_SPAN: Final = (
+    "(CAST($since AS DATE) IS NULL OR date >= $since)"
+    " AND (CAST($until AS DATE) IS NULL OR date <= $until)"
+)
+
+
+@dataclass(frozen=True)
+class Span:
+    """The days a page shows, inclusive; None on a side: no bound there."""
+
+    since: date | None = None
+    until: date | None = None
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {"since": self.since, "until": self.until}
+
+    def describe(self) -> str:
+        first = self.since.isoformat() if self.since else "the first day"
+        last = self.until.isoformat() if self.until else "the last day"
+        return f"{first} to {last}"
+
+
+EVERY_DAY: Final = Span()
+
+
 @dataclass(frozen=True)
 class Chart:
     """One section of the page: a figure, or the reason there is none yet."""
@@ -46,26 +73,46 @@ def rows_of(connection: Connection, sql: str, params: dict[str, Any] | None = No
 
 
 def style(figure: go.Figure, height: int) -> go.Figure:
+    """The common look. The legend sits under the plot, at the bottom of the figure: at the
+    top it ran under plotly's toolbar (top right), which covered its last entries. The top
+    margin keeps subplot titles below the toolbar too."""
     figure.update_layout(
         template="plotly_white",
         height=height,
-        margin={"l": 60, "r": 30, "t": 50, "b": 40},
-        legend={"orientation": "h", "yanchor": "bottom", "y": 1.06, "x": 0},
+        margin={"l": 60, "r": 30, "t": 64, "b": 40},
+        legend={
+            "orientation": "h",
+            "yref": "container",
+            "y": 0,
+            "yanchor": "bottom",
+            "x": 0,
+            "xanchor": "left",
+        },
         hovermode="x unified",
         font={"size": 13},
     )
     return figure
 
 
-def day_axis(figure: go.Figure, days: Sequence[date]) -> None:
-    """Ticks on whole days, at most about a dozen: plotly's automatic date ticks land on
-    noon and midnight for short ranges, which reads as hourly data."""
+def day_axis(figure: go.Figure, days: Sequence[date], span: Span | None = None) -> None:
+    """Ticks on whole days, at most about a dozen (plotly's automatic date ticks land on
+    noon and midnight for short ranges, which reads as hourly data), over the page's span
+    when it has one: the axis shows the range asked for, never years of stray data."""
     if not days:
         return
-    first, last = min(days), max(days)
+    first = span.since if span is not None and span.since else min(days)
+    last = span.until if span is not None and span.until else max(days)
     step = max(1, -(-((last - first).days + 1) // 12))
+    half_day = timedelta(hours=12)
     figure.update_xaxes(
-        type="date", tick0=first.isoformat(), dtick=step * _DAY_MS, tickformat="%b %-d\n%Y"
+        type="date",
+        tick0=first.isoformat(),
+        dtick=step * _DAY_MS,
+        tickformat="%b %-d\n%Y",
+        range=[
+            (datetime.combine(first, time(0)) - half_day).isoformat(),
+            (datetime.combine(last, time(0)) + half_day).isoformat(),
+        ],
     )
 
 

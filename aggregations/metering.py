@@ -1,118 +1,208 @@
-"""Exact per-account usage per UTC hour and per UTC day (pure: Arrow in, Arrow out).
+"""Exact per-account usage per UTC hour and per UTC day, for any declared meter, in DuckDB.
 
-What each metric counts, from the FACTS rows of the window:
+The queries run over a ``facts`` view (committed facts files, :func:`aggregations.storage.
+register_facts`) and write temporary tables, so nothing is materialized in Python: what the
+meters count is :mod:`aggregations.meters`; this module groups by window and account (and by
+each meter's breakdown columns), and compares with what is published.
 
-- ``requests``, ``page_views``, ``uploads``, ``downloads``: events of that type.
-- ``upload_bytes``, ``download_bytes``: sum of ``bytes`` over upload / download events.
-- ``sessions``: login events. A session is counted in the window it *starts* in.
-- ``session_seconds``: sum of ``session_seconds`` over logout events, so session time is
-  counted in the window the session *ends* in (the logout carries the duration). Summed as
-  a decimal rounded to the millisecond, so the sum is exact and independent of the order
-  DuckDB adds in (a float sum is not, and would publish spurious corrections).
-- ``active_users``: distinct non-null ``subject_key``. The daily value is a distinct count
-  over the day's facts, never a sum of hours (a person active in two hours counts once).
+Rows are *long*: (grain, date, hour, account_id, meter, dimension, dimension_value, value),
+``dimension`` null on a meter's total. A zero is not a row, except one per account and window
+whose every meter is zero: an account with facts in a window always has its row of zeros.
+No noise and no suppression: an invoice must be exact.
 
-No noise and no suppression: an invoice must be exact. Accounts with facts in a window but
-none of these events get a row of zeros.
+Corrections (:func:`changes`): a key never published gets a base row with its value; a
+published key whose sum of rows differs gets one correction row with the difference. Keys
+whose sum already matches produce nothing, which makes publishing idempotent. An account and
+window with no facts left at all (facts removed by retention) is left as published: deleting
+old inputs must not rewrite what was billed.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Final
+from typing import Any
 
+import duckdb
 import pyarrow as pa
 
 from aggregations.engine import connect
-from aggregations.schemas import METRICS
+from aggregations.meters import Meter
+from aggregations.schemas import METERING_VALUE_TYPE
 
-# The metric columns of one group of facts (the bench prices straight from facts with it).
-METRIC_SQL: Final = """
-    count(*) FILTER (WHERE type = 'request') AS requests,
-    count(*) FILTER (WHERE type = 'page_view') AS page_views,
-    count(*) FILTER (WHERE type = 'login') AS sessions,
-    CAST(coalesce(sum(CAST(session_seconds AS DECIMAL(18, 3))) FILTER (WHERE type = 'logout'), 0)
-         AS DECIMAL(18, 3)) AS session_seconds,
-    count(*) FILTER (WHERE type = 'upload') AS uploads,
-    CAST(coalesce(sum(bytes) FILTER (WHERE type = 'upload'), 0) AS BIGINT) AS upload_bytes,
-    count(*) FILTER (WHERE type = 'download') AS downloads,
-    CAST(coalesce(sum(bytes) FILTER (WHERE type = 'download'), 0) AS BIGINT) AS download_bytes,
-    count(DISTINCT subject_key) AS active_users
-"""
+_ANY = "__any_usage"
+# The key of a row; `hour` is null on day rows and `dimension` on totals, hence the
+# null-safe comparisons below.
+KEY = ("grain", "date", "hour", "account_id", "meter", "dimension", "dimension_value")
+WINDOW = ("grain", "date", "hour", "account_id")
 
 
-def hourly_usage(facts: pa.Table, last_hour: datetime) -> pa.Table:
-    """Usage per (hour, account_id) for every hour ``<= last_hour`` (the closed ones)."""
-    connection = connect()
-    connection.register("facts", facts)
-    return connection.sql(
-        f"""
-        SELECT occurred_hour AS hour, account_id, {METRIC_SQL}
-        FROM facts WHERE occurred_hour <= ?
-        GROUP BY ALL ORDER BY hour, account_id
-        """,  # noqa: S608 - constant SQL text, the bound is a parameter
-        params=[last_hour],
-    ).to_arrow_table()
+def _same(left: str, right: str, columns: Sequence[str]) -> str:
+    return " AND ".join(f"{left}.{c} IS NOT DISTINCT FROM {right}.{c}" for c in columns)
 
 
-def daily_usage(facts: pa.Table, last_day: date) -> pa.Table:
-    """Usage per (date, account_id) for every UTC day ``<= last_day`` (the closed ones)."""
-    connection = connect()
-    connection.register("facts", facts)
-    return connection.sql(
-        f"""
-        SELECT CAST(occurred_hour AS DATE) AS date, account_id, {METRIC_SQL}
-        FROM facts WHERE CAST(occurred_hour AS DATE) <= ?
-        GROUP BY ALL ORDER BY date, account_id
-        """,  # noqa: S608 - constant SQL text, the bound is a parameter
-        params=[last_day],
-    ).to_arrow_table()
+def _grouped(meters: Sequence[Meter], dimension: str | None) -> str:
+    """Hour and day rows of ``meters`` over ``metered_facts``, grouped by window and account
+    (and ``dimension``), in the wide shape (one column per meter)."""
+    values = ", ".join(f"{m.value_sql()} AS {m.name}" for m in meters)
+    usage = " OR ".join(f"{m.name} <> 0" for m in meters)
+    if dimension is None:
+        group, name, value = "", "CAST(NULL AS VARCHAR)", "CAST(NULL AS VARCHAR)"
+    else:
+        group, name, value = f', "{dimension}"', f"'{dimension}'", f'CAST("{dimension}" AS VARCHAR)'
+    labels = f"account_id, {name} AS dimension, {value} AS dimension_value, {values}"
+    hours = f"""
+        SELECT 'hour' AS grain, CAST(occurred_hour AS DATE) AS date, occurred_hour AS hour,
+               {labels}
+        FROM metered_facts WHERE occurred_hour <= $last_hour
+        GROUP BY occurred_hour, account_id{group}
+    """  # noqa: S608 - meter and column names are checked identifiers, the rest constants
+    days = f"""
+        SELECT 'day' AS grain, CAST(occurred_hour AS DATE) AS date,
+               CAST(NULL AS TIMESTAMPTZ) AS hour, {labels}
+        FROM metered_facts WHERE CAST(occurred_hour AS DATE) <= $last_day
+        GROUP BY CAST(occurred_hour AS DATE), account_id{group}
+    """  # noqa: S608
+    return f"SELECT *, ({usage}) AS {_ANY} FROM ({hours} UNION ALL {days})"  # noqa: S608
 
 
-def changes(recomputed: pa.Table, published: pa.Table, window: str) -> tuple[pa.Table, pa.Table]:
-    """What to publish so that published sums equal ``recomputed``: ``(base, corrections)``.
+def _long(meters: Sequence[Meter], dimension: str | None) -> str:
+    names = ", ".join(m.name for m in meters)
+    # Totals keep one zero row per account-window with no usage at all (its row of zeros).
+    presence = f" OR (meter = '{meters[0].name}' AND NOT {_ANY})" if dimension is None else ""
+    return f"""
+        SELECT {", ".join(KEY)}, CAST(value AS {_decimal()}) AS value
+        FROM (UNPIVOT ({_grouped(meters, dimension)}) ON {names} INTO NAME meter VALUE value)
+        WHERE value <> 0{presence}
+    """  # noqa: S608
 
-    ``window`` is the window column ("hour" or "date"). ``published`` holds every row
-    published so far (base and corrections). A window never published gets a base row with
-    its value; a published window whose sum differs gets one correction row carrying
-    ``recomputed - published`` per metric. Windows whose sum already matches produce
-    nothing, which makes publishing idempotent. A published window with no facts left at
-    all (facts files removed by retention) is left as published: deleting old inputs must
-    not rewrite what was billed.
-    """
-    _check_window(window)
-    connection = connect()
-    connection.register("recomputed", recomputed)
-    connection.register("published", published)
-    metric_sums = ", ".join(f"CAST(sum({m}) AS {_sql_type(m)}) AS {m}" for m in METRICS)
-    deltas = ", ".join(
-        f"CAST(coalesce(r.{m}, 0) - coalesce(p.{m}, 0) AS {_sql_type(m)}) AS {m}" for m in METRICS
-    )
-    any_delta = " OR ".join(f"coalesce(r.{m}, 0) <> coalesce(p.{m}, 0)" for m in METRICS)
-    keys = f"{window}, account_id"
+
+def _decimal() -> str:
+    return f"DECIMAL({METERING_VALUE_TYPE.precision}, {METERING_VALUE_TYPE.scale})"
+
+
+def recompute(
+    connection: duckdb.DuckDBPyConnection,
+    meters: Sequence[Meter],
+    days: Sequence[date],
+    last_hour: datetime,
+    last_day: date,
+) -> None:
+    """Temp table ``recomputed``: the long rows of every closed window (hours ``<=
+    last_hour``, days ``<= last_day``) of ``days``, from the ``facts`` view."""
+    connection.register("recompute_days", pa.table({"day": pa.array(sorted(days), pa.date32())}))
     connection.execute(
-        f"CREATE TEMP TABLE p AS SELECT {keys}, {metric_sums} FROM published GROUP BY ALL"  # noqa: S608
+        """
+        CREATE OR REPLACE TEMP VIEW metered_facts AS
+        SELECT * FROM facts
+        WHERE CAST(occurred_hour AS DATE) IN (SELECT day FROM recompute_days)
+        """
     )
-    base = connection.sql(
+    parts = [_long(meters, None)]
+    for dimension in sorted({d for m in meters for d in m.group_by}):
+        parts.append(_long([m for m in meters if dimension in m.group_by], dimension))
+    connection.execute(
+        f"CREATE OR REPLACE TEMP TABLE recomputed AS {' UNION ALL '.join(parts)}",
+        {"last_hour": last_hour, "last_day": last_day},
+    )
+
+
+@dataclass(frozen=True)
+class Changes:
+    """Account-windows newly published and corrected by one :func:`changes` call."""
+
+    hourly_base: int = 0
+    hourly_corrections: int = 0
+    daily_base: int = 0
+    daily_corrections: int = 0
+
+
+def changes(
+    connection: duckdb.DuckDBPyConnection,
+    meters: Sequence[Meter],
+    new_meters: Sequence[str],
+) -> Changes:
+    """Temp table ``changes`` (long rows and ``is_correction``): what to publish so that the
+    published sums equal ``recomputed``, given ``published`` (every row published so far for
+    the same days, any meter). ``new_meters`` are meters no earlier run published: their
+    first values are base rows even in windows published before."""
+    connection.register(
+        "current_meters", pa.table({"meter": pa.array([m.name for m in meters], pa.string())})
+    )
+    connection.register("new_meters", pa.table({"meter": pa.array(list(new_meters), pa.string())}))
+    keys = ", ".join(KEY)
+    window = ", ".join(WINDOW)
+    connection.execute(
         f"""
-        SELECT r.* FROM recomputed r ANTI JOIN p USING ({keys}) ORDER BY {keys}
-        """  # noqa: S608 - window is one of two constants (checked)
+        CREATE OR REPLACE TEMP TABLE current AS
+        SELECT {keys}, sum(value) AS value FROM published
+        WHERE meter IN (SELECT meter FROM current_meters) GROUP BY ALL;
+        CREATE OR REPLACE TEMP TABLE published_windows AS SELECT DISTINCT {window} FROM published;
+        CREATE OR REPLACE TEMP TABLE recomputed_windows AS SELECT DISTINCT {window} FROM recomputed;
+        CREATE OR REPLACE TEMP TABLE changes AS
+        WITH joined AS (
+            SELECT {", ".join(f"coalesce(r.{c}, c.{c}) AS {c}" for c in KEY)},
+                   r.value AS recomputed, c.value AS published
+            FROM recomputed r FULL JOIN current c ON {_same("r", "c", KEY)}
+        ), marked AS (
+            SELECT j.*, p.grain IS NOT NULL AS window_published,
+                   w.grain IS NOT NULL AS window_has_facts
+            FROM joined j
+            LEFT JOIN published_windows p ON {_same("j", "p", WINDOW)}
+            LEFT JOIN recomputed_windows w ON {_same("j", "w", WINDOW)}
+        )
+        SELECT {keys},
+               CAST(coalesce(recomputed, 0) - coalesce(published, 0) AS {_decimal()}) AS value,
+               window_published AND meter NOT IN (SELECT meter FROM new_meters) AS is_correction,
+               window_published
+        FROM marked
+        WHERE window_has_facts AND (
+            coalesce(recomputed, 0) <> coalesce(published, 0)
+            OR (published IS NULL AND NOT window_published))
+        """  # noqa: S608 - constant fragments and checked identifiers
+    )
+    counts = {
+        grain: (int(new), int(fixed))
+        for grain, new, fixed in connection.execute(
+            """
+            SELECT grain,
+                   count(DISTINCT (date, hour, account_id)) FILTER (WHERE NOT window_published),
+                   count(DISTINCT (date, hour, account_id)) FILTER (WHERE is_correction)
+            FROM changes GROUP BY grain
+            """
+        ).fetchall()
+    }
+    hours, days = counts.get("hour", (0, 0)), counts.get("day", (0, 0))
+    return Changes(hours[0], hours[1], days[0], days[1])
+
+
+# --- for tests and one-off use: Arrow in, Arrow out ----------------------------------------
+
+
+def usage(
+    facts: pa.Table, meters: Sequence[Meter], last_hour: datetime, last_day: date
+) -> pa.Table:
+    """The long rows of every closed window of ``facts`` (pure: Arrow in, Arrow out)."""
+    connection = connect()
+    connection.register("facts", facts)
+    days = connection.execute("SELECT DISTINCT CAST(occurred_hour AS DATE) FROM facts").fetchall()
+    recompute(connection, meters, [d for (d,) in days], last_hour, last_day)
+    return connection.sql(
+        f"SELECT * FROM recomputed ORDER BY {', '.join(KEY)}"  # noqa: S608
     ).to_arrow_table()
-    corrections = connection.sql(
-        f"""
-        SELECT {keys}, {deltas}
-        FROM recomputed r JOIN p USING ({keys})
-        WHERE {any_delta}
-        ORDER BY {keys}
-        """  # noqa: S608
-    ).to_arrow_table()
-    return base, corrections
 
 
-def _check_window(window: str) -> None:
-    if window not in ("hour", "date"):
-        raise ValueError(f"window column must be 'hour' or 'date', not {window!r}")
-
-
-def _sql_type(metric: str) -> str:
-    return "DECIMAL(18, 3)" if metric == "session_seconds" else "BIGINT"
+def wide(long: pa.Table, meters: Sequence[Meter], grain: str) -> list[dict[str, Any]]:
+    """Long rows as one dict per window and account with a value per meter (totals only)."""
+    window = "hour" if grain == "hour" else "date"
+    rows: dict[tuple[object, str], dict[str, Any]] = {}
+    for row in long.to_pylist():
+        if row["grain"] != grain or row["dimension"] is not None:
+            continue
+        key = (row[window], row["account_id"])
+        out = rows.setdefault(
+            key, {window: key[0], "account_id": key[1], **{m.name: 0 for m in meters}}
+        )
+        out[row["meter"]] = out[row["meter"]] + row["value"]
+    return [rows[key] for key in sorted(rows, key=lambda k: (str(k[0]), k[1]))]

@@ -1,25 +1,26 @@
-"""The price plan: a TOML file of per-metric units, allowances and prices, all decimals.
+"""The price plan: a TOML file of per-meter allowances and prices, all decimals.
 
-A plan says, per metric (a column of ``metering_daily``): its billing ``unit`` (the label
-invoices print) and ``unit_size`` (metered quantity per billing unit), whether the period's
+A plan says, per meter (declared in the meters file, :mod:`aggregations.meters`, which also
+gives its invoice unit and the metered quantity in one such unit): whether the period's
 usage is the ``sum`` of its days or the ``max`` (peak day), the ``included`` allowance and a
-flat ``unit_price`` or graduated ``tiers``. ``quantity_rounding`` says how usage is rounded
-to whole billing units: ``"up"`` (the default: a started unit is a unit), ``"half_even"``,
-or ``"exact"`` (no rounding). Every problem is a :class:`PricePlanError` naming the line
-and key.
+flat ``unit_price`` or graduated ``tiers``, in invoice units. ``quantity_rounding`` says how
+usage is rounded to whole invoice units: ``"up"`` (the default: a started unit is a unit),
+``"half_even"``, or ``"exact"`` (no rounding). Every problem is a :class:`PricePlanError`
+naming the line and key.
 """
 
 from __future__ import annotations
 
 import re
-import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from importlib import resources
 from pathlib import Path
 from typing import Any, Final, Literal
 
-from aggregations.schemas import METRICS
+from aggregations.meters import Meter, default_meters
+from aggregations.tomlfile import line_of, loads
 from streams.errors import ConfigurationError
 
 DEFAULT_PLAN: Final = "price_plan.toml"
@@ -68,40 +69,24 @@ class PricePlan:
 
 
 _TOP_LEVEL_KEYS: Final = ("currency", "amount_quantum", "quantity_rounding", "metrics")
-_HEADER = re.compile(r"^\s*\[\[?\s*([A-Za-z0-9_.\-\s]+?)\s*\]\]?\s*(#.*)?$")
-
-
-def _line_of(text: str, table: str | None, key: str) -> int | None:
-    """Best effort: the line of ``key =`` inside ``[table]`` (or at top level); else the
-    table's header line; else None."""
-    current: str | None = None
-    header_line: int | None = None
-    key_pattern = re.compile(rf"^\s*{re.escape(key)}\s*=")
-    for number, line in enumerate(text.splitlines(), start=1):
-        header = _HEADER.match(line)
-        if header:
-            current = header.group(1)
-            if current == table:
-                header_line = number
-            continue
-        if current == table and key_pattern.match(line):
-            return number
-    return header_line
+# Keys an earlier plan had per metric, now declared once with the meter.
+_MOVED: Final = {"unit": "invoice_unit", "unit_size": "invoice_unit_size"}
 
 
 class _Reader:
-    def __init__(self, path: str, text: str) -> None:
+    def __init__(self, path: str, text: str, meters: Sequence[Meter]) -> None:
         self.path = path
         self.text = text
+        self.meters = {meter.name: meter for meter in meters}
 
     def fail(self, table: str | None, key: str, reason: str) -> PricePlanError:
         full = f"{table}.{key}" if table else key
         base_key = key.split("[", 1)[0]
-        return PricePlanError(self.path, full, reason, _line_of(self.text, table, base_key))
+        return PricePlanError(self.path, full, reason, line_of(self.text, table, base_key))
 
     def fail_table(self, table: str, reason: str) -> PricePlanError:
         """An error about a whole table: points at its header line."""
-        return PricePlanError(self.path, table, reason, _line_of(self.text, table, "\0"))
+        return PricePlanError(self.path, table, reason, line_of(self.text, table, "\0"))
 
     def decimal(
         self,
@@ -135,20 +120,26 @@ class _Reader:
 
     def metric(self, name: str, raw: Any) -> MetricPrice:
         table = f"metrics.{name}"
-        if name not in METRICS:
-            raise self.fail_table(table, f"unknown metric; known: {', '.join(METRICS)}")
+        meter = self.meters.get(name)
+        if meter is None:
+            raise self.fail_table(
+                table, f"not a declared meter; the meters file declares: {', '.join(self.meters)}"
+            )
         if not isinstance(raw, dict):
             raise self.fail_table(table, "must be a table")
-        allowed = {"unit", "unit_size", "aggregate", "included", "unit_price", "tiers"}
+        for key in raw:
+            if key in _MOVED:
+                raise self.fail(
+                    table,
+                    key,
+                    f"declared once, with the meter: {_MOVED[key]} of [meters.{name}] in the"
+                    f" meters file (here {meter.invoice_unit!r}, size {meter.invoice_unit_size})",
+                )
+        allowed = {"aggregate", "included", "unit_price", "tiers"}
         for key in raw:
             if key not in allowed:
                 raise self.fail(table, key, f"unknown key; allowed: {', '.join(sorted(allowed))}")
-        unit = raw.get("unit", name)
-        if not isinstance(unit, str):
-            raise self.fail(table, "unit", "must be a string")
-        unit_size = self.decimal(raw, table, "unit_size", default="1")
-        if unit_size == 0:
-            raise self.fail(table, "unit_size", "must be greater than 0")
+        unit, unit_size = meter.invoice_unit, meter.invoice_unit_size
         aggregate = raw.get("aggregate", "sum")
         if aggregate not in ("sum", "max"):
             raise self.fail(table, "aggregate", f'must be "sum" or "max", not {aggregate!r}')
@@ -194,15 +185,13 @@ class _Reader:
         return tuple(tiers)
 
 
-def parse_plan(text: str, path: str = "<plan>") -> PricePlan:
-    """Parse and check a plan; every problem raises PricePlanError naming line and key."""
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as error:
-        match = re.search(r"line (\d+)", str(error))
-        line = int(match.group(1)) if match else None
-        raise PricePlanError(path, "(syntax)", str(error), line) from None
-    reader = _Reader(path, text)
+def parse_plan(text: str, path: str = "<plan>", meters: Sequence[Meter] | None = None) -> PricePlan:
+    """Parse and check a plan against the declared meters (the packaged ones by default);
+    every problem raises PricePlanError naming line and key."""
+    raw, reason, line = loads(text)
+    if raw is None:
+        raise PricePlanError(path, "(syntax)", reason, line)
+    reader = _Reader(path, text, default_meters() if meters is None else meters)
     for key in raw:
         if key not in _TOP_LEVEL_KEYS:
             raise reader.fail(None, key, f"unknown key; allowed: {', '.join(_TOP_LEVEL_KEYS)}")
@@ -232,13 +221,14 @@ def parse_plan(text: str, path: str = "<plan>") -> PricePlan:
     )
 
 
-def load_plan(path: Path | None) -> PricePlan:
-    """The plan in ``path``, or the packaged default plan when ``path`` is None."""
+def load_plan(path: Path | None, meters: Sequence[Meter] | None = None) -> PricePlan:
+    """The plan in ``path``, or the packaged default plan when ``path`` is None, checked
+    against ``meters`` (the packaged meters by default)."""
     if path is None:
         text = resources.files("aggregations").joinpath(DEFAULT_PLAN).read_text("utf-8")
-        return parse_plan(text, f"(packaged) {DEFAULT_PLAN}")
+        return parse_plan(text, f"(packaged) {DEFAULT_PLAN}", meters)
     try:
         text = path.read_text("utf-8")
     except OSError as error:
         raise ConfigurationError(f"price plan {path}: cannot read it ({error.strerror})") from None
-    return parse_plan(text, str(path))
+    return parse_plan(text, str(path), meters)

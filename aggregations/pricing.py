@@ -22,6 +22,7 @@ draft, and a draft says so in every format.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import ROUND_CEILING, ROUND_HALF_EVEN, Decimal
@@ -29,9 +30,8 @@ from typing import Final, Literal
 
 import duckdb
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+from aggregations.manifest import read_manifest
 from aggregations.price_plan import (
     DEFAULT_PLAN,
     MetricPrice,
@@ -42,8 +42,7 @@ from aggregations.price_plan import (
     load_plan,
     parse_plan,
 )
-from aggregations.schemas import METERING_DAILY_DIR, METERING_HOURLY_DIR, METRICS
-from aggregations.storage import list_parquet, resolve_root
+from aggregations.storage import resolve_root
 from aggregations.windows import day_closed, last_closed_day
 from streams.errors import SieveError
 
@@ -52,6 +51,7 @@ __all__ = [
     "Invoice",
     "InvoiceLine",
     "InvoiceTotal",
+    "MeterNotPublishedError",
     "MetricPrice",
     "NoMeteringError",
     "PeriodNotClosedError",
@@ -82,6 +82,12 @@ class PeriodNotClosedError(SieveError):
 
 class NoMeteringError(SieveError):
     """Nothing to invoice: an unknown account, or a period without published metering."""
+
+    exit_code = 4
+
+
+class MeterNotPublishedError(SieveError):
+    """The plan prices a meter that no publish run has metered yet."""
 
     exit_code = 4
 
@@ -141,18 +147,9 @@ def period_bounds(period: str) -> tuple[date, date]:
 
 
 def published_watermark(data_root: str) -> datetime | None:
-    """The latest watermark any publish run closed windows with (None: nothing published).
-
-    Every run stamps its rows with it; one file per run, so the column's first value is it.
-    """
-    root = resolve_root(data_root)
-    marks: list[datetime] = []
-    for folder in (METERING_HOURLY_DIR, METERING_DAILY_DIR):
-        for path in list_parquet(root, folder):
-            column = pq.read_table(path, columns=["watermark"], filesystem=root.fs)["watermark"]
-            if len(column):
-                marks.append(pc.max(column).as_py())
-    return max(marks, default=None)
+    """The watermark the last publish run closed windows with (None: nothing published),
+    from the publish manifest."""
+    return read_manifest(resolve_root(data_root)).watermark
 
 
 def covered_through(mark: datetime | None, grace: timedelta) -> date | None:
@@ -164,11 +161,22 @@ def covered_through(mark: datetime | None, grace: timedelta) -> date | None:
 
 
 def period_usage(
-    connection: duckdb.DuckDBPyConnection, period: str, account_id: str | None = None
+    connection: duckdb.DuckDBPyConnection,
+    period: str,
+    meters: Sequence[str],
+    account_id: str | None = None,
 ) -> pa.Table:
-    """The ``metering_daily`` rows (current values) of the period, from the catalog."""
+    """The ``metering_daily`` rows (current values of ``meters``) of the period, from the
+    catalog. A meter the views do not have (never published) is an error that says so."""
     start, end = period_bounds(period)
-    columns = ", ".join(METRICS)
+    published = {row[0] for row in connection.execute("DESCRIBE metering_daily").fetchall()}
+    missing = [meter for meter in meters if meter not in published]
+    if missing:
+        raise MeterNotPublishedError(
+            f"the price plan prices {', '.join(missing)}, which no publish run has metered:"
+            " declare it in the meters file (SIEVE_METERS_FILE) and run `sieve publish`"
+        )
+    columns = ", ".join(meters)
     return connection.sql(
         f"""
         SELECT date, account_id, {columns} FROM metering_daily
@@ -205,7 +213,7 @@ def price_period(
             f" {_duration(grace)} after its end, once later events arrive or `sieve publish"
             " --close-through` says the input is complete); --draft prices what there is"
         )
-    usage = period_usage(connection, period, account_id)
+    usage = period_usage(connection, period, [price.metric for price in plan.metrics], account_id)
     if account_id is not None and usage.num_rows == 0 and not _known(connection, account_id):
         raise NoMeteringError(f"unknown account {account_id!r}: no metering published for it")
     if usage.num_rows == 0:

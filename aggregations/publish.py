@@ -3,84 +3,90 @@
 Contract (what holds after any crash and any re-run):
 
 - Only committed facts count (commit markers), so a half-written range is never counted.
+- A run reads only what is new: the ranges the manifest's cursor does not cover, and of the
+  older facts only the days it meters again (days with new facts or windows that closed
+  since the last run; :mod:`aggregations.publish_plan`). Its cost follows what is new, and
+  it works through those days in chunks of ``memory_limit_mb``'s worth of facts in DuckDB
+  over Parquet, so its memory does not follow the history.
 - Windows are event time. The watermark is the latest event hour + 1h (capped at the hour
   of ``now`` + 1h, see :func:`aggregations.windows.watermark`); a window is closed once the
   watermark has passed its end by ``grace``. Only closed windows are published.
-- Metering: a closed window never published gets a base row; a published window whose
-  recomputed value differs from the sum of its published rows gets a correction row with
-  the difference (``is_correction`` true). Late events are therefore corrections, never
-  dropped, and ``sum(rows of a window)`` is always the exact value at the last run.
-- Analytics: differentially private batches per day on the day's schedule (see
-  aggregations/analytics.py), each recording the facts files it covers, so a fact is in at
-  most one batch. A batch is recorded in the privacy ledger before it is published: a
+- Metering (:mod:`aggregations.metering`): a closed window never published gets base rows;
+  a published key whose recomputed value differs from the sum of its published rows gets a
+  correction row with the difference. Late events are therefore corrections, never dropped,
+  and ``sum(rows of a key)`` is always the exact value over every committed fact.
+- Analytics: differentially private batches per day on the day's schedule
+  (:mod:`aggregations.analytics`), each recording the facts files it covers, so a fact is in
+  at most one batch. A batch is recorded in the privacy ledger before it is published: a
   re-run after a crash, or after ``published/analytics`` was deleted, restores the recorded
   release and spends nothing.
-- Every file is written to a temporary name and renamed. Metering files are named by the
-  run id, a digest of what the run publishes (never of the noise): a re-run with no new
-  facts computes nothing to publish and writes nothing; a re-run after a crash writes only
-  what is missing.
+- The manifest (:mod:`aggregations.manifest`) is written last and atomically: readers and
+  the next run see the previous run whole or this one whole. Every file is written to a
+  temporary name and renamed, under names derived from the run's inputs.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
-import pyarrow as pa
-import pyarrow.compute as pc
-
-from aggregations import metering
 from aggregations.analytics import (
-    AnalyticsBatch,
     Privacy,
     Refusal,
-    published_batches,
-    release,
-    schedule,
+    batch_listing,
+    unrecorded_refusal,
 )
 from aggregations.dp import ledger
+from aggregations.manifest import (
+    Manifest,
+    add_interval,
+    publish_lock,
+    read_manifest,
+    run_interrupted,
+    write_manifest,
+)
+from aggregations.meters import Meter, default_meters
+from aggregations.publish_plan import new_ranges, plan_run
+from aggregations.publish_run import Run, Writes, work
 from aggregations.schemas import (
     ANALYTICS,
     ANALYTICS_DIR,
-    METERING_DAILY,
-    METERING_DAILY_DIR,
-    METERING_HOURLY,
-    METERING_HOURLY_DIR,
+    LEGACY_METERING_DIRS,
+    METERING,
+    METERING_DIR,
+    PUBLISHED_DIR,
 )
 from aggregations.storage import (
-    FILE_INDEX,
-    Facts,
+    CommittedRange,
+    FileFacts,
     Root,
+    committed_ranges,
+    delete,
     ensure_schema_file,
-    load_facts,
-    read_published,
+    exists,
+    facts_day,
+    file_facts,
+    list_files,
+    list_parquet,
     resolve_root,
-    write_parquet_atomic,
 )
-from aggregations.windows import last_closed_day, last_closed_hour, watermark
-from schemas.arrow import conform
+from aggregations.windows import last_closed_day
+
+DEFAULT_MEMORY_LIMIT_MB = 1024
 
 
-@dataclass(frozen=True)
-class PublishedState:
-    """What earlier runs published: metering rows, the privacy ledger's entries per day and
-    the analytics batches present under ``published/analytics`` per day."""
-
-    hourly: pa.Table
-    daily: pa.Table
-    ledger: dict[date, list[ledger.Entry]]
-    analytics: dict[date, set[int]]
+class LegacyMeteringError(ValueError):
+    """``published/metering_hourly`` or ``metering_daily`` hold an earlier Sieve's files."""
 
 
 @dataclass(frozen=True)
 class PublishReport:
     run_id: str | None
     watermark: datetime | None
-    facts: int
-    hourly_base: int = 0
-    hourly_corrections: int = 0
+    facts: int  # facts of the ranges new to this run
+    hourly_base: int = 0  # account-hours published for the first time
+    hourly_corrections: int = 0  # account-hours that got a correction
     daily_base: int = 0
     daily_corrections: int = 0
     analytics_batches: int = 0
@@ -93,164 +99,43 @@ class PublishReport:
     analytics_refused: tuple[Refusal, ...] = field(default_factory=tuple)
     # Closed days with facts waiting for their next late batch (not dropped).
     waiting_days: tuple[date, ...] = field(default_factory=tuple)
-    # Facts committed after the last batch of their day: counted in metering, never in
+    # New facts committed after the last batch of their day: counted in metering, never in
     # analytics (the day's budget is spent).
     unreleased_facts: int = 0
+    # What the run read and did, beyond the new facts (rereads of days metered again).
+    facts_read: int = 0
+    metered_days: int = 0
+    metering_rows: int = 0
+    # Meters metered over every day this run: new, or their definition changed.
+    remetered: tuple[str, ...] = field(default_factory=tuple)
 
     @property
     def rows_written(self) -> int:
-        return (
-            self.hourly_base
-            + self.hourly_corrections
-            + self.daily_base
-            + self.daily_corrections
-            + self.analytics_rows
-        )
-
-
-@dataclass(frozen=True)
-class PublishPlan:
-    report: PublishReport
-    hourly: pa.Table
-    daily: pa.Table
-    batches: tuple[AnalyticsBatch, ...]
-    restore: tuple[ledger.Entry, ...] = ()
-
-
-def read_state(root: Root) -> PublishedState:
-    return PublishedState(
-        read_published(root, METERING_HOURLY_DIR, METERING_HOURLY),
-        read_published(root, METERING_DAILY_DIR, METERING_DAILY),
-        ledger.read_ledger(root),
-        published_batches(root),
-    )
-
-
-def _digest(parts: list[bytes]) -> str:
-    hasher = hashlib.sha256()
-    for part in parts:
-        hasher.update(len(part).to_bytes(8, "big"))
-        hasher.update(part)
-    return hasher.hexdigest()[:16]
-
-
-def _ipc_bytes(table: pa.Table) -> bytes:
-    sink = io.BytesIO()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table.combine_chunks())
-    return sink.getvalue()
-
-
-def _with_run(
-    base: pa.Table,
-    corrections: pa.Table,
-    schema: pa.Schema,
-    run: str,
-    mark: datetime,
-    now: datetime,
-) -> pa.Table:
-    def stamp(table: pa.Table, is_correction: bool) -> pa.Table:
-        n = table.num_rows
-        return (
-            table.append_column("is_correction", pa.array([is_correction] * n, pa.bool_()))
-            .append_column("publish_run", pa.array([run] * n, pa.string()))
-            .append_column("watermark", pa.array([mark] * n, pa.timestamp("s", tz="UTC")))
-            .append_column("published_at", pa.array([now] * n, pa.timestamp("us", tz="UTC")))
-        )
-
-    return pa.concat_tables(
-        [conform(stamp(base, False), schema), conform(stamp(corrections, True), schema)]
-    )
-
-
-def plan_publish(
-    facts: Facts,
-    state: PublishedState,
-    now: datetime,
-    grace: timedelta,
-    privacy: Privacy,
-    close_through: datetime | None = None,
-) -> PublishPlan:
-    """Everything one run publishes, computed without writing. Deterministic given the
-    inputs except the analytics' noise (which the ledger then keeps).
-
-    ``close_through``: an operator's word that the input is complete up to that instant
-    (never past ``now``): windows ending by then close even when the stream is quiet, e.g.
-    to invoice a month whose last hours saw no later traffic. Events for them that still
-    arrive become corrections, as any late event does.
-    """
-    max_hour = pc.max(facts.table["occurred_hour"]).as_py() if facts.table.num_rows else None
-    mark = watermark(max_hour, now)
-    if mark is not None and close_through is not None:
-        mark = max(mark, min(close_through, now) + grace)
-    if mark is None:
-        empty = PublishReport(None, None, 0)
-        return PublishPlan(empty, METERING_HOURLY.empty_table(), METERING_DAILY.empty_table(), ())
-    rows = facts.table.drop_columns([FILE_INDEX])
-    hourly_base, hourly_fix = metering.changes(
-        metering.hourly_usage(rows, last_closed_hour(mark, grace)), state.hourly, "hour"
-    )
-    daily_base, daily_fix = metering.changes(
-        metering.daily_usage(rows, last_closed_day(mark, grace)), state.daily, "date"
-    )
-    plan = schedule(
-        facts,
-        state.ledger,
-        state.analytics,
-        mark,
-        grace,
-        last_closed_day(mark, grace),
-        privacy.budget,
-    )
-    parts = [mark.isoformat().encode()] + [
-        _ipc_bytes(t) for t in (hourly_base, hourly_fix, daily_base, daily_fix)
-    ]
-    # What the batches cover, never their noise: the run id is the same on a re-run.
-    parts += [repr((b.day, b.slots, b.covered_files)).encode() for b in plan.due]
-    run = f"{mark:%Y%m%dT%H}Z-{_digest(parts)}"
-    hourly = _with_run(hourly_base, hourly_fix, METERING_HOURLY, run, mark, now)
-    daily = _with_run(daily_base, daily_fix, METERING_DAILY, run, mark, now)
-    released = release(facts, state.ledger, plan.due, privacy, run, now)
-    tables = released.batches
-    anything = hourly.num_rows or daily.num_rows or tables or plan.restore
-    report = PublishReport(
-        run_id=run if anything else None,
-        watermark=mark,
-        facts=facts.table.num_rows,
-        hourly_base=hourly_base.num_rows,
-        hourly_corrections=hourly_fix.num_rows,
-        daily_base=daily_base.num_rows,
-        daily_corrections=daily_fix.num_rows,
-        analytics_batches=len(tables),
-        analytics_rows=sum(b.table.num_rows for b in tables),
-        analytics_spent=tuple((b.entry.day, b.entry.batch, b.entry.epsilon_after) for b in tables),
-        analytics_restored=len(plan.restore),
-        analytics_refused=plan.refused + released.refused,
-        waiting_days=plan.waiting_days,
-        unreleased_facts=plan.unreleased_facts,
-    )
-    return PublishPlan(report, hourly, daily, tables, plan.restore)
-
-
-def write_plan(root: Root, plan: PublishPlan) -> None:
-    """Write the plan's files: the analytics' ledger entries first (the budget is spent from
-    then on, and their noise is never drawn again), metering, then the published copies."""
-    for batch in plan.batches:
-        ledger.record(root, batch.entry, batch.table)
-    run = plan.report.run_id
-    if plan.hourly.num_rows:
-        write_parquet_atomic(root, f"{METERING_HOURLY_DIR}/{run}.parquet", plan.hourly)
-    if plan.daily.num_rows:
-        write_parquet_atomic(root, f"{METERING_DAILY_DIR}/{run}.parquet", plan.daily)
-    for entry in (*plan.restore, *(batch.entry for batch in plan.batches)):
-        ledger.publish_recorded(root, entry)
+        return self.metering_rows + self.analytics_rows
 
 
 def ensure_layout(root: Root) -> None:
     """Create the published folders with their schema files (so catalog views bind)."""
-    ensure_schema_file(root, METERING_HOURLY_DIR, METERING_HOURLY)
-    ensure_schema_file(root, METERING_DAILY_DIR, METERING_DAILY)
+    ensure_schema_file(root, METERING_DIR, METERING)
     ensure_schema_file(root, ANALYTICS_DIR, ANALYTICS)
+
+
+def layout_complete(root: Root) -> bool:
+    return all(
+        exists(root, f"{folder}/_schema.parquet") for folder in (METERING_DIR, ANALYTICS_DIR)
+    )
+
+
+def refuse_legacy_metering(root: Root) -> None:
+    for folder in LEGACY_METERING_DIRS:
+        if list_parquet(root, folder):
+            raise LegacyMeteringError(
+                f"{root.join(folder)} holds metering published by an earlier Sieve (one wide"
+                " file per run). Metering now lives in published/metering, one row per meter"
+                " (a new meter changes no file schema). Move published/metering_hourly and"
+                " published/metering_daily away and publish again: metering is recomputed"
+                " exactly from the committed facts."
+            )
 
 
 def publish(
@@ -259,14 +144,168 @@ def publish(
     grace: timedelta,
     privacy: Privacy,
     close_through: datetime | None = None,
+    *,
+    meters: Sequence[Meter] | None = None,
+    memory_limit_mb: int = DEFAULT_MEMORY_LIMIT_MB,
 ) -> PublishReport:
-    """Publish every closed window of the committed facts under ``data_root`` (idempotent:
-    a re-run with nothing new writes nothing and spends nothing).
+    """Publish every closed window of the committed facts under ``data_root`` that is new
+    since the last run (idempotent: a re-run with nothing new writes nothing and spends
+    nothing).
 
-    ``close_through``: see :func:`plan_publish`.
+    ``close_through``: an operator's word that the input is complete up to that instant
+    (never past ``now``): windows ending by then close even when the stream is quiet, e.g.
+    to invoice a month whose last hours saw no later traffic. Events for them that still
+    arrive become corrections, as any late event does. ``meters``: the declared meters (the
+    packaged ones by default).
     """
     root = resolve_root(data_root)
-    ensure_layout(root)
-    plan = plan_publish(load_facts(root), read_state(root), now, grace, privacy, close_through)
-    write_plan(root, plan)
-    return plan.report
+    meters = tuple(meters) if meters is not None else default_meters()
+    writes = Writes(root)
+    with publish_lock(root):
+        refuse_legacy_metering(root)
+        manifest = read_manifest(root)
+        if run_interrupted(root):
+            sweep_leftovers(root, manifest)
+        if not layout_complete(root):
+            writes.begin()
+            ensure_layout(root)
+        listing = batch_listing(root)
+        restored = 0
+        for day, batch in listing.missing():
+            writes.begin()
+            ledger.publish_recorded(root, ledger.entry_at(root, day, batch))
+            restored += 1
+        ranges = committed_ranges(root)
+        run = _start(root, manifest, ranges, meters, now, grace, privacy, close_through, writes)
+        if run is None:
+            writes.finish()
+            return PublishReport(None, None, 0, analytics_restored=restored)
+        stopped = listing.unrecorded()
+        waiting, unreleased, pending = work(run, stopped, memory_limit_mb)
+        changed = _next_manifest(run, waiting, pending, unreleased)
+        anything = run.metering_rows or run.batches or restored
+        if changed != manifest:
+            writes.begin()
+            for name in manifest.retired:
+                delete(root, name)
+            write_manifest(root, changed)
+        writes.finish()
+        last_day = last_closed_day(run.plan.mark, grace) if run.plan.mark else None
+        refused = [
+            unrecorded_refusal(day, batch)
+            for day, batch in sorted(stopped.items())
+            if day not in run.plan.analytics_days and last_day is not None and day <= last_day
+        ]
+        return PublishReport(
+            run_id=run.plan.run if anything else None,
+            watermark=run.plan.mark,
+            facts=run.rows([f for r in run.plan.new_ranges for f in r.facts]),
+            hourly_base=run.counts.hourly_base,
+            hourly_corrections=run.counts.hourly_corrections,
+            daily_base=run.counts.daily_base,
+            daily_corrections=run.counts.daily_corrections,
+            analytics_batches=len(run.batches),
+            analytics_rows=run.analytics_rows,
+            analytics_spent=tuple((e.day, e.batch, e.epsilon_after) for e in run.batches),
+            analytics_restored=restored,
+            analytics_refused=tuple(run.refused + refused),
+            waiting_days=tuple(sorted(waiting)),
+            unreleased_facts=unreleased - manifest.unreleased_facts,
+            facts_read=run.facts_read,
+            metered_days=len(run.plan.metering_days),
+            metering_rows=run.metering_rows,
+            remetered=run.plan.remetered,
+        )
+
+
+def _start(
+    root: Root,
+    manifest: Manifest,
+    ranges: list[CommittedRange],
+    meters: tuple[Meter, ...],
+    now: datetime,
+    grace: timedelta,
+    privacy: Privacy,
+    close_through: datetime | None,
+    writes: Writes,
+) -> Run | None:
+    """Plan the run: read the footers of the new ranges' files, nothing else of the facts."""
+    files_by_day: dict[date, list[str]] = {}
+    for committed in ranges:
+        for name in committed.facts:
+            files_by_day.setdefault(facts_day(name), []).append(name)
+    facts: dict[str, FileFacts] = {}
+    new_files = [name for r in new_ranges(manifest, ranges) for name in r.facts]
+    for name in new_files:
+        facts[name] = file_facts(root, name)
+    hours = [hour for name in new_files if (hour := facts[name].max_hour) is not None]
+    plan = plan_run(
+        manifest,
+        ranges,
+        max(hours) if hours else None,
+        [facts_day(name) for name in new_files],
+        meters,
+        now,
+        grace,
+        privacy.budget,
+        close_through,
+    )
+    if plan.run is None:
+        return None
+    return Run(
+        writes,
+        root,
+        manifest,
+        plan,
+        {day: sorted(names) for day, names in files_by_day.items()},
+        facts,
+        now,
+        grace,
+        privacy,
+        meters,
+        dict(manifest.metering),
+    )
+
+
+def _next_manifest(run: Run, waiting: set[date], pending: set[date], unreleased: int) -> Manifest:
+    plan, manifest = run.plan, run.manifest
+    cursor = {topic: dict(parts) for topic, parts in manifest.cursor.items()}
+    for r in plan.new_ranges:
+        partitions = cursor.setdefault(r.topic, {})
+        partitions[r.partition] = add_interval(partitions.get(r.partition, []), r.first, r.last)
+    changed = Manifest(
+        generation=manifest.generation,
+        run=manifest.run,
+        published_at=manifest.published_at,
+        watermark=plan.mark,
+        max_event_hour=plan.max_event_hour,
+        cursor=cursor,
+        days=list(plan.days),
+        metering=run.metering_files,
+        retired=manifest.retired,
+        meters=[m.to_record() for m in run.meters],
+        definitions={m.name: m.definition for m in run.meters},
+        pending_days=sorted(pending),
+        waiting_days=sorted(waiting),
+        unreleased_facts=unreleased,
+    )
+    if changed == manifest and not run.retired:
+        return manifest
+    changed.generation = manifest.generation + 1
+    changed.run = plan.run
+    changed.published_at = run.now
+    changed.retired = run.retired
+    return changed
+
+
+def sweep_leftovers(root: Root, manifest: Manifest) -> None:
+    """After a crashed run: remove the metering files no manifest lists and temporary files
+    (the crashed run's; a ledger record it wrote stays, it is what the budget spent)."""
+    keep = {*manifest.metering.values(), *manifest.retired, f"{METERING_DIR}/_schema.parquet"}
+    for name in list_files(root, METERING_DIR):
+        if name not in keep:
+            delete(root, name)
+    for folder in (PUBLISHED_DIR, ledger.LEDGER_DIR):
+        for name in list_files(root, folder):
+            if ".tmp-" in name.rsplit("/", 1)[-1]:
+                delete(root, name)

@@ -14,87 +14,59 @@ import pyarrow as pa
 from schemas.arrow import OUTPUT_SCHEMA_VERSION
 
 PUBLISHED_DIR: Final = "published"
-METERING_HOURLY_DIR: Final = f"{PUBLISHED_DIR}/metering_hourly"
-METERING_DAILY_DIR: Final = f"{PUBLISHED_DIR}/metering_daily"
+METERING_DIR: Final = f"{PUBLISHED_DIR}/metering"
 ANALYTICS_DIR: Final = f"{PUBLISHED_DIR}/analytics"
-
-# Session time is summed as a decimal with millisecond precision: a float sum depends on the
-# order DuckDB's threads add in, and a last-bit difference would publish a spurious correction.
-SESSION_SECONDS_TYPE: Final = pa.decimal128(18, 3)
-
-COUNT_METRICS: Final = (
-    "requests",
-    "page_views",
-    "sessions",
-    "uploads",
-    "upload_bytes",
-    "downloads",
-    "download_bytes",
-    "active_users",
+# Where an earlier Sieve published wide metering, one file per run (see publish.py).
+LEGACY_METERING_DIRS: Final = (
+    f"{PUBLISHED_DIR}/metering_hourly",
+    f"{PUBLISHED_DIR}/metering_daily",
 )
-# Every metering metric, in column order (session_seconds is the one decimal).
-METRICS: Final = (
-    "requests",
-    "page_views",
-    "sessions",
-    "session_seconds",
-    "uploads",
-    "upload_bytes",
-    "downloads",
-    "download_bytes",
-    "active_users",
-)
+
+# Every metered value is kept as one exact decimal type whatever its meter (counts, byte
+# sums, session seconds at the millisecond): the billing views cast each meter to its own
+# type (aggregations/meters.py). 38 digits, 6 places: any sum of int64 values fits.
+METERING_VALUE_TYPE: Final = pa.decimal128(38, 6)
 
 _UTC_S = pa.timestamp("s", tz="UTC")
 _UTC_US = pa.timestamp("us", tz="UTC")
-
-
-def _metric_fields() -> list[pa.Field]:
-    return [
-        pa.field(name, SESSION_SECONDS_TYPE if name == "session_seconds" else pa.int64(), False)
-        for name in METRICS
-    ]
-
-
-def _run_fields() -> list[pa.Field]:
-    return [
-        # False: the first value published for the window; true: a delta to add to it.
-        pa.field("is_correction", pa.bool_(), nullable=False),
-        # The publish run that wrote the row (also the file name): deterministic from content.
-        pa.field("publish_run", pa.string(), nullable=False),
-        # The event-time watermark the run closed windows with.
-        pa.field("watermark", _UTC_S, nullable=False),
-        # When the run happened (the caller's `now`): audit only, never used to compute.
-        pa.field("published_at", _UTC_US, nullable=False),
-    ]
 
 
 def _meta(dataset: str) -> dict[str, str]:
     return {"sieve.dataset": dataset, "sieve.schema_version": OUTPUT_SCHEMA_VERSION}
 
 
-# Exact usage per account and UTC hour. The current value of a window is the sum of its base
-# row and its correction rows (the catalog's `metering_hourly` view does the sum).
-METERING_HOURLY: Final = pa.schema(
+# Exact usage in the long layout: one row per window, account, meter (and breakdown value),
+# so a new meter (a table in the meters file) changes no file schema and needs no migration;
+# the catalog's views present the wide shape (one column per meter). One file per UTC date
+# (``grain=<g>/date=<d>/<run>.parquet``, rewritten whole when a run adds rows to it), listed by
+# the publish manifest. The current value of a key is the sum of its base row and its
+# correction rows. A zero is not written, except one row per account and window whose every
+# meter is zero (so the account still has its row of zeros in the window).
+METERING: Final = pa.schema(
     [
-        pa.field("hour", _UTC_S, nullable=False),
-        pa.field("account_id", pa.string(), nullable=False),
-        *_metric_fields(),
-        *_run_fields(),
-    ],
-    metadata=_meta("metering_hourly"),
-)
-
-# Exact usage per account and UTC day; active_users is distinct people of the day, computed
-# from the facts, never summed from hours.
-METERING_DAILY: Final = pa.schema(
-    [
+        # "hour" or "day".
+        pa.field("grain", pa.string(), nullable=False),
+        # The UTC day of the window (the folder's date).
         pa.field("date", pa.date32(), nullable=False),
+        # The hour of an hour row; null on day rows.
+        pa.field("hour", _UTC_S),
         pa.field("account_id", pa.string(), nullable=False),
-        *_metric_fields(),
-        *_run_fields(),
+        # A meter's name (aggregations/meters.toml or SIEVE_METERS_FILE).
+        pa.field("meter", pa.string(), nullable=False),
+        # Null on the meter's total; else one of its group_by columns and that column's value.
+        pa.field("dimension", pa.string()),
+        pa.field("dimension_value", pa.string()),
+        pa.field("value", METERING_VALUE_TYPE, nullable=False),
+        # False: the first value published for the key; true: a delta to add to it.
+        pa.field("is_correction", pa.bool_(), nullable=False),
+        # The publish run that wrote the row: deterministic from the run's inputs.
+        pa.field("publish_run", pa.string(), nullable=False),
+        # The event-time watermark the run closed windows with.
+        pa.field("watermark", _UTC_S, nullable=False),
+        # When the run happened (the caller's `now`): audit only, never used to compute.
+        pa.field("published_at", _UTC_US, nullable=False),
     ],
-    metadata=_meta("metering_daily"),
+    metadata={**_meta("metering"), "sieve.schema_version": "2"},
 )
 
 # Differentially private analytics cells (aggregations/dp). One file per (day, batch): batch

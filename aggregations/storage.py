@@ -1,25 +1,34 @@
-"""File access for the aggregations: the data root, committed facts, atomic Parquet writes.
+"""File access for the aggregations: the data root, committed facts, atomic writes.
 
 The data root is a local path or a pyarrow filesystem URI. Facts are read only from files
-listed by commit markers (:func:`schemas.commits.committed_files`), never by globbing
-``facts/``, so a range a crashed worker left half written is never counted.
+listed by commit markers (:func:`schemas.commits.iter_markers`), never by globbing
+``facts/``, so a range a crashed worker left half written is never counted. The worker
+writes one file per range and UTC date under ``facts/date=<d>/``, so a day's facts are the
+committed files of its folder (:func:`facts_day`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import date, datetime
+from typing import IO, Any, Final
 
+import duckdb
 import pyarrow as pa
-import pyarrow.compute as pc
+import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from schemas.arrow import FACTS, conform
-from schemas.commits import committed_files
+from schemas.arrow import FACTS
+from schemas.commits import iter_markers
 
-FILE_INDEX: str = "file_index"
+FACTS_DIR: Final = "facts"
+_FACTS_DAY: Final = re.compile(r"(?:^|/)date=(\d{4}-\d{2}-\d{2})/")
 
 
 @dataclass(frozen=True)
@@ -31,6 +40,9 @@ class Root:
 
     def join(self, relative: str) -> str:
         return f"{self.path.rstrip('/')}/{relative}"
+
+    def relative(self, full: str) -> str:
+        return full.removeprefix(self.path.rstrip("/") + "/")
 
     @property
     def is_local(self) -> bool:
@@ -45,40 +57,100 @@ def resolve_root(data_root: str) -> Root:
     return Root(pafs.LocalFileSystem(), os.path.abspath(data_root))
 
 
+# --- committed facts ---------------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
-class Facts:
-    """Every committed fact, plus ``file_index`` (int32) pointing into ``files``."""
+class CommittedRange:
+    """One committed offset range and the facts files it wrote (relative paths)."""
 
-    table: pa.Table
-    files: tuple[str, ...]
+    topic: str
+    partition: int
+    first: int
+    last: int
+    facts: tuple[str, ...]
 
 
-def facts_schema_with_file() -> pa.Schema:
-    return FACTS.append(pa.field(FILE_INDEX, pa.int32(), nullable=False))
-
-
-def load_facts(root: Root) -> Facts:
-    """Read every committed facts file (explicit schema; a file missing a column is an error)."""
-    files = tuple(sorted(set(committed_files(root.fs, root.path, "facts"))))
-    tables = []
-    for index, relative in enumerate(files):
-        table = conform(pq.read_table(root.join(relative), filesystem=root.fs), FACTS)
-        tables.append(
-            table.append_column(
-                pa.field(FILE_INDEX, pa.int32(), nullable=False),
-                pa.array([index] * table.num_rows, pa.int32()),
-            )
+def committed_ranges(root: Root) -> list[CommittedRange]:
+    """Every committed range of the data root, with its facts files."""
+    return [
+        CommittedRange(
+            marker.topic,
+            marker.partition,
+            marker.first_offset,
+            marker.last_offset,
+            tuple(path for path in marker.files if path.split("/", 1)[0] == FACTS_DIR),
         )
-    schema = facts_schema_with_file()
-    if not tables:
-        return Facts(schema.empty_table(), files)
-    return Facts(pa.concat_tables(tables).cast(schema), files)
+        for marker in iter_markers(root.fs, root.path)
+    ]
 
 
-def select_files(facts: Facts, indices: set[int]) -> pa.Table:
-    """The facts that came from the given files."""
-    mask = pc.is_in(facts.table[FILE_INDEX], pa.array(sorted(indices), pa.int32()))
-    return facts.table.filter(mask)
+class FactsLayoutError(ValueError):
+    """A committed facts file outside ``facts/date=<YYYY-MM-DD>/``."""
+
+
+def facts_day(relative: str) -> date:
+    """The UTC date of a committed facts file, from its folder (the worker's layout)."""
+    match = _FACTS_DAY.search(relative)
+    if match is None:
+        raise FactsLayoutError(
+            f"committed facts file {relative} is not under facts/date=<YYYY-MM-DD>/: publish"
+            " reads a day's facts from its folder"
+        )
+    return date.fromisoformat(match.group(1))
+
+
+@dataclass(frozen=True)
+class FileFacts:
+    """What a facts file's Parquet footer says: its rows and latest event hour."""
+
+    rows: int
+    max_hour: datetime | None
+
+
+def file_facts(root: Root, relative: str) -> FileFacts:
+    """Rows and the latest ``occurred_hour`` of a facts file, from its footer alone (the
+    column statistics every Parquet writer here keeps); the column is read if they lack."""
+    metadata = pq.read_metadata(root.join(relative), filesystem=root.fs)
+    if metadata.num_rows == 0:
+        return FileFacts(0, None)
+    column = metadata.schema.to_arrow_schema().get_field_index("occurred_hour")
+    highest: Any = None
+    for group in range(metadata.num_row_groups):
+        stats = metadata.row_group(group).column(column).statistics
+        if stats is None or not stats.has_min_max:
+            table = pq.read_table(
+                root.join(relative), columns=["occurred_hour"], filesystem=root.fs
+            )
+            return FileFacts(metadata.num_rows, max(table["occurred_hour"].to_pylist()))
+        highest = stats.max if highest is None else max(highest, stats.max)
+    return FileFacts(
+        metadata.num_rows, pa.scalar(highest, FACTS.field("occurred_hour").type).as_py()
+    )
+
+
+def register_facts(
+    connection: duckdb.DuckDBPyConnection, root: Root, relatives: Iterable[str], name: str
+) -> None:
+    """A view ``name`` over the given facts files (none: an empty view of the facts schema).
+
+    Files written before a column was added to the facts read it as null (union by name);
+    a local root is scanned by DuckDB itself, any other through a pyarrow dataset.
+    """
+    paths = [root.join(relative) for relative in relatives]
+    if not paths:
+        connection.register(f"{name}_empty", FACTS.empty_table())
+        connection.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT * FROM {name}_empty")  # noqa: S608
+        return
+    if root.is_local:
+        relation = connection.read_parquet(paths, union_by_name=True, hive_partitioning=False)
+    else:
+        dataset = pads.dataset(paths, schema=FACTS, filesystem=root.fs, format="parquet")
+        relation = connection.from_arrow(dataset)
+    relation.create_view(name, replace=True)
+
+
+# --- published files ---------------------------------------------------------------------------
 
 
 def list_parquet(root: Root, relative_dir: str) -> list[str]:
@@ -93,13 +165,49 @@ def list_parquet(root: Root, relative_dir: str) -> list[str]:
     )
 
 
-def read_published(root: Root, relative_dir: str, schema: pa.Schema) -> pa.Table:
-    """Every row published under a folder, cast to its schema (empty table if none)."""
-    tables = [
-        conform(pq.read_table(path, filesystem=root.fs), schema)
-        for path in list_parquet(root, relative_dir)
-    ]
-    return pa.concat_tables(tables) if tables else schema.empty_table()
+def list_files(root: Root, relative_dir: str) -> list[str]:
+    """Relative paths of every file under a folder (temporary files included), sorted."""
+    selector = pafs.FileSelector(root.join(relative_dir), recursive=True, allow_not_found=True)
+    return sorted(
+        root.relative(info.path)
+        for info in root.fs.get_file_info(selector)
+        if info.type == pafs.FileType.File
+    )
+
+
+def exists(root: Root, relative: str) -> bool:
+    return root.fs.get_file_info(root.join(relative)).type == pafs.FileType.File
+
+
+def read_bytes(root: Root, relative: str) -> bytes | None:
+    """The file's bytes, or None when it does not exist."""
+    try:
+        with root.fs.open_input_stream(root.join(relative)) as stream:
+            data: bytes = stream.read()
+            return data
+    except FileNotFoundError:
+        return None
+
+
+def delete(root: Root, relative: str) -> None:
+    """Remove a file; a file already gone is not an error (deletes are retried after a crash)."""
+    with contextlib.suppress(FileNotFoundError):
+        root.fs.delete_file(root.join(relative))
+
+
+def _write_atomic(root: Root, relative: str, write: Callable[[IO[bytes] | Any], object]) -> None:
+    final = root.join(relative)
+    root.fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
+    temporary = f"{final}.tmp-{uuid.uuid4().hex}"
+    if root.is_local:
+        with open(temporary, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+    else:
+        with root.fs.open_output_stream(temporary) as stream:
+            write(stream)
+    root.fs.move(temporary, final)
 
 
 def write_parquet_atomic(root: Root, relative: str, table: pa.Table) -> None:
@@ -108,46 +216,29 @@ def write_parquet_atomic(root: Root, relative: str, table: pa.Table) -> None:
     Readers see either the previous file or the complete new one, never a partial file.
     The temporary name is random; the final name and content are the caller's (deterministic).
     """
-    final = root.join(relative)
-    root.fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
-    temporary = f"{final}.tmp-{uuid.uuid4().hex}"
-    if root.is_local:
-        with open(temporary, "wb") as handle:
-            pq.write_table(table, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-    else:
-        with root.fs.open_output_stream(temporary) as stream:
-            pq.write_table(table, stream)
-    root.fs.move(temporary, final)
+    _write_atomic(root, relative, lambda out: pq.write_table(table, out))
+
+
+def write_bytes_atomic(root: Root, relative: str, data: bytes) -> None:
+    """:func:`write_parquet_atomic` for bytes."""
+    _write_atomic(root, relative, lambda out: out.write(data))
 
 
 def copy_file_atomic(root: Root, source: str, relative: str) -> None:
     """Copy ``source`` to ``relative`` byte for byte, through a temporary name and a rename."""
-    final = root.join(relative)
-    root.fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
-    temporary = f"{final}.tmp-{uuid.uuid4().hex}"
-    with root.fs.open_input_stream(root.join(source)) as stream:
-        data = stream.read()
-    if root.is_local:
-        with open(temporary, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-    else:
-        with root.fs.open_output_stream(temporary) as out:
-            out.write(data)
-    root.fs.move(temporary, final)
+    data = read_bytes(root, source)
+    if data is None:
+        raise FileNotFoundError(root.join(source))
+    write_bytes_atomic(root, relative, data)
 
 
 def ensure_schema_file(root: Root, relative_dir: str, schema: pa.Schema) -> None:
     """Keep a zero-row ``_schema.parquet`` in a published folder.
 
-    DuckDB refuses to create a view over a glob that matches no file; this file makes the
-    catalog's views bind (with the right column types) before the first publish. It adds no
-    row to any sum.
+    DuckDB refuses to create a view over a glob or list that matches no file; this file makes
+    the catalog's views bind (with the right column types) before the first publish. It adds
+    no row to any sum.
     """
     relative = f"{relative_dir}/_schema.parquet"
-    info = root.fs.get_file_info(root.join(relative))
-    if info.type != pafs.FileType.File:
+    if not exists(root, relative):
         write_parquet_atomic(root, relative, schema.empty_table())

@@ -1,304 +1,61 @@
-"""Aggregations: the pricing query on published metering against the same answer from the
-facts, and the publish step's throughput.
+"""Aggregations: what a publish costs as history grows (issue 10), and pricing from metering
+against the same answer from the facts.
 
-    python -m bench.aggregations [--accounts 1000] [--days 365] [--rate 1.0] [--repeat 3]
+    python -m bench.aggregations [--accounts 1000] [--days 90 --days 365] [--rate 1.0]
 
-Data (synthesized, vectorized with pyarrow.compute, seeded: the same options give the same
-facts). ``--accounts`` accounts over ``--days`` UTC days ending 2026-11-01, written the way
-a worker commits them (``aggregations.testing.write_committed_facts``: a facts file and a
-commit marker per range), one range per day and input partition (3 partitions, accounts
-keyed onto them as Kafka would). Every account-hour has usage: at least one request (a
-monitoring probe, the pattern that makes hourly metering dense), plus a geometric number of
-further events whose mean is ``--rate`` times the account's weight (log-normal across
-accounts: a few large ones, a long tail of small ones) times a diurnal and weekly profile.
-Events mix requests, page views, logins and logouts (session time with microsecond
-precision), uploads and downloads (log-normal sizes), payments; half of the requests name
-no person (API calls), the other events one of the account's users (1 to 400 per account).
-The defaults make 16.5 million facts: about 5 minutes and 8 GB of memory at peak on 2 cores
-(``--days 60`` for a quick look).
+For each ``--days`` N (all in one run, so the ratios compare like with like), in a data root
+of its own (facts synthesized by :mod:`bench.agg_synth`, N days ending 2026-11-01 plus the
+first two hours of the next day, which close the last one):
 
-1. **Publish**: one ``publish`` of the whole period (``now`` a day after its end, grace 1h,
-   the default privacy budget), timed by stage exactly as :func:`aggregations.publish.publish`
-   runs them: facts read per second and published rows written per second (hourly and daily
-   metering and the analytics batches). The metering queries of the plan are then timed
-   again alone, to split the plan between metering and analytics. Then ``publish`` again
-   with nothing new (an hourly run with nothing to add): it must write nothing.
-2. **Pricing**: for every whole month of the period, the usage an invoice needs, i.e.
-   ``pricing.period_usage`` (``metering_daily`` through the catalog) against the same rows
-   computed by this file from the committed fact files of the month in DuckDB; both answers
-   must be equal, and so must ``pricing.invoice`` of each. The median over ``--repeat``
-   rounds of the all-months total is reported, and the ratio facts / metering. The facts
-   side grows with the facts per account-day (``--rate``); the metering side does not.
+1. **first publish** of the whole history;
+2. **nothing new**: publish again at the same clock (target: <= 1 % of the first);
+3. **one more day**: the next day's facts are committed, publish (target: <= 3 % of the
+   first);
+
+each in a process of its own (:mod:`bench.publish_child`) so that its **peak RSS** is its own
+(target: <= 2 GB), with its time split into metering, DP bounding and DP noise. The targets
+on cost flat in history: those figures at the smallest and the largest N within 25 % of each
+other. The published metering is checked complete (every account-hour and account-day).
+
+4. **pricing**: for every whole month of the largest N, the usage an invoice needs from
+   ``metering_daily`` (``pricing.period_usage``, what ``sieve pricing`` reads) against the
+   same rows computed from the month's fact files in DuckDB with the meters' own SQL; both
+   must be equal, and so must ``pricing.invoice`` of each. Median of ``--repeat`` rounds.
 """
 
 from __future__ import annotations
 
-import math
+import json
 import os
 import platform
-import random
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from functools import partial
 from pathlib import Path
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
 import click
 import duckdb
 import pyarrow as pa
-import pyarrow.compute as pc
 from rich.console import Console
 from rich.table import Table
 
-from aggregations import metering
-from aggregations.analytics import privacy_of
 from aggregations.catalog import open_catalog
 from aggregations.engine import connect
+from aggregations.meters import Meter, default_meters
 from aggregations.pricing import Invoice, PricePlan, invoice, load_plan, period_bounds
 from aggregations.pricing import period_usage as catalog_period_usage
-from aggregations.publish import (
-    PublishedState,
-    PublishReport,
-    ensure_layout,
-    plan_publish,
-    publish,
-    read_state,
-    write_plan,
-)
-from aggregations.schemas import METRICS
-from aggregations.storage import FILE_INDEX, load_facts, resolve_root
-from aggregations.testing import write_committed_facts
-from aggregations.windows import last_closed_day, last_closed_hour
+from aggregations.storage import facts_day, resolve_root
+from bench.agg_synth import END, NEXT_HOURS, Writer, make_population
 from schemas.commits import committed_files
-from streams.settings import Settings
 
-END: Final = datetime(2026, 11, 1, tzinfo=UTC)
-TOPIC: Final = "bench.raw"
-PARTITIONS: Final = 3
-GRACE: Final = timedelta(hours=1)
-# Hours of traffic after the period, to close its last windows (see synthesize).
-NEXT_HOURS: Final = 2
-# The analytics are released under the settings' default budget and bounds.
-PRIVACY: Final = privacy_of(Settings())
-
-# Event types and their share of the events after each account-hour's first request.
-_TYPES: Final = (
-    ("request", 0.52),
-    ("page_view", 0.26),
-    ("login", 0.055),
-    ("logout", 0.05),
-    ("upload", 0.05),
-    ("download", 0.06),
-    ("payment", 0.005),
-)
-# Relative activity per UTC hour (business hours in Europe and the Americas) and weekday.
-_DIURNAL: Final = (
-    0.30, 0.25, 0.20, 0.20, 0.25, 0.35, 0.55, 0.80, 1.10, 1.40, 1.55, 1.60,
-    1.55, 1.60, 1.65, 1.60, 1.50, 1.35, 1.20, 1.05, 0.90, 0.70, 0.50, 0.40,
-)  # fmt: skip
-_WEEKLY: Final = (1.1, 1.15, 1.15, 1.1, 1.0, 0.55, 0.5)  # Monday first
-_COUNTRIES: Final = ("DE", "FR", "US", "GB", "NL", "ES", "IT", "BR", "IN", "JP", "--")
-_DEVICES: Final = ("desktop", "mobile", "tablet", "bot", "other")
-_BROWSERS: Final = ("Chrome", "Firefox", "Safari", "Edge", "curl", "Other")
-_OS: Final = ("Windows", "Mac OS X", "Linux", "Android", "iOS", "Other")
-# How many equal buckets the categorical draws are made with (a lookup table per draw).
-_BUCKETS: Final = 1_000
-
-
-# --- synthesis -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Population:
-    """Per account: its id, hourly rate weight, number of users and input partition."""
-
-    ids: pa.Array
-    weights: pa.Array  # float64
-    users: pa.Array  # int64, >= 1
-    partitions: pa.Array  # int64
-
-
-def make_population(accounts: int, seed: int) -> Population:
-    rng = random.Random(seed)
-    # Log-normal weights normalised to mean 1, so --rate is the mean extra events per hour.
-    raw = [rng.lognormvariate(0.0, 1.2) for _ in range(accounts)]
-    mean = sum(raw) / accounts
-    weights = [w / mean for w in raw]
-    users = [max(1, min(400, round(10 * w * rng.uniform(0.5, 2.0)))) for w in weights]
-    ids = [f"acct-{i:05d}" for i in range(accounts)]
-    return Population(
-        ids=pa.array(ids, pa.string()),
-        weights=pa.array(weights, pa.float64()),
-        users=pa.array(users, pa.int64()),
-        partitions=pa.array([i % PARTITIONS for i in range(accounts)], pa.int64()),
-    )
-
-
-class _Uniform:
-    """Seeded uniform draws in [0, 1), a fresh stream per call (pyarrow's generator)."""
-
-    def __init__(self, seed: int) -> None:
-        self._next = seed * 1_000_003
-
-    def __call__(self, n: int) -> pa.Array:
-        self._next += 1
-        return pc.random(n, initializer=self._next)
-
-
-def _lookup(choices: Sequence[tuple[str, float]] | Sequence[str]) -> pa.Array:
-    """A table of _BUCKETS entries where each choice fills its share (equal if unweighted)."""
-    pairs = [(c, 1.0) if isinstance(c, str) else c for c in choices]
-    total = sum(weight for _, weight in pairs)
-    table: list[str] = []
-    for name, weight in pairs:
-        table += [name] * round(weight / total * _BUCKETS)
-    table = (table + [pairs[0][0]] * _BUCKETS)[:_BUCKETS]
-    return pa.array(table, pa.string())
-
-
-_TYPE_TABLE: Final = _lookup(_TYPES)
-
-
-def _pick(table: pa.Array, uniform: pa.Array) -> pa.Array:
-    return table.take(pc.cast(pc.floor(pc.multiply(uniform, len(table))), pa.int64()))
-
-
-def _lognormal(draw: _Uniform, n: int, mu: float, sigma: float) -> pa.Array:
-    """Box-Muller: exp(mu + sigma * z) with z standard normal (ln of 1 - u, never of 0)."""
-    radius = pc.sqrt(pc.multiply(pc.ln(pc.subtract(1.0, draw(n))), -2.0))
-    z = pc.multiply(radius, pc.cos(pc.multiply(draw(n), 2 * math.pi)))
-    return pc.exp(pc.add(mu, pc.multiply(z, sigma)))
-
-
-def day_facts(
-    population: Population, day: date, draw: _Uniform, rate: float, first_key: int
-) -> pa.Table:
-    """Every fact of one UTC day (rows ordered by account, then hour)."""
-    accounts = len(population.ids)
-    cells = accounts * 24
-    cell = pa.array(range(cells), pa.int64())
-    account_of_cell = pc.divide(cell, 24)
-    hour_of_cell = pc.subtract(cell, pc.multiply(account_of_cell, 24))
-    profile = pa.array(_DIURNAL, pa.float64()).take(hour_of_cell)
-    mean = pc.multiply(
-        pc.multiply(population.weights.take(account_of_cell), profile),
-        rate * _WEEKLY[day.weekday()],
-    )
-    # Geometric extra events with this mean: floor(ln u / ln(mean / (1 + mean))).
-    ratio = pc.ln(pc.divide(mean, pc.add(mean, 1.0)))
-    extra = pc.cast(pc.floor(pc.divide(pc.ln(pc.subtract(1.0, draw(cells))), ratio)), pa.int64())
-    per_cell = pc.add(extra, 1)  # + the account-hour's first request
-    offsets = pc.cumulative_sum(per_cell)
-    n = offsets[-1].as_py()
-    starts = pa.concat_arrays([pa.array([0], pa.int64()), offsets]).cast(pa.int32())
-    parent = pc.list_parent_indices(pa.ListArray.from_arrays(starts, pa.nulls(n, pa.int8())))
-    parent = pc.cast(parent, pa.int64())
-    account = pc.divide(parent, 24)
-    hour = pc.subtract(parent, pc.multiply(account, 24))
-    first_of_cell = pc.equal(
-        pa.array(range(n), pa.int64()), pc.subtract(offsets, per_cell).take(parent)
-    )
-    types = pc.if_else(first_of_cell, "request", _pick(_TYPE_TABLE, draw(n)))
-
-    is_upload = pc.equal(types, "upload")
-    is_download = pc.equal(types, "download")
-    transfer = pc.cast(pc.round(_lognormal(draw, n, 14.0, 1.5)), pa.int64())  # ~1.2 MB median
-    response = pc.cast(pc.round(_lognormal(draw, n, 8.5, 1.0)), pa.int64())  # ~5 kB median
-    is_request = pc.equal(types, "request")
-    nbytes = pc.if_else(
-        pc.or_(is_upload, is_download), transfer, pc.if_else(is_request, response, 0)
-    )
-    # Session time with microsecond precision, as logouts carry it (~10 minutes median).
-    duration = pc.round(_lognormal(draw, n, 6.4, 1.1), 6)
-    seconds = pc.if_else(pc.equal(types, "logout"), duration, 0.0)
-    # One of the account's users, as a per-day pseudonym (like subject keys); half of the
-    # requests name no one (API calls).
-    user = pc.cast(pc.floor(pc.multiply(draw(n), population.users.take(account))), pa.int64())
-    account_user = pc.add(pc.multiply(account, 1_000), user)
-    person = pc.add(pc.multiply(account_user, 1_000), day.toordinal() % 1_000)
-    anonymous = pc.and_(is_request, pc.less(draw(n), 0.5))
-    subject = pc.if_else(anonymous, pa.scalar(None, pa.string()), pc.cast(person, pa.string()))
-
-    midnight = int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp())
-    occurred = pc.add(pc.multiply(hour, 3_600), midnight).cast(pa.timestamp("s", tz="UTC"))
-    keys = pc.binary_join_element_wise(
-        "ev", pc.cast(pa.array(range(first_key, first_key + n), pa.int64()), pa.string()), "-"
-    )
-    return pa.table(
-        {
-            "event_key": keys,
-            "type": types,
-            "occurred_hour": occurred,
-            "account_id": population.ids.take(account),
-            "country": _pick(_lookup(_COUNTRIES), draw(n)),
-            "device_class": _pick(_lookup(_DEVICES), draw(n)),
-            "browser_family": _pick(_lookup(_BROWSERS), draw(n)),
-            "os_family": _pick(_lookup(_OS), draw(n)),
-            "is_bot": pc.less(draw(n), 0.05),
-            "bytes": nbytes,
-            "session_seconds": seconds,
-            "subject_key": subject,
-            "key_id": pa.repeat(pa.scalar("k1", pa.string()), n),
-            "_partition": population.partitions.take(account),
-        }
-    )
-
-
-@dataclass(frozen=True)
-class Synthesized:
-    facts: int  # of the period
-    next_facts: int  # of the hours after it (see synthesize)
-    files: int
-    account_hours: int  # of the period: each one has usage
-    seconds: float
-
-
-def synthesize(
-    data_root: Path, population: Population, first_day: date, days: int, rate: float, seed: int
-) -> Synthesized:
-    """Write the period's facts as committed ranges (one per day and partition), then the
-    first :data:`NEXT_HOURS` of the day after it.
-
-    Those hours are there because windows close on event time (the latest fact hour + 1h,
-    then the grace), never on the clock: without the next day's first traffic, the period's
-    last hour and day would stay open and the last month's metering would miss a day.
-    """
-    started = time.perf_counter()
-    draw = _Uniform(seed)
-    offsets = [0] * PARTITIONS
-    facts = files = 0
-    for index in range(days + 1):
-        day = first_day + timedelta(days=index)
-        table = day_facts(population, day, draw, rate, facts)
-        if index == days:
-            midnight = datetime(day.year, day.month, day.day, tzinfo=UTC)
-            end = midnight + timedelta(hours=NEXT_HOURS)
-            table = table.filter(pc.less(table["occurred_hour"], end))
-        partition_of_row = table["_partition"]
-        table = table.drop_columns(["_partition"])
-        for partition in range(PARTITIONS):
-            part = table.filter(pc.equal(partition_of_row, partition))
-            write_committed_facts(
-                data_root, part, first_offset=offsets[partition], topic=TOPIC, partition=partition
-            )
-            offsets[partition] += part.num_rows
-            files += 1
-        facts += table.num_rows
-    next_facts = table.num_rows
-    return Synthesized(
-        facts - next_facts,
-        next_facts,
-        files,
-        len(population.ids) * days * 24,
-        time.perf_counter() - started,
-    )
-
-
+METERS: Final = default_meters()
 T = TypeVar("T")
 
 
@@ -308,103 +65,148 @@ def _timed(call: Callable[[], T]) -> tuple[T, float]:
     return result, time.perf_counter() - started
 
 
-# --- publish ---------------------------------------------------------------------------------
+# --- publishing --------------------------------------------------------------------------------
+
+
+def publish_in_child(data_root: Path, now: datetime, memory_mb: int) -> dict[str, Any]:
+    """:func:`aggregations.publish.publish` in a fresh process (bench.publish_child)."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.publish_child",
+            str(data_root),
+            now.isoformat(),
+            str(memory_mb),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"publish failed:\n{done.stderr}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
 
 
 @dataclass
-class Stages:
-    """Seconds per stage of one publish, in the order publish() runs them."""
+class History:
+    """One data root: N days of facts and what publishing them cost."""
 
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[name] = time.perf_counter() - started
-
-    @property
-    def total(self) -> float:
-        return sum(self.seconds.values())
+    days: int
+    facts: int
+    seconds_synthesized: float
+    first: dict[str, Any] = field(default_factory=dict)
+    nothing_new: dict[str, Any] = field(default_factory=dict)
+    one_more_day: dict[str, Any] = field(default_factory=dict)
 
 
-def timed_publish(data_root: Path, now: datetime) -> tuple[PublishReport, Stages, float]:
-    """:func:`aggregations.publish.publish`, step by step (the same calls), each timed; and
-    the seconds the metering part of the plan takes when run again alone."""
-    stages = Stages()
-    with stages.stage("read facts"):
-        root = resolve_root(str(data_root))
-        ensure_layout(root)
-        facts = load_facts(root)
-        state = read_state(root)
-    with stages.stage("plan (metering + analytics)"):
-        plan = plan_publish(facts, state, now, GRACE, PRIVACY)
-    with stages.stage("write"):
-        write_plan(root, plan)
-    # Not part of the publish: plan_publish does metering and the analytics batches in one
-    # call, so its metering queries are repeated here (public functions, same arguments) to
-    # say how the plan's time splits between the two.
-    mark = plan.report.watermark
-    assert mark is not None
-    rows = facts.table.drop_columns([FILE_INDEX])
-    _, metering_seconds = _timed(partial(_metering_only, rows, state, mark))
-    return plan.report, stages, metering_seconds
+class DifferentAnswersError(AssertionError):
+    """Metering and the facts disagree: the benchmark's numbers would mean nothing."""
 
 
-def _metering_only(rows: pa.Table, state: PublishedState, mark: datetime) -> None:
-    metering.changes(
-        metering.hourly_usage(rows, last_closed_hour(mark, GRACE)), state.hourly, "hour"
+def check_complete(data_root: Path, accounts: int, days: int) -> None:
+    """Every account-hour and account-day of the period is published (all have usage)."""
+    catalog = open_catalog(str(data_root), role="billing")
+    try:
+        ((hours,),) = catalog.execute(
+            "SELECT count(*) FROM metering_hourly WHERE hour < ?", [END]
+        ).fetchall()
+        ((account_days,),) = catalog.execute(
+            "SELECT count(*) FROM metering_daily WHERE date < ?", [END.date()]
+        ).fetchall()
+    finally:
+        catalog.close()
+    if (hours, account_days) != (accounts * days * 24, accounts * days):
+        raise DifferentAnswersError(
+            f"published {hours:,} account-hours and {account_days:,} account-days of the"
+            f" period, expected {accounts * days * 24:,} and {accounts * days:,}"
+        )
+
+
+def run_history(
+    workdir: Path,
+    accounts: int,
+    days: int,
+    rate: float,
+    seed: int,
+    memory_mb: int,
+    console: Console,
+) -> History:
+    data_root = workdir / f"days-{days}"
+    writer = Writer(data_root, make_population(accounts, seed), rate, seed)
+    first_day = END - timedelta(days=days)
+
+    def synthesize() -> int:
+        # A range per day and partition, as a worker rolling its files would commit them
+        # (fewer than a worker's: compaction will merge a closed day's ranges).
+        written = sum(
+            writer.write(first_day + timedelta(days=d), first_day + timedelta(days=d + 1))
+            for d in range(days)
+        )
+        return written + writer.write(END, END + timedelta(hours=NEXT_HOURS))
+
+    facts, seconds = _timed(synthesize)
+    history = History(days, facts, seconds)
+    console.print(
+        f"[bold]{days} days[/]: synthesized {facts:,} facts in {writer.files:,} committed files,"
+        f" {seconds:.1f}s"
     )
-    metering.changes(metering.daily_usage(rows, last_closed_day(mark, GRACE)), state.daily, "date")
+    now = END + timedelta(days=1)
+    history.first = publish_in_child(data_root, now, memory_mb)
+    check_complete(data_root, accounts, days)
+    history.nothing_new = publish_in_child(data_root, now, memory_mb)
+    if history.nothing_new["rows_written"]:
+        raise DifferentAnswersError("a publish with nothing new wrote rows")
+    next_day = END + timedelta(hours=NEXT_HOURS)
+    writer.write(next_day, next_day + timedelta(days=1))
+    history.one_more_day = publish_in_child(data_root, now + timedelta(days=1), memory_mb)
+    check_complete(data_root, accounts, days)
+    return history
 
 
-# --- pricing ---------------------------------------------------------------------------------
+# --- pricing -----------------------------------------------------------------------------------
 
-# The metering definitions (aggregations/metering.py) applied straight to the fact files,
-# per UTC day and account: the same answer, without the published metering tables.
-_FACTS_USAGE_SQL: Final = f"""
-SELECT CAST(occurred_hour AS DATE) AS date, account_id, {metering.METRIC_SQL}
-FROM read_parquet(?)
-WHERE occurred_hour >= ? AND occurred_hour < ?
-GROUP BY ALL
-ORDER BY account_id, date
-"""
+
+def _facts_usage_sql(meters: Sequence[Meter]) -> str:
+    """The meters applied straight to the fact files, per UTC day and account."""
+    values = ", ".join(f"CAST({m.value_sql()} AS {m.sql_type}) AS {m.name}" for m in meters)
+    return f"""
+        SELECT CAST(occurred_hour AS DATE) AS date, account_id, {values}
+        FROM read_parquet(?, hive_partitioning = false)
+        WHERE occurred_hour >= ? AND occurred_hour < ?
+        GROUP BY ALL ORDER BY account_id, date
+    """
 
 
 def facts_by_day(data_root: Path) -> dict[date, list[str]]:
-    """The committed fact files (commit markers, never a glob) by the date in their path."""
+    """The committed fact files (commit markers, never a glob) by their date."""
     root = resolve_root(str(data_root))
     files: dict[date, list[str]] = {}
     for relative in committed_files(root.fs, root.path, "facts"):
-        # facts/date=YYYY-MM-DD/<range>.parquet: the worker's layout, one date per file.
-        day = date.fromisoformat(relative.split("/")[1].removeprefix("date="))
-        files.setdefault(day, []).append(root.join(relative))
+        files.setdefault(facts_day(relative), []).append(root.join(relative))
     return files
 
 
 def facts_period_usage(
     connection: duckdb.DuckDBPyConnection, files: dict[date, list[str]], period: str
 ) -> pa.Table:
-    """The rows ``pricing.period_usage`` returns, computed from the month's fact files."""
     start, end = period_bounds(period)
-    paths = [path for day, day_files in sorted(files.items()) if start <= day < end
-             for path in day_files]  # fmt: skip
-    midnight = datetime(start.year, start.month, start.day, tzinfo=UTC)
+    paths = [path for day, names in sorted(files.items()) if start <= day < end for path in names]
+    since = datetime(start.year, start.month, start.day, tzinfo=UTC)
     until = datetime(end.year, end.month, end.day, tzinfo=UTC)
-    return connection.sql(_FACTS_USAGE_SQL, params=[paths, midnight, until]).to_arrow_table()
+    return connection.sql(_facts_usage_sql(METERS), params=[paths, since, until]).to_arrow_table()
 
 
-def months(first_day: date, days: int) -> list[str]:
-    """The whole months inside [first_day, first_day + days)."""
-    last = first_day + timedelta(days=days)
+def months(first_day: date, last_day: date) -> list[str]:
+    """The whole months inside [first_day, last_day)."""
     periods: list[str] = []
     year, month = first_day.year, first_day.month
     while True:
         period = f"{year:04d}-{month:02d}"
         start, end = period_bounds(period)
-        if end > last:
+        if end > last_day:
             return periods
         if start >= first_day:
             periods.append(period)
@@ -431,12 +233,14 @@ def compare_pricing(
     catalog = open_catalog(str(data_root), role="billing")
     direct = connect()
     files = facts_by_day(data_root)
+    names = [m.name for m in METERS]
     run = PricingRun(len(periods), 0)
     try:
         for round_number in range(repeat):
             metering_total = facts_total = 0.0
             for period in periods:
-                published, seconds = _timed(partial(catalog_period_usage, catalog, period))
+                usage = partial(catalog_period_usage, catalog, period, names)
+                published, seconds = _timed(usage)
                 metering_total += seconds
                 computed, seconds = _timed(partial(facts_period_usage, direct, files, period))
                 facts_total += seconds
@@ -453,53 +257,95 @@ def compare_pricing(
     return run
 
 
-class DifferentAnswersError(AssertionError):
-    """Metering and the facts disagree: the benchmark's numbers would mean nothing."""
-
-
 def _check_same_answer(
     published: pa.Table, computed: pa.Table, plan: PricePlan, period: str
 ) -> None:
     if published.num_rows == 0:
         raise DifferentAnswersError(f"{period}: no metering_daily rows (nothing published?)")
-    columns = ["date", "account_id", *METRICS]
+    columns = ["date", "account_id", *(m.name for m in METERS)]
     if published.select(columns).to_pylist() != computed.select(columns).to_pylist():
         raise DifferentAnswersError(f"{period}: metering_daily and the facts give other usage")
     ours: Invoice = invoice(published, plan, period)
-    theirs: Invoice = invoice(computed, plan, period)
-    if ours != theirs:
+    if ours != invoice(computed, plan, period):
         raise DifferentAnswersError(f"{period}: the invoices differ")
 
 
-def check_complete(data_root: Path, account_hours: int, account_days: int) -> None:
-    """Every account-hour and account-day of the period is published (all have usage)."""
-    catalog = open_catalog(str(data_root), role="billing")
-    try:
-        hours = catalog.execute(
-            "SELECT count(*) FROM metering_hourly WHERE hour < ?", [END]
-        ).fetchall()
-        days = catalog.execute(
-            "SELECT count(*) FROM metering_daily WHERE date < ?", [END.date()]
-        ).fetchall()
-    finally:
-        catalog.close()
-    if (hours, days) != ([(account_hours,)], [(account_days,)]):
-        raise DifferentAnswersError(
-            f"published {hours} account-hours and {days} account-days of the period, expected"
-            f" {account_hours:,} and {account_days:,}"
+# --- the command -------------------------------------------------------------------------------
+
+
+def _mb(value: float) -> str:
+    return f"{value / 1e6:,.0f} MB"
+
+
+def _figures(history: History) -> dict[str, tuple[float, str]]:
+    first, none, more = history.first, history.nothing_new, history.one_more_day
+    return {
+        "first publish": (first["seconds"], f"{first['seconds']:.2f}s"),
+        "nothing new": (none["seconds"], f"{none['seconds']:.3f}s"),
+        "one more day": (more["seconds"], f"{more['seconds']:.3f}s"),
+        "nothing new / first": (
+            none["seconds"] / first["seconds"],
+            f"{100 * none['seconds'] / first['seconds']:.2f} %",
+        ),
+        "one more day / first": (
+            more["seconds"] / first["seconds"],
+            f"{100 * more['seconds'] / first['seconds']:.2f} %",
+        ),
+        "peak RSS, first publish": (first["peak_rss"], _mb(first["peak_rss"])),
+        "peak RSS, one more day": (more["peak_rss"], _mb(more["peak_rss"])),
+    }
+
+
+TARGETS: Final = {
+    "first publish": "<= 20 s at 365 days (guide)",
+    "nothing new / first": "<= 1 %",
+    "one more day / first": "<= 3 %",
+    "peak RSS, first publish": "<= 2 GB",
+}
+FLAT: Final = ("nothing new", "one more day", "peak RSS, first publish", "peak RSS, one more day")
+
+
+def print_histories(histories: list[History], console: Console) -> None:
+    table = Table(title="publish as history grows (each publish in its own process)")
+    table.add_column("figure")
+    for history in histories:
+        table.add_column(f"{history.days} days ({history.facts:,} facts)", justify="right")
+    if len(histories) > 1:
+        table.add_column(f"{histories[-1].days} / {histories[0].days} days", justify="right")
+    table.add_column("target")
+    figures = [_figures(h) for h in histories]
+    for name in figures[0]:
+        row = [name, *(f[name][1] for f in figures)]
+        if len(histories) > 1:
+            low, high = figures[0][name][0], figures[-1][name][0]
+            row.append(f"{high / low:.2f}x" if low else "-")
+        target = TARGETS.get(name, "")
+        if name in FLAT and len(histories) > 1:
+            target = (target + "; " if target else "") + "within 25 % (flat)"
+        table.add_row(*row, target)
+    console.print(table)
+    for history in histories:
+        first = history.first
+        split = ", ".join(f"{k} {v:.2f}s" for k, v in first["stages"].items())
+        console.print(
+            f"{history.days} days, first publish: {first['facts']:,} facts,"
+            f" {first['analytics_batches']} DP batches, {first['metering_rows']:,} metering rows;"
+            f" {split}; one more day read {history.one_more_day['facts_read']:,} facts"
+            f" ({history.one_more_day['metered_days']} days metered again)"
         )
-
-
-# --- the command -----------------------------------------------------------------------------
-
-
-def _rate(count: float, seconds: float) -> str:
-    return f"{count / seconds:,.0f}/s" if seconds > 0 else "-"
 
 
 @click.command()
 @click.option("--accounts", default=1_000, show_default=True, help="Accounts.")
-@click.option("--days", default=365, show_default=True, help="Days of facts, ending 2026-11-01.")
+@click.option(
+    "--days",
+    "day_counts",
+    multiple=True,
+    type=click.IntRange(31),
+    default=(90, 365),
+    show_default=True,
+    help="Days of history, ending 2026-11-01 (repeat the option: each is a data root).",
+)
 @click.option(
     "--rate",
     default=1.0,
@@ -507,68 +353,46 @@ def _rate(count: float, seconds: float) -> str:
     help="Mean events per account-hour on top of the one request every account-hour has.",
 )
 @click.option("--repeat", default=3, show_default=True, help="Timed rounds of the pricing part.")
+@click.option("--memory-mb", default=1024, show_default=True, help="SIEVE_PUBLISH_MEMORY_MB.")
 @click.option("--seed", default=1, show_default=True)
 @click.option(
     "--workdir",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Keep the data root here (default: a temporary folder, removed at the end).",
+    help="Keep the data roots here (default: a temporary folder, removed at the end).",
 )
 def main(
-    accounts: int, days: int, rate: float, repeat: int, seed: int, workdir: Path | None
+    accounts: int,
+    day_counts: tuple[int, ...],
+    rate: float,
+    repeat: int,
+    memory_mb: int,
+    seed: int,
+    workdir: Path | None,
 ) -> None:
-    """Pricing from published metering vs from the facts, and publish throughput."""
+    """What publish costs as history grows, and pricing from metering vs from the facts."""
     console = Console(soft_wrap=True)
     console.print(
-        f"[bold]bench.aggregations[/]: {accounts:,} accounts x {days} days, rate {rate}, "
-        f"seed {seed}; {platform.python_implementation()} {platform.python_version()}, "
-        f"{os.cpu_count()} CPUs, DuckDB {duckdb.__version__}, pyarrow {pa.__version__}"
+        f"[bold]bench.aggregations[/]: {accounts:,} accounts x {', '.join(map(str, day_counts))}"
+        f" days, rate {rate}, seed {seed}; {platform.python_implementation()}"
+        f" {platform.python_version()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f},"
+        f" DuckDB {duckdb.__version__}, pyarrow {pa.__version__}"
     )
     with tempfile.TemporaryDirectory(prefix="sieve-bench-agg-") as temporary:
-        data_root = (workdir or Path(temporary)) / "data"
-        if data_root.exists() and any(data_root.iterdir()):
-            raise click.UsageError(f"{data_root} is not empty")
-        first_day = (END - timedelta(days=days)).date()
-        periods = months(first_day, days)
+        base = workdir or Path(temporary)
+        if workdir is not None and any(workdir.glob("days-*")):
+            raise click.UsageError(f"{workdir} already holds data roots")
+        histories = [
+            run_history(base, accounts, days, rate, seed, memory_mb, console)
+            for days in sorted(set(day_counts))
+        ]
+        print_histories(histories, console)
+
+        largest = histories[-1]
+        first_day = (END - timedelta(days=largest.days)).date()
+        periods = months(first_day, END.date())
         if not periods:
-            raise click.UsageError(
-                f"--days {days} holds no whole calendar month to price; use --days 31 or more"
-            )
-        made = synthesize(data_root, make_population(accounts, seed), first_day, days, rate, seed)
-        console.print(
-            f"synthesized {made.facts:,} facts ({made.facts / made.account_hours:.2f} per "
-            f"account-hour, every one of the {made.account_hours:,} account-hours has usage) "
-            f"+ {made.next_facts:,} of the next {NEXT_HOURS} hours, in {made.files:,} committed "
-            f"files, {made.seconds:.1f}s"
-        )
-
-        now = END + timedelta(days=1)
-        report, stages, metering_seconds = timed_publish(data_root, now)
-        table = Table(title="publish (one run over every fact)")
-        table.add_column("stage")
-        table.add_column("seconds", justify="right")
-        for name, seconds in stages.seconds.items():
-            table.add_row(name, f"{seconds:.1f}")
-        table.add_row("total", f"{stages.total:.1f}")
-        table.add_row(
-            "[dim]of the plan: its metering queries, timed again alone[/]",
-            f"{metering_seconds:.1f}",
-        )
-        console.print(table)
-        console.print(
-            f"facts read: {report.facts:,} -> {_rate(report.facts, stages.total)}; rows written: "
-            f"{report.rows_written:,} (hourly {report.hourly_base:,}, daily "
-            f"{report.daily_base:,}, analytics {report.analytics_rows:,} in "
-            f"{report.analytics_batches} batches) -> {_rate(report.rows_written, stages.total)}"
-        )
-        check_complete(data_root, made.account_hours, accounts * days)
-        again, seconds = _timed(partial(publish, str(data_root), now, GRACE, PRIVACY))
-        if again.rows_written:
-            raise DifferentAnswersError("a publish with nothing new wrote rows")
-        console.print(
-            f"publish again, nothing new: {seconds:.1f}s, 0 rows written (a run reads and "
-            f"re-meters every committed fact: {_rate(again.facts, seconds)})"
-        )
-
+            return
+        data_root = base / f"days-{largest.days}"
         pricing = compare_pricing(data_root, periods, load_plan(None), repeat)
         metering_s = statistics.median(pricing.metering_seconds)
         facts_s = statistics.median(pricing.facts_seconds)
@@ -583,12 +407,9 @@ def main(
         console.print(table)
         console.print(
             f"same answer: {pricing.usage_rows:,} usage rows and {pricing.periods} invoices equal"
-            f" both ways; pricing.invoice itself (Python, the same for both) "
-            f"{pricing.invoice_seconds:.1f}s for all months"
+            f" both ways; pricing.invoice itself {pricing.invoice_seconds:.2f}s for all months;"
+            f" [bold]ratio facts / metering: {pricing.ratio:.1f}x[/]"
         )
-        console.print(f"[bold]ratio facts / metering: {pricing.ratio:.1f}x[/] (usage queries)")
-        with_invoices = (facts_s + pricing.invoice_seconds) / (metering_s + pricing.invoice_seconds)
-        console.print(f"with pricing.invoice on top of each: {with_invoices:.1f}x")
 
 
 if __name__ == "__main__":

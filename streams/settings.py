@@ -227,6 +227,17 @@ class Settings(BaseSettings):
         description="Events of one person's day the analytics count (the rest are not counted):"
         " the bound the noise is calibrated to.",
     )
+    meters_file: Path | None = Field(
+        None,
+        description="Meters TOML (what metering counts: event, aggregation, property, unit);"
+        " the packaged aggregations/meters.toml if unset.",
+    )
+    publish_memory_mb: int = Field(
+        1024,
+        ge=64,
+        description="Memory DuckDB may use while publishing (it spills to a temporary folder"
+        " beyond it); publish reads the facts in chunks sized to it.",
+    )
 
     @property
     def broker_dir(self) -> Path:

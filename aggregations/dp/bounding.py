@@ -1,4 +1,4 @@
-"""Contribution bounding and the exact aggregates of one batch, in DuckDB.
+"""Contribution bounding and the exact aggregates of each batch, in DuckDB.
 
 The privacy unit is one person's day. In the facts a person is a ``subject_key`` (an HMAC of
 account and user under a per-day key, so one unit per person and day and key); an event
@@ -27,9 +27,11 @@ unit.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 
+import duckdb
 import pyarrow as pa
 
 from aggregations.dp.domains import Domain
@@ -67,7 +69,7 @@ class BoundedBatch:
     keys_per_person: int
 
 
-def _register_domain(connection: object, domain: Domain) -> str:
+def _register_domain(connection: duckdb.DuckDBPyConnection, domain: Domain) -> str:
     name = f"domain_{domain.dimension}"
     table = pa.table(
         {
@@ -75,78 +77,155 @@ def _register_domain(connection: object, domain: Domain) -> str:
             "idx": pa.array(range(len(domain.values)), pa.int32()),
         }
     )
-    connection.register(name, table)  # type: ignore[attr-defined]
+    connection.register(name, table)
     return name
 
 
+def bound_days(
+    connection: duckdb.DuckDBPyConnection,
+    source: str,
+    days: Sequence[date],
+    domains: Mapping[str, Domain],
+    bounds: Bounds,
+) -> dict[date, BoundedBatch]:
+    """The bounded aggregates of each of ``days`` (one batch per day) over the FACTS rows of
+    the view or table ``source`` (rows of other days are ignored), in one set of queries.
+
+    Units with at most ``events_per_unit`` events keep them all; only the others are ranked
+    by ``event_key`` (a sort of the heavy units' events, not of the whole batch).
+    """
+    connection.register("bound_days", pa.table({"day": pa.array(sorted(days), pa.date32())}))
+    dimensions = ", ".join(f'"{d}"' for d in domains)
+    connection.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE unit_facts AS
+        SELECT CAST(occurred_hour AS DATE) AS day,
+               coalesce(subject_key, 'account:' || account_id) AS unit,
+               event_key, hour(occurred_hour) AS h, key_id, subject_key IS NOT NULL AS named,
+               {dimensions}
+        FROM {source} WHERE CAST(occurred_hour AS DATE) IN (SELECT day FROM bound_days);
+        CREATE OR REPLACE TEMP TABLE unit_sizes AS
+        SELECT day, unit, count(*) AS n FROM unit_facts GROUP BY ALL;
+        CREATE OR REPLACE TEMP TABLE kept AS
+        SELECT * EXCLUDE (event_key) FROM unit_facts
+        SEMI JOIN (SELECT day, unit FROM unit_sizes WHERE n <= $cap) USING (day, unit)
+        UNION ALL
+        SELECT * EXCLUDE (event_key) FROM (
+            SELECT * FROM unit_facts
+            SEMI JOIN (SELECT day, unit FROM unit_sizes WHERE n > $cap) USING (day, unit))
+        QUALIFY row_number() OVER (PARTITION BY day, unit ORDER BY event_key) <= $cap;
+        """,  # noqa: S608 - the source and dimensions are constants of the caller
+        {"cap": bounds.events_per_unit},
+    )
+    totals = {
+        day: (int(facts), int(units))
+        for day, facts, units in connection.execute(
+            "SELECT day, sum(n), count(*) FROM unit_sizes GROUP BY day"
+        ).fetchall()
+    }
+    kept = {
+        day: (int(events), int(keys))
+        for day, events, keys in connection.execute(
+            """
+            SELECT day, count(*), count(DISTINCT key_id) FILTER (WHERE named)
+            FROM kept GROUP BY day
+            """
+        ).fetchall()
+    }
+    hours: dict[date, list[int]] = {day: [0] * HOURS for day in totals}
+    for day, hour, events in connection.execute(
+        "SELECT day, h, count(*) FROM kept GROUP BY ALL"
+    ).fetchall():
+        hours[day][hour] = int(events)
+    events_by: dict[date, dict[str, tuple[int, ...]]] = {day: {} for day in totals}
+    people_by: dict[date, dict[str, tuple[int, ...]]] = {day: {} for day in totals}
+    for dimension, domain in domains.items():
+        events, people = _histograms(connection, dimension, domain, bounds, list(totals))
+        for day in totals:
+            events_by[day][dimension] = events[day]
+            people_by[day][dimension] = people[day]
+    for name in ("unit_facts", "unit_sizes", "kept", "unit_values"):
+        connection.execute(f"DROP TABLE IF EXISTS {name}")
+    return {
+        day: BoundedBatch(
+            day=day,
+            facts=facts,
+            units=units,
+            events_total=kept[day][0],
+            events_by_hour=tuple(hours[day]),
+            events_by_value=events_by[day],
+            people_by_value=people_by[day],
+            keys_per_person=max(1, kept[day][1]),
+        )
+        for day, (facts, units) in sorted(totals.items())
+    }
+
+
+def _histograms(
+    connection: duckdb.DuckDBPyConnection,
+    dimension: str,
+    domain: Domain,
+    bounds: Bounds,
+    days: Sequence[date],
+) -> tuple[dict[date, tuple[int, ...]], dict[date, tuple[int, ...]]]:
+    """Events and people per value of one dimension, per day (kept events only)."""
+    table = _register_domain(connection, domain)
+    fallback = domain.values.index(domain.fallback)
+    # Each fact in exactly one domain value: its own, or the fallback. Grouped before the
+    # join, so the join sees each unit's values once.
+    connection.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE unit_values AS
+        SELECT u.day, u.unit, coalesce(d.idx, {fallback}) AS idx, sum(u.c) AS c
+        FROM (SELECT day, unit, "{dimension}" AS value, count(*) AS c FROM kept GROUP BY ALL) u
+        LEFT JOIN {table} d ON u.value = d.value
+        GROUP BY ALL
+        """  # noqa: S608 - dimension and table are constants, fallback an int
+    )
+    size = len(domain.values)
+    events = {day: [0] * size for day in days}
+    for day, idx, count in connection.execute(
+        "SELECT day, idx, sum(c) FROM unit_values GROUP BY ALL"
+    ).fetchall():
+        events[day][idx] = int(count)
+    people = {day: [0] * size for day in days}
+    # A unit counts under its values_per_unit values with most events (ties: the first).
+    for day, idx, count in connection.execute(
+        """
+        SELECT day, idx, count(*) FROM (
+            SELECT day, idx FROM unit_values
+            QUALIFY row_number() OVER (PARTITION BY day, unit ORDER BY c DESC, idx) <= ?
+        ) GROUP BY ALL
+        """,
+        [bounds.values_per_unit],
+    ).fetchall():
+        people[day][idx] = int(count)
+    return (
+        {day: tuple(values) for day, values in events.items()},
+        {day: tuple(values) for day, values in people.items()},
+    )
+
+
 def bound_batch(
-    facts: pa.Table, day: date, domains: dict[str, Domain], bounds: Bounds
+    facts: pa.Table, day: date, domains: Mapping[str, Domain], bounds: Bounds
 ) -> BoundedBatch:
     """The bounded aggregates of ``facts`` (FACTS rows, all of UTC day ``day``)."""
     connection = connect()
-    connection.register("facts", facts)
-    connection.execute(
-        """
-        CREATE TEMP TABLE unit_facts AS
-        SELECT *, coalesce(subject_key, 'account:' || account_id) AS unit,
-               row_number() OVER (
-                   PARTITION BY coalesce(subject_key, 'account:' || account_id)
-                   ORDER BY event_key) AS rank_in_unit
-        FROM facts
-        """
+    connection.register("batch_facts", facts)
+    return bound_days(connection, "batch_facts", [day], domains, bounds).get(day) or empty_batch(
+        day, domains
     )
-    (total_facts, units, keys, kept_total), *_ = connection.execute(
-        """
-        SELECT count(*), count(DISTINCT unit),
-               count(DISTINCT key_id) FILTER (WHERE subject_key IS NOT NULL),
-               count(*) FILTER (WHERE rank_in_unit <= ?)
-        FROM unit_facts
-        """,
-        [bounds.events_per_unit],
-    ).fetchall()
-    hours = [0] * HOURS
-    for hour, events in connection.execute(
-        "SELECT hour(occurred_hour), count(*) FROM unit_facts WHERE rank_in_unit <= ? GROUP BY 1",
-        [bounds.events_per_unit],
-    ).fetchall():
-        hours[hour] = events
-    events_by_value: dict[str, tuple[int, ...]] = {}
-    people_by_value: dict[str, tuple[int, ...]] = {}
-    for dimension, domain in domains.items():
-        table = _register_domain(connection, domain)
-        fallback = domain.values.index(domain.fallback)
-        # Each fact in exactly one domain value: its own, or the fallback.
-        mapped = f"""
-            SELECT f.unit, f.rank_in_unit, coalesce(d.idx, {fallback}) AS idx
-            FROM unit_facts f LEFT JOIN {table} d ON f.{dimension} = d.value
-        """  # noqa: S608 - dimension and table are constants, fallback an int
-        events = [0] * len(domain.values)
-        for idx, count in connection.execute(
-            f"SELECT idx, count(*) FROM ({mapped}) WHERE rank_in_unit <= ? GROUP BY idx",  # noqa: S608
-            [bounds.events_per_unit],
-        ).fetchall():
-            events[idx] = count
-        people = [0] * len(domain.values)
-        for idx, count in connection.execute(
-            f"""
-            SELECT idx, count(*) FROM (
-                SELECT unit, idx, row_number() OVER (
-                    PARTITION BY unit ORDER BY count(*) DESC, idx) AS value_rank
-                FROM ({mapped}) GROUP BY unit, idx
-            ) WHERE value_rank <= ? GROUP BY idx
-            """,  # noqa: S608
-            [bounds.values_per_unit],
-        ).fetchall():
-            people[idx] = count
-        events_by_value[dimension] = tuple(events)
-        people_by_value[dimension] = tuple(people)
+
+
+def empty_batch(day: date, domains: Mapping[str, Domain]) -> BoundedBatch:
+    """The aggregates of a batch with no facts (a late batch released with none)."""
     return BoundedBatch(
         day=day,
-        facts=int(total_facts),
-        units=int(units),
-        events_total=int(kept_total),
-        events_by_hour=tuple(hours),
-        events_by_value=events_by_value,
-        people_by_value=people_by_value,
-        keys_per_person=max(1, int(keys)),
+        facts=0,
+        units=0,
+        events_total=0,
+        events_by_hour=(0,) * HOURS,
+        events_by_value={d: (0,) * len(domain.values) for d, domain in domains.items()},
+        people_by_value={d: (0,) * len(domain.values) for d, domain in domains.items()},
+        keys_per_person=1,
     )

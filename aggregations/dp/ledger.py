@@ -16,6 +16,7 @@ published) with the spend in its metadata, written atomically *before* the publi
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass
 from datetime import date
 from typing import Final
@@ -28,6 +29,7 @@ from aggregations.storage import Root, copy_file_atomic, list_parquet, write_par
 
 LEDGER_DIR: Final = "_privacy/ledger"
 RELEASE_KEY: Final = b"sieve.release"
+_BATCH_FILE: Final = re.compile(r"(?:^|/)date=(\d{4}-\d{2}-\d{2})/batch-(\d{4,})\.parquet$")
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,40 @@ def read_ledger(root: Root) -> dict[date, list[Entry]]:
     for day_entries in entries.values():
         day_entries.sort(key=lambda e: e.batch)
     return entries
+
+
+def entry_at(root: Root, day: date, batch: int) -> Entry:
+    """The entry recorded for batch ``batch`` of ``day``."""
+    path = root.join(f"{LEDGER_DIR}/date={day.isoformat()}/batch-{batch:04d}.parquet")
+    entry = entry_of(path, root)
+    if entry is None:
+        raise ValueError(f"{path} is in the privacy ledger but records no release")
+    return entry
+
+
+def read_day(root: Root, day: date) -> list[Entry]:
+    """The ledger entries of one day, in batch order (reads that day's folder only)."""
+    entries = []
+    for path in list_parquet(root, f"{LEDGER_DIR}/date={day.isoformat()}"):
+        entry = entry_of(path, root)
+        if entry is None:
+            raise ValueError(f"{path} is in the privacy ledger but records no release")
+        entries.append(entry)
+    return sorted(entries, key=lambda e: e.batch)
+
+
+def batch_names(root: Root, folder: str) -> tuple[dict[date, set[int]], list[str]]:
+    """The batch files under ``folder`` by their names alone (no file is opened): per day,
+    the batch numbers; and the paths of Parquet files whose name is not a batch's."""
+    batches: dict[date, set[int]] = {}
+    others = []
+    for path in list_parquet(root, folder):
+        match = _BATCH_FILE.search(path)
+        if match is None:
+            others.append(path)
+            continue
+        batches.setdefault(date.fromisoformat(match.group(1)), set()).add(int(match.group(2)))
+    return batches, others
 
 
 def spent_rho(entries: list[Entry]) -> float:

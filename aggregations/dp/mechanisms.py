@@ -84,11 +84,13 @@ class BatchMechanism:
 
     measurement: Any  # opendp Measurement: BoundedBatch -> list of outputs, in `names` order
     names: tuple[str, ...]
-    # The composed parts, each BoundedBatch -> one release (for tests that sample one).
+    # The composed parts, each BoundedBatch -> one release (sampled one by one, see sample()).
     parts: dict[str, Any]
     # Standard deviation of the noise of each release (histograms: of each entry).
     scales: dict[str, float]
     keys_per_person: int
+    # The per-unit L2 bound of each release, as its transformation's stability map states it.
+    per_unit: dict[str, float]
 
     @property
     def rho(self) -> float:
@@ -96,23 +98,72 @@ class BatchMechanism:
         return float(self.measurement.map(self.keys_per_person))
 
     def invoke(self, batch: BoundedBatch) -> dict[str, Any]:
+        """Every release of the batch, drawn at once."""
         return dict(zip(self.names, self.measurement(batch), strict=True))
+
+    def sample(self, batch: BoundedBatch, names: Sequence[str]) -> dict[str, Any]:
+        """The releases ``names`` of the batch (each part of the composition, invoked)."""
+        return {name: self.parts[name](batch) for name in names}
+
+    def sample_entries(
+        self, batch: BoundedBatch, dimension: str, indices: Sequence[int]
+    ) -> list[int]:
+        """Events of the given values of ``dimension``, drawn with the very noise (scale)
+        of its ``events_of(dimension)`` part, from an OpenDP measurement of the sub-vector.
+
+        Its transformation keeps the part's stability map: a sub-vector of a histogram has
+        an L2 norm no larger than the histogram's. Drawing only the entries that will be
+        published gives them exactly the distribution they have when the whole vector is
+        drawn and the rest dropped, so what is published is a post-processing of the
+        composed measurement, whose map is what the batch spends (aggregations/dp/
+        release.py, "Drawing only what is published").
+        """
+        if not indices:
+            return []
+        dp = opendp_library()
+        name = events_of(dimension)
+        space = (dp.vector_domain(dp.atom_domain(T=dp.i64)), dp.l2_distance(T=dp.i64))
+        chosen = tuple(indices)
+        read = dp.t.make_user_transformation(
+            *_batch_space(),
+            *space,
+            function=lambda b: [b.events_by_value[dimension][i] for i in chosen],
+            stability_map=lambda d_in, s=int(self.per_unit[name]): s * d_in,
+        )
+        measurement = read >> dp.m.then_gaussian(scale=self.scales[name])
+        return [int(x) for x in measurement(batch)]
+
+
+def _batch_space() -> tuple[Any, Any]:
+    dp = opendp_library()
+    return (
+        dp.user_domain("SieveBoundedBatch", lambda x: isinstance(x, BoundedBatch)),
+        dp.symmetric_distance(),
+    )
 
 
 def build_mechanism(
     bounds: Bounds, keys_per_person: int, rho: float, dimensions: Sequence[str]
 ) -> BatchMechanism:
-    """The measurement releasing every number of a batch for a total of ``rho`` (zCDP)."""
+    """The measurement releasing every number of a batch for a total of ``rho`` (zCDP).
+
+    Built once per (bounds, keys per person, rho, dimensions) and reused: the measurements
+    hold no data, and building one costs several milliseconds (a batch of every day of a
+    year reuses the same one)."""
+    return _build(bounds, keys_per_person, rho, tuple(dimensions))
+
+
+@functools.lru_cache(maxsize=32)
+def _build(
+    bounds: Bounds, keys_per_person: int, rho: float, dimensions: tuple[str, ...]
+) -> BatchMechanism:
     if rho <= 0:
         raise ValueError("a batch needs a positive budget")
     dp = opendp_library()
     weights = release_weights(dimensions)
     total_weight = sum(weights.values())
     rhos = {name: rho * weight / total_weight for name, weight in weights.items()}
-    batch_space = (
-        dp.user_domain("SieveBoundedBatch", lambda x: isinstance(x, BoundedBatch)),
-        dp.symmetric_distance(),
-    )
+    batch_space = _batch_space()
     int_vectors = (dp.vector_domain(dp.atom_domain(T=dp.i64)), dp.l2_distance(T=dp.i64))
     real_vectors = (
         dp.vector_domain(dp.atom_domain(T=float, nan=False)),
@@ -171,7 +222,10 @@ def build_mechanism(
     composed = dp.c.make_composition([built[name][0] for name in names])
     scales = {name: built[name][1] for name in names}
     parts = {name: built[name][0] for name in names}
-    return BatchMechanism(composed, names, parts, scales, m)
+    per_unit = {name: float(bounds.events_per_unit) for name in names if name.startswith("events")}
+    per_unit |= {name: people_bound for name in names if name.startswith("people:")}
+    per_unit[PEOPLE_TOTAL] = 1.0
+    return BatchMechanism(composed, names, parts, scales, m, per_unit)
 
 
 def _events_by_value(dimension: str, batch: BoundedBatch) -> list[int]:

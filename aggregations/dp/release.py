@@ -21,6 +21,17 @@ spends nothing (the post-processing property of differential privacy):
 
 Every count row carries the standard deviation of its noise (``events_sd``/``people_sd``):
 a 95 % interval for the bounded count is the count +- 1.96 sd.
+
+**Drawing only what is published.** The batch spends what OpenDP's map of the composed
+measurement says, over every histogram whole. Of a thresholded dimension's event counts,
+only the values whose noisy people count passes are ever used (the ``other`` row is the
+total minus them), so :func:`release_bounded` draws the people counts and totals first,
+then the event counts of the published values alone, each with the noise its whole-vector
+part would have given it (:meth:`~aggregations.dp.mechanisms.BatchMechanism.sample_entries`).
+Every published number then has exactly the distribution it has when every count is drawn
+and the unused ones are dropped: the release is a post-processing of the composed
+measurement, and the guarantee is unchanged. It draws about half as much noise: OpenDP's
+exact sampler costs 15-30 us a draw, and a day has ~1,400 country and browser values.
 """
 
 from __future__ import annotations
@@ -136,13 +147,33 @@ def _combine(
     )
 
 
+def chosen_values(
+    outputs: Mapping[str, Any], scales: Mapping[str, float], domains: Mapping[str, Domain]
+) -> dict[str, list[int]]:
+    """Per dimension, the indices of the values published: those whose noisy people count
+    passes the threshold (every value of an always-published dimension)."""
+    chosen = {}
+    for dimension, domain in domains.items():
+        people = outputs[people_of(dimension)]
+        threshold = threshold_sds(len(domain.values)) * scales[people_of(dimension)]
+        chosen[dimension] = [
+            i
+            for i in range(len(domain.values))
+            if dimension in ALWAYS_PUBLISHED or people[i] >= threshold
+        ]
+    return chosen
+
+
 def post_process(
     batch: BoundedBatch,
     outputs: Mapping[str, Any],
     scales: Mapping[str, float],
     domains: Mapping[str, Domain],
 ) -> list[Cell]:
-    """The published cells from the noisy outputs (no access to exact values but ``day``)."""
+    """The published cells from the noisy outputs (no access to exact values but ``day``).
+
+    ``outputs[events_of(d)]`` is indexed by value index: a whole vector, or a mapping that
+    holds at least the published values."""
     total, total_sd, hours, hour_sd = _combine(
         float(outputs[EVENTS_TOTAL][0]),
         scales[EVENTS_TOTAL],
@@ -168,16 +199,12 @@ def post_process(
         Cell("hour", day_start + timedelta(hours=h), "total", "total", None, x, hour_sd)
         for h, x in enumerate(fit_to_total(hours, day_events))
     ]
+    chosen = chosen_values(outputs, scales, domains)
     for dimension, domain in domains.items():
         events = outputs[events_of(dimension)]
         people = outputs[people_of(dimension)]
         events_sd, people_sd = scales[events_of(dimension)], scales[people_of(dimension)]
-        threshold = threshold_sds(len(domain.values)) * people_sd
-        published = [
-            i
-            for i in range(len(domain.values))
-            if dimension in ALWAYS_PUBLISHED or people[i] >= threshold
-        ]
+        published = chosen[dimension]
         has_other = len(published) < len(domain.values)
         noisy = [float(events[i]) for i in published]
         if has_other:
@@ -216,8 +243,22 @@ def release_batch(
     domains: Mapping[str, Domain],
 ) -> Release:
     """Bound ``facts`` (one UTC day's batch), add noise for ``rho`` (zCDP), post-process."""
-    bounded = bound_batch(facts, day, dict(domains), bounds)
+    return release_bounded(bound_batch(facts, day, dict(domains), bounds), rho, bounds, domains)
+
+
+def release_bounded(
+    bounded: BoundedBatch, rho: float, bounds: Bounds, domains: Mapping[str, Domain]
+) -> Release:
+    """Add noise for ``rho`` (zCDP) to a bounded batch and post-process (module docstring:
+    the event counts of unpublished values are never drawn)."""
     mechanism = build_mechanism(bounds, bounded.keys_per_person, rho, list(domains))
-    outputs = mechanism.invoke(bounded)
+    whole = [EVENTS_TOTAL, EVENTS_BY_HOUR, PEOPLE_TOTAL]
+    whole += [people_of(d) for d in domains]
+    whole += [events_of(d) for d in domains if d in ALWAYS_PUBLISHED]
+    outputs = mechanism.sample(bounded, whole)
+    for dimension, indices in chosen_values(outputs, mechanism.scales, domains).items():
+        if dimension not in ALWAYS_PUBLISHED:
+            drawn = mechanism.sample_entries(bounded, dimension, indices)
+            outputs[events_of(dimension)] = dict(zip(indices, drawn, strict=True))
     cells = post_process(bounded, outputs, mechanism.scales, domains)
-    return Release(day, tuple(cells), mechanism.rho, bounded.keys_per_person, bounded.facts)
+    return Release(bounded.day, tuple(cells), mechanism.rho, bounded.keys_per_person, bounded.facts)

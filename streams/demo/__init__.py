@@ -47,6 +47,7 @@ from rich.table import Table
 from aggregations import dashboard
 from aggregations.analytics import privacy_of
 from aggregations.catalog import default_catalog_path, open_catalog
+from aggregations.meters import load_meters
 from aggregations.pricing import Invoice, load_plan, price_period, published_watermark
 from aggregations.publish import PublishReport, publish
 from aggregations.render import render, render_invoice, table_rows
@@ -396,7 +397,12 @@ def _generate(
 def _publish(settings: Settings, month: Month, now: datetime, timeline: Timeline) -> PublishReport:
     with timeline.step("Publishing metering and differentially private analytics"):
         published = publish(
-            settings.data_root, now=now, grace=settings.grace_period, privacy=privacy_of(settings)
+            settings.data_root,
+            now=now,
+            grace=settings.grace_period,
+            privacy=privacy_of(settings),
+            meters=load_meters(settings.meters_file),
+            memory_limit_mb=settings.publish_memory_mb,
         )
         timeline.notes = _published_notes(published, settings.dp_epsilon)
     if published.watermark is None or published.watermark < month.end + settings.grace_period:
@@ -415,7 +421,7 @@ def _price_and_analyse(
         billing = open_catalog(settings.data_root, role="billing", lock_down=True)
         analyst = open_catalog(settings.data_root, role="analyst", lock_down=True)
         try:
-            plan = load_plan(settings.price_plan_file)
+            plan = load_plan(settings.price_plan_file, load_meters(settings.meters_file))
             # A draft only when the month did not close (the note above says so): the same
             # invoice, marked the same way, as `sieve pricing --draft`.
             bill = price_period(

@@ -145,14 +145,16 @@ def test_views_bind_before_the_first_publish(tmp_path: Path) -> None:
 
 def test_invoice_from_the_catalog(published: Path) -> None:
     plan = parse_plan(
-        'currency = "EUR"\n[metrics.download_bytes]\nunit_size = "1000000000"\n'
+        'currency = "EUR"\n[metrics.download_bytes]\n'
         'included = "10"\ntiers = [ { up_to = "20", unit_price = "0.08" },'
         ' { unit_price = "0.05" } ]\n'
     )
-    usage = period_usage(open_catalog(str(published), role="billing"), "2026-11", "acct-1")
+    metered = ["download_bytes"]
+    usage = period_usage(open_catalog(str(published), role="billing"), "2026-11", metered, "acct-1")
     result = invoice(usage, plan, "2026-11")
     # 34.000000005 GB: 35 GB (a started unit counts): 10 free + 10 * 0.08 = 0.80; 15 * 0.05
     assert [line.used for line in result.lines] == [Decimal(35), Decimal(35)]
     assert [line.amount for line in result.lines] == [Decimal("0.80"), Decimal("0.75")]
     assert result.totals[0].amount == Decimal("1.55")
-    assert period_usage(open_catalog(str(published), role="billing"), "2026-12").num_rows == 0
+    december = period_usage(open_catalog(str(published), role="billing"), "2026-12", metered)
+    assert december.num_rows == 0

@@ -192,6 +192,8 @@ _CHARTS_JS = """
     await new Promise(resolve => requestAnimationFrame(resolve));
   }
   const area = el => { const b = el.getBBox(); return b.width * b.height; };
+  const box = el => { const r = el.getBoundingClientRect();
+                      return [r.left, r.top, r.right, r.bottom]; };
   return ids.map(id => {
     const div = document.getElementById(id);
     if (!div) return {id, present: false};
@@ -208,6 +210,14 @@ _CHARTS_JS = """
       ticks: texts('g[class$="tick"] > text'),  // xtick, x2tick, ytick, y2tick, ...
       titles: texts('text.gtitle, g.annotation text, text[class$="title"]'),
       width: div.getBoundingClientRect().width,
+      // Boxes in page pixels: the toolbar (shown on hover), each legend entry, each tick label.
+      modebar: [...div.querySelectorAll('.modebar')].map(box),
+      legendItems: [...div.querySelectorAll('g.legend g.traces')].map(box),
+      tickLabels: [...div.querySelectorAll('g.xtick > text, g.x2tick > text')].map(box),
+      titleBoxes: [...div.querySelectorAll('g.annotation text, text.gtitle')].map(box),
+      xTickValues: [...div.querySelectorAll('g[class^="xtick"] > text, g[class^="x2tick"] > text,'
+                                          + ' g[class^="x3tick"] > text')]
+        .map(t => t.textContent),
     };
   });
 })(%s, %d)
@@ -443,6 +453,33 @@ def test_every_chart_is_drawn_with_data(
         assert chart["lines"] == 3  # the band's two bounds (zero width) and the count
     if chart_id == "chart-sessions":
         assert chart["lines"] == 1  # the mean length
+
+
+def _overlap(a: list[float], b: list[float]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+@pytest.mark.parametrize("chart_id", ALL_CHARTS)
+def test_no_legend_entry_or_title_is_under_the_toolbar_or_the_axis_labels(
+    dashboard_visit: tuple[PageVisit, Path],
+    billing_visit: tuple[PageVisit, Path],
+    chart_id: str,
+) -> None:
+    seen = dashboard_visit[0] if chart_id in CHART_IDS["analyst"] else billing_visit[0]
+    chart = seen.charts[chart_id]
+    assert chart["modebar"], "plotly's toolbar is on every chart"
+    for item in chart["legendItems"]:
+        for toolbar in chart["modebar"]:
+            assert not _overlap(item, toolbar), (item, toolbar)
+        for label in chart["tickLabels"]:
+            assert not _overlap(item, label), (item, label)
+    for title in chart["titleBoxes"]:
+        for toolbar in chart["modebar"]:
+            assert not _overlap(title, toolbar), (title, toolbar)
+    # Counts never run below zero on an axis (the intervals' low ends are clipped at 0).
+    assert not [v for v in chart["xTickValues"] if v.startswith(("-", "\u2212"))], chart[
+        "xTickValues"
+    ]
 
 
 def test_the_screenshot_is_a_picture(dashboard_visit: tuple[PageVisit, Path]) -> None:

@@ -1,4 +1,4 @@
-"""Metering is exact: hand-computed usage per account, hour and day."""
+"""Metering is exact: hand-computed usage per account, hour and day, for the declared meters."""
 
 from __future__ import annotations
 
@@ -8,13 +8,25 @@ from decimal import Decimal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aggregations.metering import changes, daily_usage, hourly_usage
-from aggregations.schemas import METRICS
+from aggregations.engine import connect
+from aggregations.metering import Changes, changes, recompute, usage, wide
+from aggregations.meters import default_meters
+from aggregations.schemas import METERING
 from aggregations.testing import fact, facts_table
 
 H10 = datetime(2026, 11, 1, 10, tzinfo=UTC)
 H11 = H10 + timedelta(hours=1)
 FAR = datetime(2030, 1, 1, tzinfo=UTC)
+METERS = default_meters()
+METRICS = tuple(m.name for m in METERS)
+
+
+def hourly_usage(facts, last_hour):  # type: ignore[no-untyped-def]
+    return wide(usage(facts, METERS, last_hour, date(1970, 1, 1)), METERS, "hour")
+
+
+def daily_usage(facts, last_day):  # type: ignore[no-untyped-def]
+    return wide(usage(facts, METERS, datetime(1970, 1, 1, tzinfo=UTC), last_day), METERS, "day")
 
 
 def _facts():  # type: ignore[no-untyped-def]
@@ -35,8 +47,8 @@ def _facts():  # type: ignore[no-untyped-def]
     )
 
 
-def _by_key(table, *keys):  # type: ignore[no-untyped-def]
-    return {tuple(r[k] for k in keys): r for r in table.to_pylist()}
+def _by_key(rows, *keys):  # type: ignore[no-untyped-def]
+    return {tuple(r[k] for k in keys): r for r in rows}
 
 
 def test_hourly_usage_is_exact() -> None:
@@ -64,48 +76,81 @@ def test_daily_active_users_are_distinct_over_the_day_not_a_sum_of_hours() -> No
     hourly = hourly_usage(_facts(), FAR)
     daily = _by_key(daily_usage(_facts(), date(2030, 1, 1)), "date", "account_id")
     day = daily[(date(2026, 11, 1), "acct-1")]
-    hourly_sum = sum(r["active_users"] for r in hourly.to_pylist() if r["account_id"] == "acct-1")
+    hourly_sum = sum(r["active_users"] for r in hourly if r["account_id"] == "acct-1")
     assert hourly_sum == 4 and day["active_users"] == 3
     assert (day["requests"], day["sessions"], day["session_seconds"]) == (2, 2, Decimal("30.5"))
 
 
 def test_only_closed_windows_are_computed() -> None:
-    assert {r["hour"] for r in hourly_usage(_facts(), H10).to_pylist()} == {H10}
-    assert daily_usage(_facts(), date(2026, 10, 31)).num_rows == 0
+    assert {r["hour"] for r in hourly_usage(_facts(), H10)} == {H10}
+    assert daily_usage(_facts(), date(2026, 10, 31)) == []
 
 
 def test_session_seconds_sum_is_exact_to_the_millisecond() -> None:
     rows = [fact(H10, type="logout", session_seconds=0.1) for _ in range(10)]
-    (row,) = hourly_usage(facts_table(rows), FAR).to_pylist()
+    (row,) = hourly_usage(facts_table(rows), FAR)
     assert row["session_seconds"] == Decimal("1.000")  # a float sum would give 0.9999999999999999
 
 
+def _changes(facts, published, new_meters=()):  # type: ignore[no-untyped-def]
+    """Recompute ``facts`` and compare with ``published`` (METERING rows): the change rows."""
+    connection = connect()
+    connection.register("facts", facts)
+    recompute(connection, METERS, [H10.date()], FAR, date(2030, 1, 1))
+    connection.register("published", published)
+    counts = changes(connection, METERS, new_meters)
+    rows = connection.sql("SELECT * FROM changes ORDER BY ALL").to_arrow_table().to_pylist()
+    return counts, rows
+
+
+def _as_published(rows, correction=False):  # type: ignore[no-untyped-def]
+    import pyarrow as pa
+
+    stamped = [
+        {
+            **{k: v for k, v in r.items() if k in METERING.names},
+            "is_correction": correction,
+            "publish_run": "r",
+            "watermark": FAR,
+            "published_at": FAR,
+        }
+        for r in rows
+    ]
+    return pa.Table.from_pylist(stamped, schema=METERING)
+
+
 def test_changes_base_then_nothing_then_delta() -> None:
-    recomputed = hourly_usage(_facts(), FAR)
-    base, fix = changes(recomputed, recomputed.slice(0, 0), "hour")
-    assert base.num_rows == recomputed.num_rows and fix.num_rows == 0
-    base, fix = changes(recomputed, recomputed, "hour")
-    assert base.num_rows == 0 and fix.num_rows == 0
-    later = hourly_usage(
-        facts_table([*_facts().to_pylist(), fact(H10, type="upload", subject_key="p9", bytes=5)]),
-        FAR,
+    counts, base = _changes(_facts(), METERING.empty_table())
+    assert counts == Changes(hourly_base=3, hourly_corrections=0, daily_base=2, daily_corrections=0)
+    assert base and not any(r["is_correction"] for r in base)
+    counts, again = _changes(_facts(), _as_published(base))
+    assert again == [] and counts == Changes()
+    later = facts_table(
+        [*_facts().to_pylist(), fact(H10, type="upload", subject_key="p9", bytes=5)]
     )
-    base, fix = changes(later, recomputed, "hour")
-    (delta,) = fix.to_pylist()
-    assert base.num_rows == 0
-    assert (delta["hour"], delta["account_id"]) == (H10, "acct-1")
-    assert {m: delta[m] for m in ("uploads", "upload_bytes", "active_users", "requests")} == {
-        "uploads": 1,
-        "upload_bytes": 5,
-        "active_users": 1,
-        "requests": 0,
-    }
+    counts, fix = _changes(later, _as_published(base))
+    assert counts == Changes(hourly_corrections=1, daily_corrections=1)
+    hour = {r["meter"]: r["value"] for r in fix if r["grain"] == "hour"}
+    # Only what changed, as deltas: one more upload of 5 bytes by one more person.
+    assert hour == {"uploads": 1, "upload_bytes": 5, "active_users": 1}
+    assert all(r["is_correction"] and r["hour"] == H10 for r in fix if r["grain"] == "hour")
+
+
+def test_a_meter_new_to_the_published_windows_starts_with_base_rows() -> None:
+    published = [
+        r for r in _changes(_facts(), METERING.empty_table())[1] if r["meter"] != "uploads"
+    ]
+    counts, rows = _changes(_facts(), _as_published(published), new_meters=("uploads",))
+    assert {r["meter"] for r in rows} == {"uploads"}
+    assert not any(r["is_correction"] for r in rows) and counts.hourly_corrections == 0
 
 
 def test_windows_whose_facts_are_gone_are_left_as_published() -> None:
-    published = hourly_usage(_facts(), FAR)
-    base, fix = changes(published.slice(0, 1), published, "hour")
-    assert base.num_rows == 0 and fix.num_rows == 0
+    base = _changes(_facts(), METERING.empty_table())[1]
+    # Only account b's payment is left: acct-1's windows have no facts any more.
+    left = facts_table([r for r in _facts().to_pylist() if r["account_id"] == "b"])
+    counts, rows = _changes(left, _as_published(base))
+    assert rows == [] and counts == Changes()
 
 
 _types = st.sampled_from(["request", "page_view", "login", "logout", "upload", "download"])
@@ -139,8 +184,8 @@ def test_hours_add_up_to_days_except_active_users(events) -> None:  # type: igno
             for h, t, p, b, a in events
         ]
     )
-    hourly = hourly_usage(table, FAR).to_pylist()
-    daily = daily_usage(table, date(2030, 1, 1)).to_pylist()
+    hourly = hourly_usage(table, FAR)
+    daily = daily_usage(table, date(2030, 1, 1))
     for day in daily:
         hours = [
             h

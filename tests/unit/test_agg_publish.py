@@ -12,18 +12,13 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from aggregations import publish as publish_module
 from aggregations.analytics import LegacyAnalyticsError
+from aggregations.catalog import open_catalog
 from aggregations.dp.ledger import LEDGER_DIR, read_ledger
-from aggregations.publish import publish
-from aggregations.schemas import (
-    ANALYTICS,
-    ANALYTICS_DIR,
-    METERING_DAILY,
-    METERING_DAILY_DIR,
-    METERING_HOURLY,
-    METERING_HOURLY_DIR,
-)
-from aggregations.storage import read_published, resolve_root
+from aggregations.publish import LegacyMeteringError, publish
+from aggregations.schemas import ANALYTICS, ANALYTICS_DIR, METERING_DIR
+from aggregations.storage import resolve_root
 from aggregations.testing import (
     DEFAULT_PRIVACY,
     fact,
@@ -59,8 +54,14 @@ def _files(root: Path) -> dict[str, bytes]:
     }
 
 
-def _rows(root: Path, folder: str, schema):  # type: ignore[no-untyped-def]
-    return read_published(resolve_root(str(root)), folder, schema).to_pylist()
+def _view(root: Path, view: str) -> list[dict[str, object]]:
+    """Rows of a billing view, as the catalog shows them."""
+    return (
+        open_catalog(str(root), role="billing")
+        .sql(f"SELECT * FROM {view}")
+        .to_arrow_table()
+        .to_pylist()
+    )
 
 
 def test_window_arithmetic() -> None:
@@ -84,10 +85,10 @@ def test_publishes_closed_windows_once_and_is_idempotent(tmp_path: Path) -> None
     report = publish(str(tmp_path), NOW, GRACE, PRIVACY)
     assert report.watermark == DAY + timedelta(days=1, hours=3)
     # Hours 0..2 of day 1 and hours up to 01:00 of day 2 are closed; day 2's 02:00 is not.
-    hourly = _rows(tmp_path, METERING_HOURLY_DIR, METERING_HOURLY)
+    hourly = _view(tmp_path, "metering_hourly")
     assert sorted(r["hour"] for r in hourly) == [DAY + timedelta(hours=h) for h in range(3)]
-    assert all(not r["is_correction"] and r["uploads"] == 20 for r in hourly)
-    daily = _rows(tmp_path, METERING_DAILY_DIR, METERING_DAILY)
+    assert all(r["corrections"] == 0 and r["uploads"] == 20 for r in hourly)
+    daily = _view(tmp_path, "metering_daily")
     assert [(r["date"], r["active_users"], r["upload_bytes"]) for r in daily] == [
         (date(2026, 11, 1), 20, 600)
     ]
@@ -106,15 +107,14 @@ def test_late_facts_become_corrections_with_deltas(tmp_path: Path) -> None:
     report = publish(str(tmp_path), NOW, GRACE, PRIVACY)
     assert (report.hourly_base, report.hourly_corrections) == (0, 1)
     assert (report.daily_base, report.daily_corrections) == (0, 1)
-    fixes = [r for r in _rows(tmp_path, METERING_HOURLY_DIR, METERING_HOURLY) if r["is_correction"]]
+    fixes = [r for r in _view(tmp_path, "metering_corrections") if r["grain"] == "hour"]
     assert [
         (r["hour"], r["uploads"], r["upload_bytes"], r["active_users"], r["requests"])
         for r in fixes
     ] == [(DAY, 1, 7, 1, 0)]
     # The sum of a window's rows is its exact current value.
-    daily = _rows(tmp_path, METERING_DAILY_DIR, METERING_DAILY)
-    assert sum(r["active_users"] for r in daily) == 21
-    assert sum(r["upload_bytes"] for r in daily) == 607
+    (daily,) = _view(tmp_path, "metering_daily")
+    assert (daily["active_users"], daily["upload_bytes"], daily["corrections"]) == (21, 607, 1)
 
 
 def test_only_committed_facts_count(tmp_path: Path) -> None:
@@ -123,18 +123,48 @@ def test_only_committed_facts_count(tmp_path: Path) -> None:
     write_uncommitted_facts(tmp_path, crashed, "sieve.raw+0+500-500.parquet")
     report = publish(str(tmp_path), NOW, GRACE, PRIVACY)
     assert report.facts == _day_of_traffic().num_rows
-    daily = _rows(tmp_path, METERING_DAILY_DIR, METERING_DAILY)
+    daily = _view(tmp_path, "metering_daily")
     assert daily[0]["upload_bytes"] == 600
 
 
-def test_rerun_after_a_crash_writes_only_what_is_missing(tmp_path: Path) -> None:
+class _Crash(RuntimeError):
+    pass
+
+
+def test_a_crash_before_the_manifest_leaves_the_old_state_and_the_rerun_completes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     write_committed_facts(tmp_path, _day_of_traffic(), first_offset=0)
-    publish(str(tmp_path), NOW, GRACE, PRIVACY)
-    (daily_file,) = [p for p in (tmp_path / METERING_DAILY_DIR).glob("2*.parquet")]
-    daily_file.unlink()  # as if the run died between the hourly and the daily file
+
+    def crash(*args: object) -> None:
+        raise _Crash("killed before the manifest")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(publish_module, "write_manifest", crash)
+        with pytest.raises(_Crash):
+            publish(str(tmp_path), NOW, GRACE, PRIVACY)
+    # Its metering file was written, but no manifest lists it: readers see nothing yet.
+    assert list((tmp_path / METERING_DIR).glob("grain=*/date=*/*.parquet"))
+    assert _view(tmp_path, "metering_daily") == []
+    # The ledger recorded the release (the budget is spent): the rerun restores it, draws
+    # no new noise, and publishes the metering.
+    (entry,) = read_ledger(resolve_root(str(tmp_path)))[date(2026, 11, 1)]
     report = publish(str(tmp_path), NOW, GRACE, PRIVACY)
-    assert (report.hourly_base, report.hourly_corrections, report.daily_base) == (0, 0, 1)
-    assert report.analytics_batches == 0
+    assert report.analytics_batches == 0 and (report.hourly_base, report.daily_base) == (3, 1)
+    assert read_ledger(resolve_root(str(tmp_path)))[date(2026, 11, 1)] == [entry]
+    assert [r["upload_bytes"] for r in _view(tmp_path, "metering_daily")] == [600]
+    # The crashed run's files are gone or the rerun's own (same inputs, same names).
+    listed = {p.relative_to(tmp_path).as_posix() for p in (tmp_path / METERING_DIR).rglob("*")}
+    assert not [name for name in listed if ".tmp-" in name]
+
+
+def test_metering_of_an_earlier_sieve_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    write_committed_facts(tmp_path, _day_of_traffic(), first_offset=0)
+    legacy = tmp_path / "published" / "metering_daily"
+    legacy.mkdir(parents=True)
+    pq.write_table(ANALYTICS.empty_table(), legacy / "20261101T03Z-0123456789abcdef.parquet")
+    with pytest.raises(LegacyMeteringError, match="Move published/metering_hourly"):
+        publish(str(tmp_path), NOW, GRACE, PRIVACY)
 
 
 def _batch(root: Path, number: int, folder: str = ANALYTICS_DIR) -> Path:
@@ -288,7 +318,7 @@ def test_close_through_closes_the_windows_of_a_quiet_stream(tmp_path: Path) -> N
     assert quiet.daily_base == 0 and quiet.hourly_base == 2  # 00:00, 01:00 closed; 02:00 not
     closed = publish(str(tmp_path), NOW, GRACE, PRIVACY, close_through=DAY + timedelta(days=1))
     assert (closed.hourly_base, closed.daily_base) == (1, 1)
-    daily = _rows(tmp_path, METERING_DAILY_DIR, METERING_DAILY)
+    daily = _view(tmp_path, "metering_daily")
     assert [(r["date"], r["uploads"]) for r in daily] == [(date(2026, 11, 1), 60)]
     # Never past the clock: a close-through in the future closes nothing more.
     again = publish(str(tmp_path), NOW, GRACE, PRIVACY, close_through=NOW + timedelta(days=30))

@@ -16,7 +16,7 @@ import signal
 import socket
 from collections import Counter
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -31,12 +31,15 @@ from aggregations.commands import dashboard_command
 from aggregations.dashboard import (
     CHART_IDS,
     CSP,
+    Span,
     build_dashboard,
     create_app,
     default_output,
+    default_span,
     serve,
 )
 from aggregations.dashboard_analytics import top_values
+from aggregations.pricing import NoMeteringError
 from aggregations.publish import publish
 from aggregations.testing import DEFAULT_PRIVACY, fact, facts_table, write_committed_facts
 from streams.errors import ConfigurationError
@@ -338,8 +341,8 @@ def test_one_account(published: Path) -> None:
         _sum((r for r in rows if r["type"] == "upload"), _day, lambda r: r["bytes"])
     )
     assert "Sieve billing: acct-03" in text
-    unknown = build_dashboard(published, role="billing", account="nobody")
-    assert "No metering published yet for account nobody." in unknown
+    with pytest.raises(NoMeteringError, match="unknown account 'nobody'"):
+        build_dashboard(published, role="billing", account="nobody")
 
 
 def test_hostile_values_cannot_inject_markup(tmp_path: Path) -> None:
@@ -434,3 +437,95 @@ def test_serve_on_a_taken_port_says_so() -> None:
         taken.listen()
         with pytest.raises(ConfigurationError, match="choose another --port"):
             asyncio.run(asyncio.wait_for(scenario(taken.getsockname()[1]), 30))
+
+
+# --- the days shown ----------------------------------------------------------------------------
+
+
+def _mark(day: datetime) -> datetime:
+    """A watermark under which ``day`` is the last closed day (grace 1 h)."""
+    return day + timedelta(days=1, hours=1)
+
+
+def test_by_default_a_page_shows_the_last_closed_month() -> None:
+    grace = timedelta(hours=1)
+    # 2 November is the last closed day: October is the last closed month.
+    span = default_span(_mark(datetime(2026, 11, 2, tzinfo=UTC)), grace, None, None)
+    assert span == Span(date(2026, 10, 1), date(2026, 10, 31))
+    # Closed through 31 October: October itself.
+    span = default_span(_mark(datetime(2026, 10, 31, tzinfo=UTC)), grace, None, None)
+    assert span == Span(date(2026, 10, 1), date(2026, 10, 31))
+    # Nothing published: every day.
+    assert default_span(None, grace, None, None) == Span()
+
+
+def test_since_and_until_each_complete_the_other() -> None:
+    grace, mark = timedelta(hours=1), _mark(datetime(2026, 11, 20, tzinfo=UTC))
+    assert default_span(mark, grace, date(2026, 11, 3), None) == Span(
+        date(2026, 11, 3), date(2026, 11, 20)
+    )
+    assert default_span(mark, grace, None, date(2026, 10, 12)) == Span(
+        date(2026, 10, 1), date(2026, 10, 12)
+    )
+    assert default_span(mark, grace, date(2026, 9, 1), date(2026, 9, 2)) == Span(
+        date(2026, 9, 1), date(2026, 9, 2)
+    )
+    with pytest.raises(ValueError, match="after --until"):
+        default_span(mark, grace, date(2026, 9, 3), date(2026, 9, 2))
+
+
+def test_a_page_draws_only_its_days_and_its_axis_spans_them(published: Path) -> None:
+    middle = (DAY + timedelta(days=1)).date()
+    for role in ("analyst", "billing"):
+        text = build_dashboard(published, role=role, span=Span(middle, middle))  # type: ignore[arg-type]
+        charts = plotted(text)
+        daily = [
+            trace
+            for traces in charts.values()
+            for trace in traces
+            if trace.get("x") and str(trace["x"][0])[:4] == "2026"
+        ]
+        assert daily, role
+        assert {str(x)[:10] for trace in daily for x in trace["x"]} == {middle.isoformat()}
+        assert f"showing {middle} to {middle}" in text
+    # The x axis is the span itself (half a day either side), not the data's extent.
+    layout = re.search(r'"xaxis":\{[^}]*"range":\["([^"]+)","([^"]+)"\]', text)
+    assert layout is not None and layout.group(1).startswith("2026-11-01T12")
+
+
+def test_the_command_takes_since_and_until_and_refuses_an_unknown_account(
+    published: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SIEVE_DATA_ROOT", str(published))
+    out = published / "range.html"
+    day = (DAY + timedelta(days=2)).date().isoformat()
+    result = CliRunner().invoke(
+        dashboard_command,
+        ["--role", "billing", "--since", day, "--until", day, "--out", str(out)],
+    )
+    assert result.exit_code == 0, result.output
+    bandwidth = plotted(out.read_text())["chart-bandwidth"][0]
+    assert [str(x)[:10] for x in bandwidth["x"]] == [day]
+    backwards = CliRunner().invoke(dashboard_command, ["--since", day, "--until", "2026-11-01"])
+    assert backwards.exit_code == 2 and "after --until" in backwards.output
+    unknown = CliRunner().invoke(
+        dashboard_command, ["--role", "billing", "--account", "nope", "--out", str(out)]
+    )
+    assert isinstance(unknown.exception, NoMeteringError) and unknown.exception.exit_code == 4
+    assert "unknown account 'nope'" in str(unknown.exception)
+
+
+def test_the_command_shows_the_last_closed_month_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Traffic from 30 October to 2 November; 3 November closes 2 November.
+    start = datetime(2026, 10, 30, 9, tzinfo=UTC)
+    rows = [
+        fact(start + timedelta(days=d), subject_key=f"p{d}", account_id="acct-1") for d in range(4)
+    ]
+    make_published(tmp_path, [*rows, fact(datetime(2026, 11, 3, 2, tzinfo=UTC))])
+    monkeypatch.setenv("SIEVE_DATA_ROOT", str(tmp_path))
+    result = CliRunner().invoke(dashboard_command, ["--role", "billing"])
+    assert result.exit_code == 0, result.output
+    usage = plotted((tmp_path / "billing.html").read_text())["chart-usage"]
+    assert {str(x)[:10] for trace in usage for x in trace["x"]} == {"2026-10-30", "2026-10-31"}

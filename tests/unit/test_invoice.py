@@ -15,10 +15,11 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from rich.console import Console
 
+from aggregations.manifest import Manifest, metering_key, metering_path, write_manifest
+from aggregations.meters import default_meters
 from aggregations.pricing import (
     Invoice,
     NoMeteringError,
@@ -29,7 +30,10 @@ from aggregations.pricing import (
     published_watermark,
 )
 from aggregations.render import INVOICE_CSV_COLUMNS, Format, invoice_document, render_invoice
-from aggregations.schemas import METERING_DAILY, METERING_DAILY_DIR, METRICS
+from aggregations.schemas import METERING
+from aggregations.storage import resolve_root, write_parquet_atomic
+
+METRICS = tuple(m.name for m in default_meters())
 
 GRACE = timedelta(hours=1)
 PLAN = load_plan(None)  # the packaged plan: what a user sees first
@@ -211,20 +215,37 @@ def test_an_unknown_account_and_an_empty_period_are_errors_that_say_so() -> None
 
 
 def _publish(root: Path, rows: list[dict[str, object]], mark: datetime) -> None:
-    """Metering as `sieve publish` leaves it: one file per run, every row stamped."""
-    stamped = [
+    """Metering as `sieve publish` leaves it: long rows in a file the manifest lists, with
+    the run's watermark and meters."""
+    meters = default_meters()
+    long = [
         {
-            **row,
+            "grain": "day",
+            "date": row["date"],
+            "hour": None,
+            "account_id": row["account_id"],
+            "meter": meter.name,
+            "dimension": None,
+            "dimension_value": None,
+            "value": Decimal(str(row[meter.name])),
             "is_correction": False,
-            "publish_run": "r1",
+            "publish_run": f"r-{mark:%d%H}",
             "watermark": mark,
             "published_at": mark,
         }
         for row in rows
+        for meter in meters
     ]
-    folder = root / METERING_DAILY_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(stamped, schema=METERING_DAILY), folder / "r1.parquet")
+    data = resolve_root(str(root))
+    name = metering_path("day", date(2026, 10, 1), f"r-{mark:%d%H}")
+    write_parquet_atomic(data, name, pa.Table.from_pylist(long, schema=METERING))
+    manifest = Manifest(
+        watermark=mark,
+        metering={metering_key("day", date(2026, 10, 1)): name},
+        meters=[m.to_record() for m in meters],
+        definitions={m.name: m.definition for m in meters},
+    )
+    write_manifest(data, manifest)
 
 
 def _sieve_pricing(root: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from aggregations.meters import default_meters, parse_meters
 from aggregations.pricing import (
     PricePlanError,
     invoice,
@@ -16,20 +17,17 @@ from aggregations.pricing import (
     parse_plan,
     period_bounds,
 )
-from aggregations.schemas import METRICS
 
+METRICS = tuple(m.name for m in default_meters())
+# Units come from the meters (the packaged ones: requests per 1,000, bytes per GB).
 PLAN = """\
 currency = "EUR"
 
 [metrics.requests]
-unit = "1,000 requests"
-unit_size = "1000"
 included = "10"
 unit_price = "0.015"
 
 [metrics.download_bytes]
-unit = "GB"
-unit_size = "1000000000"
 included = "10"
 tiers = [
   { up_to = "100", unit_price = "0.08" },
@@ -131,7 +129,7 @@ def test_packaged_plan_loads() -> None:
             'currency = "EUR"\n\n[metrics.pageviews]\nunit_price = "1"\n',
             3,
             "metrics.pageviews",
-            "unknown metric",
+            "not a declared meter",
         ),
         ('currency = "EURO"\n[metrics.requests]\nunit_price = "1"\n', 1, "currency", "ISO 4217"),
         (
@@ -166,10 +164,22 @@ def test_packaged_plan_loads() -> None:
             "unknown key",
         ),
         (
-            'currency = "EUR"\n[metrics.requests]\nunit = "x"\n',
+            'currency = "EUR"\n[metrics.requests]\nincluded = "1"\n',
             2,
             "metrics.requests",
             "exactly one",
+        ),
+        (
+            'currency = "EUR"\n[metrics.requests]\nunit = "x"\nunit_price = "1"\n',
+            3,
+            "metrics.requests.unit",
+            "declared once, with the meter: invoice_unit of [meters.requests]",
+        ),
+        (
+            'currency = "EUR"\n[metrics.requests]\nunit_size = "10"\nunit_price = "1"\n',
+            3,
+            "metrics.requests.unit_size",
+            "invoice_unit_size",
         ),
     ],
 )
@@ -182,6 +192,18 @@ def test_malformed_plans_name_line_and_key(
     assert (error.key, error.line) == (key, line)
     assert reason in error.reason
     assert str(error).startswith("price plan plan.toml: ")
+
+
+def test_a_plan_prices_the_meters_it_is_given() -> None:
+    meters = parse_meters(
+        '[meters.api_calls]\nevent = "request"\naggregation = "count"\n'
+        'invoice_unit = "10 calls"\ninvoice_unit_size = "10"\n'
+    )
+    plan = parse_plan('currency = "EUR"\n[metrics.api_calls]\nunit_price = "1"\n', meters=meters)
+    (price,) = plan.metrics
+    assert (price.metric, price.unit, price.unit_size) == ("api_calls", "10 calls", Decimal(10))
+    with pytest.raises(PricePlanError, match="not a declared meter; the meters file declares:"):
+        parse_plan(PLAN, meters=meters)
 
 
 def test_unknown_metric_points_at_its_table_header() -> None:
@@ -234,8 +256,8 @@ def test_quantities_are_rounded_up_to_whole_billing_units_by_default() -> None:
         Decimal(51),
         Decimal("2.55"),
     )
-    # A metric without a unit in the plan is counted in its own name.
-    assert lines[("A", "active_users", "")].unit == "active_users"
+    # The unit is the meter's invoice unit (the meters file), never the plan's.
+    assert lines[("A", "active_users", "")].unit == "peak daily active user"
     assert all(line.used == line.used.to_integral_value() for line in result.lines)
 
 
