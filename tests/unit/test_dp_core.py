@@ -187,7 +187,10 @@ def test_post_processing_makes_hours_add_up_and_children_match_their_parent() ->
     country = [c for c in cells if c.dimension == "country"]
     (other,) = [c for c in country if c.cell == "other"]
     values = [c for c in country if c.cell == "value"]
-    assert {c.value for c in values} == {"FR", "DE"}  # 300 and 100 people pass, nothing else
+    published = {c.value for c in values}
+    # 300 and 100 people pass. A value nobody had passes FALSE_VALUES (0.05) times a batch
+    # on average, by design: three of them happen about once in 50,000 runs.
+    assert {"FR", "DE"} <= published and len(published - {"FR", "DE"}) <= 2
     assert other.events + sum(c.events for c in values) == total.events
     types = [c for c in cells if c.dimension == "type"]
     assert len(types) == len(domains()["type"].values)  # a small public domain: all of it
