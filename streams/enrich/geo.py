@@ -68,15 +68,16 @@ def resolve_countries(
     """
     if len(client_countries) != len(ips):
         raise ValueError(f"{len(client_countries)} client countries for {len(ips)} addresses")
-    missing = [i for i, c in enumerate(client_countries) if not _is_country(c)]
+    missing = [i for i, c in enumerate(client_countries) if not is_country(c)]
     looked_up = locator.countries([ips[i] for i in missing]) if missing else []
-    resolved = [c if _is_country(c) else UNKNOWN_COUNTRY for c in client_countries]
+    resolved = [c if is_country(c) else UNKNOWN_COUNTRY for c in client_countries]
     for i, country in zip(missing, looked_up, strict=True):
         resolved[i] = country
     return resolved
 
 
-def _is_country(code: str | None) -> TypeGuard[str]:
+def is_country(code: str | None) -> TypeGuard[str]:
+    """``code`` is a country code a client may state (two capitals, not ``ZZ``)."""
     return (
         code is not None and code != UNKNOWN_COUNTRY and _COUNTRY_CODE.fullmatch(code) is not None
     )
@@ -125,7 +126,7 @@ class _DistinctLookup(ABC):
         if address is None:
             return None
         code = self._lookup(address)
-        return code if _is_country(code) else None
+        return code if is_country(code) else None
 
     def countries(self, ips: Sequence[str | None]) -> list[str]:
         known = self._known

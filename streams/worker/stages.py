@@ -27,7 +27,7 @@ from schemas.bounds import is_backfill
 from schemas.columnar_decode import TYPE_CODES, decode_columns
 from schemas.decode import Rejection
 from schemas.events import AccountLifecycle, ConsentChange, PageView, Request
-from streams.enrich.geo import resolve_countries
+from streams.enrich.geo import is_country
 from streams.privacy.consent import StateChange, decide
 from streams.privacy.pseudonymize import consent_keys, event_keys
 from streams.privacy.split import (
@@ -163,13 +163,14 @@ def deduplicate(batch: Batch, step: Step) -> Batch:
 def consent(batch: Batch, step: Step) -> Batch:
     """``keep_identifiable``: consent allows identifiable records of the event.
 
-    Keys are hashed once per distinct person and account. A batch that changes no consent
-    and whose people and accounts have no restriction is decided in bulk (only DNT and GPC
-    matter then); any other is replayed in order by :func:`streams.privacy.consent.decide`.
+    Keys are hashed once per distinct person and account. Events whose person and account
+    no recorded state and no change of the batch touches are decided in bulk (only DNT and
+    GPC matter for them); the others, the changes among them, are replayed in order by
+    :func:`streams.privacy.consent.decide`, which is what it would decide for the whole batch.
     """
     context, outcome = step.context, step.outcome
     accounts, users = batch["account_id"], batch["user_id"]
-    person_of_event, first_of_person = group_rows(accounts, users)
+    person_group, first_of_person = group_rows(accounts, users)
     person_keys = pa.array(
         consent_keys(
             accounts.take(first_of_person).to_pylist(),
@@ -178,7 +179,7 @@ def consent(batch: Batch, step: Step) -> Batch:
         ),
         pa.string(),
     )
-    account_of_event, first_of_account = group_rows(accounts)
+    account_group, first_of_account = group_rows(accounts)
     distinct_accounts = accounts.take(first_of_account).to_pylist()
     account_keys = pa.array(
         consent_keys(distinct_accounts, [None] * len(distinct_accounts), context.keyring),
@@ -187,24 +188,45 @@ def consent(batch: Batch, step: Step) -> Batch:
     state = step.consent.state_for(
         person_keys.to_pylist(), account_keys.to_pylist(), step.before.consent_changes
     )
-    changes_consent = pc.any(pc.is_in(batch.type_codes, value_set=_CONSENT_TYPE_CODES)).as_py()
-    if not changes_consent and not state.opted_out and not state.ended:
-        keep = pc.invert(
-            pc.or_(
-                _honoured(batch["dnt"], context.honour_dnt),
-                _honoured(batch["gpc"], context.honour_gpc),
-            )
-        )
-    else:
-        kept, _, outcome.consent_changes = decide(
-            batch.events,
-            person_keys=person_keys.take(person_of_event).to_pylist(),
-            account_keys=account_keys.take(account_of_event).to_pylist(),
-            state=state,
-            honour_dnt=context.honour_dnt,
-            honour_gpc=context.honour_gpc,
-        )
-        keep = pa.array(kept, pa.bool_())
+    # Bulk: DNT and GPC alone decide an event whose person and account no earlier state and
+    # no change of this batch touches (a change touches only its own key).
+    signals = pc.or_(
+        _honoured(batch["dnt"], context.honour_dnt), _honoured(batch["gpc"], context.honour_gpc)
+    )
+    keep = pc.invert(signals)
+    changes = pc.is_in(batch.type_codes, value_set=_CONSENT_TYPE_CODES)
+    if not state.opted_out and not state.ended and not pc.any(changes).as_py():
+        return batch.with_columns(keep_identifiable=keep)
+    person_of_event = person_keys.take(person_group)
+    account_of_event = account_keys.take(account_group)
+    touched = pa.array(
+        sorted({*state.opted_out, *state.ended, *person_of_event.filter(changes).to_pylist()}),
+        pa.string(),
+    )
+    in_order = pc.or_(
+        changes,
+        pc.or_(
+            pc.is_in(person_of_event, value_set=touched),
+            pc.is_in(account_of_event, value_set=touched),
+        ),
+    )
+    # The rest are replayed in order: each decided after every earlier change of the batch.
+    rows = pc.indices_nonzero(in_order)
+    events = batch.events
+    kept, _, outcome.consent_changes = decide(
+        [events[i] for i in rows.to_pylist()],
+        person_keys=person_of_event.take(rows).to_pylist(),
+        account_keys=account_of_event.take(rows).to_pylist(),
+        state=state,
+        honour_dnt=context.honour_dnt,
+        honour_gpc=context.honour_gpc,
+    )
+    replayed = pa.array(kept, pa.bool_())
+    # Row i of the batch takes its position among the replayed rows (null: decided in bulk).
+    position = pc.subtract(pc.cumulative_sum(in_order.cast(pa.int64())), 1)
+    keep = pc.if_else(
+        in_order, replayed.take(pc.if_else(in_order, position, pa.scalar(None, pa.int64()))), keep
+    )
     return batch.with_columns(keep_identifiable=keep)
 
 
@@ -230,37 +252,34 @@ def user_agents(batch: Batch, step: Step) -> Batch:
 
 
 def countries(batch: Batch, step: Step) -> Batch:
-    """``geo_*`` (the client's geolocation) and ``country``: the client's country, else its
-    IP address's (resolved once per distinct pair)."""
+    """``geo_*`` (the client's geolocation) and ``country``: the client's country where it
+    states a valid one, else its IP address's (streams.enrich.geo.resolve_countries, done
+    once per distinct client country and per distinct address)."""
     geo = geolocation([event.geo for event in batch.events])
-    client, ips = geo["country"], batch["ip"]
-    pair_of_event, first_of_pair = group_rows(client, ips)
-    resolved = resolve_countries(
-        client.take(first_of_pair).to_pylist(),
-        ips.take(first_of_pair).to_pylist(),
-        step.context.geolocator,
+    ips = batch["ip"].dictionary_encode(null_encoding="encode")
+    of_ip = pa.array(
+        step.context.geolocator.countries(ips.dictionary.to_pylist()), pa.string()
+    ).take(ips.indices)
+    stated = geo["country"].dictionary_encode()  # null where the client stated none
+    valid = pa.array([is_country(code) for code in stated.dictionary.to_pylist()], pa.bool_()).take(
+        stated.indices
     )
     return batch.with_columns(
-        country=pa.array(resolved, pa.string()).take(pair_of_event),
+        country=pc.if_else(valid.fill_null(False), geo["country"], of_ip),
         **{f"geo_{name}": column for name, column in geo.items()},
     )
 
 
 def referrers(batch: Batch, step: Step) -> Batch:
-    """``referrer_class`` of requests and page views (null for the other types), classified
-    once per distinct referrer (streams.enrich.referrer)."""
-    has_referrer = pc.is_in(batch.type_codes, value_set=_REFERRER_TYPE_CODES)
-    rows = pc.indices_nonzero(has_referrer)
-    events = batch.events
-    distinct = pa.array(
-        [getattr(events[i], "referrer", None) for i in rows.to_pylist()], pa.string()
-    ).dictionary_encode(null_encoding="encode")
-    classes = step.context.referrers.classify_many(distinct.dictionary.to_pylist())
-    of_rows = pa.array(classes, pa.string()).take(distinct.indices)
-    # Spread back: row i of the batch takes its position among the rows with a referrer.
-    position = pc.subtract(pc.cumulative_sum(has_referrer.cast(pa.int64())), 1)
-    spread = pc.if_else(has_referrer, position, pa.scalar(None, pa.int64()))
-    return batch.with_columns(referrer_class=of_rows.take(spread))
+    """``referrer_class`` of requests and page views (null for the other types)."""
+    referrer = pa.array([getattr(event, "referrer", None) for event in batch.events], pa.string())
+    return batch.with_columns(
+        referrer_class=pc.if_else(
+            pc.is_in(batch.type_codes, value_set=_REFERRER_TYPE_CODES),
+            step.context.referrers.classify_column(referrer),
+            pa.scalar(None, pa.string()),
+        )
+    )
 
 
 def split(batch: Batch, step: Step) -> Batch:
