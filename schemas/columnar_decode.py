@@ -122,6 +122,10 @@ def _lenient_type(cls: type[EventBase]) -> type[EventBase]:
         kw_only=True,
         frozen=True,
         module=__name__,
+        # Untracked by the garbage collector: an event refers to strings, numbers, instants
+        # and a Geo, never back to itself, so it can form no cycle; tracked, each batch's 10k
+        # events triggered collections that scanned all of them again and again.
+        gc=False,
     )
     if [f.name for f in msgspec.structs.fields(lenient)] != list(cls.__struct_fields__):
         raise RuntimeError(f"the lenient {cls.__name__} does not keep the contract's fields")
