@@ -1,4 +1,6 @@
-"""One input partition's processing: decode, dedup, consent, enrich, split, buffer.
+"""One input partition's processing: the declared stages over each batch
+(:mod:`streams.worker.stages`: decode, dedup, consent, enrichment, split), all or nothing,
+then the buffer of the range.
 
 No Kafka here: the consumer service hands in batches of records in offset order (aiokafka's
 own ``ConsumerRecord``s, or :class:`RawRecord`s in tests: anything shaped like
