@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import compress
 from typing import TYPE_CHECKING, Final
 
 import pyarrow as pa
@@ -152,9 +153,9 @@ def deduplicate(batch: Batch, step: Step) -> Batch:
     batch = batch.with_columns(event_key=pa.array(keys, pa.string())).select(fresh)
     outcome.duplicates = len(fresh) - len(batch)
     if batch:
-        outcome.accepted_keys = batch["event_key"].to_pylist()
-        outcome.accepted_arrivals = [record.timestamp for record in batch.records]
-        outcome.accepted_ids = batch["event_id"].to_pylist()
+        outcome.accepted_keys = list(compress(keys, fresh))
+        outcome.accepted_arrivals = list(compress(arrivals, fresh))
+        outcome.accepted_ids = list(compress(event_ids, fresh))
         latest_s = pc.max(batch["occurred_at"].cast(pa.int64())).as_py() // _US_PER_S
         outcome.watermark = latest_s - latest_s % _SECONDS_PER_HOUR
     return batch
