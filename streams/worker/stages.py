@@ -16,20 +16,22 @@ comes from the records, the committed state and the context.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import compress
 from typing import TYPE_CHECKING, Final
 
+import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas.bounds import is_backfill
 from schemas.columnar_decode import TYPE_CODES, decode_columns
 from schemas.decode import Rejection
-from schemas.events import AccountLifecycle, ConsentChange, PageView, Request
+from schemas.events import AccountLifecycle, ConsentChange, Event, PageView, Request
 from streams.enrich.geo import is_country
-from streams.privacy.consent import StateChange, decide
+from streams.privacy.consent import ConsentStatus, StateChange
 from streams.privacy.pseudonymize import consent_keys, event_keys
 from streams.privacy.split import (
     DIMENSIONS,
@@ -164,10 +166,9 @@ def deduplicate(batch: Batch, step: Step) -> Batch:
 def consent(batch: Batch, step: Step) -> Batch:
     """``keep_identifiable``: consent allows identifiable records of the event.
 
-    Keys are hashed once per distinct person and account. Events whose person and account
-    no recorded state and no change of the batch touches are decided in bulk (only DNT and
-    GPC matter for them); the others, the changes among them, are replayed in order by
-    :func:`streams.privacy.consent.decide`, which is what it would decide for the whole batch.
+    What :func:`streams.privacy.consent.decide` decides replaying the batch in order, a
+    column at a time: keys are hashed once per distinct person and account, and an event's
+    state is the last change of its key at or before it, else the state before the batch.
     """
     context, outcome = step.context, step.outcome
     accounts, users = batch["account_id"], batch["user_id"]
@@ -189,46 +190,86 @@ def consent(batch: Batch, step: Step) -> Batch:
     state = step.consent.state_for(
         person_keys.to_pylist(), account_keys.to_pylist(), step.before.consent_changes
     )
-    # Bulk: DNT and GPC alone decide an event whose person and account no earlier state and
-    # no change of this batch touches (a change touches only its own key).
     signals = pc.or_(
         _honoured(batch["dnt"], context.honour_dnt), _honoured(batch["gpc"], context.honour_gpc)
     )
-    keep = pc.invert(signals)
     changes = pc.is_in(batch.type_codes, value_set=_CONSENT_TYPE_CODES)
     if not state.opted_out and not state.ended and not pc.any(changes).as_py():
-        return batch.with_columns(keep_identifiable=keep)
+        return batch.with_columns(keep_identifiable=pc.invert(signals))
     person_of_event = person_keys.take(person_group)
     account_of_event = account_keys.take(account_group)
-    touched = pa.array(
-        sorted({*state.opted_out, *state.ended, *person_of_event.filter(changes).to_pylist()}),
-        pa.string(),
+    change_rows = pc.indices_nonzero(changes).to_numpy()
+    statuses = [_status_of(batch.events[i]) for i in change_rows.tolist()]
+    outcome.consent_changes = list(
+        zip(person_of_event.take(change_rows).to_pylist(), statuses, strict=True)
     )
-    in_order = pc.or_(
-        changes,
-        pc.or_(
-            pc.is_in(person_of_event, value_set=touched),
-            pc.is_in(account_of_event, value_set=touched),
-        ),
-    )
-    # The rest are replayed in order: each decided after every earlier change of the batch.
-    rows = pc.indices_nonzero(in_order)
-    events = batch.events
-    kept, _, outcome.consent_changes = decide(
-        [events[i] for i in rows.to_pylist()],
-        person_keys=person_of_event.take(rows).to_pylist(),
-        account_keys=account_of_event.take(rows).to_pylist(),
-        state=state,
-        honour_dnt=context.honour_dnt,
-        honour_gpc=context.honour_gpc,
-    )
-    replayed = pa.array(kept, pa.bool_())
-    # Row i of the batch takes its position among the replayed rows (null: decided in bulk).
-    position = pc.subtract(pc.cumulative_sum(in_order.cast(pa.int64())), 1)
-    keep = pc.if_else(
-        in_order, replayed.take(pc.if_else(in_order, position, pa.scalar(None, pa.int64()))), keep
-    )
-    return batch.with_columns(keep_identifiable=keep)
+    # Each event's person and account as a code among the keys the batch changes (-1: none).
+    changed = pc.unique(person_of_event.take(change_rows))
+    codes = [
+        (keys, pc.index_in(keys, value_set=changed).fill_null(-1).to_numpy())
+        for keys in (person_of_event, account_of_event)
+    ]
+    restricted = signals
+    for family, initial in ((_CHOICES, state.opted_out), (_LIFECYCLE, state.ended)):
+        timeline = _Timeline.of(outcome.consent_changes, changed, change_rows, family, len(batch))
+        earlier = pa.array(sorted(initial), pa.string())
+        for keys, key_codes in codes:
+            before = pc.is_in(keys, value_set=earlier)
+            restricted = pc.or_(restricted, timeline.restricts(key_codes, before))
+    return batch.with_columns(keep_identifiable=pc.invert(restricted))
+
+
+# What each consent status sets (True: restricts collection) in its family of state.
+_CHOICES: Final = {"opt_out": True, "opt_in": False}
+_LIFECYCLE: Final = {"disabled": True, "terminated": True, "registered": False}
+
+
+def _status_of(event: Event) -> ConsentStatus:
+    if isinstance(event, ConsentChange):
+        return event.choice
+    assert isinstance(event, AccountLifecycle)
+    return event.action
+
+
+@dataclass(frozen=True)
+class _Timeline:
+    """The changes of one family of consent state in a batch, ordered by key then row, so
+    that each event finds the last change of its key at or before it (an event is decided
+    after its own change) with one binary search: what
+    :func:`streams.privacy.consent.decide` computes by replaying the batch in order."""
+
+    order: npt.NDArray[np.int64]  # key code * rows + row, sorted
+    restricts_after: npt.NDArray[np.bool_]  # aligned with order
+    rows: int
+
+    @staticmethod
+    def of(
+        changes: Sequence[tuple[str, str]],
+        changed: pa.Array,
+        change_rows: npt.NDArray[np.int64],
+        family: Mapping[str, bool],
+        rows: int,
+    ) -> _Timeline:
+        """``changes`` (key, status) made at ``change_rows``; keys coded by ``changed``."""
+        kept = [i for i, (_, status) in enumerate(changes) if status in family]
+        keys = pa.array([changes[i][0] for i in kept], pa.string())
+        codes = pc.index_in(keys, value_set=changed).to_numpy(zero_copy_only=False)
+        order = codes.astype(np.int64) * rows + change_rows[kept]
+        sort = np.argsort(order, kind="stable")
+        values = np.array([family[changes[i][1]] for i in kept], dtype=np.bool_)
+        return _Timeline(order[sort], values[sort], rows)
+
+    def restricts(self, codes: npt.NDArray[np.int64], before: pa.Array) -> pa.Array:
+        """Whether each row's key (its code, -1: unchanged) is restricted in this family
+        after the changes up to the row; ``before``: restricted before the batch."""
+        if not len(self.order):
+            return before
+        query = codes.astype(np.int64) * self.rows + np.arange(len(codes))
+        last = np.maximum(np.searchsorted(self.order, query, side="right") - 1, 0)
+        found = (
+            (codes >= 0) & (self.order[last] <= query) & (self.order[last] // self.rows == codes)
+        )
+        return pc.if_else(pa.array(found), pa.array(self.restricts_after[last]), before)
 
 
 def _honoured(signal: pa.Array, honour: bool) -> pa.Array:
