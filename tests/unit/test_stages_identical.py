@@ -16,11 +16,15 @@ import json
 from collections.abc import Sequence
 from dataclasses import replace
 
+import msgspec
 import numpy as np
 import pyarrow as pa
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from bench.legacy_pipeline import LegacyPartitionPipeline
+from schemas.events import Event, encode
 from streams.enrich.geo import make_geolocator
 from streams.enrich.useragent import UserAgentInfo, UserAgentParser
 from streams.privacy.keyring import Keyring
@@ -29,6 +33,7 @@ from streams.worker.deadletter import DeadLetter
 from streams.worker.pipeline import PartitionPipeline, PendingRange, PipelineContext, RawRecord
 from streams.worker.state.folder import StateFolder
 from tests.integration.pipeline_truth import TRAFFIC_ARRIVAL_MS, traffic_config
+from tests.unit.test_consent import batch_events
 
 POISON_UA = "PoisonAgent/6.6"
 
@@ -140,3 +145,33 @@ def test_stages_write_what_the_previous_pipeline_wrote(
     assert new_ranges[0].consent_changes
     facts = pa.concat_tables([r.facts for r in new_ranges])
     assert facts.num_rows == sum(r.counts.accepted for r in new_ranges)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    batches=st.lists(batch_events(), min_size=1, max_size=3), dnt=st.booleans(), gpc=st.booleans()
+)
+def test_consent_in_columns_decides_what_the_replay_decides(
+    context: PipelineContext, batches: list[list[Event]], dnt: bool, gpc: bool
+) -> None:
+    # Consent and lifecycle changes of people and whole accounts, in any order, across
+    # batches (the later ones start from the state the earlier ones recorded).
+    context = replace(context, honour_dnt=dnt, honour_gpc=gpc)
+    old = LegacyPartitionPipeline("raw", 0, replace(context, state=StateFolder()))
+    new = PartitionPipeline("raw", 0, replace(context, state=StateFolder()))
+    offset = 0
+    for number, events in enumerate(batches):
+        records = []
+        for event in events:
+            document = msgspec.json.decode(encode(event))
+            document["event_id"] = f"b{number}-{document['event_id']}"
+            records.append(RawRecord(offset, -1, msgspec.json.encode(document)))
+            offset += 1
+        assert new.process(records) == old.process(records)
+    was, now = old.take_range(), new.take_range()
+    if was is None or now is None:
+        assert was is None and now is None
+        return
+    assert now.consent_changes == was.consent_changes
+    assert now.counts == was.counts
+    assert now.identifiable.equals(was.identifiable)
