@@ -60,8 +60,9 @@ def event_keys(event_ids: Sequence[str], keyring: Keyring, key_id: str | None = 
     """Pseudonym of every event id, aligned with input, under the pseudonymization key
     ``key_id`` (default: the active one; dedup asks for an older one after a rotation)."""
     mac = _mac_function(derive_key(keyring.pseudonymization_key(key_id), _EVENT))
-    distinct = {event_id: mac(event_id.encode()) for event_id in dict.fromkeys(event_ids)}
-    return [distinct[event_id] for event_id in event_ids]
+    # Hashed as they come: ids repeat only in resends (~1 %), and finding the distinct ones
+    # first cost more than hashing those twice.
+    return [mac(event_id.encode()) for event_id in event_ids]
 
 
 def subject_keys(
