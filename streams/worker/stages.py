@@ -227,8 +227,9 @@ _LIFECYCLE: Final = {"disabled": True, "terminated": True, "registered": False}
 def _status_of(event: Event) -> ConsentStatus:
     if isinstance(event, ConsentChange):
         return event.choice
-    assert isinstance(event, AccountLifecycle)
-    return event.action
+    if isinstance(event, AccountLifecycle):
+        return event.action
+    raise TypeError(f"a {type(event).__name__} changes no consent")
 
 
 @dataclass(frozen=True)
