@@ -12,6 +12,9 @@ from typing import Final
 import pyarrow as pa
 
 OUTPUT_SCHEMA_VERSION: Final = "1"
+# The version of the facts dataset, stamped on every facts file. 2 added referrer_class
+# (files of version 1 read as "unknown") and unit_key (read as null).
+FACTS_VERSION: Final = "2"
 
 _UTC_US = pa.timestamp("us", tz="UTC")
 _UTC_MS = pa.timestamp("ms", tz="UTC")
@@ -74,8 +77,17 @@ FACTS: Final = pa.schema(
         # the keyring, so it cannot be joined across days. Null when the event names no user.
         pa.field("subject_key", pa.string()),
         pa.field("key_id", pa.string(), nullable=False),
+        # Where the request or page view came from, as a class only (search, social, direct,
+        # internal, other: streams.enrich.referrer); never the URL or host. Null for types
+        # that have no referrer; "unknown" in facts written before version 2.
+        pa.field("referrer_class", pa.string()),
+        # The privacy unit of the analytics (issue 8): the subject key for an event with a
+        # user; else an HMAC under the same per-day key of the account and session, or else of
+        # the account and IP address (streams.privacy.pseudonymize.userless_unit_keys); null
+        # when the event has none of them. Made with the key ``key_id`` names.
+        pa.field("unit_key", pa.string()),
     ],
-    metadata={"sieve.dataset": "facts", "sieve.schema_version": OUTPUT_SCHEMA_VERSION},
+    metadata={"sieve.dataset": "facts", "sieve.schema_version": FACTS_VERSION},
 )
 
 DATASETS: Final = {"identifiable": IDENTIFIABLE, "facts": FACTS}
