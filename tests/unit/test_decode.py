@@ -14,7 +14,7 @@ from schemas.decode import DecodedBatch, Rejection, decode_batch
 from schemas.events import EVENT_TYPES, MAX_EVENT_BYTES, Event, encode, type_specific_fields
 from schemas.validate import first_problem, parse_event, schema_problems, validate_event_bytes
 from streams.errors import InvalidEventError
-from tests.strategies import events
+from tests.fixtures.strategies import events
 
 LOGIN = (
     b'{"type":"login","schema_version":1,"event_id":"e1",'
