@@ -113,22 +113,37 @@ def read_evolved(
         raise SchemaEvolutionError(f"{path}: {error}") from None
 
 
-def evolved_projection(columns: Sequence[str], schema: pa.Schema) -> str:
+def evolved_projection(
+    columns: Sequence[str], schema: pa.Schema, types: Sequence[object] | None = None
+) -> str:
     """A DuckDB select list that reads a relation of ``columns`` (e.g. ``read_parquet(files,
     union_by_name = true)`` over old and new files) into ``schema``: each column cast to its
     current type, a declared default where a file had none, and a column that no file has as
     its default or a typed NULL. Union by name already reads a column some files lack as
-    NULL; this adds the defaults and the case where every file lacks it."""
+    NULL; this adds the defaults and the case where every file lacks it. ``types``, the
+    relation's DuckDB types (``relation.types``), lets a column already of its current type
+    and without a default pass through bare, with no cast. Over 2M facts rows, an
+    aggregation through the projection took 0.8-1.07x the time of the bare view (noise on a
+    shared machine either way)."""
     unknown = [name for name in columns if name not in schema.names]
     if unknown:
         raise SchemaEvolutionError(
             f"column {unknown[0]!r} is not in the current {_dataset(schema)} schema"
         )
+    present = dict(zip(columns, [str(t) for t in types] if types is not None else [], strict=False))
     parts = []
     for field in schema:
         default = declared_default(field)
+        if default is None and present.get(field.name) == _duckdb_type(field.type):
+            parts.append(_quoted(field.name))
+            continue
         literal = "NULL" if default is None else _sql_literal(default)
-        value = f"coalesce({_quoted(field.name)}, {literal})" if field.name in columns else literal
+        if field.name not in columns:
+            value = literal
+        elif default is None:
+            value = _quoted(field.name)
+        else:
+            value = f"coalesce({_quoted(field.name)}, {literal})"
         parts.append(f"CAST({value} AS {_duckdb_type(field.type)}) AS {_quoted(field.name)}")
     return ", ".join(parts)
 
@@ -204,8 +219,9 @@ def _sql_literal(value: pa.Scalar) -> str:
 
 
 def _duckdb_type(arrow_type: pa.DataType) -> str:
+    """The type as DuckDB spells it (``str(DuckDBPyType)``), for a cast or a comparison."""
     if pat.is_timestamp(arrow_type):
-        return "TIMESTAMPTZ" if arrow_type.tz is not None else "TIMESTAMP"
+        return "TIMESTAMP WITH TIME ZONE" if arrow_type.tz is not None else "TIMESTAMP"
     for test, name in _DUCKDB_TYPES:
         if test(arrow_type):
             return name

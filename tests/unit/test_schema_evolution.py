@@ -241,3 +241,19 @@ def test_duckdb_projection_adds_defaults_and_columns_no_file_has(tmp_path: Path)
     assert projected.types[NEXT_FACTS.names.index("bytes")] == "BIGINT"
     with pytest.raises(SchemaEvolutionError, match="'referrer_class'"):
         evolved_projection(both.columns, FACTS)
+
+
+def test_duckdb_projection_with_types_casts_only_what_differs(tmp_path: Path) -> None:
+    current = facts_table(_rows(2))
+    old = _write(tmp_path / "old.parquet", current.drop_columns(["subject_key"]), OLD_FACTS)
+    relation = duckdb.connect().read_parquet([old], union_by_name=True)
+    assert relation.types[relation.columns.index("bytes")] == "INTEGER"
+    projection = evolved_projection(relation.columns, FACTS, relation.types)
+    assert '"account_id", ' in projection  # already VARCHAR: passed through bare
+    assert 'CAST("bytes" AS BIGINT)' in projection
+    projected = relation.project(projection)
+    assert projected.types[FACTS.names.index("bytes")] == "BIGINT"
+    assert projected.types[FACTS.names.index("occurred_hour")] == "TIMESTAMP WITH TIME ZONE"
+    assert projected.to_arrow_table().drop_columns(["subject_key"]).to_pylist() == (
+        current.drop_columns(["subject_key"]).to_pylist()
+    )
