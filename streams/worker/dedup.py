@@ -281,10 +281,6 @@ class Deduplicator:
         self._sealed.clear()
 
     @property
-    def filter_bytes(self) -> int:
-        return sum(bloom.nbytes for bloom in self._filters.values())
-
-    @property
     def key_ids(self) -> dict[str, int]:
         return dict(self._key_ids)
 
