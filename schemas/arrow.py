@@ -90,7 +90,6 @@ FACTS: Final = pa.schema(
     metadata={"sieve.dataset": "facts", "sieve.schema_version": FACTS_VERSION},
 )
 
-DATASETS: Final = {"identifiable": IDENTIFIABLE, "facts": FACTS}
 
 
 class SchemaMismatchError(ValueError):

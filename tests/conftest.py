@@ -23,8 +23,7 @@ import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -33,22 +32,13 @@ from hypothesis import HealthCheck, settings
 from streams.broker.control import LocalBroker, broker_version, start_on_free_ports
 from streams.errors import ConfigurationError, SieveError
 from streams.topics import TopicSpec, create_topics
-
-REPO = Path(__file__).resolve().parent.parent
-JAR_CACHE = REPO / ".sieve" / "broker" / "lib"
-START_TIMEOUT_S = 120.0  # generous: a cold CI machine also fetches the jars first
-PORT_ATTEMPTS = 3
-
-
-@dataclass(frozen=True)
-class KafkaBroker:
-    """What the ``kafka`` fixture yields."""
-
-    bootstrap_servers: str  # "127.0.0.1:<port>"
-    version: str  # e.g. "4.4.0"
-    port: int
-    broker: LocalBroker  # its controller: status(), and the folder it runs in
-
+from tests.fixtures.kafka import (
+    JAR_CACHE,
+    PORT_ATTEMPTS,
+    START_TIMEOUT_S,
+    KafkaBroker,
+    TopicFactory,
+)
 
 # CI machines are shared and slow: no per-example deadline, no "too slow" health check (one
 # failed a full run once), and a fixed derandomized run so a CI failure reproduces locally
@@ -63,8 +53,6 @@ settings.register_profile("dev", deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
 
 BROKER_KEY = pytest.StashKey[KafkaBroker]()
-
-TopicFactory = Callable[..., str]
 
 # Set by the xdist controller for its worker processes: where the run's one broker lives.
 SHARED_BROKER_DIR = "SIEVE_TEST_SHARED_BROKER_DIR"

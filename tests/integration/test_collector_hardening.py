@@ -20,7 +20,7 @@ from aiohttp import ClientSession, ClientTimeout
 from aiohttp.test_utils import TestServer
 
 from schemas.events import MAX_NESTING_DEPTH
-from tests.integration.collector_client import (
+from tests.fixtures.collector_client import (
     KEY,
     OTHER_ACCOUNT,
     OTHER_KEY,

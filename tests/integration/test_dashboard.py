@@ -36,23 +36,14 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from aggregations.dashboard import CHART_IDS, build_dashboard, create_app, write_page
-from tests.unit.test_dashboard import TOP_8, make_published
+from tests.fixtures.chromium import chromium
+from tests.fixtures.dashboard_data import TOP_8, make_published
 
 ALL_CHARTS = (*CHART_IDS["analyst"], *CHART_IDS["billing"])
 
-CHROMIUM = Path("/usr/bin/chromium")
 STEP_TIMEOUT_S = 30.0  # any one browser step; a cold CI machine is slow, not this slow
 VISIT_TIMEOUT_S = 120.0  # a whole page visit, start to screenshot
 WIDTH = 1400
-
-
-def chromium() -> Path:
-    if CHROMIUM.is_file() and os.access(CHROMIUM, os.X_OK):
-        return CHROMIUM
-    pytest.fail(
-        f"{CHROMIUM} is missing: install it with `sudo apt-get install -y chromium` (.ci/run does)",
-        pytrace=False,
-    )
 
 
 # --- a minimal DevTools protocol client ----------------------------------------------------

@@ -19,8 +19,8 @@ from schemas.bounds import TimeBounds
 from schemas.columnar_decode import ENVELOPE_COLUMNS, TYPE_CODES, decode_columns
 from schemas.decode import decode_batch
 from schemas.events import EVENT_TYPES, Event, encode
-from tests.strategies import events
-from tests.unit.test_decode import _ARRIVALS, _BOUNDS, _MUTATIONS, BAD_IPS, _mutate
+from tests.fixtures.decode_inputs import ARRIVALS, BAD_IPS, BOUNDS, MUTATIONS, mutate
+from tests.fixtures.strategies import events
 
 
 def _same_verdicts(
@@ -49,10 +49,10 @@ def _same_verdicts(
 
 
 @given(
-    batch=st.lists(st.tuples(events(), _MUTATIONS), min_size=1, max_size=8),
-    arrivals=st.none() | st.lists(_ARRIVALS, min_size=8, max_size=8),
+    batch=st.lists(st.tuples(events(), MUTATIONS), min_size=1, max_size=8),
+    arrivals=st.none() | st.lists(ARRIVALS, min_size=8, max_size=8),
     flags=st.lists(st.booleans(), min_size=8, max_size=8),
-    bounds=_BOUNDS,
+    bounds=BOUNDS,
 )
 def test_columnar_decode_decides_what_decode_batch_decides(
     batch: list[tuple[Event, tuple[Any, ...]]],
@@ -60,7 +60,7 @@ def test_columnar_decode_decides_what_decode_batch_decides(
     flags: list[bool],
     bounds: TimeBounds,
 ) -> None:
-    values: list[bytes | None] = [_mutate(ev, mutation) for ev, mutation in batch]
+    values: list[bytes | None] = [mutate(ev, mutation) for ev, mutation in batch]
     received = None if arrivals is None else arrivals[: len(values)]
     backfill = None if arrivals is None else flags[: len(values)]
     _same_verdicts(values, received, backfill, bounds)

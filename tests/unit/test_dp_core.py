@@ -25,7 +25,7 @@ from aggregations.dp.mechanisms import (
 )
 from aggregations.dp.release import fit_to_total, post_process, release_batch, threshold_sds
 from aggregations.schemas import DIMENSIONS
-from aggregations.testing import fact, facts_table
+from tests.fixtures.facts import fact, facts_table
 
 DAY = datetime(2026, 11, 1, tzinfo=UTC)
 GRACE = timedelta(hours=1)

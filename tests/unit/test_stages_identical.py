@@ -32,8 +32,8 @@ from streams.privacy.retention import load_policy
 from streams.worker.deadletter import DeadLetter
 from streams.worker.pipeline import PartitionPipeline, PendingRange, PipelineContext, RawRecord
 from streams.worker.state.folder import StateFolder
-from tests.integration.pipeline_truth import TRAFFIC_ARRIVAL_MS, traffic_config
-from tests.unit.test_consent import batch_events
+from tests.fixtures.consent_events import batch_events
+from tests.fixtures.pipeline_truth import TRAFFIC_ARRIVAL_MS, traffic_config
 
 POISON_UA = "PoisonAgent/6.6"
 

@@ -199,9 +199,6 @@ class PartitionStore:
     def generations(self) -> tuple[int, ...]:
         return tuple(sorted(self._generations))
 
-    def generation_of(self, arrival_ms: int) -> int:
-        return arrival_ms // self.generation_ms
-
     def arrivals(self, keys: list[bytes]) -> list[int | None]:
         """The latest stored arrival of each key (16 raw bytes), None where absent."""
         latest: list[int | None] = [None] * len(keys)
