@@ -91,7 +91,6 @@ FACTS: Final = pa.schema(
 )
 
 
-
 class SchemaMismatchError(ValueError):
     """A table does not carry the columns its dataset schema requires."""
 
