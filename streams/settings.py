@@ -12,7 +12,7 @@ import textwrap
 from collections.abc import Callable, Iterable
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -226,6 +226,13 @@ class Settings(BaseSettings):
         ge=1,
         description="Events of one person's day the analytics count (the rest are not counted):"
         " the bound the noise is calibrated to.",
+    )
+    dp_userless_unit: Literal["account", "session"] = Field(
+        "account",
+        description="Who stands for a person in the analytics' privacy unit for events with no"
+        " user: 'account' (all of an account's user-less events of a day are one unit: covers"
+        " every person) or 'session' (each session, else IP address, of a day is a unit: more"
+        " useful numbers, but a person with k sessions a day is protected with k times epsilon).",
     )
     meters_file: Path | None = Field(
         None,
