@@ -14,7 +14,7 @@ import pytest
 
 from aggregations.catalog import open_catalog
 from aggregations.publish import publish
-from schemas.arrow import FACTS, OUTPUT_SCHEMA_VERSION, conform
+from schemas.arrow import FACTS, FACTS_VERSION, conform
 from schemas.evolution import (
     SchemaEvolutionError,
     evolve,
@@ -44,10 +44,11 @@ def _older(schema: pa.Schema, drop: str, narrow: str, version: str) -> pa.Schema
 
 # Facts of an older version: no subject_key yet, bytes still an int32.
 OLD_FACTS = _older(FACTS, drop="subject_key", narrow="bytes", version="0")
-# The facts of a later version: a new dimension with a declared default, as the referrer's
-# class will be (issue 11.5).
-REFERRER_CLASS = pa.field("referrer_class", pa.string(), metadata={"sieve.default": "unknown"})
-NEXT_FACTS = pa.schema([*FACTS, REFERRER_CLASS], metadata=_metadata("2"))
+# The facts of a later version: a new dimension with a declared default (a hypothetical
+# "campaign_class"; the referrer's class itself landed in version 2 without a default).
+NEXT_VERSION = str(int(FACTS_VERSION) + 1)
+CAMPAIGN_CLASS = pa.field("campaign_class", pa.string(), metadata={"sieve.default": "unknown"})
+NEXT_FACTS = pa.schema([*FACTS, CAMPAIGN_CLASS], metadata=_metadata(NEXT_VERSION))
 
 
 def _rows(count: int, **fields: Any) -> list[dict[str, Any]]:
@@ -65,7 +66,7 @@ def _write(path: Path, table: pa.Table, schema: pa.Schema) -> str:
 def test_written_facts_carry_their_schema_version(tmp_path: Path) -> None:
     # conform() is what the sink writes through: the version travels in the Parquet schema.
     path = _write(tmp_path / "f.parquet", facts_table(_rows(2)), FACTS)
-    assert schema_version(pq.read_schema(path)) == int(OUTPUT_SCHEMA_VERSION)
+    assert schema_version(pq.read_schema(path)) == int(FACTS_VERSION)
 
 
 def test_an_old_file_reads_into_the_current_schema(tmp_path: Path) -> None:
@@ -83,14 +84,14 @@ def test_an_old_file_reads_into_the_current_schema(tmp_path: Path) -> None:
 
 
 def _next(table: pa.Table, classes: list[str]) -> pa.Table:
-    return table.append_column("referrer_class", pa.array(classes, pa.string()))
+    return table.append_column("campaign_class", pa.array(classes, pa.string()))
 
 
 def test_a_new_column_reads_its_declared_default_from_old_files(tmp_path: Path) -> None:
     path = _write(tmp_path / "v1.parquet", facts_table(_rows(3)), FACTS)
     read = read_evolved(path, NEXT_FACTS)
     assert read.schema == NEXT_FACTS
-    assert read["referrer_class"].to_pylist() == ["unknown"] * 3
+    assert read["campaign_class"].to_pylist() == ["unknown"] * 3
 
 
 def test_columns_are_reordered_and_units_and_strings_widened() -> None:
@@ -136,13 +137,16 @@ def test_widening_rules(old: pa.DataType, new: pa.DataType, expected: bool) -> N
 
 
 def test_a_column_the_current_schema_does_not_know_is_an_error_naming_it(tmp_path: Path) -> None:
-    same_version = NEXT_FACTS.with_metadata(_metadata(OUTPUT_SCHEMA_VERSION))
+    same_version = NEXT_FACTS.with_metadata(_metadata(FACTS_VERSION))
     path = _write(tmp_path / "x.parquet", _next(facts_table(_rows(1)), ["direct"]), same_version)
-    with pytest.raises(SchemaEvolutionError, match="'referrer_class' is not in the current facts"):
+    with pytest.raises(SchemaEvolutionError, match="'campaign_class' is not in the current facts"):
         read_evolved(path, FACTS)
     # Written by a newer Sieve (version 2): the version says so before any column does.
-    newer = _write(tmp_path / "v2.parquet", _next(facts_table(_rows(1)), ["direct"]), NEXT_FACTS)
-    with pytest.raises(SchemaEvolutionError, match="version 2, newer than this Sieve's 1"):
+    newer = _write(tmp_path / "next.parquet", _next(facts_table(_rows(1)), ["direct"]), NEXT_FACTS)
+    with pytest.raises(
+        SchemaEvolutionError,
+        match=f"version {NEXT_VERSION}, newer than this Sieve's {FACTS_VERSION}",
+    ):
         read_evolved(newer, FACTS)
 
 
@@ -217,29 +221,29 @@ def test_old_and_current_files_publish_together(tmp_path: Path) -> None:
 
 def test_duckdb_projection_adds_defaults_and_columns_no_file_has(tmp_path: Path) -> None:
     old = _write(tmp_path / "old.parquet", facts_table(_rows(2)), FACTS)
-    newer = facts_table(_rows(1)).append_column("referrer_class", pa.array(["search"], pa.string()))
+    newer = facts_table(_rows(1)).append_column("campaign_class", pa.array(["search"], pa.string()))
     new = _write(tmp_path / "new.parquet", newer, NEXT_FACTS)
     connection = duckdb.connect()
 
     # Union by name alone: the old file's rows read the new column as NULL.
     both = connection.read_parquet([old, new], union_by_name=True)
-    classes = both.project('"referrer_class"').fetchall()
+    classes = both.project('"campaign_class"').fetchall()
     assert sorted(classes, key=str) == [("search",), (None,), (None,)]
 
     projected = both.project(evolved_projection(both.columns, NEXT_FACTS))
     assert projected.columns == NEXT_FACTS.names
-    assert sorted(r[0] for r in projected.project('"referrer_class"').fetchall()) == [
+    assert sorted(r[0] for r in projected.project('"campaign_class"').fetchall()) == [
         "search",
         "unknown",
         "unknown",
     ]
     # Every file old: the column is in no file, and still reads its default.
     only_old = connection.read_parquet([old], union_by_name=True)
-    assert "referrer_class" not in only_old.columns
+    assert "campaign_class" not in only_old.columns
     projected = only_old.project(evolved_projection(only_old.columns, NEXT_FACTS))
-    assert projected.project('"referrer_class"').fetchall() == [("unknown",), ("unknown",)]
+    assert projected.project('"campaign_class"').fetchall() == [("unknown",), ("unknown",)]
     assert projected.types[NEXT_FACTS.names.index("bytes")] == "BIGINT"
-    with pytest.raises(SchemaEvolutionError, match="'referrer_class'"):
+    with pytest.raises(SchemaEvolutionError, match="'campaign_class'"):
         evolved_projection(both.columns, FACTS)
 
 
