@@ -1,0 +1,321 @@
+"""Compaction on a data root: sweep what a killed one left, then compact (module docstring
+of :mod:`streams.compaction`). Call it holding the publish lock (and, when it merges
+identifiable files, the maintenance lock of the subject tools): :mod:`.command` does."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Final
+
+import msgspec
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from schemas.commits import (
+    COMMITS_DIR,
+    CommitMarker,
+    encode_marker,
+    path_of,
+    read_markers,
+    resolve_markers,
+)
+from streams.compaction.plan import (
+    Compaction,
+    Interval,
+    collapse,
+    is_compacted,
+    plan_compaction,
+    spans,
+)
+from streams.encryption import ParquetEncryption
+from streams.worker.sink import TMP_INFIX
+
+INTENT_DIR: Final = "_compaction"
+_ROW_GROUP_ROWS: Final = 128 * 1024
+
+
+@dataclass
+class CompactionReport:
+    compactions: int = 0  # compaction markers written
+    ranges_replaced: int = 0  # markers they replaced
+    files_merged: int = 0  # files merged into others (and removed)
+    files_written: int = 0
+    swept: int = 0  # files and markers a killed compaction (or fencing) left, removed
+    partitions: list[tuple[str, int]] = field(default_factory=list)
+
+
+def compact(
+    filesystem: pafs.FileSystem,
+    root: str,
+    *,
+    last_closed: date,
+    held: Collection[date],
+    cursor: Mapping[str, Mapping[int, Sequence[Interval]]],
+    encryption: ParquetEncryption | None,
+    sieve_version: str,
+) -> CompactionReport:
+    """Compact every partition of every topic under ``root`` (see :func:`.plan.spans` for
+    what qualifies). ``encryption``: merge identifiable files too (else they are carried)."""
+    report = CompactionReport()
+    for topic, partition in partitions(filesystem, root):
+        compact_partition(
+            filesystem,
+            root,
+            topic,
+            partition,
+            last_closed=last_closed,
+            held=held,
+            published=cursor.get(topic, {}).get(partition, []),
+            encryption=encryption,
+            sieve_version=sieve_version,
+            report=report,
+        )
+    return report
+
+
+def partitions(filesystem: pafs.FileSystem, root: str) -> list[tuple[str, int]]:
+    """Every (topic, partition) with a marker folder (two directory listings, no marker read)."""
+    found = []
+    selector = pafs.FileSelector(f"{root}/{COMMITS_DIR}", allow_not_found=True)
+    for topic in filesystem.get_file_info(selector):
+        if topic.type != pafs.FileType.Directory:
+            continue
+        for part in filesystem.get_file_info(pafs.FileSelector(topic.path)):
+            if part.type == pafs.FileType.Directory and part.base_name.isdigit():
+                found.append((topic.base_name, int(part.base_name)))
+    return sorted(found)
+
+
+def compact_partition(
+    filesystem: pafs.FileSystem,
+    root: str,
+    topic: str,
+    partition: int,
+    *,
+    last_closed: date,
+    held: Collection[date],
+    published: Sequence[Interval],
+    encryption: ParquetEncryption | None,
+    sieve_version: str,
+    report: CompactionReport,
+) -> None:
+    live = sweep(filesystem, root, topic, partition, report)
+    sequence = max((m.compaction for m in live), default=0)
+    for span in spans(live, last_closed, held, published, encryption is not None):
+        sequence += 1
+        plan = plan_compaction(span, sequence, encryption is not None, sieve_version)
+        plan = _collapsed(filesystem, root, plan)
+        _apply(filesystem, root, plan, encryption, report)
+        report.partitions.append((topic, partition))
+
+
+def sweep(
+    filesystem: pafs.FileSystem, root: str, topic: str, partition: int, report: CompactionReport
+) -> list[CommitMarker]:
+    """Remove what a killed compaction left (its intent's files no live marker lists) and the
+    superseded markers with their files no live marker lists; return the live markers."""
+    live, superseded = resolve_markers(read_markers(filesystem, root, topic, partition))
+    listed = {path for marker in live for path in marker.files}
+    intent = _intent_path(root, topic, partition)
+    written = _read_intent(filesystem, intent)
+    for relative in written:
+        if relative not in listed:
+            report.swept += _remove(filesystem, f"{root}/{relative}")
+        report.swept += _remove_temporaries(filesystem, f"{root}/{relative}")
+    for marker in superseded:
+        # Files first, the marker last: a kill in between leaves the marker to say what to
+        # remove next time. The worker's recovery removes a fenced range's files as well.
+        for relative in marker.files:
+            if relative not in listed:
+                report.swept += _remove(filesystem, f"{root}/{relative}")
+        report.swept += _remove(filesystem, f"{root}/{path_of(marker)}")
+    if written:
+        _remove(filesystem, intent)
+    return live
+
+
+def sweep_identifiable_leftovers(filesystem: pafs.FileSystem, root: str) -> int:
+    """Remove the identifiable files a killed compaction wrote and no marker lists; return
+    how many. The subject tools call it holding their maintenance lock, which a compaction
+    that merges identifiable files holds too: an intent found then is a killed run's, and
+    without this an export would read its merged rows twice. Facts files are left to the
+    next compaction (a facts-only compaction may be running meanwhile)."""
+    removed = 0
+    for topic, partition in partitions(filesystem, root):
+        written = [
+            path
+            for path in _read_intent(filesystem, _intent_path(root, topic, partition))
+            if path.startswith("identifiable/")
+        ]
+        if not written:
+            continue
+        live, _ = resolve_markers(read_markers(filesystem, root, topic, partition))
+        listed = {path for marker in live for path in marker.files}
+        for relative in written:
+            if relative not in listed:
+                removed += _remove(filesystem, f"{root}/{relative}")
+            removed += _remove_temporaries(filesystem, f"{root}/{relative}")
+    return removed
+
+
+def _collapsed(filesystem: pafs.FileSystem, root: str, plan: Compaction) -> Compaction:
+    logs = [r.dedup_log for r in plan.marker.ranges if r.dedup_log]
+    if not logs:
+        return plan
+    infos = filesystem.get_file_info([f"{root}/{log}" for log in logs])
+    gone = {
+        log for log, info in zip(logs, infos, strict=True) if info.type == pafs.FileType.NotFound
+    }
+    if not gone:
+        return plan
+    marker = msgspec.structs.replace(
+        plan.marker,
+        ranges=collapse(plan.marker.ranges, gone),
+        files=[path for path in plan.marker.files if path not in gone],
+    )
+    return Compaction(plan.replaced, marker, plan.merged)
+
+
+def _apply(
+    filesystem: pafs.FileSystem,
+    root: str,
+    plan: Compaction,
+    encryption: ParquetEncryption | None,
+    report: CompactionReport,
+) -> None:
+    marker = plan.marker
+    # The intent names every file this compaction writes, before the first is written: a
+    # kill before the marker leaves files nobody lists, and the next sweep finds them here.
+    _write_atomic(
+        filesystem,
+        f"{root}/{_intent_relative(marker.topic, marker.partition)}",
+        msgspec.json.encode(sorted(plan.merged)),
+    )
+    for target, sources in sorted(plan.merged.items()):
+        encrypted = target.startswith("identifiable/")
+        table = _read_all(filesystem, root, sources, encryption if encrypted else None)
+        _write_parquet(filesystem, f"{root}/{target}", table, encryption if encrypted else None)
+        report.files_written += 1
+    # The commit point: from this rename on, the compaction marker outranks the ranges.
+    _write_atomic(filesystem, f"{root}/{path_of(marker)}", encode_marker(marker))
+    report.compactions += 1
+    report.ranges_replaced += len(plan.replaced)
+    keep = set(marker.files)
+    for replaced in plan.replaced:
+        for relative in replaced.files:
+            if relative not in keep:
+                report.files_merged += _remove(filesystem, f"{root}/{relative}")
+    for replaced in plan.replaced:
+        _remove(filesystem, f"{root}/{path_of(replaced)}")
+    _remove(filesystem, f"{root}/{_intent_relative(marker.topic, marker.partition)}")
+
+
+def _read_all(
+    filesystem: pafs.FileSystem,
+    root: str,
+    sources: Sequence[str],
+    encryption: ParquetEncryption | None,
+) -> pa.Table:
+    tables = []
+    for relative in sources:
+        try:
+            with filesystem.open_input_file(f"{root}/{relative}") as source:
+                properties = encryption.decryption_properties() if encryption else None
+                # ParquetFile: the file's own schema, without hive columns from its path.
+                tables.append(pq.ParquetFile(source, decryption_properties=properties).read())
+        except FileNotFoundError:
+            if encryption is None:
+                raise  # facts are never removed but by a compaction: a lost file is an error
+            # An identifiable file the retention sweep removed whole (all its rows expired).
+            continue
+    if not tables:
+        raise FileNotFoundError(f"none of {list(sources)} exists under {root}")
+    # Files of an earlier schema version read their missing columns as null (as the readers
+    # do); the merged file has the union of the columns.
+    return pa.concat_tables(tables, promote_options="default")
+
+
+def _write_parquet(
+    filesystem: pafs.FileSystem, path: str, table: pa.Table, encryption: ParquetEncryption | None
+) -> None:
+    temporary = f"{path}{TMP_INFIX}{uuid.uuid4().hex}"
+    filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    properties = encryption.encryption_properties() if encryption else None
+    try:
+        with pq.ParquetWriter(
+            temporary,
+            table.schema,
+            filesystem=filesystem,
+            compression="zstd",
+            encryption_properties=properties,
+        ) as writer:
+            writer.write_table(table, row_group_size=_ROW_GROUP_ROWS)
+        _sync(filesystem, temporary)
+    except BaseException:
+        _remove(filesystem, temporary)
+        raise
+    filesystem.move(temporary, path)
+
+
+def _write_atomic(filesystem: pafs.FileSystem, path: str, data: bytes) -> None:
+    temporary = f"{path}{TMP_INFIX}{uuid.uuid4().hex}"
+    filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    try:
+        with filesystem.open_output_stream(temporary) as stream:
+            stream.write(data)
+        _sync(filesystem, temporary)
+    except BaseException:
+        _remove(filesystem, temporary)
+        raise
+    filesystem.move(temporary, path)
+
+
+def _sync(filesystem: pafs.FileSystem, path: str) -> None:
+    # A rename survives a killed process without this; fsync makes it survive a machine crash.
+    if isinstance(filesystem, pafs.LocalFileSystem):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _remove(filesystem: pafs.FileSystem, path: str) -> int:
+    try:
+        filesystem.delete_file(path)
+    except FileNotFoundError:
+        return 0
+    return 1
+
+
+def _remove_temporaries(filesystem: pafs.FileSystem, path: str) -> int:
+    folder, name = path.rsplit("/", 1)
+    selector = pafs.FileSelector(folder, allow_not_found=True)
+    removed = 0
+    for info in filesystem.get_file_info(selector):
+        # Not a subject tool's ``.tmp-subject-`` copy: that tool removes its own leftovers.
+        own = info.base_name.startswith(f"{name}{TMP_INFIX}") and "subject-" not in info.base_name
+        if own and is_compacted(info.base_name):
+            removed += _remove(filesystem, info.path)
+    return removed
+
+
+def _intent_relative(topic: str, partition: int) -> str:
+    return f"{INTENT_DIR}/{topic}/{partition}.json"
+
+
+def _intent_path(root: str, topic: str, partition: int) -> str:
+    return f"{root}/{_intent_relative(topic, partition)}"
+
+
+def _read_intent(filesystem: pafs.FileSystem, path: str) -> list[str]:
+    try:
+        with filesystem.open_input_stream(path) as stream:
+            return msgspec.json.decode(stream.read(), type=list[str])
+    except FileNotFoundError:
+        return []
