@@ -140,26 +140,29 @@ def sweep(
 
 
 def sweep_identifiable_leftovers(filesystem: pafs.FileSystem, root: str) -> int:
-    """Remove the identifiable files a killed compaction wrote and no marker lists; return
-    how many. The subject tools call it holding their maintenance lock, which a compaction
-    that merges identifiable files holds too: an intent found then is a killed run's, and
-    without this an export would read its merged rows twice. Facts files are left to the
-    next compaction (a facts-only compaction may be running meanwhile)."""
+    """Remove the identifiable files a killed compaction left that no live marker lists (the
+    merged files it wrote, or the replaced ones it had not removed yet); return how many.
+
+    The subject tools read every file under ``identifiable/``, listed or not: without this an
+    export would read those rows twice. They call it holding their maintenance lock, which a
+    compaction that merges identifiable files holds too, so an intent found then is a killed
+    run's (a compaction keeps its intent until its cleanup is done). Facts files are left to
+    the next compaction (a facts-only compaction may be running meanwhile).
+    """
     removed = 0
     for topic, partition in partitions(filesystem, root):
-        written = [
-            path
-            for path in _read_intent(filesystem, _intent_path(root, topic, partition))
-            if path.startswith("identifiable/")
-        ]
+        written = _read_intent(filesystem, _intent_path(root, topic, partition))
         if not written:
             continue
-        live, _ = resolve_markers(read_markers(filesystem, root, topic, partition))
+        live, superseded = resolve_markers(read_markers(filesystem, root, topic, partition))
         listed = {path for marker in live for path in marker.files}
-        for relative in written:
-            if relative not in listed:
+        stale = [path for marker in superseded for path in marker.files]
+        for relative in [*written, *stale]:
+            if relative.startswith("identifiable/") and relative not in listed:
                 removed += _remove(filesystem, f"{root}/{relative}")
-            removed += _remove_temporaries(filesystem, f"{root}/{relative}")
+        for relative in written:
+            if relative.startswith("identifiable/"):
+                removed += _remove_temporaries(filesystem, f"{root}/{relative}")
     return removed
 
 

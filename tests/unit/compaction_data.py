@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 from aggregations.testing import fact, facts_table
 from schemas.arrow import IDENTIFIABLE
 from schemas.commits import RangeCounts, committed_files
+from streams.compaction.run import sweep_identifiable_leftovers
 from streams.encryption import ParquetEncryption
 from streams.subject.identifiable_store import list_files, read_rows
 from streams.worker.commands import committed_totals
@@ -110,12 +111,14 @@ def views(root: Path, encryption: ParquetEncryption, partitions: int = 2) -> dic
         pq.ParquetFile(f"{base}/{p}", decryption_properties=properties).read()
         for p in committed_files(fs, base, "identifiable")
     ]
+    # What the subject tools read, after the sweep they run first (streams.subject.commands).
+    sweep_identifiable_leftovers(fs, base)
     listing = list_files(fs, base)
     subject = [read_rows(fs, file, encryption) for file in listing.files]
     totals, dead, classes, _ = committed_totals(str(root), TOPIC)
     recovered = {}
     for partition in range(partitions):
-        # Recovery removes only what no live marker lists: it must find nothing to remove.
+        # (It removes what a killed compaction left superseded, as a restarted worker would.)
         state = recover_partition(fs, base, TOPIC, partition)
         keys = Counter[bytes]()
         for marker in state.markers:
@@ -126,7 +129,6 @@ def views(root: Path, encryption: ParquetEncryption, partitions: int = 2) -> dic
             state.next_offset,
             [c for m in state.markers for c in m.consent_changes],
             sorted(keys.elements()),
-            state.removed_files,
             state.markers[-1].watermark if state.markers else None,
         )
     return {
