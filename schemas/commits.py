@@ -125,6 +125,20 @@ def output_stem(
     return f"{stem}-g{generation}" if generation else stem
 
 
+_STEM = re.compile(r"^(?:compacted\+)?([^+/]+)\+(\d+)\+(\d+)-(\d+)(?:-[gc]\d+)*\.parquet$")
+
+
+def file_offsets(relative: str) -> tuple[str, int, int, int] | None:
+    """``(topic, partition, first, last)``: the offsets a range's or a compaction's output
+    file holds rows of, from its name (:func:`output_stem`, streams.compaction); None for
+    any other name."""
+    match = _STEM.match(relative.rsplit("/", 1)[-1])
+    if match is None:
+        return None
+    topic, partition, first, last = match.groups()
+    return topic, int(partition), int(first), int(last)
+
+
 def marker_path(
     topic: str,
     partition: int,
