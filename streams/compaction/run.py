@@ -168,18 +168,15 @@ def sweep_identifiable_leftovers(filesystem: pafs.FileSystem, root: str) -> int:
 
 def _collapsed(filesystem: pafs.FileSystem, root: str, plan: Compaction) -> Compaction:
     logs = [r.dedup_log for r in plan.marker.ranges if r.dedup_log]
-    if not logs:
-        return plan
-    infos = filesystem.get_file_info([f"{root}/{log}" for log in logs])
+    infos = filesystem.get_file_info([f"{root}/{log}" for log in logs]) if logs else []
     gone = {
         log for log, info in zip(logs, infos, strict=True) if info.type == pafs.FileType.NotFound
     }
-    if not gone:
+    ranges = collapse(plan.marker.ranges, gone)
+    if ranges == plan.marker.ranges:
         return plan
     marker = msgspec.structs.replace(
-        plan.marker,
-        ranges=collapse(plan.marker.ranges, gone),
-        files=[path for path in plan.marker.files if path not in gone],
+        plan.marker, ranges=ranges, files=[path for path in plan.marker.files if path not in gone]
     )
     return Compaction(plan.replaced, marker, plan.merged)
 
