@@ -22,8 +22,9 @@ other. The published metering is checked complete (every account-hour and accoun
 
 5. **pricing**, after compaction: for every whole month of the largest N, the usage an
    invoice needs from ``metering_daily`` (``pricing.period_usage``, what ``sieve pricing``
-   reads; target: <= 100 ms a month) against the same rows computed from the month's fact files in DuckDB with the meters' own SQL; both
-   must be equal, and so must ``pricing.invoice`` of each. Median of ``--repeat`` rounds.
+   reads; target: <= 100 ms a month) against the same rows computed from the month's fact
+   files in DuckDB with the meters' own SQL; both must be equal, and so must
+   ``pricing.invoice`` of each. Median of ``--repeat`` rounds.
 """
 
 from __future__ import annotations
