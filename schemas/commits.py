@@ -61,6 +61,7 @@ class CoveredRange(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     dedup_log: str  # relative path, "" when none
     watermark: str | None
     consent_changes: list[tuple[str, str]]
+    count: int = 1  # the worker ranges it stands for
 
 
 class CommitMarker(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -89,7 +90,7 @@ class CommitMarker(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 def range_count(marker: CommitMarker) -> int:
     """The worker ranges a marker stands for (a compaction marker: those it replaced)."""
-    return len(marker.ranges) if marker.compaction else 1
+    return sum(r.count for r in marker.ranges) if marker.compaction else 1
 
 
 def expand_marker(marker: CommitMarker) -> list[CommitMarker]:

@@ -193,6 +193,7 @@ def collapse(ranges: Sequence[CoveredRange], gone: Collection[str]) -> list[Cove
                 dedup_log="",
                 watermark=r.watermark or previous.watermark,
                 consent_changes=[*previous.consent_changes, *r.consent_changes],
+                count=previous.count + r.count,
             )
         elif without:
             out.append(
@@ -203,6 +204,7 @@ def collapse(ranges: Sequence[CoveredRange], gone: Collection[str]) -> list[Cove
                     "",
                     r.watermark,
                     r.consent_changes,
+                    r.count,
                 )
             )
         else:

@@ -115,7 +115,7 @@ def views(root: Path, encryption: ParquetEncryption, partitions: int = 2) -> dic
     sweep_identifiable_leftovers(fs, base)
     listing = list_files(fs, base)
     subject = [read_rows(fs, file, encryption) for file in listing.files]
-    totals, dead, classes, _ = committed_totals(str(root), TOPIC)
+    totals, dead, classes, ranges = committed_totals(str(root), TOPIC)
     recovered = {}
     for partition in range(partitions):
         # (It removes what a killed compaction left superseded, as a restarted worker would.)
@@ -135,6 +135,6 @@ def views(root: Path, encryption: ParquetEncryption, partitions: int = 2) -> dic
         "facts": _rows(pa.concat_tables(facts), "event_key") if facts else [],
         "identifiable": _rows(pa.concat_tables(identifiable), "event_id") if identifiable else [],
         "subject": _rows(pa.concat_tables(subject), "event_id") if subject else [],
-        "status": (dict(totals), dict(dead), dict(classes)),
+        "status": (dict(totals), dict(dead), dict(classes), ranges),
         "recovered": recovered,
     }

@@ -209,3 +209,22 @@ def test_a_compaction_marker_outranks_the_ranges_it_covers_whatever_their_genera
     wider = _marker(0, 29, generation=4, compaction=2)
     live, _ = resolve_markers([compaction, wider, _marker(20, 29)])
     assert live == [wider]
+
+
+def test_ranges_whose_dedup_logs_are_gone_collapse_into_one() -> None:
+    from schemas.commits import CoveredRange
+    from streams.compaction.plan import collapse
+
+    ranges = [
+        CoveredRange(i * 10, i * 10 + 9, 0, f"_dedup/t/0/{i}.parquet", None, [(f"c{i}", "opt_out")])
+        for i in range(5)
+    ]
+    gone = {"_dedup/t/0/0.parquet", "_dedup/t/0/1.parquet", "_dedup/t/0/2.parquet"}
+    collapsed = collapse(ranges, gone)
+    # The first three as one (their consent changes in order), the two within the horizon.
+    assert [(r.first_offset, r.last_offset, r.dedup_log, r.count) for r in collapsed] == [
+        (0, 29, "", 3),
+        (30, 39, "_dedup/t/0/3.parquet", 1),
+        (40, 49, "_dedup/t/0/4.parquet", 1),
+    ]
+    assert collapsed[0].consent_changes == [("c0", "opt_out"), ("c1", "opt_out"), ("c2", "opt_out")]
