@@ -17,17 +17,22 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
+from collections.abc import Callable
+from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Any, TypeVar
 
+import pyarrow.fs as pafs
 import pytest
 
 from aggregations.manifest import Manifest, write_manifest
 from aggregations.storage import resolve_root
+from streams.compaction import run
 from streams.encryption import ParquetEncryption
 from streams.privacy.keyring import Keyring, write_new_keyring
 from tests.unit.compaction_data import views, write_history
 
+T = TypeVar("T")
 SEED = 10_3  # issue 10, item 3: the kill points are reproducible
 ROUNDS = 5
 KILLS_PER_ROUND = 3
@@ -141,3 +146,59 @@ def test_kill_9_at_random_points_loses_nothing_and_doubles_nothing(
         # Compacted: each partition's history is one compaction marker and its newest range.
         assert len(list((root / "_commits").rglob("*.json"))) == 4
     assert killed >= ROUNDS * (KILLS_PER_ROUND - 1)  # the runs died mid-way, as intended
+
+
+class _Died(BaseException):
+    """The process dies here (raised in place of the step after the n-th)."""
+
+
+def test_a_stop_after_every_single_step_leaves_the_old_view_or_the_new(tmp_path: Path) -> None:
+    """Every durable step of one compaction, in turn, is the last: after each, the views are
+    the uncompacted truth (in-process, so each step is reached exactly; the subprocess test
+    above kills for real)."""
+    keyring_file = tmp_path / "keys.json"
+    write_new_keyring(keyring_file)
+    encryption = ParquetEncryption(*Keyring.load(keyring_file).encryption_keys())
+    template = tmp_path / "template"
+    write_history(template, encryption, partitions=1, ranges=3)
+    truth = views(template, encryption)
+    real_sync, real_remove = run._sync, run._remove
+
+    def compact_dying_after(root: Path, steps: int | None) -> int:
+        done = 0
+
+        def counted(real: Callable[..., T]) -> Callable[..., T]:
+            def step(*args: Any) -> T:
+                nonlocal done
+                result = real(*args)
+                done += 1
+                if steps is not None and done >= steps:
+                    raise _Died
+                return result
+
+            return step
+
+        run._sync, run._remove = counted(real_sync), counted(real_remove)  # type: ignore[assignment]
+        try:
+            run.compact(
+                pafs.LocalFileSystem(),
+                str(root),
+                last_closed=date(2025, 1, 1),
+                held=(),
+                cursor={},
+                encryption=encryption,
+                sieve_version="test",
+            )
+        except _Died:
+            pass
+        finally:
+            run._sync, run._remove = real_sync, real_remove  # type: ignore[assignment]
+        return done
+
+    total = compact_dying_after(shutil.copytree(template, tmp_path / "whole"), None)
+    assert total > 20
+    for steps in range(1, total + 1):
+        root = shutil.copytree(template, tmp_path / f"after-{steps}")
+        compact_dying_after(root, steps)
+        seen = views(root, encryption)
+        assert [key for key in truth if seen[key] != truth[key]] == [], steps
