@@ -1,5 +1,7 @@
 """Worker output for the compaction tests, written by the worker's own sink (RangeWriter),
-and every reader's view of a data root (what a compaction must leave unchanged)."""
+every reader's view of a data root (what a compaction must leave unchanged), and the
+published metering publish tests compare. The one module the compaction tests share (a
+fixture: no test imports another test module)."""
 
 from __future__ import annotations
 
@@ -11,21 +13,58 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from aggregations.testing import fact, facts_table
 from schemas.arrow import IDENTIFIABLE
 from schemas.commits import RangeCounts, committed_files
-from streams.compaction.run import sweep_identifiable_leftovers
+from streams.compaction.run import CompactionReport, compact, sweep_identifiable_leftovers
 from streams.encryption import ParquetEncryption
 from streams.subject.identifiable_store import list_files, read_rows
 from streams.worker.commands import committed_totals
 from streams.worker.sink import RangeWriter, recover_partition
 from streams.worker.state.range_log import RangeLog, is_log_path, read_log
-from tests.unit.test_retention_sweep import record
+from tests.unit.test_retention_sweep import POLICY, record
 
 TOPIC = "sieve.raw"
 FIRST_DAY = date(2024, 3, 1)
+LATER = date(2024, 12, 31)  # every day of the history closed
+__all__ = ["LATER", "POLICY", "TOPIC", "compact_all", "metering", "views", "write_history"]
+
+
+def compact_all(
+    root: Path, encryption: ParquetEncryption | None, last: date = LATER
+) -> CompactionReport:
+    """Compact ``root`` with every day through ``last`` closed and nothing published."""
+    return compact(
+        pafs.LocalFileSystem(),
+        str(root),
+        last_closed=last,
+        held=(),
+        cursor={},
+        encryption=encryption,
+        sieve_version="test",
+    )
+
+
+def metering(root: Path) -> dict[str, list[tuple[Any, ...]]]:
+    """Every published metering value, history aside (no corrections count, no update time)."""
+    from aggregations.catalog import open_catalog
+
+    connection = open_catalog(str(root), role="billing")
+    try:
+        return {
+            "values": sorted(
+                connection.sql(
+                    "SELECT grain, date, hour, account_id, meter, value FROM metering_values"
+                    " WHERE value <> 0"
+                ).fetchall(),
+                key=repr,
+            )
+        }
+    finally:
+        connection.close()
 
 
 def write_history(
@@ -89,8 +128,6 @@ def write_history(
 
 
 def _fs(root: Path) -> tuple[Any, str]:
-    import pyarrow.fs as pafs
-
     root.mkdir(parents=True, exist_ok=True)
     return pafs.LocalFileSystem(), str(root)
 

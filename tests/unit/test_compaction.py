@@ -17,32 +17,16 @@ from schemas.commits import (
     resolve_markers,
 )
 from streams.compaction.plan import spans
-from streams.compaction.run import CompactionReport, compact
 from streams.encryption import ParquetEncryption
 from streams.privacy.keyring import Keyring, write_new_keyring
 from tests.unit.compaction_data import TOPIC, views, write_history
-
-LATER = date(2024, 12, 31)
+from tests.unit.compaction_data import compact_all as _compact
 
 
 @pytest.fixture
 def encryption(tmp_path: Path) -> ParquetEncryption:
     write_new_keyring(tmp_path / "keys.json")
     return ParquetEncryption(*Keyring.load(tmp_path / "keys.json").encryption_keys())
-
-
-def _compact(
-    root: Path, encryption: ParquetEncryption | None, last: date = LATER
-) -> CompactionReport:
-    return compact(
-        pafs.LocalFileSystem(),
-        str(root),
-        last_closed=last,
-        held=(),
-        cursor={},
-        encryption=encryption,
-        sieve_version="test",
-    )
 
 
 def _files(root: Path, dataset: str) -> list[Path]:

@@ -21,9 +21,8 @@ from streams.subject.access import export_subject
 from streams.subject.commands import MaintenanceBusyError, maintenance_lock
 from streams.subject.erasure import erase_subject
 from streams.subject.retention_sweep import sweep
-from tests.unit.compaction_data import views, write_history
-from tests.unit.test_compaction import LATER, _compact
-from tests.unit.test_retention_sweep import POLICY
+from tests.unit.compaction_data import LATER, POLICY, views, write_history
+from tests.unit.compaction_data import compact_all as _compact
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from aggregations.publish import publish
 from aggregations.storage import resolve_root
 from aggregations.testing import fact, facts_table, write_committed_facts
 from schemas.commits import encode_marker, iter_markers, marker_path, read_markers
-from tests.unit.test_publish_incremental import metering
+from tests.unit.compaction_data import metering
 
 DAY = datetime(2026, 11, 2, tzinfo=UTC)
 GRACE = timedelta(hours=1)
