@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from importlib.metadata import version
 
 from aggregations.analytics import (
     Privacy,
@@ -72,6 +73,7 @@ from aggregations.storage import (
     resolve_root,
 )
 from aggregations.windows import last_closed_day
+from streams.compaction.run import compact_published
 
 DEFAULT_MEMORY_LIMIT_MB = 1024
 
@@ -229,10 +231,21 @@ def publish(
 
 
 def _compact(root: Root, manifest: Manifest, privacy: Privacy, grace: timedelta) -> int:
-    # Imported here: the worker side (streams) is not loaded by a publish that does not compact.
-    from streams.compaction.command import compact_published
-
-    report = compact_published(root, manifest, privacy.budget, grace)
+    """Compact the facts of the days ``manifest`` closed (identifiable files stay as they
+    are: publish holds no keyring); the markers replaced."""
+    budget = privacy.budget
+    report = compact_published(
+        root.fs,
+        root.path,
+        watermark=manifest.watermark,
+        held=frozenset(manifest.pending_days) | frozenset(manifest.waiting_days),
+        cursor=manifest.cursor,
+        grace=grace,
+        late_batches=budget.late_batches,
+        late_interval=budget.late_interval,
+        encryption=None,
+        sieve_version=version("sieve"),
+    )
     return 0 if report is None else report.ranges_replaced
 
 

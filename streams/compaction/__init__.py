@@ -26,5 +26,6 @@ each marker whole).
 
 It runs periodically inside ``sieve publish`` (after its manifest: under the publish lock,
 so publish never reads files a compaction is replacing, and with the watermark it just
-published) and on demand as ``sieve compact``.
+published) and on demand as ``sieve compact`` (streams.compact_command). It is core: it
+imports neither the worker nor the aggregations, which call it.
 """

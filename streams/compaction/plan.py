@@ -9,9 +9,11 @@ from datetime import date, datetime, timedelta
 from typing import Final
 
 from schemas.commits import CommitMarker, CoveredRange, RangeCounts
-from streams.worker.state.range_log import is_log_path
 
 COMPACTED_PREFIX: Final = "compacted+"
+# The worker's dedup logs (streams.worker.state.range_log.LOG_DIR); compaction is core and
+# imports no worker module.
+_LOG_PREFIX: Final = "_dedup/"
 MERGED_DATASETS: Final = ("facts", "identifiable")
 _DAY: Final = re.compile(r"(?:^|/)date=(\d{4}-\d{2}-\d{2})/")
 
@@ -164,7 +166,7 @@ def plan_compaction(
 def covered_ranges(marker: CommitMarker) -> list[CoveredRange]:
     if marker.compaction:
         return list(marker.ranges)
-    log = next((path for path in marker.files if is_log_path(path)), "")
+    log = next((path for path in marker.files if path.startswith(_LOG_PREFIX)), "")
     return [
         CoveredRange(
             first_offset=marker.first_offset,

@@ -8,7 +8,7 @@ import os
 import uuid
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime, timedelta
 from typing import Final
 
 import msgspec
@@ -27,15 +27,18 @@ from schemas.commits import (
 from streams.compaction.plan import (
     Compaction,
     Interval,
+    closed_through,
     collapse,
     is_compacted,
     plan_compaction,
     spans,
 )
 from streams.encryption import ParquetEncryption
-from streams.worker.sink import TMP_INFIX
 
 INTENT_DIR: Final = "_compaction"
+# The worker's temporary-file infix (streams.worker.sink.TMP_INFIX): a worker's recovery
+# removes its partition's ``*.tmp-*`` files. Compaction is core and imports no worker module.
+TMP_INFIX: Final = ".tmp-"
 _ROW_GROUP_ROWS: Final = 128 * 1024
 
 
@@ -76,6 +79,40 @@ def compact(
             report=report,
         )
     return report
+
+
+def compact_published(
+    filesystem: pafs.FileSystem,
+    root: str,
+    *,
+    watermark: datetime | None,
+    held: Collection[date],
+    cursor: Mapping[str, Mapping[int, Sequence[Interval]]],
+    grace: timedelta,
+    late_batches: int,
+    late_interval: timedelta,
+    encryption: ParquetEncryption | None,
+    sieve_version: str,
+) -> CompactionReport | None:
+    """Compact what the published state allows (publish's manifest: its ``watermark``, its
+    refused and waiting days ``held``, its ``cursor``); None before any publish.
+
+    Call it holding the publish lock. A day is closed once every analytics slot of it is due
+    under the published watermark and it is not held; a marker is compacted only whole
+    inside or outside the cursor.
+    """
+    last = closed_through(watermark, grace, late_batches, late_interval)
+    if last is None:
+        return None
+    return compact(
+        filesystem,
+        root,
+        last_closed=last,
+        held=held,
+        cursor=cursor,
+        encryption=encryption,
+        sieve_version=sieve_version,
+    )
 
 
 def partitions(filesystem: pafs.FileSystem, root: str) -> list[tuple[str, int]]:

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from aggregations.manifest import Manifest, write_manifest
 from aggregations.storage import resolve_root
 from schemas.commits import read_markers
-from streams.compaction.command import compact_command
+from streams.compact_command import compact_command
 from streams.encryption import ParquetEncryption
 from streams.privacy.keyring import Keyring, write_new_keyring
 from streams.subject.access import export_subject

@@ -1,51 +1,21 @@
-"""``sieve compact``, and :func:`compact_published`, the step ``sieve publish`` runs after
-writing its manifest (streams.compaction)."""
+"""``sieve compact``: a thin adapter over streams.compaction (it takes the publish lock and
+the subject tools' maintenance lock, reads the manifest, loads the keyring)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import ExitStack
-from datetime import timedelta
 from importlib.metadata import version
 from typing import cast
 
 import click
 
-from aggregations.dp.budget import Budget
-from aggregations.manifest import Manifest, publish_lock, read_manifest
-from aggregations.storage import Root, resolve_root
-from streams.compaction.plan import closed_through
-from streams.compaction.run import CompactionReport, compact
+from aggregations.manifest import publish_lock, read_manifest
+from aggregations.storage import resolve_root
+from streams.compaction.run import compact_published
 from streams.encryption import ParquetEncryption
 from streams.privacy.keyring import Keyring
 from streams.settings import Settings, reads_settings
-
-
-def compact_published(
-    root: Root,
-    manifest: Manifest,
-    budget: Budget,
-    grace: timedelta,
-    encryption: ParquetEncryption | None = None,
-) -> CompactionReport | None:
-    """Compact what ``manifest`` (the published state) allows; None before any publish.
-
-    Call it holding the publish lock. A day is closed once every analytics slot of it is due
-    under the published watermark and none was refused or waits (the manifest's pending and
-    waiting days); a marker is compacted only whole inside or outside the cursor.
-    """
-    last = closed_through(manifest.watermark, grace, budget.late_batches, budget.late_interval)
-    if last is None:
-        return None
-    return compact(
-        root.fs,
-        root.path,
-        last_closed=last,
-        held=frozenset(manifest.pending_days) | frozenset(manifest.waiting_days),
-        cursor=manifest.cursor,
-        encryption=encryption,
-        sieve_version=version("sieve"),
-    )
 
 
 @reads_settings(
@@ -96,8 +66,18 @@ def compact_command(identifiable: bool) -> None:
             # back in the merged file: the subject tools' lock keeps them apart.
             locks.enter_context(maintenance_lock(root.fs, root.path))
         manifest = read_manifest(root)
+        budget = privacy_of(settings).budget
         report = compact_published(
-            root, manifest, privacy_of(settings).budget, settings.grace_period, encryption
+            root.fs,
+            root.path,
+            watermark=manifest.watermark,
+            held=frozenset(manifest.pending_days) | frozenset(manifest.waiting_days),
+            cursor=manifest.cursor,
+            grace=settings.grace_period,
+            late_batches=budget.late_batches,
+            late_interval=budget.late_interval,
+            encryption=encryption,
+            sieve_version=version("sieve"),
         )
     if report is None:
         click.echo("nothing published yet: run `sieve publish` first (it closes the days)")
