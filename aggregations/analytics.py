@@ -32,6 +32,7 @@ from aggregations.dp.ledger import LEDGER_DIR, Entry, batch_names, entry_of, spe
 from aggregations.dp.release import Cell, release_bounded
 from aggregations.schemas import ANALYTICS, ANALYTICS_DIR
 from aggregations.storage import Root
+from schemas.commits import file_offsets
 from streams.settings import Settings
 
 
@@ -226,9 +227,8 @@ def schedule(
             continue
         entries = ledger.get(day, [])
         released = frozenset(slot for entry in entries for slot in entry.slots)
-        covered = {name for entry in entries for name in entry.covered_files}
         of_day = facts[day]
-        uncovered = tuple(name for name in of_day.files if name not in covered)
+        uncovered = tuple(uncovered_files(of_day.files, entries))
         slots = budget.due_slots(day, mark, grace, released)
         if slots:
             due.append(Scheduled(day, slots, uncovered))
@@ -237,6 +237,38 @@ def schedule(
         else:
             unreleased += sum(of_day.rows[name] for name in uncovered if name in of_day.new)
     return Schedule(tuple(due), tuple(refused), tuple(waiting), unreleased)
+
+
+def uncovered_files(files: Iterable[str], entries: Sequence[Entry]) -> list[str]:
+    """The files of a day no batch of ``entries`` covers, by name or by offsets.
+
+    A batch records the files it covered by name; a file's name also tells the offsets of
+    one partition it holds rows of (schemas.commits.file_offsets). A file sharing offsets
+    with a covered file is covered: the same input records, written again by a fencing
+    successor after an evicted writer's range was published, or merged by a compaction
+    (which waits for a day's last batch: streams.compaction). Releasing it would count
+    those events twice; what it holds beyond is reported unreleased, never double counted.
+    """
+    names = {name for entry in entries for name in entry.covered_files}
+    spans: dict[tuple[str, int], list[tuple[int, int]]] = {}
+    for name in names:
+        offsets = file_offsets(name)
+        if offsets is not None:
+            topic, partition, first, last = offsets
+            spans.setdefault((topic, partition), []).append((first, last))
+    uncovered = []
+    for name in files:
+        if name in names:
+            continue
+        offsets = file_offsets(name)
+        if offsets is not None:
+            topic, partition, first, last = offsets
+            if any(
+                low <= last and first <= high for low, high in spans.get((topic, partition), [])
+            ):
+                continue
+        uncovered.append(name)
+    return uncovered
 
 
 # --- release -----------------------------------------------------------------------------------

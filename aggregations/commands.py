@@ -140,6 +140,7 @@ def publish_command(catalog: bool, close_through: datetime | None) -> None:
         close_through=close_through.replace(tzinfo=UTC) if close_through else None,
         meters=load_meters(settings.meters_file),
         memory_limit_mb=settings.publish_memory_mb,
+        compact=True,
     )
     seconds = time.perf_counter() - started
     click.echo(
@@ -177,6 +178,8 @@ def publish_command(catalog: bool, close_through: datetime | None) -> None:
         )
     for refusal in report.analytics_refused:
         click.echo(f"REFUSED {refusal.day} batch {refusal.batch}: {refusal.reason}", err=True)
+    if report.compacted_markers:
+        click.echo(f"compacted the facts of {report.compacted_markers} ranges of closed days")
     if report.run_id is None:
         click.echo("nothing new to publish")
     if catalog and resolve_root(settings.data_root).is_local:

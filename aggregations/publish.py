@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from importlib.metadata import version
 
 from aggregations.analytics import (
     Privacy,
@@ -72,6 +73,7 @@ from aggregations.storage import (
     resolve_root,
 )
 from aggregations.windows import last_closed_day
+from streams.compaction.run import compact_published
 
 DEFAULT_MEMORY_LIMIT_MB = 1024
 
@@ -108,6 +110,8 @@ class PublishReport:
     metering_rows: int = 0
     # Meters metered over every day this run: new, or their definition changed.
     remetered: tuple[str, ...] = field(default_factory=tuple)
+    # Markers the compaction after the run replaced (streams.compaction; ``compact=True``).
+    compacted_markers: int = 0
 
     @property
     def rows_written(self) -> int:
@@ -147,6 +151,7 @@ def publish(
     *,
     meters: Sequence[Meter] | None = None,
     memory_limit_mb: int = DEFAULT_MEMORY_LIMIT_MB,
+    compact: bool = False,
 ) -> PublishReport:
     """Publish every closed window of the committed facts under ``data_root`` that is new
     since the last run (idempotent: a re-run with nothing new writes nothing and spends
@@ -156,7 +161,9 @@ def publish(
     (never past ``now``): windows ending by then close even when the stream is quiet, e.g.
     to invoice a month whose last hours saw no later traffic. Events for them that still
     arrive become corrections, as any late event does. ``meters``: the declared meters (the
-    packaged ones by default).
+    packaged ones by default). ``compact``: then compact the facts of the days this run
+    closed (streams.compaction; under the same lock, so no publish reads files a compaction
+    replaces; identifiable files are left to ``sieve compact``, which holds the keyring).
     """
     root = resolve_root(data_root)
     meters = tuple(meters) if meters is not None else default_meters()
@@ -179,7 +186,10 @@ def publish(
         run = _start(root, manifest, ranges, meters, now, grace, privacy, close_through, writes)
         if run is None:
             writes.finish()
-            return PublishReport(None, None, 0, analytics_restored=restored)
+            compacted = _compact(root, manifest, privacy, grace) if compact else 0
+            return PublishReport(
+                None, None, 0, analytics_restored=restored, compacted_markers=compacted
+            )
         stopped = listing.unrecorded()
         waiting, unreleased, pending = work(run, stopped, memory_limit_mb)
         changed = _next_manifest(run, waiting, pending, unreleased)
@@ -190,6 +200,7 @@ def publish(
                 delete(root, name)
             write_manifest(root, changed)
         writes.finish()
+        compacted = _compact(root, changed, privacy, grace) if compact else 0
         last_day = last_closed_day(run.plan.mark, grace) if run.plan.mark else None
         refused = [
             unrecorded_refusal(day, batch)
@@ -215,7 +226,27 @@ def publish(
             metered_days=len(run.plan.metering_days),
             metering_rows=run.metering_rows,
             remetered=run.plan.remetered,
+            compacted_markers=compacted,
         )
+
+
+def _compact(root: Root, manifest: Manifest, privacy: Privacy, grace: timedelta) -> int:
+    """Compact the facts of the days ``manifest`` closed (identifiable files stay as they
+    are: publish holds no keyring); the markers replaced."""
+    budget = privacy.budget
+    report = compact_published(
+        root.fs,
+        root.path,
+        watermark=manifest.watermark,
+        held=frozenset(manifest.pending_days) | frozenset(manifest.waiting_days),
+        cursor=manifest.cursor,
+        grace=grace,
+        late_batches=budget.late_batches,
+        late_interval=budget.late_interval,
+        encryption=None,
+        sieve_version=version("sieve"),
+    )
+    return 0 if report is None else report.ranges_replaced
 
 
 def _start(

@@ -3,9 +3,11 @@
 From the manifest (what earlier runs published and how far they read), the committed
 ranges, the footers of the new facts files and the meters, :func:`plan_run` decides:
 
-- which ranges are new: not covered by the manifest's cursor (a range partly covered is an
-  error: two workers wrote overlapping ranges, which commit-marker resolution must settle
-  before anything is published);
+- which ranges are new: not covered by the manifest's cursor. Only live markers count
+  (schemas.commits.resolve_markers). A live range the cursor holds in part is new: an
+  evicted writer's range was published, then superseded by its successor's, which starts
+  inside it; the days it touches are metered again whole from the live files (exact), and
+  the analytics count by offsets what an earlier batch covered (analytics.uncovered_files);
 - the watermark: the latest event hour of every published or new fact + 1 h, never past
   ``now``'s hour + 1 h, never below the last run's (closed windows stay closed);
 - the days to meter: days with new facts, days with windows that closed since the last run,
@@ -32,10 +34,6 @@ from aggregations.storage import CommittedRange
 from aggregations.windows import HOUR, last_closed_hour, watermark
 
 
-class OverlappingRangeError(ValueError):
-    """A committed range overlaps a published one without being the same range."""
-
-
 @dataclass(frozen=True)
 class RunPlan:
     run: str | None  # None: nothing to publish (no facts at all)
@@ -55,14 +53,7 @@ def new_ranges(manifest: Manifest, ranges: Sequence[CommittedRange]) -> list[Com
     new = []
     for r in sorted(ranges, key=lambda r: (r.topic, r.partition, r.first)):
         intervals = manifest.cursor.get(r.topic, {}).get(r.partition, [])
-        covered = coverage(intervals, r.first, r.last)
-        if covered == "partial":
-            raise OverlappingRangeError(
-                f"committed range {r.topic}/{r.partition} [{r.first}, {r.last}] overlaps a"
-                f" published range ({intervals}): overlapping commit markers must be"
-                " resolved before publishing"
-            )
-        if covered == "none":
+        if coverage(intervals, r.first, r.last) != "all":
             new.append(r)
     return new
 

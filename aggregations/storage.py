@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 
 from schemas.arrow import FACTS
 from schemas.commits import iter_markers
+from schemas.evolution import evolved_projection
 
 FACTS_DIR: Final = "facts"
 _FACTS_DAY: Final = re.compile(r"(?:^|/)date=(\d{4}-\d{2}-\d{2})/")
@@ -134,8 +135,10 @@ def register_facts(
 ) -> None:
     """A view ``name`` over the given facts files (none: an empty view of the facts schema).
 
-    Files written before a column was added to the facts read it as null (union by name);
-    a local root is scanned by DuckDB itself, any other through a pyarrow dataset.
+    Files of every earlier facts version read as the current one (``schemas.evolution``: a
+    column added since is null or its declared default, even when no file has it yet;
+    widened types are cast); a local root is scanned by DuckDB itself, any other through a
+    pyarrow dataset.
     """
     paths = [root.join(relative) for relative in relatives]
     if not paths:
@@ -147,6 +150,7 @@ def register_facts(
     else:
         dataset = pads.dataset(paths, schema=FACTS, filesystem=root.fs, format="parquet")
         relation = connection.from_arrow(dataset)
+    relation = relation.project(evolved_projection(relation.columns, FACTS, relation.types))
     relation.create_view(name, replace=True)
 
 

@@ -2,7 +2,10 @@
 and the process's peak resident memory (which a run in the benchmark's own process would
 mix with the synthesis's).
 
-    python -m bench.publish_child DATA_ROOT NOW_ISO MEMORY_MB
+    python -m bench.publish_child DATA_ROOT NOW_ISO MEMORY_MB [COMPACT]
+
+COMPACT 1: publish as ``sieve publish`` does, compacting the closed days after the run (its
+time is in the total and in the stage "compaction").
 
 Prints one JSON object. The stage times come from wrapping the publish module's own steps
 (metering of a chunk, bounding of the due days, the noise and post-processing of each batch):
@@ -39,14 +42,15 @@ def _timed(stages: dict[str, float], name: str, function: Callable[..., T]) -> C
     return wrapper
 
 
-def main(data_root: str, now: datetime, memory_mb: int) -> dict[str, Any]:
+def main(data_root: str, now: datetime, memory_mb: int, compact: bool = False) -> dict[str, Any]:
     stages: dict[str, float] = {}
+    publish_module._compact = _timed(stages, "compaction", publish_module._compact)  # type: ignore[assignment]
     publish_run.meter_days = _timed(stages, "metering", publish_run.meter_days)  # type: ignore[assignment]
     analytics.bound_days = _timed(stages, "dp bounding", analytics.bound_days)  # type: ignore[assignment]
     analytics.release_bounded = _timed(stages, "dp noise", analytics.release_bounded)  # type: ignore[assignment]
     started = time.perf_counter()
     report = publish_module.publish(
-        data_root, now, GRACE, privacy_of(Settings()), memory_limit_mb=memory_mb
+        data_root, now, GRACE, privacy_of(Settings()), memory_limit_mb=memory_mb, compact=compact
     )
     seconds = time.perf_counter() - started
     return {**summary(report, seconds, stages), "peak_rss": peak_rss()}
@@ -73,6 +77,7 @@ def summary(report: Any, seconds: float, stages: dict[str, float]) -> dict[str, 
         "rows_written": report.rows_written,
         "metering_rows": report.metering_rows,
         "analytics_batches": report.analytics_batches,
+        "compacted_markers": report.compacted_markers,
         "hourly_base": report.hourly_base,
         "daily_base": report.daily_base,
         "watermark": report.watermark.isoformat() if report.watermark else None,
@@ -81,4 +86,5 @@ def summary(report: Any, seconds: float, stages: dict[str, float]) -> dict[str, 
 
 if __name__ == "__main__":
     root, instant, memory = sys.argv[1], datetime.fromisoformat(sys.argv[2]), int(sys.argv[3])
-    print(json.dumps(main(root, instant, memory)))
+    compact = len(sys.argv) > 4 and sys.argv[4] == "1"
+    print(json.dumps(main(root, instant, memory, compact)))

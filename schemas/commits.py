@@ -11,6 +11,14 @@ last range's offset commit accepted just before the eviction and write that mark
 the next owner started over; such a range overlaps the new owner's. :func:`resolve_markers`
 decides every overlap for the newest generation, and :func:`iter_markers` (so every reader)
 sees only the live markers it keeps.
+
+Compaction (:mod:`streams.compaction`): a *compaction marker* replaces a contiguous run of
+live markers of one partition with one marker over their whole span, listing the merged
+files (and the dedup logs, carried over); its ``compaction`` sequence (1, 2, ...) orders it
+above every range marker and every earlier compaction of the partition, so readers see the
+compaction marker and not the ranges it replaced (never both, never neither). ``ranges``
+keeps what the worker's state rebuild needs of each replaced range (its dedup log, consent
+changes and watermark): :func:`expand_marker`.
 """
 
 from __future__ import annotations
@@ -25,9 +33,10 @@ import msgspec
 import pyarrow.fs as pafs
 
 COMMITS_DIR: Final = "_commits"
-# <first>-<last>.json (generation 0: written before fencing, or by tests) or
-# <first>-<last>-g<generation>.json.
-_MARKER_NAME = re.compile(r"^(\d{20})-(\d{20})(?:-g(\d+))?\.json$")
+_LISTINGS: Final = 5  # a listing that raced a compaction is taken again (read_markers)
+# <first>-<last>.json (generation 0: written before fencing, or by tests),
+# <first>-<last>-g<generation>.json, or a compaction's <first>-<last>[-g<generation>]-c<n>.json.
+_MARKER_NAME = re.compile(r"^(\d{20})-(\d{20})(?:-g(\d+))?(?:-c(\d+))?\.json$")
 
 
 class RangeCounts(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -40,6 +49,19 @@ class RangeCounts(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     identifiable: dict[str, int]  # records by retention class
     facts: int
     bytes_written: int
+
+
+class CoveredRange(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What a compaction marker keeps of one range it replaced (or of several consecutive
+    ones whose dedup logs were gone: ``dedup_log`` empty, their consent changes in order)."""
+
+    first_offset: int
+    last_offset: int
+    generation: int
+    dedup_log: str  # relative path, "" when none
+    watermark: str | None
+    consent_changes: list[tuple[str, str]]
+    count: int = 1  # the worker ranges it stands for
 
 
 class CommitMarker(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -60,6 +82,38 @@ class CommitMarker(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # offsets were committed; 0 for markers written without a group (tests) or before fencing.
     generation: int = 0
     member_id: str = ""
+    # A compaction marker: its sequence in the partition (0: a range marker) and the ranges
+    # it replaced, in offset order.
+    compaction: int = 0
+    ranges: list[CoveredRange] = msgspec.field(default_factory=list)
+
+
+def range_count(marker: CommitMarker) -> int:
+    """The worker ranges a marker stands for (a compaction marker: those it replaced)."""
+    return sum(r.count for r in marker.ranges) if marker.compaction else 1
+
+
+def expand_marker(marker: CommitMarker) -> list[CommitMarker]:
+    """A compaction marker as the range markers it replaced, each listing its dedup log only
+    (what the worker's state rebuild reads); a range marker as itself."""
+    if not marker.compaction:
+        return [marker]
+    empty = RangeCounts(0, 0, 0, {}, {}, 0, 0)
+    return [
+        CommitMarker(
+            topic=marker.topic,
+            partition=marker.partition,
+            first_offset=r.first_offset,
+            last_offset=r.last_offset,
+            files=[r.dedup_log] if r.dedup_log else [],
+            counts=empty,
+            watermark=r.watermark,
+            consent_changes=r.consent_changes,
+            sieve_version=marker.sieve_version,
+            generation=r.generation,
+        )
+        for r in marker.ranges
+    ]
 
 
 def output_stem(
@@ -72,17 +126,42 @@ def output_stem(
     return f"{stem}-g{generation}" if generation else stem
 
 
+_STEM = re.compile(r"^(?:compacted\+)?([^+/]+)\+(\d+)\+(\d+)-(\d+)(?:-[gc]\d+)*\.parquet$")
+
+
+def file_offsets(relative: str) -> tuple[str, int, int, int] | None:
+    """``(topic, partition, first, last)``: the offsets a range's or a compaction's output
+    file holds rows of, from its name (:func:`output_stem`, streams.compaction); None for
+    any other name."""
+    match = _STEM.match(relative.rsplit("/", 1)[-1])
+    if match is None:
+        return None
+    topic, partition, first, last = match.groups()
+    return topic, int(partition), int(first), int(last)
+
+
 def marker_path(
-    topic: str, partition: int, first_offset: int, last_offset: int, generation: int = 0
+    topic: str,
+    partition: int,
+    first_offset: int,
+    last_offset: int,
+    generation: int = 0,
+    compaction: int = 0,
 ) -> str:
     name = f"{first_offset:020d}-{last_offset:020d}" + (f"-g{generation}" if generation else "")
+    name += f"-c{compaction}" if compaction else ""
     return f"{COMMITS_DIR}/{topic}/{partition}/{name}.json"
 
 
 def path_of(marker: CommitMarker) -> str:
     """Where ``marker`` lives, relative to the data root."""
     return marker_path(
-        marker.topic, marker.partition, marker.first_offset, marker.last_offset, marker.generation
+        marker.topic,
+        marker.partition,
+        marker.first_offset,
+        marker.last_offset,
+        marker.generation,
+        marker.compaction,
     )
 
 
@@ -100,11 +179,14 @@ def resolve_markers(
     """``(live, superseded)``: which markers count, deciding every overlap for the newest
     generation. Pure; both lists in (topic, partition, first offset) order.
 
-    Per partition, markers are taken newest generation first (then by offset); a marker is
-    live iff its range overlaps no live marker taken before it. One writer owns a partition
-    per generation and writes its ranges one after the other, so live markers never
-    overlap, and a late marker of an evicted writer loses to its successor's ranges wherever
-    they meet. Recovery deletes what is superseded; readers never see it.
+    Per partition, markers are taken newest compaction first, then newest generation (then
+    by offset, the wider first); a marker is live iff its range overlaps no live marker taken
+    before it. One writer owns a partition per generation and writes its ranges one after
+    the other, so live markers never overlap, and a late marker of an evicted writer loses
+    to its successor's ranges wherever they meet. A compaction covers only live ranges that
+    are not the partition's newest (streams.compaction), so no range of a later owner can
+    meet it; it ranks first so that it replaces every range it covers, whatever their
+    generations. Recovery deletes what is superseded; readers never see it.
     """
     live: list[CommitMarker] = []
     superseded: list[CommitMarker] = []
@@ -119,7 +201,11 @@ def resolve_markers(
             continue
         kept: list[CommitMarker] = []
         firsts: list[int] = []  # first offsets of ``kept``, sorted, for the overlap search
-        for marker in sorted(in_order, key=lambda m: (-m.generation, m.first_offset)):
+        by_rank = sorted(
+            in_order,
+            key=lambda m: (-m.compaction, -m.generation, m.first_offset, -m.last_offset),
+        )
+        for marker in by_rank:
             # The live marker starting at or before this one's last offset, nearest first,
             # is the only one that can overlap it (live markers do not overlap each other).
             at = bisect.bisect_right(firsts, marker.last_offset)
@@ -129,7 +215,9 @@ def resolve_markers(
             firsts.insert(at, marker.first_offset)
             kept.insert(at, marker)
         live.extend(kept)
-    superseded.sort(key=lambda m: (m.topic, m.partition, m.first_offset, m.generation))
+    superseded.sort(
+        key=lambda m: (m.topic, m.partition, m.first_offset, m.generation, m.compaction)
+    )
     return live, superseded
 
 
@@ -144,19 +232,27 @@ def read_markers(
         if partition is not None:
             base += f"/{partition}"
     selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
-    infos = [
-        info
-        for info in filesystem.get_file_info(selector)
-        if info.type == pafs.FileType.File and _MARKER_NAME.match(info.base_name)
-    ]
-    markers = []
-    for info in infos:
-        try:
-            with filesystem.open_input_stream(info.path) as stream:
-                markers.append(decode_marker(stream.read()))
-        except FileNotFoundError:
-            continue  # superseded, and removed by a recovery since it was listed
-    markers.sort(key=lambda m: (m.topic, m.partition, m.first_offset, m.generation))
+    for _ in range(_LISTINGS):
+        infos = [
+            info
+            for info in filesystem.get_file_info(selector)
+            if info.type == pafs.FileType.File and _MARKER_NAME.match(info.base_name)
+        ]
+        markers = []
+        vanished = False
+        for info in infos:
+            try:
+                with filesystem.open_input_stream(info.path) as stream:
+                    markers.append(decode_marker(stream.read()))
+            except FileNotFoundError:
+                vanished = True
+        # A marker is removed only once superseded: by a fencing successor (a recovery
+        # removes it; skipping it changes nothing) or by a compaction, whose marker was
+        # renamed into place before and may be missing from this listing. Listing again
+        # sees it: without that, the compacted span would be seen neither old nor new.
+        if not vanished:
+            break
+    markers.sort(key=lambda m: (m.topic, m.partition, m.first_offset, m.generation, m.compaction))
     return markers
 
 

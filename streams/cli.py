@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "subject": ("streams.subject.commands:subject", "Access export and erasure for one person."),
     "sql": ("aggregations.commands:sql_command", "Query the anonymized datasets with DuckDB."),
     "publish": ("aggregations.commands:publish_command", "Publish metering and analytics."),
+    "compact": ("streams.compact_command:compact_command", "Merge closed days' small files."),
     "pricing": ("aggregations.commands:pricing_command", "Invoice lines for a period."),
     "analytics": ("aggregations.commands:analytics_command", "Ready analytics reports."),
     "dashboard": ("aggregations.commands:dashboard_command", "Write or serve the dashboard."),

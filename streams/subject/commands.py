@@ -23,6 +23,7 @@ import pyarrow.fs as pafs
 from rich.console import Console
 from rich.table import Table
 
+from streams.compaction.run import sweep_identifiable_leftovers
 from streams.encryption import ParquetEncryption
 from streams.errors import ConfigurationError, SieveError
 from streams.privacy.keyring import Keyring
@@ -45,21 +46,17 @@ _LOCK_PATH = "_locks/identifiable.lock"
 class MaintenanceBusyError(SieveError):
     """Another sweep or erasure holds the data root's lock."""
 
-    transient = True
-
 
 class ErasureIncompleteError(SieveError):
     """The erasure removed what it could reach; files in flight may still hold the person."""
 
     exit_code = 3
-    transient = True
 
 
 class ExportIncompleteError(SieveError):
     """The export was written, but files in flight could not be read."""
 
     exit_code = 3
-    transient = True
 
 
 # --- sieve retention ---------------------------------------------------------------------
@@ -90,7 +87,8 @@ def sweep_command(dry_run: bool, now_text: str | None) -> None:
     settings = _settings()
     policy, encryption = _policy(settings), _encryption(settings)
     filesystem, root = open_data_root(settings.data_root)
-    with _maintenance_lock(filesystem, root):
+    with maintenance_lock(filesystem, root):
+        sweep_identifiable_leftovers(filesystem, root)
         ends = account_ends_from_store(filesystem, root, policy, encryption)
         report = sweep(filesystem, root, policy, encryption, now, ends, dry_run=dry_run)
     Console().print(_sweep_table(report, len(ends)))
@@ -133,19 +131,23 @@ def export_command(
     filesystem, root = open_data_root(settings.data_root)
     person = Subject(account_id, user_id)
     letters = find_dead_letters(_dead_letter_topic(settings), person) if dead_letters else None
-    tables = iter_subject_tables(filesystem, root, encryption, person)
-    if out is None:
-        summary = write_export(tables, letters, person, sys.stdout)
-    else:
-        # The export is decrypted personal data: private file, and never half of one.
-        temporary = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex}")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                summary = write_export(tables, letters, person, handle)
-            os.replace(temporary, out)
-        finally:
-            temporary.unlink(missing_ok=True)
+    # Under the lock: a killed compaction's merged copies are removed before reading (they
+    # would be read twice), and no compaction merges files while they are read.
+    with maintenance_lock(filesystem, root):
+        sweep_identifiable_leftovers(filesystem, root)
+        tables = iter_subject_tables(filesystem, root, encryption, person)
+        if out is None:
+            summary = write_export(tables, letters, person, sys.stdout)
+        else:
+            # The export is decrypted personal data: private file, and never half of one.
+            temporary = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex}")
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                    summary = write_export(tables, letters, person, handle)
+                os.replace(temporary, out)
+            finally:
+                temporary.unlink(missing_ok=True)
     table = Table(title=f"Export of {person}")
     table.add_column("held")
     table.add_column("records", justify="right")
@@ -203,7 +205,8 @@ def erase_command(
     policy, encryption = _policy(settings), _encryption(settings)
     filesystem, root = open_data_root(settings.data_root)
     topic = _dead_letter_topic(settings) if dead_letters else None
-    with _maintenance_lock(filesystem, root):
+    with maintenance_lock(filesystem, root):
+        sweep_identifiable_leftovers(filesystem, root)
 
         def run(dry_run: bool) -> ErasureReport:
             return erase_subject(
@@ -288,7 +291,7 @@ def _dead_letter_topic(settings: Settings) -> DeadLetterTopic:
 
 
 @contextmanager
-def _maintenance_lock(filesystem: pafs.FileSystem, root: str) -> Iterator[None]:
+def maintenance_lock(filesystem: pafs.FileSystem, root: str) -> Iterator[None]:
     if not isinstance(filesystem, pafs.LocalFileSystem) or os.name != "posix":
         yield
         return

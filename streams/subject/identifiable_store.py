@@ -87,8 +87,6 @@ class UnreadableFileError(SieveError):
 class FileChangedError(SieveError):
     """An identifiable file changed between reading and replacing it; read it again."""
 
-    transient = True
-
     def __init__(self, path: str) -> None:
         self.path = path
         super().__init__(

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import click
 from rich.console import Console
 
-from schemas.commits import iter_markers
+from schemas.commits import iter_markers, range_count
 from streams.errors import ConfigurationError
 from streams.settings import Settings, reads_settings
 from streams.worker.sink import open_data_root
@@ -79,7 +79,7 @@ def committed_totals(
     identifiable: Counter[str] = Counter()
     ranges = 0
     for marker in iter_markers(filesystem, root, topic):
-        ranges += 1
+        ranges += range_count(marker)
         counts = marker.counts
         totals.update(
             raw=counts.raw,

@@ -36,6 +36,7 @@ from schemas.commits import (
     CommitMarker,
     RangeCounts,
     encode_marker,
+    expand_marker,
     output_stem,
     path_of,
     read_markers,
@@ -373,7 +374,9 @@ class RecoveredPartition:
     # None: nothing committed that the log still holds before it; start at the beginning
     # of the log (never at Kafka's committed offset: it can run ahead of the markers).
     next_offset: int | None
-    markers: list[CommitMarker]  # the live markers below next_offset, in offset order
+    # The live markers below next_offset, in offset order, a compaction marker expanded into
+    # the ranges it replaced (schemas.commits.expand_marker): what the state rebuild reads.
+    markers: list[CommitMarker]
     removed_files: list[str]
 
 
@@ -418,6 +421,10 @@ def recover_partition(
     may cut its ranges differently, so their names would not be overwritten), and ranges
     of an evicted writer. The caller owns the partition in the current group generation, so
     no writer whose files could still become committed is running.
+
+    Lists only this partition's markers. Files a compaction writes carry no range prefix
+    (``compacted+...``, streams.compaction): a compaction in progress is never undone here;
+    the compaction's own sweep removes what a killed one left.
     """
     live, superseded = resolve_markers(read_markers(filesystem, root, topic, partition))
     listed = {path for marker in live for path in marker.files}
@@ -449,7 +456,8 @@ def recover_partition(
         if doomed:
             remove(info.path)
     next_offset, base = resume_point(live, log_start)
-    return RecoveredPartition(next_offset=next_offset, markers=base, removed_files=removed)
+    expanded = [each for marker in base for each in expand_marker(marker)]
+    return RecoveredPartition(next_offset=next_offset, markers=expanded, removed_files=removed)
 
 
 def _walk_files(
