@@ -63,7 +63,8 @@ from streams.worker.state.folder import StateFolder
 REPO = Path(__file__).resolve().parent.parent
 RSS_TOLERANCE = 0.10
 _EVENT_ID = re.compile(rb'"event_id":"([^"]{12,})"')
-_RAW_TOTAL = re.compile(r"^sieve_raw_records_total (\d+)$", re.MULTILINE)
+# prometheus_client writes counters as floats ("1e+07" once they reach ten million).
+_RAW_TOTAL = re.compile(r"^sieve_raw_records_total ([0-9.e+]+)$", re.MULTILINE)
 
 
 @dataclass
@@ -156,7 +157,7 @@ class RssSampler:
                 found = _RAW_TOTAL.search(r.read().decode())
         except OSError:
             return last
-        return int(found.group(1)) if found else last
+        return int(float(found.group(1))) if found else last
 
 
 def _rss_bytes(pid: int) -> int | None:
