@@ -18,6 +18,7 @@ from schemas.events import (
     MAX_USER_AGENT_BYTES,
     AccountLifecycle,
     ConsentChange,
+    Custom,
     Download,
     Event,
     Geo,
@@ -167,6 +168,19 @@ _TYPE_FIELDS: dict[str, dict[str, st.SearchStrategy[Any]]] = {
     },
     "account": {"action": st.sampled_from(["registered", "disabled", "terminated"])},
     "consent": {"choice": st.sampled_from(["opt_out", "opt_in"])},
+    "custom": {
+        "name": texts(min_size=1, max_size=128),
+        "properties": st.dictionaries(
+            st.from_regex(r"[A-Za-z0-9_.:-][A-Za-z0-9_ .:-]{0,63}", fullmatch=True),
+            st.one_of(
+                st.booleans(),
+                st.integers(min_value=-(1 << 53), max_value=1 << 53),
+                st.floats(min_value=-1e15, max_value=1e15, allow_nan=False),
+                texts(max_size=1024),
+            ),
+            max_size=8,
+        ),
+    },
 }
 # Fields the struct requires (no default); the others may be left to their defaults.
 _REQUIRED: dict[str, frozenset[str]] = {
@@ -178,6 +192,7 @@ _REQUIRED: dict[str, frozenset[str]] = {
     "payment": frozenset({"amount", "currency", "provider", "provider_reference"}),
     "account": frozenset({"action"}),
     "consent": frozenset({"choice"}),
+    "custom": frozenset({"name"}),
 }
 _CLASSES: dict[str, type[Any]] = {
     "request": Request,
@@ -189,6 +204,7 @@ _CLASSES: dict[str, type[Any]] = {
     "payment": Payment,
     "account": AccountLifecycle,
     "consent": ConsentChange,
+    "custom": Custom,
 }
 assert set(_CLASSES) == set(EVENT_TYPES) == set(_TYPE_FIELDS), "a type has no strategy"
 

@@ -24,6 +24,7 @@ from schemas.events import (
     EVENT_TYPES,
     AccountLifecycle,
     ConsentChange,
+    Custom,
     Download,
     Event,
     Geo,
@@ -92,6 +93,12 @@ _SPECIFIC: dict[type, dict[str, st.SearchStrategy[Any]]] = {
     },
     AccountLifecycle: {"action": st.sampled_from(["registered", "disabled", "terminated"])},
     ConsentChange: {"choice": st.sampled_from(["opt_out", "opt_in"])},
+    Custom: {
+        "name": st.sampled_from(["Video Played", "identify"]),
+        "properties": st.dictionaries(
+            st.sampled_from(["genre", "seconds"]), st.integers(0, 99) | _token, max_size=2
+        ),
+    },
 }
 
 

@@ -1,0 +1,212 @@
+"""The real Segment client (segment-analytics-python) against a real `sieve collect` and a real
+`sieve worker`: track, page, screen and identify calls reach the raw topic, then the facts,
+and the counts match; properties the policy does not declare are counted and stored nowhere.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from segment.analytics import Client
+
+from streams.broker.control import free_ports
+from streams.privacy.retention import policy_text
+from streams.topics import TopicSpec, create_topics
+from tests.conftest import KafkaBroker
+from tests.integration.collector_client import read_topic
+from tests.integration.worker_harness import WorkerProcess, WorkerSetup, wait_until
+
+pytestmark = pytest.mark.integration
+
+TIMEOUT_S = 180.0
+ACCOUNT = "acct-segment-1"
+KEY = "seg-" + "c" * 28
+# A custom event the test's policy declares, one property of each kind.
+DECLARATION = """
+[custom_events."Video Played"]
+retention_class = "activity"
+properties = { genre = "dimension", seconds = "metric", email = "identifiable", title = "dropped" }
+"""
+TRACKS, PAGES, SCREENS, IDENTIFIES, SIGN_INS = 7, 5, 2, 3, 4
+
+
+@dataclass
+class Running:
+    setup: WorkerSetup
+    worker: WorkerProcess
+    collector_url: str
+    metrics_url: str
+
+
+def fetch(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def answers(url: str) -> bool:
+    try:
+        return fetch(url)[0] == 200
+    except OSError:
+        return False
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+    return 0.0
+
+
+@pytest.fixture
+def running(kafka: KafkaBroker, tmp_path: Path) -> Iterator[Running]:
+    suffix = uuid.uuid4().hex[:10]
+    raw_topic = f"test.segment.{suffix}"
+    create_topics(kafka.bootstrap_servers, [TopicSpec(raw_topic, 3)])
+    policy = tmp_path / "policy.toml"
+    policy.write_text(policy_text(None)[0] + DECLARATION)
+    setup = WorkerSetup(
+        kafka.bootstrap_servers,
+        raw_topic,
+        f"test.segment.dead.{suffix}",
+        tmp_path,
+        f"segment-{suffix}",
+        extra_env={"SIEVE_POLICY_FILE": str(policy)},
+    )
+    keys_file = tmp_path / "write-keys.json"
+    keys_file.write_text(json.dumps({ACCOUNT: [KEY]}))
+    keys_file.chmod(0o600)
+    port, metrics_port = free_ports(2)
+    env = setup.env()
+    env.update(
+        SIEVE_WRITE_KEYS_FILE=str(keys_file),
+        SIEVE_COLLECTOR_METRICS_PORT=str(metrics_port),
+        SIEVE_COLLECTOR_METRICS_HOST="127.0.0.1",
+    )
+    worker = WorkerProcess(setup, "worker").start()
+    with (tmp_path / "collector.log").open("ab") as log:
+        collector = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "collect", "--port", str(port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    base = f"http://127.0.0.1:{port}"
+    metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+    try:
+        wait_until(
+            lambda: answers(f"{base}/healthz") and answers(metrics_url),
+            TIMEOUT_S,
+            "the collector and its metrics listener",
+        )
+        yield Running(setup, worker, base, metrics_url)
+    finally:
+        collector.terminate()
+        collector.wait(timeout=30)
+        worker.stop()
+
+
+def test_segment_client_calls_reach_the_facts_and_undeclared_properties_nowhere(
+    running: Running, kafka: KafkaBroker
+) -> None:
+    # A property name and value no output may hold: fuzzed, so no file holds them by chance.
+    undeclared_name = "p_" + secrets.token_hex(8)
+    undeclared_value = "v-" + secrets.token_hex(12)
+    identifiable_value = f"{secrets.token_hex(6)}@example.com"
+    errors: list[Exception] = []
+    client = Client(
+        write_key=KEY,
+        host=running.collector_url,
+        on_error=lambda error, _batch: errors.append(error),
+        max_retries=0,
+        upload_size=5,  # several /v1/batch requests
+    )
+    for i in range(TRACKS):
+        client.track(
+            f"user-{i % 3}",
+            "Video Played",
+            {
+                "genre": "drama",
+                "seconds": 30 + i,
+                "email": identifiable_value,
+                "title": "a declared-dropped title",
+                undeclared_name: undeclared_value,
+            },
+        )
+    for i in range(SIGN_INS):
+        client.track(f"user-{i}", "Signed In", {"method": "sso", undeclared_name: undeclared_value})
+    for i in range(PAGES):
+        client.page(f"user-{i}", properties={"path": f"/docs/{i}", "title": undeclared_value})
+    for i in range(SCREENS):
+        client.screen(anonymous_id=f"device-{i}", name="Home")
+    for i in range(IDENTIFIES):
+        client.identify(f"user-{i}", {"email": undeclared_value, undeclared_name: "x"})
+    client.flush()
+    client.join()
+    assert errors == []
+
+    sent = TRACKS + SIGN_INS + PAGES + SCREENS + IDENTIFIES
+    records = read_topic(kafka.bootstrap_servers, running.setup.raw_topic)
+    assert len(records) == sent
+    raw = [json.loads(record.value) for record in records]
+    assert Counter(event["type"] for event in raw) == {
+        "custom": TRACKS + IDENTIFIES,
+        "login": SIGN_INS,
+        "page_view": PAGES + SCREENS,
+    }
+    videos = [e for e in raw if e.get("name") == "Video Played"]
+    assert {frozenset(e["properties"]) for e in videos} == {
+        frozenset({"genre", "seconds", "email"})
+    }
+    screens = [e for e in raw if e.get("path", "").startswith("screen:")]
+    assert sorted(e["user_id"] for e in screens) == [f"device-{i}" for i in range(SCREENS)]
+    assert {e["path"] for e in screens} == {"screen:Home"}
+
+    wait_until(
+        lambda: running.setup.committed_raw() >= sent,
+        TIMEOUT_S,
+        "the worker to commit every event",
+        workers=[running.worker],
+    )
+    totals = running.setup.totals()
+    assert totals["raw"] == totals["accepted"] == totals["facts"] == sent
+    assert totals["dead_lettered"] == 0
+    facts = dict(
+        running.setup.fact_rows().aggregate("type, count(*)", "type").fetchall()  # type: ignore[arg-type]
+    )
+    assert facts == {"custom": TRACKS + IDENTIFIES, "login": SIGN_INS, "page_view": PAGES + SCREENS}
+
+    # Undeclared: counted by the collector, absent from the topic and from every output file.
+    _, text = fetch(running.metrics_url)
+    undeclared = TRACKS + SIGN_INS + PAGES + 2 * IDENTIFIES  # the page's title is not a page field
+    assert (
+        metric(text, "sieve_collector_properties_dropped_total", reason="undeclared") == undeclared
+    )
+    assert (
+        metric(text, "sieve_collector_properties_dropped_total", reason="declared_dropped")
+        == TRACKS
+    )
+    topic_bytes = b"".join(record.value for record in records)
+    assert identifiable_value.encode() in topic_bytes  # the search can find what is there
+    files = [p for p in running.setup.root.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".parquet" for p in files)
+    for needle in (undeclared_name.encode(), undeclared_value.encode()):
+        assert needle not in topic_bytes
+        holding = [p for p in files if needle in p.read_bytes()]
+        assert holding == [], holding
