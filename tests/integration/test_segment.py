@@ -5,6 +5,7 @@ and the counts match; properties the policy does not declare are counted and sto
 
 from __future__ import annotations
 
+import base64
 import json
 import secrets
 import subprocess
@@ -16,17 +17,34 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiohttp import ClientSession
+from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 from segment.analytics import Client
 
 from streams.broker.control import free_ports
+from streams.collector.metrics import CollectorMetrics
+from streams.privacy.custom_events import parse_custom_events
 from streams.privacy.retention import policy_text
 from streams.topics import TopicSpec, create_topics
 from tests.conftest import KafkaBroker
-from tests.integration.collector_client import read_topic
+from tests.integration.collector_client import (
+    KEY as CLIENT_KEY,
+)
+from tests.integration.collector_client import (
+    Collector,
+    Reply,
+    collector,
+    read_topic,
+    recently,
+    run_against,
+)
 from tests.integration.worker_harness import WorkerProcess, WorkerSetup, wait_until
+
+__all__ = ["collector"]  # the fixture, imported for pytest
 
 pytestmark = pytest.mark.integration
 
@@ -210,3 +228,86 @@ def test_segment_client_calls_reach_the_facts_and_undeclared_properties_nowhere(
         assert needle not in topic_bytes
         holding = [p for p in files if needle in p.read_bytes()]
         assert holding == [], holding
+
+
+# --- the endpoints over HTTP, in-process (the collector fixture's topic) --------------------
+
+
+def _post_segment(
+    collector: Collector, path: str, body: object, authorization: str, **options: Any
+) -> tuple[Reply, CollectorMetrics]:
+    metrics = CollectorMetrics.create()
+    app = collector.app(metrics=metrics, **options)
+
+    async def exchange(server: TestServer) -> Reply:
+        headers = {"Content-Type": "application/json", "Authorization": authorization}
+        async with (
+            ClientSession() as session,
+            session.post(server.make_url(path), json=body, headers=headers) as response,
+        ):
+            return Reply(response.status, dict(response.headers), await response.json())
+
+    return run_against(app, exchange), metrics
+
+
+def _basic(key: str, password: str = "") -> str:
+    return "Basic " + base64.b64encode(f"{key}:{password}".encode()).decode()
+
+
+def _track(**fields: Any) -> dict[str, Any]:
+    return {
+        "messageId": f"m-{uuid.uuid4().hex}",
+        "userId": "u-1",
+        "event": "Signed In",
+        "timestamp": recently(minutes=2),
+        **fields,
+    }
+
+
+def test_each_call_path_takes_the_key_as_basic_auth(collector: Collector) -> None:
+    calls = {
+        "/v1/track": _track(),
+        "/v1/page": {**_track(), "properties": {"path": "/p"}},
+        "/v1/screen": {**_track(), "name": "Home"},
+        "/v1/identify": {**_track(), "traits": {"email": "x@y.example"}},
+    }
+    for path, body in calls.items():
+        reply, _ = _post_segment(collector, path, body, _basic(CLIENT_KEY))
+        assert reply.status == 202, (path, reply.body)
+    types = Counter(json.loads(r.value)["type"] for r in collector.records())
+    assert types == {"login": 1, "page_view": 2, "custom": 1}
+
+
+def test_a_wrong_key_or_scheme_is_401_and_sends_nothing(collector: Collector) -> None:
+    for authorization in (_basic("nope-" + "x" * 20), "Basic !!!", f"Digest {CLIENT_KEY}", ""):
+        reply, _ = _post_segment(collector, "/v1/track", _track(), authorization)
+        assert reply.status == 401
+        assert "Basic" in reply.headers["WWW-Authenticate"]
+    assert collector.records() == []
+
+
+def test_one_bad_call_refuses_the_batch_with_its_index(collector: Collector) -> None:
+    body = {"batch": [{**_track(), "type": "track"}, {"type": "track", "event": "x"}]}
+    reply, _ = _post_segment(collector, "/v1/batch", body, _basic(CLIENT_KEY))
+    assert reply.status == 400
+    assert [(p["index"], p["code"]) for p in reply.body["problems"]] == [(1, "missing_field")]
+    assert collector.records() == []
+
+
+def test_dropped_properties_are_counted_in_the_collectors_metrics(collector: Collector) -> None:
+    custom = parse_custom_events({"Played": {"properties": {"n": "metric", "t": "dropped"}}})
+    body = {
+        "batch": [
+            {**_track(event="Played", properties={"n": 1, "t": "x", "u": "y", "v": 2})}
+            | {"type": "track"}
+        ]
+    }
+    reply, metrics = _post_segment(
+        collector, "/v1/batch", body, _basic(CLIENT_KEY), custom_events=custom
+    )
+    assert reply.status == 202, reply.body
+    sample = metrics.registry.get_sample_value
+    assert sample("sieve_collector_properties_dropped_total", {"reason": "undeclared"}) == 2
+    assert sample("sieve_collector_properties_dropped_total", {"reason": "declared_dropped"}) == 1
+    (record,) = collector.records()
+    assert json.loads(record.value)["properties"] == {"n": 1}
