@@ -74,6 +74,14 @@ FACTS: Final = pa.schema(
         # the keyring, so it cannot be joined across days. Null when the event names no user.
         pa.field("subject_key", pa.string()),
         pa.field("key_id", pa.string(), nullable=False),
+        # A custom event's name when the policy declares it; null otherwise and for the
+        # other types (an undeclared name is the product's free text: it stays out).
+        pa.field("event_name", pa.string()),
+        # Its declared dimension properties (as text) and metric properties. Maps, so the
+        # schema is the same whatever a policy declares: a new property is no new column,
+        # and files written before these columns read them as null.
+        pa.field("dimensions", pa.map_(pa.string(), pa.string())),
+        pa.field("metrics", pa.map_(pa.string(), pa.float64())),
     ],
     metadata={"sieve.dataset": "facts", "sieve.schema_version": OUTPUT_SCHEMA_VERSION},
 )

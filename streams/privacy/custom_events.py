@@ -160,3 +160,51 @@ def parse_custom_events(
                 raise fail(f"{key}.properties.{prop!r}", f"must be one of {allowed}") from None
         declarations[name] = CustomEventDeclaration(name, MappingProxyType(kinds), retention_class)
     return CustomEvents(MappingProxyType(declarations))
+
+
+@dataclass(frozen=True, slots=True)
+class CustomParts:
+    """Where the properties of one custom event go (the worker's split): the facts get the
+    declared name, dimensions and metrics; the identifiable record the identifiable ones."""
+
+    declared_name: str | None
+    dimensions: list[tuple[str, str]]
+    metrics: list[tuple[str, float]]
+    identifiable: dict[str, object]
+    retention_class: str | None
+    # Properties kept nowhere: undeclared, declared dropped, or not of their declared kind
+    # (possible only for events that did not come through the collector).
+    dropped: int
+
+
+def parts_of(custom: CustomEvents, name: str, properties: Mapping[str, object]) -> CustomParts:
+    """Apply the declarations to one custom event's properties (again: the collector did,
+    but a producer writing to Kafka directly did not)."""
+    declaration = custom.declarations.get(name)
+    filtered = custom.filter(name, properties)
+    kinds = custom.declared(name)
+    dimensions: list[tuple[str, str]] = []
+    metrics: list[tuple[str, float]] = []
+    identifiable: dict[str, object] = {}
+    for key, value in filtered.kept.items():
+        kind = kinds[key]
+        if kind is PropertyKind.METRIC:
+            metrics.append((key, float(value)))  # type: ignore[arg-type]  # _fits: a number
+        elif kind is PropertyKind.DIMENSION:
+            dimensions.append((key, _as_text(value)))
+        else:
+            identifiable[key] = value
+    return CustomParts(
+        declared_name=name if declaration is not None else None,
+        dimensions=dimensions,
+        metrics=metrics,
+        identifiable=identifiable,
+        retention_class=declaration.retention_class if declaration is not None else None,
+        dropped=filtered.undeclared + filtered.declared_dropped + len(filtered.misfits),
+    )
+
+
+def _as_text(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value if isinstance(value, str) else repr(value)

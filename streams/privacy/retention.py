@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from importlib import resources
 from pathlib import Path
@@ -19,7 +19,7 @@ from typing import Any, Final
 
 from schemas.events import EVENT_TYPES
 from streams.errors import ConfigurationError
-from streams.privacy.custom_events import POLICY_KEY, parse_custom_events
+from streams.privacy.custom_events import POLICY_KEY, CustomEvents, parse_custom_events
 
 UNKNOWN_COUNTRY: Final = "ZZ"
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
@@ -53,6 +53,8 @@ class RetentionPolicy:
     # Country (ISO2) -> storage region; anything else is ``default_region``.
     regions: Mapping[str, str]
     default_region: str
+    # The custom events the policy declares: what each property may become.
+    custom_events: CustomEvents = field(default_factory=CustomEvents)
 
     def class_of(self, event_type: str) -> RetentionClass:
         """The retention class of an event type (KeyError on a type outside the contract)."""
@@ -146,8 +148,7 @@ class _Reader:
         event_classes = self.event_classes(event_types, classes)
         default_region = self.name(document, "default_region", "default_region")
         regions = self.regions(self.table(document, "regions", "regions"))
-        # Checked here too, so a policy with a broken declaration fails wherever it loads.
-        parse_custom_events(
+        custom_events = parse_custom_events(
             document.get(POLICY_KEY, {}), source=self.source, classes=frozenset(classes)
         )
         return RetentionPolicy(
@@ -157,6 +158,7 @@ class _Reader:
             traffic_class=traffic_class,
             regions=MappingProxyType(regions),
             default_region=default_region,
+            custom_events=custom_events,
         )
 
     def classes(self, table: dict[str, Any]) -> dict[str, RetentionClass]:

@@ -58,6 +58,7 @@ import pyarrow.compute as pc
 from schemas.arrow import FACTS, IDENTIFIABLE, conform
 from schemas.events import (
     EVENT_TYPES,
+    Custom,
     Download,
     Event,
     Geo,
@@ -66,6 +67,7 @@ from schemas.events import (
     Upload,
     type_specific_fields,
 )
+from streams.privacy.custom_events import CustomParts, parts_of
 from streams.privacy.keyring import Keyring
 from streams.privacy.pseudonymize import event_keys, subject_keys
 from streams.privacy.retention import RetentionPolicy
@@ -95,6 +97,8 @@ _BYTES_FIELD: Final[dict[type, str]] = {
 # Event types by code (their position in EVENT_TYPES), so per-type lookups are Arrow takes.
 _TYPE_CODE: Final[dict[type, int]] = {cls: code for code, cls in enumerate(EVENT_TYPES.values())}
 _TAGS: Final = pa.array(list(EVENT_TYPES), pa.string())
+_DIMENSIONS: Final = pa.map_(pa.string(), pa.string())
+_METRICS: Final = pa.map_(pa.string(), pa.float64())
 # A null take index gives a null cell: how records leave out what they must not hold.
 _NOTHING: Final = pa.scalar(None, pa.uint64())
 
@@ -140,6 +144,9 @@ class SplitResult:
 
     identifiable: pa.Table  # schemas.arrow.IDENTIFIABLE
     facts: pa.Table  # schemas.arrow.FACTS
+    # Properties of custom events kept nowhere (undeclared by the policy, or declared
+    # dropped): the collector drops them first, so only a direct producer's can be here.
+    properties_dropped: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,11 +203,22 @@ def split(
         user_ids=pa.array([event.user_id for event in events], pa.string()),
         country=pa.array(enrichment.country, pa.string()),
     )
+    # What the policy lets each custom event keep, and where (most batches have none).
+    customs: dict[int, CustomParts] = (
+        {
+            index: parts_of(policy.custom_events, event.name, event.properties)  # type: ignore[union-attr]
+            for index, (event, kind) in enumerate(zip(events, kinds, strict=True))
+            if kind is Custom
+        }
+        if Custom in kinds
+        else {}
+    )
     return SplitResult(
         identifiable=_identifiable(
-            batch, keep_identifiable, received_at_ms, partition, offsets, policy
+            batch, keep_identifiable, received_at_ms, partition, offsets, policy, customs
         ),
-        facts=_facts(batch, enrichment, keyring, event_keys_of_events),
+        facts=_facts(batch, enrichment, keyring, event_keys_of_events, customs),
+        properties_dropped=sum(parts.dropped for parts in customs.values()),
     )
 
 
@@ -209,6 +227,7 @@ def _facts(
     enrichment: Enrichment,
     keyring: Keyring,
     known_event_keys: Sequence[str] | None,
+    customs: dict[int, CustomParts],
 ) -> pa.Table:
     events, kinds = batch.events, batch.kinds
     pseudonyms = (
@@ -245,8 +264,32 @@ def _facts(
         ),
         "subject_key": _subject_keys(batch, keyring),
         "key_id": pa.repeat(pa.scalar(keyring.pseudonymization_key_id, pa.string()), len(events)),
+        **_custom_columns(len(events), customs),
     }
     return conform(pa.table(columns), FACTS)
+
+
+def _custom_columns(count: int, customs: dict[int, CustomParts]) -> dict[str, pa.Array]:
+    """The facts' custom event columns: only what the policy declares (name, dimensions,
+    metrics), null for other types."""
+    if not customs:
+        return {
+            "event_name": pa.nulls(count, pa.string()),
+            "dimensions": pa.nulls(count, _DIMENSIONS),
+            "metrics": pa.nulls(count, _METRICS),
+        }
+    names: list[str | None] = [None] * count
+    dimensions: list[list[tuple[str, str]] | None] = [None] * count
+    metrics: list[list[tuple[str, float]] | None] = [None] * count
+    for index, parts in customs.items():
+        names[index] = parts.declared_name
+        dimensions[index] = parts.dimensions
+        metrics[index] = parts.metrics
+    return {
+        "event_name": pa.array(names, pa.string()),
+        "dimensions": pa.array(dimensions, _DIMENSIONS),
+        "metrics": pa.array(metrics, _METRICS),
+    }
 
 
 def _subject_keys(batch: _Batch, keyring: Keyring) -> pa.Array:
@@ -335,9 +378,12 @@ class _Records:
 
     @staticmethod
     def of(
-        batch: _Batch, keep: Sequence[bool], ips: pa.Array, user_agents: pa.Array, classes: _Classes
+        event_class: pa.Array,
+        keep: Sequence[bool],
+        ips: pa.Array,
+        user_agents: pa.Array,
+        classes: _Classes,
     ) -> _Records:
-        event_class = classes.of_type.take(batch.type_codes)
         keep_flags = pa.array(keep, pa.bool_())
         # Own-class records: consent allows them, or the class is kept regardless.
         own = pc.or_(keep_flags, classes.kept_despite_opt_out.take(event_class))
@@ -382,20 +428,27 @@ def _identifiable(
     partition: int,
     offsets: Sequence[int],
     policy: RetentionPolicy,
+    customs: dict[int, CustomParts],
 ) -> pa.Table:
     events = batch.events
     classes = _Classes.of(policy)
     ips = pa.array([event.ip for event in events], pa.string())
     user_agents = pa.array([event.user_agent for event in events], pa.string())
-    records = _Records.of(batch, keep, ips, user_agents, classes)
+    event_class = _event_classes(batch, classes, customs)
+    records = _Records.of(event_class, keep, ips, user_agents, classes)
     rows = records.events
     geolocation = _geolocation([event.geo for event in events])
     received = pa.array(received_at_ms, pa.int64()).take(rows)
     occurred = batch.occurred.take(rows)
     # Bytes, not str: pa.array checks they are UTF-8 as it copies them, no decode each.
     properties = [
-        _PROPERTIES_ENCODER.encode(_PROPERTIES_OF[kind](event))
-        for event, kind in compress(zip(events, batch.kinds, strict=True), records.of_own_class)
+        # A custom event's record holds its name and its identifiable properties only.
+        _PROPERTIES_ENCODER.encode({"name": event.name, "properties": customs[index].identifiable})  # type: ignore[union-attr]
+        if kind is Custom
+        else _PROPERTIES_ENCODER.encode(_PROPERTIES_OF[kind](event))
+        for event, kind, index in compress(
+            zip(events, batch.kinds, range(len(events)), strict=True), records.of_own_class
+        )
     ]
     record_count = len(rows)
 
@@ -428,6 +481,19 @@ def _identifiable(
         "source_offset": pa.array(offsets, pa.int64()).take(rows),
     }
     return conform(pa.table(columns), IDENTIFIABLE)
+
+
+def _event_classes(batch: _Batch, classes: _Classes, customs: dict[int, CustomParts]) -> pa.Array:
+    """The class code of each event: its type's, or its custom event declaration's."""
+    event_class = classes.of_type.take(batch.type_codes)
+    declared = {i: p.retention_class for i, p in customs.items() if p.retention_class is not None}
+    if not declared:
+        return event_class
+    code = {name: i for i, name in enumerate(classes.names.to_pylist())}
+    patched = event_class.to_pylist()
+    for index, class_name in declared.items():
+        patched[index] = code[class_name]
+    return pa.array(patched, pa.int8())
 
 
 def _geolocation(geos: list[Geo | None]) -> dict[str, pa.Array]:

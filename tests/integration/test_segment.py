@@ -42,6 +42,7 @@ from tests.integration.collector_client import (
     recently,
     run_against,
 )
+from tests.integration.pipeline_truth import read_identifiable
 from tests.integration.worker_harness import WorkerProcess, WorkerSetup, wait_until
 
 __all__ = ["collector"]  # the fixture, imported for pytest
@@ -209,6 +210,39 @@ def test_segment_client_calls_reach_the_facts_and_undeclared_properties_nowhere(
         running.setup.fact_rows().aggregate("type, count(*)", "type").fetchall()  # type: ignore[arg-type]
     )
     assert facts == {"custom": TRACKS + IDENTIFIES, "login": SIGN_INS, "page_view": PAGES + SCREENS}
+    # Declared dimensions and metrics reach the facts; an undeclared name (identify) does not.
+    custom_facts = (
+        running.setup.fact_rows()
+        .filter("type = 'custom'")
+        .project("event_name, dimensions, metrics")
+        .fetchall()
+    )
+    videos_facts = sorted(
+        (name, dict(dims), metrics["seconds"])
+        for name, dims, metrics in custom_facts
+        if name is not None
+    )
+    assert videos_facts == [("Video Played", {"genre": "drama"}, 30.0 + i) for i in range(TRACKS)]
+    assert [row for row in custom_facts if row[0] is None] == [(None, {}, {})] * IDENTIFIES
+    # Declared identifiable properties reach only the identifiable record, with the class.
+    identifiable = read_identifiable(running.setup.data_root, running.setup.keyring_file)
+    videos_kept = [
+        (json.loads(props), cls)
+        for kind, props, cls in zip(
+            identifiable.column("type").to_pylist(),
+            identifiable.column("properties").to_pylist(),
+            identifiable.column("retention_class").to_pylist(),
+            strict=True,
+        )
+        if kind == "custom" and "Video Played" in props
+    ]
+    expected = {"name": "Video Played", "properties": {"email": identifiable_value}}
+    assert videos_kept == [(expected, "activity")] * TRACKS
+    fact_bytes = b"".join(
+        p.read_bytes() for p in (running.setup.data_root / "facts").rglob("*.parquet")
+    )
+    assert identifiable_value.encode() not in fact_bytes
+    assert b"drama" in fact_bytes  # the search finds what the facts do hold
 
     # Undeclared: counted by the collector, absent from the topic and from every output file.
     _, text = fetch(running.metrics_url)
