@@ -40,7 +40,14 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 from schemas.events import type_specific_fields
-from streams.collector.batch import EMPTY_BATCH, JSON, BatchProblem, Undecodable, decode_batch
+from streams.collector.batch import (
+    EMPTY_BATCH,
+    JSON,
+    PROPERTY_MISFIT,
+    BatchProblem,
+    Undecodable,
+    decode_batch,
+)
 from streams.privacy.custom_events import CustomEvents, PropertyKind
 
 CALLS: Final = ("track", "page", "screen", "identify", "group", "alias")
@@ -51,7 +58,6 @@ NOT_A_CALL: Final = "not_a_segment_call"
 UNSUPPORTED_CALL: Final = "unsupported_call"
 MISSING_FIELD: Final = "missing_field"
 INVALID_TIMESTAMP: Final = "invalid_timestamp"
-PROPERTY_MISFIT: Final = "property_kind_mismatch"
 
 # Segment's spec event names with a Sieve type, and the properties renamed on the way
 # (Segment's E-commerce and B2B SaaS specs).

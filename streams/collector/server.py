@@ -64,6 +64,7 @@ from streams.collector.batch import (
     PrivacySignals,
     check_batch,
     decode_batch,
+    keep_declared,
 )
 from streams.collector.cors import allow_origins
 from streams.collector.delivery import Delivery, EventSender, deliver
@@ -267,9 +268,11 @@ def _check_body(
         return answers.too_large(config.max_body_bytes).response()
     except UndecodableBody as undecodable:
         return answers.undecodable(str(undecodable))
-    dropped = (0, 0)
     if segment_call is None:
         items, body_problem = decode_batch(body, media_type)
+        # Custom events posted as events meet the policy's declarations as Segment's do.
+        declared = keep_declared(items, config.custom_events)
+        items, dropped = declared.items, (declared.undeclared, declared.declared_dropped)
     else:
         mapped, body_problem = segment_items(
             body, segment_call, account_id, received_at_ms, config.custom_events

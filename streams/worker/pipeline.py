@@ -123,6 +123,7 @@ class _Buffer:
     dead_lettered: Counter[str] = field(default_factory=Counter)
     identifiable_by_class: Counter[str] = field(default_factory=Counter)
     fact_rows: int = 0
+    properties_dropped: int = 0
     consent_changes: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -146,6 +147,7 @@ class _Outcome:
     identifiable: list[pa.Table] = field(default_factory=list)
     facts: list[pa.Table] = field(default_factory=list)
     identifiable_by_class: Counter[str] = field(default_factory=Counter)
+    properties_dropped: int = 0
     # Consent changes in order: a later part decides with them applied after the store's.
     consent_changes: list[StateChange] = field(default_factory=list)
     # The dedup decisions of every accepted event so far (check() covers the whole prefix).
@@ -170,6 +172,7 @@ class _Outcome:
             identifiable=self.identifiable + later.identifiable,
             facts=self.facts + later.facts,
             identifiable_by_class=self.identifiable_by_class + later.identifiable_by_class,
+            properties_dropped=self.properties_dropped + later.properties_dropped,
             consent_changes=self.consent_changes + later.consent_changes,
             pending=later.pending if later.pending is not None else self.pending,
             accepted_keys=self.accepted_keys + later.accepted_keys,
@@ -403,6 +406,7 @@ class PartitionPipeline:
             outcome.accepted = len(events)
             outcome.identifiable.append(result.identifiable)
             outcome.facts.append(result.facts)
+            outcome.properties_dropped = result.properties_dropped
             if result.identifiable.num_rows:
                 outcome.identifiable_by_class.update(
                     Counter(result.identifiable["retention_class"].to_pylist())
@@ -487,6 +491,7 @@ class PartitionPipeline:
         buffer.facts.extend(outcome.facts)
         buffer.fact_rows += sum(table.num_rows for table in outcome.facts)
         buffer.identifiable_by_class.update(outcome.identifiable_by_class)
+        buffer.properties_dropped += outcome.properties_dropped
         buffer.consent_changes.extend(outcome.consent_changes)
         self.next_offset = records[-1].offset + 1
 
@@ -525,6 +530,7 @@ class PartitionPipeline:
                 identifiable=dict(buffer.identifiable_by_class),
                 facts=buffer.fact_rows,
                 bytes_written=0,
+                properties_dropped=buffer.properties_dropped,
             ),
             watermark=watermark,
             consent_changes=buffer.consent_changes,

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from aiohttp import ClientSession
 from aiohttp.test_utils import TestServer
+from kafka import KafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 from segment.analytics import Client
 
@@ -179,11 +180,25 @@ def test_segment_client_calls_reach_the_facts_and_undeclared_properties_nowhere(
     client.flush()
     client.join()
     assert errors == []
-
-    sent = TRACKS + SIGN_INS + PAGES + SCREENS + IDENTIFIES
+    segment_calls = TRACKS + SIGN_INS + PAGES + SCREENS + IDENTIFIES
     records = read_topic(kafka.bootstrap_servers, running.setup.raw_topic)
-    assert len(records) == sent
-    raw = [json.loads(record.value) for record in records]
+    assert len(records) == segment_calls
+    # A producer that writes to Kafka without the collector: the worker applies the policy.
+    direct = {
+        "schema_version": 1,
+        "type": "custom",
+        "event_id": f"direct-{uuid.uuid4().hex}",
+        "occurred_at": recently(minutes=1),
+        "account_id": ACCOUNT,
+        "name": "Video Played",
+        "properties": {"genre": "comedy", "title": "declared dropped", undeclared_name: 5},
+    }
+    producer = KafkaProducer(bootstrap_servers=kafka.bootstrap_servers)
+    producer.send(running.setup.raw_topic, json.dumps(direct).encode(), key=ACCOUNT.encode())
+    producer.flush(timeout=30)
+    producer.close()
+    sent = segment_calls + 1
+    raw = [json.loads(record.value) for record in records]  # the collector's
     assert Counter(event["type"] for event in raw) == {
         "custom": TRACKS + IDENTIFIES,
         "login": SIGN_INS,
@@ -206,10 +221,13 @@ def test_segment_client_calls_reach_the_facts_and_undeclared_properties_nowhere(
     totals = running.setup.totals()
     assert totals["raw"] == totals["accepted"] == totals["facts"] == sent
     assert totals["dead_lettered"] == 0
-    facts = dict(
-        running.setup.fact_rows().aggregate("type, count(*)", "type").fetchall()  # type: ignore[arg-type]
-    )
-    assert facts == {"custom": TRACKS + IDENTIFIES, "login": SIGN_INS, "page_view": PAGES + SCREENS}
+    facts = dict(running.setup.fact_rows().aggregate("type, count(*)", "type").fetchall())
+    assert facts == {
+        "custom": TRACKS + IDENTIFIES + 1,
+        "login": SIGN_INS,
+        "page_view": PAGES + SCREENS,
+    }
+    assert totals["properties_dropped"] == 2  # the direct event's title and undeclared name
     # Declared dimensions and metrics reach the facts; an undeclared name (identify) does not.
     custom_facts = (
         running.setup.fact_rows()
@@ -218,11 +236,17 @@ def test_segment_client_calls_reach_the_facts_and_undeclared_properties_nowhere(
         .fetchall()
     )
     videos_facts = sorted(
-        (name, dict(dims), metrics["seconds"])
-        for name, dims, metrics in custom_facts
-        if name is not None
+        (
+            (name, dict(dims), dict(metrics).get("seconds"))
+            for name, dims, metrics in custom_facts
+            if name is not None
+        ),
+        key=lambda row: (row[2] is None, row[2] or 0.0),
     )
-    assert videos_facts == [("Video Played", {"genre": "drama"}, 30.0 + i) for i in range(TRACKS)]
+    assert videos_facts == [
+        *[("Video Played", {"genre": "drama"}, 30.0 + i) for i in range(TRACKS)],
+        ("Video Played", {"genre": "comedy"}, None),
+    ]
     assert [row for row in custom_facts if row[0] is None] == [(None, {}, {})] * IDENTIFIES
     # Declared identifiable properties reach only the identifiable record, with the class.
     identifiable = read_identifiable(running.setup.data_root, running.setup.keyring_file)
@@ -237,7 +261,10 @@ def test_segment_client_calls_reach_the_facts_and_undeclared_properties_nowhere(
         if kind == "custom" and "Video Played" in props
     ]
     expected = {"name": "Video Played", "properties": {"email": identifiable_value}}
-    assert videos_kept == [(expected, "activity")] * TRACKS
+    direct_kept = ({"name": "Video Played", "properties": {}}, "activity")
+    assert sorted(videos_kept, key=str) == sorted(
+        [(expected, "activity")] * TRACKS + [direct_kept], key=str
+    )
     fact_bytes = b"".join(
         p.read_bytes() for p in (running.setup.data_root / "facts").rglob("*.parquet")
     )
@@ -254,7 +281,7 @@ def test_segment_client_calls_reach_the_facts_and_undeclared_properties_nowhere(
         metric(text, "sieve_collector_properties_dropped_total", reason="declared_dropped")
         == TRACKS
     )
-    topic_bytes = b"".join(record.value for record in records)
+    topic_bytes = b"".join(record.value for record in records)  # the collector's records
     assert identifiable_value.encode() in topic_bytes  # the search can find what is there
     files = [p for p in running.setup.root.rglob("*") if p.is_file()]
     assert any(p.suffix == ".parquet" for p in files)
@@ -345,3 +372,33 @@ def test_dropped_properties_are_counted_in_the_collectors_metrics(collector: Col
     assert sample("sieve_collector_properties_dropped_total", {"reason": "declared_dropped"}) == 1
     (record,) = collector.records()
     assert json.loads(record.value)["properties"] == {"n": 1}
+
+
+def test_custom_events_posted_as_events_keep_only_declared_properties(
+    collector: Collector,
+) -> None:
+    custom = parse_custom_events({"Played": {"properties": {"n": "metric", "t": "dropped"}}})
+    event = {
+        "schema_version": 1,
+        "type": "custom",
+        "event_id": f"e-{uuid.uuid4().hex}",
+        "occurred_at": recently(minutes=1),
+        "account_id": "acct-collector-1",
+        "name": "Played",
+        "properties": {"n": 2, "t": "x", "u": "y"},
+    }
+    reply, metrics = _post_segment(
+        collector, "/v1/events", [event], f"Bearer {CLIENT_KEY}", custom_events=custom
+    )
+    assert reply.status == 202, reply.body
+    (record,) = collector.records()
+    assert json.loads(record.value)["properties"] == {"n": 2}
+    sample = metrics.registry.get_sample_value
+    assert sample("sieve_collector_properties_dropped_total", {"reason": "undeclared"}) == 1
+    assert sample("sieve_collector_properties_dropped_total", {"reason": "declared_dropped"}) == 1
+    misfit = {**event, "event_id": "e-2", "properties": {"n": "not a number"}}
+    reply, _ = _post_segment(
+        collector, "/v1/events", [misfit], f"Bearer {CLIENT_KEY}", custom_events=custom
+    )
+    assert reply.status == 400
+    assert [p["code"] for p in reply.body["problems"]] == ["property_kind_mismatch"]

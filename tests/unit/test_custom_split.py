@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from schemas.commits import RangeCounts
 from schemas.events import Custom, Event, PageView
 from streams.privacy.keyring import Keyring
 from streams.privacy.retention import parse_policy, policy_text
@@ -116,3 +117,18 @@ def test_an_undeclared_property_reaches_no_output(name: str, value: str) -> None
     assert value.encode() not in written
     assert b"drama" in written  # what is declared is there to be found
     assert result.properties_dropped == 4
+
+
+def test_a_range_without_dropped_properties_writes_the_marker_counts_it_always_wrote() -> None:
+    plain = {
+        "raw": 3,
+        "accepted": 3,
+        "duplicates": 0,
+        "dead_lettered": {},
+        "identifiable": {},
+        "facts": 3,
+        "bytes_written": 10,
+    }
+    assert msgspec.json.decode(msgspec.json.encode(RangeCounts(**plain))) == plain
+    dropped = RangeCounts(**plain, properties_dropped=2)
+    assert msgspec.json.decode(msgspec.json.encode(dropped), type=RangeCounts) == dropped
