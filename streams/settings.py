@@ -278,6 +278,8 @@ def _shown_default(name: str, default: object) -> str:
         return f"{_iso_duration(default)} (an ISO 8601 duration)"
     if isinstance(default, bool):
         return "true" if default else "false"
+    if isinstance(default, tuple):  # comma separated, as the variable is written
+        default = ",".join(str(item) for item in default)
     return str(default) if default != "" else "''"
 
 

@@ -21,6 +21,8 @@ from aiohttp.test_utils import TestServer
 from streams.collector import create_collector_app
 from streams.collector.cors import check_origins
 from streams.collector.metrics import CollectorMetrics
+from streams.demo.worker import worker_environment
+from streams.settings import Settings
 from tests.integration.collector_client import (
     KEY,
     MAX_BODY,
@@ -215,3 +217,15 @@ def test_no_origins_configured_means_no_preflight_is_answered() -> None:
 def test_an_entry_that_is_no_origin_is_a_configuration_error(origin: str) -> None:
     with pytest.raises(ValueError, match="is not an origin"):
         check_origins([origin])
+
+
+@pytest.mark.parametrize("origins", [(), ("https://a.example.com", "http://127.0.0.1:8000")])
+def test_the_origins_setting_round_trips_through_the_environment(
+    origins: tuple[str, ...], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The demo hands its settings to the worker as variables: a list must read back as itself.
+    settings = Settings(collector_cors_origins=origins)  # type: ignore[call-arg]
+    env = worker_environment(settings, tmp_path / "keyring.json")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert Settings().collector_cors_origins == origins  # type: ignore[call-arg]
