@@ -9,12 +9,15 @@ BIN = $(VENV)/bin
 
 # The dashboard tests drive a real Chromium at /usr/bin/chromium and fail without one (they
 # never skip): say at once which command installs it, not after minutes of tests.
+# pytest -n 2: half the suite waits on brokers, worker restarts and outages, so two processes
+# share the two cores well; they share one broker too (tests/conftest.py).
 test: $(VENV)/.installed
 	@test -x /usr/bin/chromium || { echo "make test: /usr/bin/chromium is missing (the dashboard tests need it); install it with: sudo apt-get install -y chromium" >&2; exit 1; }
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/pytest
+	$(BIN)/lint-imports --no-logo
+	$(BIN)/pytest -n 2 --dist loadfile
 
 demo: $(VENV)/.installed
 	$(BIN)/sieve demo

@@ -57,7 +57,7 @@ def privacy_of(settings: Settings) -> Privacy:
             settings.dp_late_share,
             settings.dp_late_interval,
         ),
-        Bounds(settings.dp_max_events_per_person_day),
+        Bounds(settings.dp_max_events_per_person_day, userless_unit=settings.dp_userless_unit),
     )
 
 

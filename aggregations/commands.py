@@ -95,6 +95,7 @@ def sql_command(query: str, role: Role, fmt: Format) -> None:
     "dp_late_share",
     "dp_late_interval",
     "dp_max_events_per_person_day",
+    "dp_userless_unit",
     "meters_file",
     "publish_memory_mb",
 )

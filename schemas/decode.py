@@ -90,14 +90,14 @@ def decode_batch(
         arrival = received_at_ms[index] if received_at_ms is not None else None
         is_backfill = backfill[index] if backfill is not None else False
         if not value or len(value) > MAX_EVENT_BYTES:
-            rejections.append(_explain(index, value, arrival, is_backfill, bounds))
+            rejections.append(explain(index, value, arrival, is_backfill, bounds))
             continue
         try:
             event = decode(value)
         except (msgspec.DecodeError, RecursionError):
             # RecursionError: msgspec recurses while it looks for the "type" tag; the
             # validator rejects such a value as too deep before parsing it.
-            rejections.append(_explain(index, value, arrival, is_backfill, bounds))
+            rejections.append(explain(index, value, arrival, is_backfill, bounds))
             continue
         if not (
             _ip_fits(event.ip, ip_ok)
@@ -112,7 +112,7 @@ def decode_batch(
                 is InstantVerdict.OK
             )
         ):
-            rejections.append(_explain(index, value, arrival, is_backfill, bounds))
+            rejections.append(explain(index, value, arrival, is_backfill, bounds))
             continue
         events[index] = event
     return DecodedBatch(events, rejections)
@@ -127,13 +127,14 @@ def _ip_fits(ip: str | None, known: dict[str, bool]) -> bool:
     return valid
 
 
-def _explain(
+def explain(
     index: int,
     value: bytes | None,
     received_at_ms: int | None,
     backfill: bool,
     bounds: TimeBounds,
 ) -> Rejection:
+    """The rejection of the value at ``index``: the validator's first problem with it."""
     if value is None:
         return Rejection(
             index, validate.EMPTY_MESSAGE, "$", "the message has no value (a tombstone)"

@@ -44,6 +44,7 @@ from schemas.bounds import (
     nests_deeper_than,
     parse_datetime,
 )
+from schemas.errors import InvalidEventError
 from schemas.events import (
     ENVELOPE_FIELDS,
     EVENT_TYPES,
@@ -104,7 +105,6 @@ from schemas.schema_subset import (
     UnsupportedSchema,
     compiled_pattern,
 )
-from streams.errors import InvalidEventError
 
 __all__ = [
     "CODES",

@@ -1,18 +1,16 @@
-"""The root of Sieve's exceptions.
+"""Sieve's exceptions: the root and the contract's error (defined in ``schemas.errors``, the
+bottom layer, and re-exported here) and the runtime's own.
 
-An error says what happened and what to do, carries its context as attributes, and says
-whether it is terminal (bad input: retrying cannot help, the input goes to the dead-letter
-topic) or transient (a broker away: retry).
+An error says what happened and what to do and carries its context as attributes. Bad input
+is terminal (retrying cannot help: the input goes to the dead-letter topic); a
+``TransientError`` says the same call may succeed later.
 """
 
 from __future__ import annotations
 
+from schemas.errors import InvalidEventError, SieveError
 
-class SieveError(Exception):
-    """Root of every error Sieve raises on purpose. The CLI prints it as one line."""
-
-    exit_code = 1
-    transient = False
+__all__ = ["ConfigurationError", "InvalidEventError", "SieveError", "TransientError"]
 
 
 class ConfigurationError(SieveError):
@@ -23,15 +21,3 @@ class ConfigurationError(SieveError):
 
 class TransientError(SieveError):
     """Something outside Sieve is away (broker, disk); the same call may succeed later."""
-
-    transient = True
-
-
-class InvalidEventError(SieveError):
-    """An event breaks the contract. ``problems`` lists every (path, reason) found."""
-
-    def __init__(self, problems: list[tuple[str, str]]) -> None:
-        self.problems = problems
-        summary = "; ".join(f"{path}: {reason}" for path, reason in problems[:5])
-        more = f" (+{len(problems) - 5} more)" if len(problems) > 5 else ""
-        super().__init__(f"invalid event: {summary}{more}")

@@ -12,7 +12,7 @@ import textwrap
 from collections.abc import Callable, Iterable
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, Literal, TypeVar
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -22,6 +22,7 @@ from schemas.events import (
     DEFAULT_EVENT_MAX_AHEAD,
     DEFAULT_EVENT_MAX_BEHIND,
 )
+from streams.origins import check_origins  # the collector's own rule
 
 if TYPE_CHECKING:
     import click
@@ -194,8 +195,6 @@ class Settings(BaseSettings):
     @field_validator("collector_cors_origins", mode="before")
     @classmethod
     def _origins(cls, value: object) -> object:
-        from streams.collector.cors import check_origins  # the collector's own rule
-
         if isinstance(value, str):
             value = [origin for origin in value.split(",") if origin.strip()]
         return check_origins(value) if isinstance(value, list | tuple) else value
@@ -241,6 +240,13 @@ class Settings(BaseSettings):
         ge=1,
         description="Events of one person's day the analytics count (the rest are not counted):"
         " the bound the noise is calibrated to.",
+    )
+    dp_userless_unit: Literal["account", "session"] = Field(
+        "account",
+        description="Who stands for a person in the analytics' privacy unit for events with no"
+        " user: 'account' (all of an account's user-less events of a day are one unit: covers"
+        " every person) or 'session' (each session, else IP address, of a day is a unit: more"
+        " useful numbers, but a person with k sessions a day is protected with k times epsilon).",
     )
     meters_file: Path | None = Field(
         None,

@@ -3,7 +3,10 @@
 The privacy unit is one person's day. In the facts a person is a ``subject_key`` (an HMAC of
 account and user under a per-day key, so one unit per person and day and key); an event
 that names no user (server-to-server API calls, payments, account lifecycle) belongs to its
-*account's* unit of the day: everything the account did without a user, together.
+*account's* unit of the day: everything the account did without a user, together. With
+``userless_unit="session"`` (``SIEVE_DP_USERLESS_UNIT``) it belongs to the facts'
+``unit_key`` instead (the session, else the IP address; equal to ``subject_key`` for events
+with a user): a weaker unit for anonymous visitors, documented in the README.
 
 Bounds (what :mod:`aggregations.dp.mechanisms` assumes, exactly):
 
@@ -30,6 +33,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
+from typing import Literal
 
 import duckdb
 import pyarrow as pa
@@ -46,10 +50,26 @@ class Bounds:
 
     events_per_unit: int
     values_per_unit: int = 1
+    # Who stands for a person when an event names no user: the account (one unit for all
+    # its user-less events of the day) or the facts' unit_key (the session, else the IP).
+    userless_unit: Literal["account", "session"] = "account"
 
     def __post_init__(self) -> None:
         if min(self.events_per_unit, self.values_per_unit) < 1:
             raise ValueError("contribution bounds must be at least 1")
+        if self.userless_unit not in ("account", "session"):
+            raise ValueError(f"unknown unit for user-less events: {self.userless_unit!r}")
+
+    @property
+    def unit_expression(self) -> str:
+        """SQL naming a fact's unit; null means the account's user-less unit.
+
+        ``unit_key`` equals ``subject_key`` for events with a user (facts version 2), and
+        facts written before it have ``subject_key`` alone: either way a person with a user
+        id is the same unit under both choices."""
+        if self.userless_unit == "account":
+            return "subject_key"
+        return "coalesce(unit_key, subject_key)"
 
 
 @dataclass(frozen=True)
@@ -96,12 +116,13 @@ def bound_days(
     """
     connection.register("bound_days", pa.table({"day": pa.array(sorted(days), pa.date32())}))
     dimensions = ", ".join(f'"{d}"' for d in domains)
+    unit = bounds.unit_expression
     connection.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE unit_facts AS
         SELECT CAST(occurred_hour AS DATE) AS day,
-               coalesce(subject_key, 'account:' || account_id) AS unit,
-               event_key, hour(occurred_hour) AS h, key_id, subject_key IS NOT NULL AS named,
+               coalesce({unit}, 'account:' || account_id) AS unit,
+               event_key, hour(occurred_hour) AS h, key_id, {unit} IS NOT NULL AS named,
                {dimensions}
         FROM {source} WHERE CAST(occurred_hour AS DATE) IN (SELECT day FROM bound_days);
         CREATE OR REPLACE TEMP TABLE unit_sizes AS

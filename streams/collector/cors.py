@@ -12,50 +12,19 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from typing import Final
-from urllib.parse import urlsplit
 
 import aiohttp_cors
 from aiohttp import hdrs, web
 
-ANY_ORIGIN: Final = "*"
+from streams.origins import ANY_ORIGIN, check_origins
+
+__all__ = ["ANY_ORIGIN", "allow_origins", "check_origins"]
+
 # How long a browser may reuse a preflight's answer.
 PREFLIGHT_MAX_AGE_S: Final = 600
 _ALLOWED_HEADERS: Final = (hdrs.AUTHORIZATION, hdrs.CONTENT_TYPE, hdrs.CONTENT_ENCODING)
 # Retry-After tells a script when to send a batch again (429, 503).
 _EXPOSED_HEADERS: Final = (hdrs.RETRY_AFTER,)
-
-
-def check_origins(origins: Iterable[str]) -> tuple[str, ...]:
-    """``origins`` as the collector will compare them, or ``ValueError`` naming the first
-    that is not ``*`` or a bare origin (``https://app.example.com[:port]``: a browser's
-    ``Origin`` header has no path, no query and no trailing slash, so such an entry would
-    never match and the mistake would pass silently)."""
-    checked: list[str] = []
-    for origin in origins:
-        origin = origin.strip()
-        if origin == ANY_ORIGIN:
-            checked.append(origin)
-            continue
-        try:
-            parts = urlsplit(origin)
-            parts.port  # noqa: B018 - raises on a port that is not a number
-        except ValueError:
-            parts = None
-        if (
-            parts is None
-            or parts.scheme not in ("http", "https")
-            or not parts.hostname
-            or parts.path
-            or parts.query
-            or parts.fragment
-            or parts.username is not None
-        ):
-            raise ValueError(
-                f"{origin!r} is not an origin: write scheme://host[:port] (no path, no"
-                " trailing slash), or * for any origin"
-            )
-        checked.append(origin.lower())
-    return tuple(checked)
 
 
 def allow_origins(app: web.Application, origins: Sequence[str], paths: Iterable[str]) -> None:

@@ -68,15 +68,16 @@ def resolve_countries(
     """
     if len(client_countries) != len(ips):
         raise ValueError(f"{len(client_countries)} client countries for {len(ips)} addresses")
-    missing = [i for i, c in enumerate(client_countries) if not _is_country(c)]
+    missing = [i for i, c in enumerate(client_countries) if not is_country(c)]
     looked_up = locator.countries([ips[i] for i in missing]) if missing else []
-    resolved = [c if _is_country(c) else UNKNOWN_COUNTRY for c in client_countries]
+    resolved = [c if is_country(c) else UNKNOWN_COUNTRY for c in client_countries]
     for i, country in zip(missing, looked_up, strict=True):
         resolved[i] = country
     return resolved
 
 
-def _is_country(code: str | None) -> TypeGuard[str]:
+def is_country(code: str | None) -> TypeGuard[str]:
+    """``code`` is a country code a client may state (two capitals, not ``ZZ``)."""
     return (
         code is not None and code != UNKNOWN_COUNTRY and _COUNTRY_CODE.fullmatch(code) is not None
     )
@@ -103,8 +104,18 @@ def public_address(ip: str) -> str | None:
     return str(address)
 
 
+# Addresses remembered across batches per locator: clients keep their address for hours, and
+# a lookup (address parsing, then the database) costs ~30x a dictionary hit. Cleared whole
+# when full: answers are pure, so forgetting changes only speed.
+_REMEMBERED_ADDRESSES: Final = 1 << 17
+
+
 class _DistinctLookup(ABC):
-    """The shared contract: address checks, code validation, one lookup per distinct value."""
+    """The shared contract: address checks, code validation, one lookup per distinct value
+    (remembered across calls)."""
+
+    def __init__(self) -> None:
+        self._known: dict[str | None, str] = {}
 
     @abstractmethod
     def _lookup(self, address: str) -> str | None:
@@ -115,20 +126,24 @@ class _DistinctLookup(ABC):
         if address is None:
             return None
         code = self._lookup(address)
-        return code if _is_country(code) else None
+        return code if is_country(code) else None
 
     def countries(self, ips: Sequence[str | None]) -> list[str]:
-        distinct = {
-            ip: (self.country_of(ip) if ip else None) or UNKNOWN_COUNTRY
-            for ip in dict.fromkeys(ips)
-        }
-        return [distinct[ip] for ip in ips]
+        known = self._known
+        distinct = dict.fromkeys(ips)
+        if len(known) + len(distinct) > _REMEMBERED_ADDRESSES:
+            known.clear()
+        for ip in distinct:
+            if ip not in known:
+                known[ip] = (self.country_of(ip) if ip else None) or UNKNOWN_COUNTRY
+        return [known[ip] for ip in ips]
 
 
 class GeoIP2FastLocator(_DistinctLookup):
     """Country lookup on the database packaged with ``geoip2fast`` (IPv4 and IPv6)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self._database = packaged_database()
 
     def _lookup(self, address: str) -> str | None:
@@ -182,6 +197,7 @@ class MaxMindGeoLocator(_DistinctLookup):
     """
 
     def __init__(self, path: Path) -> None:
+        super().__init__()
         try:
             self._reader = maxminddb.open_database(str(path))
         except FileNotFoundError as error:

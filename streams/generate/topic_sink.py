@@ -4,7 +4,7 @@ Why not the SDK (:class:`streams.producer.EventProducer`, kafka-python): it spen
 time on every record (a future, callbacks, the accumulator's locks) and tops out at
 ~33,000-44,000 records/s on this 2-core machine, which made generation the demo's slow
 step. Appending to aiokafka ``BatchBuilder`` objects and handing whole batches to
-``send_batch`` measured ~360,000/s (DESIGN.md, "Speed").
+``send_batch`` measured ~360,000/s (``bench/generate_throughput.py`` compares the two).
 
 Why a child process rather than a thread: generating records is CPU-bound Python, and a
 producer thread beside it starves for the GIL. Measured here (200,000 records, 6

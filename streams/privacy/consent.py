@@ -1,7 +1,8 @@
 """Consent as a pure state machine: may Sieve keep identifiable records of this event?
 
 Rules (the seed policy promises that after a person stops using the service "we will stop
-collecting any personal information"; DESIGN.md adds DNT and GPC, honoured by default):
+collecting any personal information"; Sieve also honours DNT and GPC by default: README,
+"DNT and GPC act per event"):
 
 - a ``consent`` event with ``opt_out`` stops identifiable collection for that person
   (``user_id``) or, without a user, for the whole account; ``opt_in`` resumes it;

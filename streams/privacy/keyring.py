@@ -23,7 +23,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import os
 import re
 import secrets
 from collections.abc import Mapping
@@ -31,6 +30,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
 
+from streams.atomic_files import write_private_atomic
 from streams.errors import ConfigurationError
 from streams.secret_files import parse_secret_json, read_private_text
 
@@ -186,21 +186,12 @@ def write_new_keyring(path: Path | str) -> Keyring:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     if path.exists():
         raise ConfigurationError(f"keyring file {path} already exists; refusing to overwrite it")
-    temporary = path.with_name(f".{path.name}.tmp-{secrets.token_hex(8)}")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(keyring.to_json())
-            handle.flush()
-            os.fsync(handle.fileno())
-        try:
-            os.link(temporary, path)
-        except FileExistsError:
-            raise ConfigurationError(
-                f"keyring file {path} already exists; refusing to overwrite it"
-            ) from None
-    finally:
-        temporary.unlink(missing_ok=True)
+        write_private_atomic(path, lambda handle: handle.write(keyring.to_json()), replace=False)
+    except FileExistsError:
+        raise ConfigurationError(
+            f"keyring file {path} already exists; refusing to overwrite it"
+        ) from None
     return keyring
 
 
@@ -214,16 +205,7 @@ def replace_with_new_keyring(path: Path | str) -> Keyring:
     keyring = Keyring.generate()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    temporary = path.with_name(f".{path.name}.tmp-{secrets.token_hex(8)}")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(keyring.to_json())
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    write_private_atomic(path, lambda handle: handle.write(keyring.to_json()))
     return keyring
 
 

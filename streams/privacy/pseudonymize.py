@@ -9,6 +9,11 @@ that derived key.
 - event keys: dedup and exactly-once checks without the raw event id.
 - subject keys: distinct-people counts; the key is derived per UTC day, so the same person
   has unrelated keys on different days and the facts cannot be joined across days.
+- unit keys: the privacy unit of an event that names no user (the differential privacy of
+  the analytics bounds each unit's day): its session, else its IP address, each with its
+  account, under the same per-day key as subject keys. The messages are prefixed, so a
+  session or an address never hashes like a user id, and events with a user use their
+  subject key.
 - consent keys: the consent state; stable (not per day) and under the keyring's pinned
   consent key, so an opt-out survives days and key rotations.
 
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 from collections.abc import Callable, Sequence
 from datetime import date
 from typing import Final
@@ -33,6 +39,8 @@ PSEUDONYM_HEX_CHARS: Final = 32  # 128 bits
 
 _EVENT: Final = b"event\x00"
 _SUBJECT_DAY: Final = b"subject-day\x00"
+_UNIT_SESSION: Final = b"unit-session\x00"
+_UNIT_IP: Final = b"unit-ip\x00"
 _CONSENT_USER: Final = b"consent-user\x00"
 _CONSENT_ACCOUNT: Final = b"consent-account\x00"
 
@@ -52,8 +60,9 @@ def event_keys(event_ids: Sequence[str], keyring: Keyring, key_id: str | None = 
     """Pseudonym of every event id, aligned with input, under the pseudonymization key
     ``key_id`` (default: the active one; dedup asks for an older one after a rotation)."""
     mac = _mac_function(derive_key(keyring.pseudonymization_key(key_id), _EVENT))
-    distinct = {event_id: mac(event_id.encode()) for event_id in dict.fromkeys(event_ids)}
-    return [distinct[event_id] for event_id in event_ids]
+    # Hashed as they come: ids repeat only in resends (~1 %), and finding the distinct ones
+    # first cost more than hashing those twice.
+    return [mac(event_id.encode()) for event_id in event_ids]
 
 
 def subject_keys(
@@ -81,6 +90,47 @@ def subject_keys(
             mac = macs[day] = _mac_function(subject_day_key(keyring, day))
         distinct[triple] = mac(_pair(account_id, user_id))
     return [distinct[triple] for triple in triples]
+
+
+def userless_unit_keys(
+    account_ids: Sequence[str],
+    session_ids: Sequence[str | None],
+    ips: Sequence[str | None],
+    days: Sequence[date],
+    keyring: Keyring,
+) -> list[str | None]:
+    """Per-day pseudonym of the privacy unit of every event that names no user: its
+    (account, session) when it has a session, else its (account, IP address), else None.
+
+    ``days`` are the UTC dates of the events, and the key is that of :func:`subject_keys`
+    (same key id). The address is taken in its canonical form, so ``2001:DB8::1`` and
+    ``2001:db8:0::1`` are one unit.
+    """
+    _check_aligned(account_ids, session_ids, ips, days)
+    rows = list(zip(account_ids, session_ids, ips, days, strict=True))
+    macs: dict[date, Callable[[bytes], str]] = {}
+    distinct: dict[tuple[str, str | None, str | None, date], str | None] = {}
+    for row in dict.fromkeys(rows):
+        account_id, session_id, ip, day = row
+        if session_id is not None:
+            message = _UNIT_SESSION + _pair(account_id, session_id)
+        elif ip is not None:
+            message = _UNIT_IP + _pair(account_id, _canonical_ip(ip))
+        else:
+            distinct[row] = None
+            continue
+        mac = macs.get(day)
+        if mac is None:
+            mac = macs[day] = _mac_function(subject_day_key(keyring, day))
+        distinct[row] = mac(message)
+    return [distinct[row] for row in rows]
+
+
+def _canonical_ip(ip: str) -> str:
+    try:
+        return str(ipaddress.ip_address(ip))
+    except ValueError:
+        return ip  # the contract admits only addresses; should another reach here, as it is
 
 
 def consent_keys(

@@ -31,7 +31,9 @@ must not stretch how long its IP address is kept, and both instants are in the i
 replays agree.
 
 How the columns are built (the hot path: about 10k events per call). Each field is read
-from the events once, into a per-event Arrow array that both tables share. The records are
+from the events once, into a per-event Arrow array that both tables share: the worker
+hands them in built already (:class:`SplitColumns`, from its decoder and stages), and
+:func:`split` builds them from a list of events. The records are
 a row index into the events (``_Records``), and every identifiable column is the per-event
 array taken by it; a null index leaves a cell null, which is how IP and UA stay off
 non-traffic records and geolocation off longer-lived and detached ones. Whatever depends
@@ -41,11 +43,17 @@ hashed once per distinct (account, user, day). Per-event Python is left to attri
 and the properties JSON (``_properties_of``). Measured on 10k-event batches of generated
 traffic: 2.0 µs per event, from 3.3 µs when each table walked the events and each record
 was a Python row.
+
+The facts' coarse dimensions (country, device class, browser and OS family, bot, referrer
+class) are computed by the worker's enrichment stages and taken here by column name: a new
+dimension is a facts column and a stage, nothing in this module. Custom events are the
+exception the policy declares per event name (streams.privacy.custom_split): their facts
+columns, the identifiable properties of their records and their declared retention class.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from itertools import compress
 from operator import attrgetter
@@ -56,9 +64,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas.arrow import FACTS, IDENTIFIABLE, conform
+from schemas.columnar_decode import TYPE_CODES
 from schemas.events import (
     EVENT_TYPES,
-    Custom,
     Download,
     Event,
     Geo,
@@ -67,9 +75,9 @@ from schemas.events import (
     Upload,
     type_specific_fields,
 )
-from streams.privacy.custom_events import CustomParts, parts_of
+from streams.privacy.custom_split import CUSTOM, CustomSplit
 from streams.privacy.keyring import Keyring
-from streams.privacy.pseudonymize import event_keys, subject_keys
+from streams.privacy.pseudonymize import event_keys, subject_keys, userless_unit_keys
 from streams.privacy.retention import RetentionPolicy
 
 _UTC_US: Final = pa.timestamp("us", tz="UTC")
@@ -81,26 +89,41 @@ _US_PER_MS: Final = 1_000
 _EMPTY_PROPERTIES: Final = "{}"
 # Classes whose records may carry the event's geolocation (not longer than activity's 90 days).
 _GEOLOCATION_CLASSES: Final = frozenset({"traffic", "activity"})
-_GEO_FIELDS: Final = {
+GEO_FIELDS: Final = {
     "country": pa.string(),
     "region": pa.string(),
     "city": pa.string(),
     "lat": pa.float64(),
     "lon": pa.float64(),
 }
-_BYTES_FIELD: Final[dict[type, str]] = {
-    Upload: "bytes",
-    Download: "bytes",
-    Request: "response_bytes",
-}
-
-# Event types by code (their position in EVENT_TYPES), so per-type lookups are Arrow takes.
-_TYPE_CODE: Final[dict[type, int]] = {cls: code for code, cls in enumerate(EVENT_TYPES.values())}
+# The field that holds each type's byte count, by type code (None: the type has none).
+_BYTES_FIELD: Final[list[str | None]] = [
+    {Upload: "bytes", Download: "bytes", Request: "response_bytes"}.get(cls)
+    for cls in EVENT_TYPES.values()
+]
+_LOGOUT: Final = TYPE_CODES[Logout]
 _TAGS: Final = pa.array(list(EVENT_TYPES), pa.string())
-_DIMENSIONS: Final = pa.map_(pa.string(), pa.string())
-_METRICS: Final = pa.map_(pa.string(), pa.float64())
 # A null take index gives a null cell: how records leave out what they must not hold.
 _NOTHING: Final = pa.scalar(None, pa.uint64())
+# The facts columns the split computes itself; every other one is a dimension an enrichment
+# stage computed (SplitColumns.dimensions), taken by name.
+_COMPUTED_FACTS: Final = frozenset(
+    {
+        "event_key",
+        "type",
+        "occurred_hour",
+        "account_id",
+        "bytes",
+        "session_seconds",
+        "subject_key",
+        "key_id",
+        "unit_key",
+        "event_name",  # these three: streams.privacy.custom_split
+        "dimensions",
+        "metrics",
+    }
+)
+DIMENSIONS: Final = tuple(name for name in FACTS.names if name not in _COMPUTED_FACTS)
 
 
 def _properties_of(tag: str) -> Callable[[Any], msgspec.Struct]:
@@ -123,7 +146,7 @@ def _properties_of(tag: str) -> Callable[[Any], msgspec.Struct]:
 
 # Sorted keys, so equal properties are equal strings whatever the field order in the input.
 _PROPERTIES_ENCODER: Final = msgspec.json.Encoder(order="sorted")
-_PROPERTIES_OF: Final = {cls: _properties_of(tag) for tag, cls in EVENT_TYPES.items()}
+_PROPERTIES_OF: Final = [_properties_of(tag) for tag in EVENT_TYPES]
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +161,15 @@ class Enrichment:
     is_bot: list[bool]
 
 
+_ENRICHMENT_TYPES: Final = {
+    "country": pa.string(),
+    "device_class": pa.string(),
+    "browser_family": pa.string(),
+    "os_family": pa.string(),
+    "is_bot": pa.bool_(),
+}
+
+
 @dataclass(frozen=True, slots=True)
 class SplitResult:
     """Both outputs of one batch, conformed to their dataset schemas."""
@@ -150,17 +182,28 @@ class SplitResult:
 
 
 @dataclass(frozen=True, slots=True)
-class _Batch:
-    """What both tables read of the events, each read once; aligned with the events."""
+class SplitColumns:
+    """Everything the split reads of one batch, each column built once, aligned with ``events``.
 
-    events: Sequence[Event]
-    kinds: list[type]  # type(event)
-    type_codes: pa.Array  # int8, position of the type in EVENT_TYPES
-    tags: pa.Array  # string, the event type
+    The worker builds them in its decoder and stages and hands them in as they are.
+    """
+
+    events: Sequence[Event]  # for the properties and the byte and session measures
+    type_codes: pa.Array  # int8, the position of the type in EVENT_TYPES
+    event_ids: pa.Array  # string
     occurred: pa.Array  # timestamp[us, UTC]
     account_ids: pa.Array  # string
     user_ids: pa.Array  # string
-    country: pa.Array  # string, enrichment's country of the IP address
+    session_ids: pa.Array  # string
+    ips: pa.Array  # string
+    user_agents: pa.Array  # string
+    geo: Mapping[str, pa.Array]  # GEO_FIELDS of the client's geolocation, null where none
+    received_ms: pa.Array  # int64, the Kafka record timestamp (-1: none)
+    offsets: pa.Array  # int64, the Kafka offset in the input partition
+    event_keys: pa.Array  # string, streams.privacy.pseudonymize.event_keys of the ids
+    keep_identifiable: pa.Array  # bool, consent allows identifiable records (consent.decide)
+    # The facts' dimensions (DIMENSIONS) computed by enrichment, by facts column name.
+    dimensions: Mapping[str, pa.Array]
 
 
 def split(
@@ -175,13 +218,14 @@ def split(
     keyring: Keyring,
     event_keys_of_events: Sequence[str] | None = None,
 ) -> SplitResult:
-    """Split a batch of accepted events into identifiable records and anonymized facts.
+    """Split a list of accepted events into identifiable records and anonymized facts.
 
     ``keep_identifiable[i]``: consent allows identifiable records of event i
     (``consent.decide``). ``received_at_ms`` / ``offsets``: the Kafka record timestamp and
     offset of each event in input ``partition``. ``event_keys_of_events``: the events'
-    :func:`~streams.privacy.pseudonymize.event_keys`, when the caller has them already
-    (the worker computes them for dedup); computed here otherwise.
+    :func:`~streams.privacy.pseudonymize.event_keys`, computed here when not given. The
+    dimensions ``enrichment`` does not hold (the referrer class) are null: the worker's
+    stages compute every one and call :func:`split_columns`.
     """
     _check_aligned(
         len(events),
@@ -191,125 +235,161 @@ def split(
         **({} if event_keys_of_events is None else {"event_keys": event_keys_of_events}),
         **{f"enrichment.{f.name}": getattr(enrichment, f.name) for f in fields(Enrichment)},
     )
-    kinds = [type(event) for event in events]
-    type_codes = pa.array([_TYPE_CODE[kind] for kind in kinds], pa.int8())
-    batch = _Batch(
-        events=events,
-        kinds=kinds,
-        type_codes=type_codes,
-        tags=_TAGS.take(type_codes),
-        occurred=pa.array([event.occurred_at for event in events], _UTC_US),
-        account_ids=pa.array([event.account_id for event in events], pa.string()),
-        user_ids=pa.array([event.user_id for event in events], pa.string()),
-        country=pa.array(enrichment.country, pa.string()),
-    )
-    # What the policy lets each custom event keep, and where (most batches have none).
-    customs: dict[int, CustomParts] = (
-        {
-            index: parts_of(policy.custom_events, event.name, event.properties)  # type: ignore[union-attr]
-            for index, (event, kind) in enumerate(zip(events, kinds, strict=True))
-            if kind is Custom
-        }
-        if Custom in kinds
-        else {}
-    )
-    return SplitResult(
-        identifiable=_identifiable(
-            batch, keep_identifiable, received_at_ms, partition, offsets, policy, customs
-        ),
-        facts=_facts(batch, enrichment, keyring, event_keys_of_events, customs),
-        properties_dropped=sum(parts.dropped for parts in customs.values()),
-    )
-
-
-def _facts(
-    batch: _Batch,
-    enrichment: Enrichment,
-    keyring: Keyring,
-    known_event_keys: Sequence[str] | None,
-    customs: dict[int, CustomParts],
-) -> pa.Table:
-    events, kinds = batch.events, batch.kinds
-    pseudonyms = (
-        known_event_keys
-        if known_event_keys is not None
+    keys = (
+        event_keys_of_events
+        if event_keys_of_events is not None
         else event_keys([event.event_id for event in events], keyring)
     )
+    geos = [event.geo for event in events]
+    dimensions = {
+        name: pa.array(getattr(enrichment, name), arrow_type)
+        for name, arrow_type in _ENRICHMENT_TYPES.items()
+    }
+    for name in DIMENSIONS:
+        if name not in dimensions:
+            dimensions[name] = pa.nulls(len(events), FACTS.field(name).type)
+    columns = SplitColumns(
+        events=events,
+        type_codes=pa.array([TYPE_CODES[type(event)] for event in events], pa.int8()),
+        event_ids=_column(events, "event_id", pa.string()),
+        occurred=_column(events, "occurred_at", _UTC_US),
+        account_ids=_column(events, "account_id", pa.string()),
+        user_ids=_column(events, "user_id", pa.string()),
+        session_ids=_column(events, "session_id", pa.string()),
+        ips=_column(events, "ip", pa.string()),
+        user_agents=_column(events, "user_agent", pa.string()),
+        geo=geolocation(geos),
+        received_ms=pa.array(received_at_ms, pa.int64()),
+        offsets=pa.array(offsets, pa.int64()),
+        event_keys=pa.array(keys, pa.string()),
+        keep_identifiable=pa.array(keep_identifiable, pa.bool_()),
+        dimensions=dimensions,
+    )
+    return split_columns(columns, partition=partition, policy=policy, keyring=keyring)
+
+
+def split_columns(
+    columns: SplitColumns, *, partition: int, policy: RetentionPolicy, keyring: Keyring
+) -> SplitResult:
+    """Split a batch of accepted events, given as columns, into both tables."""
+    _check_aligned(
+        len(columns.events),
+        **{
+            f.name: getattr(columns, f.name)
+            for f in fields(SplitColumns)
+            if f.name not in ("events", "geo", "dimensions")
+        },
+        **{f"geo.{name}": column for name, column in columns.geo.items()},
+        **{f"dimensions.{name}": column for name, column in columns.dimensions.items()},
+    )
+    customs = CustomSplit.of(columns.events, columns.type_codes, policy.custom_events)
+    return SplitResult(
+        identifiable=_identifiable(columns, partition, policy, customs),
+        facts=_facts(columns, keyring, customs),
+        properties_dropped=customs.dropped,
+    )
+
+
+def _column(events: Sequence[Event], name: str, arrow_type: pa.DataType) -> pa.Array:
+    return pa.array(list(map(attrgetter(name), events)), arrow_type)
+
+
+def geolocation(geos: Sequence[Geo | None]) -> dict[str, pa.Array]:
+    """Each client geolocation field (GEO_FIELDS) per event, null where it has no ``geo``.
+
+    Built for the events that carry one only (about a tenth), then spread by a take.
+    """
+    rows = [i for i, geo in enumerate(geos) if geo is not None]
+    if len(rows) == len(geos):
+        return {
+            name: pa.array([getattr(geo, name) for geo in geos], arrow_type)
+            for name, arrow_type in GEO_FIELDS.items()
+        }
+    positions: list[int | None] = [None] * len(geos)
+    for n, i in enumerate(rows):
+        positions[i] = n
+    spread = pa.array(positions, pa.uint32())
+    return {
+        name: pa.array([getattr(geos[i], name) for i in rows], arrow_type).take(spread)
+        for name, arrow_type in GEO_FIELDS.items()
+    }
+
+
+def _facts(columns: SplitColumns, keyring: Keyring, customs: CustomSplit) -> pa.Table:
+    events = columns.events
+    codes = columns.type_codes.to_pylist()
     # Floored as UTC wall-clock time: the same instants, without the time zone lookups
     # that make flooring zoned timestamps 8x slower.
-    hours = pc.floor_temporal(batch.occurred.cast(_WALL_CLOCK_US), unit="hour")
-    columns = {
-        "event_key": pa.array(pseudonyms, pa.string()),
-        "type": batch.tags,
+    hours = pc.floor_temporal(columns.occurred.cast(_WALL_CLOCK_US), unit="hour")
+    days = columns.occurred.cast(pa.date32())
+    subjects = _subject_keys(columns.account_ids, columns.user_ids, days, keyring)
+    table = {
+        "event_key": columns.event_keys,
+        "type": _TAGS.take(columns.type_codes),
         "occurred_hour": hours.cast(_UTC_S),
-        "account_id": batch.account_ids,
-        "country": batch.country,
-        "device_class": pa.array(enrichment.device_class, pa.string()),
-        "browser_family": pa.array(enrichment.browser_family, pa.string()),
-        "os_family": pa.array(enrichment.os_family, pa.string()),
-        "is_bot": pa.array(enrichment.is_bot, pa.bool_()),
+        "account_id": columns.account_ids,
+        **{name: columns.dimensions[name] for name in DIMENSIONS if name in columns.dimensions},
         "bytes": pa.array(
             [
-                getattr(event, _BYTES_FIELD[kind]) if kind in _BYTES_FIELD else 0
-                for event, kind in zip(events, kinds, strict=True)
+                0 if (field := _BYTES_FIELD[code]) is None else getattr(event, field)
+                for event, code in zip(events, codes, strict=True)
             ],
             pa.int64(),
         ),
         "session_seconds": pa.array(
             [
-                event.session_duration_s if kind is Logout else 0.0  # type: ignore[union-attr]
-                for event, kind in zip(events, kinds, strict=True)
+                event.session_duration_s if code == _LOGOUT else 0.0  # type: ignore[union-attr]
+                for event, code in zip(events, codes, strict=True)
             ],
             pa.float64(),
         ),
-        "subject_key": _subject_keys(batch, keyring),
+        "subject_key": subjects,
         "key_id": pa.repeat(pa.scalar(keyring.pseudonymization_key_id, pa.string()), len(events)),
-        **_custom_columns(len(events), customs),
+        "unit_key": pc.coalesce(subjects, _userless_unit_keys(columns, days, keyring)),
+        **customs.facts_columns(len(events)),
     }
-    return conform(pa.table(columns), FACTS)
+    # conform: a dimension no stage computed is an error, never a silent null column.
+    return conform(pa.table(table), FACTS)
 
 
-def _custom_columns(count: int, customs: dict[int, CustomParts]) -> dict[str, pa.Array]:
-    """The facts' custom event columns: only what the policy declares (name, dimensions,
-    metrics), null for other types."""
-    if not customs:
-        return {
-            "event_name": pa.nulls(count, pa.string()),
-            "dimensions": pa.nulls(count, _DIMENSIONS),
-            "metrics": pa.nulls(count, _METRICS),
-        }
-    names: list[str | None] = [None] * count
-    dimensions: list[list[tuple[str, str]] | None] = [None] * count
-    metrics: list[list[tuple[str, float]] | None] = [None] * count
-    for index, parts in customs.items():
-        names[index] = parts.declared_name
-        dimensions[index] = parts.dimensions
-        metrics[index] = parts.metrics
-    return {
-        "event_name": pa.array(names, pa.string()),
-        "dimensions": pa.array(dimensions, _DIMENSIONS),
-        "metrics": pa.array(metrics, _METRICS),
-    }
-
-
-def _subject_keys(batch: _Batch, keyring: Keyring) -> pa.Array:
+def _subject_keys(
+    account_ids: pa.Array, user_ids: pa.Array, days: pa.Array, keyring: Keyring
+) -> pa.Array:
     """The subject key of every event, hashed once per distinct (account, user, UTC day).
 
     Arrow finds the distinct triples: a Python tuple (and ``date``) per event to look them
     up by cost more than the hashing, as a batch of 10k events names a few hundred subjects.
     """
-    days = batch.occurred.cast(pa.date32())
-    subject_of_event, first_events = _group(batch.account_ids, batch.user_ids, days)
+    subject_of_event, first_events = group_rows(account_ids, user_ids, days)
     keys = subject_keys(
-        batch.account_ids.take(first_events).to_pylist(),
-        batch.user_ids.take(first_events).to_pylist(),
+        account_ids.take(first_events).to_pylist(),
+        user_ids.take(first_events).to_pylist(),
         days.take(first_events).to_pylist(),
         keyring,
     )
     return pa.array(keys, pa.string()).take(subject_of_event)
 
 
-def _group(first: pa.Array, *others: pa.Array) -> tuple[pa.Array, pa.Array]:
+def _userless_unit_keys(columns: SplitColumns, days: pa.Array, keyring: Keyring) -> pa.Array:
+    """The unit key of each event without a user (null for the others), hashed once per
+    distinct (account, session or else IP, UTC day)."""
+    has_user = pc.is_valid(columns.user_ids)
+    sessions = pc.if_else(has_user, pa.scalar(None, pa.string()), columns.session_ids)
+    ips = pc.if_else(
+        pc.or_(has_user, pc.is_valid(sessions)), pa.scalar(None, pa.string()), columns.ips
+    )
+    unit_of_event, first_events = group_rows(columns.account_ids, sessions, ips, days)
+    keys = userless_unit_keys(
+        columns.account_ids.take(first_events).to_pylist(),
+        sessions.take(first_events).to_pylist(),
+        ips.take(first_events).to_pylist(),
+        days.take(first_events).to_pylist(),
+        keyring,
+    )
+    return pa.array(keys, pa.string()).take(unit_of_event)
+
+
+def group_rows(first: pa.Array, *others: pa.Array) -> tuple[pa.Array, pa.Array]:
     """Number the distinct rows of the aligned columns (null is a value like any other).
 
     Returns the number of each row's group and the first row of each group.
@@ -377,14 +457,12 @@ class _Records:
     detached_count: int
 
     @staticmethod
-    def of(
-        event_class: pa.Array,
-        keep: Sequence[bool],
-        ips: pa.Array,
-        user_agents: pa.Array,
-        classes: _Classes,
-    ) -> _Records:
-        keep_flags = pa.array(keep, pa.bool_())
+    def of(columns: SplitColumns, classes: _Classes, customs: CustomSplit) -> _Records:
+        event_class = customs.classes(
+            classes.of_type.take(columns.type_codes), classes.names.to_pylist()
+        )
+        keep_flags = columns.keep_identifiable
+        ips, user_agents = columns.ips, columns.user_agents
         # Own-class records: consent allows them, or the class is kept regardless.
         own = pc.or_(keep_flags, classes.kept_despite_opt_out.take(event_class))
         # Detached traffic records: consent allows them and there is an IP address or UA
@@ -422,50 +500,38 @@ class _Records:
 
 
 def _identifiable(
-    batch: _Batch,
-    keep: Sequence[bool],
-    received_at_ms: Sequence[int],
-    partition: int,
-    offsets: Sequence[int],
-    policy: RetentionPolicy,
-    customs: dict[int, CustomParts],
+    columns: SplitColumns, partition: int, policy: RetentionPolicy, customs: CustomSplit
 ) -> pa.Table:
-    events = batch.events
+    events = columns.events
     classes = _Classes.of(policy)
-    ips = pa.array([event.ip for event in events], pa.string())
-    user_agents = pa.array([event.user_agent for event in events], pa.string())
-    event_class = _event_classes(batch, classes, customs)
-    records = _Records.of(event_class, keep, ips, user_agents, classes)
+    records = _Records.of(columns, classes, customs)
     rows = records.events
-    geolocation = _geolocation([event.geo for event in events])
-    received = pa.array(received_at_ms, pa.int64()).take(rows)
-    occurred = batch.occurred.take(rows)
+    received = columns.received_ms.take(rows)
+    occurred = columns.occurred.take(rows)
+    codes = columns.type_codes.to_pylist()
     # Bytes, not str: pa.array checks they are UTF-8 as it copies them, no decode each.
     properties = [
-        # A custom event's record holds its name and its identifiable properties only.
-        _PROPERTIES_ENCODER.encode({"name": event.name, "properties": customs[index].identifiable})  # type: ignore[union-attr]
-        if kind is Custom
-        else _PROPERTIES_ENCODER.encode(_PROPERTIES_OF[kind](event))
-        for event, kind, index in compress(
-            zip(events, batch.kinds, range(len(events)), strict=True), records.of_own_class
+        _PROPERTIES_ENCODER.encode(_PROPERTIES_OF[code](event))
+        if code != CUSTOM
+        else _PROPERTIES_ENCODER.encode(customs.record_properties(index, event))
+        for index, event, code in compress(
+            zip(range(len(events)), events, codes, strict=True), records.of_own_class
         )
     ]
     record_count = len(rows)
+    geolocation = columns.geo
 
-    columns = {
-        "event_id": pa.array([event.event_id for event in events], pa.string()).take(rows),
-        "type": batch.tags.take(rows),
+    table = {
+        "event_id": columns.event_ids.take(rows),
+        "type": _TAGS.take(columns.type_codes).take(rows),
         "occurred_at": occurred,
         "received_at": received.cast(_UTC_MS),
-        "account_id": batch.account_ids.take(rows),
-        "user_id": batch.user_ids.take(rows),
-        "session_id": pa.array([event.session_id for event in events], pa.string()).take(rows),
-        "ip": ips.take(records.traffic_of),
-        "user_agent": user_agents.take(records.traffic_of),
-        **{
-            f"geo_{name}": column.take(records.geolocation_of)
-            for name, column in geolocation.items()
-        },
+        "account_id": columns.account_ids.take(rows),
+        "user_id": columns.user_ids.take(rows),
+        "session_id": columns.session_ids.take(rows),
+        "ip": columns.ips.take(records.traffic_of),
+        "user_agent": columns.user_agents.take(records.traffic_of),
+        **{f"geo_{name}": geolocation[name].take(records.geolocation_of) for name in GEO_FIELDS},
         "properties": pa.concat_arrays(
             [
                 pa.array(properties, pa.string()),
@@ -475,33 +541,14 @@ def _identifiable(
         "retention_class": classes.names.take(records.classes),
         "expires_at": _expiry(occurred, received, classes.periods_us.take(records.classes)),
         # The client's geo country where it sent one, else the country of its IP address.
-        "region": _regions(pc.coalesce(geolocation["country"], batch.country), policy).take(rows),
+        "region": _regions(
+            pc.coalesce(geolocation["country"], columns.dimensions["country"]), policy
+        ).take(rows),
         "policy_version": pa.repeat(pa.scalar(policy.version, pa.string()), record_count),
         "source_partition": pa.repeat(pa.scalar(partition, pa.int32()), record_count),
-        "source_offset": pa.array(offsets, pa.int64()).take(rows),
+        "source_offset": columns.offsets.take(rows),
     }
-    return conform(pa.table(columns), IDENTIFIABLE)
-
-
-def _event_classes(batch: _Batch, classes: _Classes, customs: dict[int, CustomParts]) -> pa.Array:
-    """The class code of each event: its type's, or its custom event declaration's."""
-    event_class = classes.of_type.take(batch.type_codes)
-    declared = {i: p.retention_class for i, p in customs.items() if p.retention_class is not None}
-    if not declared:
-        return event_class
-    code = {name: i for i, name in enumerate(classes.names.to_pylist())}
-    patched = event_class.to_pylist()
-    for index, class_name in declared.items():
-        patched[index] = code[class_name]
-    return pa.array(patched, pa.int8())
-
-
-def _geolocation(geos: list[Geo | None]) -> dict[str, pa.Array]:
-    """Each client geolocation field per event, null where the event has no ``geo``."""
-    return {
-        name: pa.array([None if geo is None else getattr(geo, name) for geo in geos], arrow_type)
-        for name, arrow_type in _GEO_FIELDS.items()
-    }
+    return conform(pa.table(table), IDENTIFIABLE)
 
 
 def _regions(countries: pa.Array, policy: RetentionPolicy) -> pa.Array:

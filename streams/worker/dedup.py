@@ -36,7 +36,9 @@ from itertools import compress
 
 import numpy as np
 import numpy.typing as npt
+import pyarrow.fs as pafs
 
+from streams.atomic_files import write_atomic
 from streams.worker.state.bloom import GrowingBloom, Masks, lane_masks
 from streams.worker.state.keys import Words, key_words, raw_keys, words_from_raw
 from streams.worker.state.overlay import KeyRun, RangeKeys, latest_arrivals
@@ -102,9 +104,10 @@ class Deduplicator:
             bloom.save(folder / f"g{generation}.npz")
         applied = self.store.applied
         stamp = {"applied": None if applied is None else [applied.last_offset, applied.log_path]}
-        temporary = folder / "stamp.json.tmp"
-        temporary.write_text(json.dumps(stamp))
-        temporary.replace(folder / _STAMP)
+        stamp_bytes = json.dumps(stamp).encode()
+        write_atomic(
+            pafs.LocalFileSystem(), str(folder / _STAMP), lambda out: out.write(stamp_bytes)
+        )
 
     # --- deciding ------------------------------------------------------------------------
     def check(
@@ -279,10 +282,6 @@ class Deduplicator:
     def discard_sealed(self) -> None:
         """Forget sealed ranges that will never be applied (their write failed)."""
         self._sealed.clear()
-
-    @property
-    def filter_bytes(self) -> int:
-        return sum(bloom.nbytes for bloom in self._filters.values())
 
     @property
     def key_ids(self) -> dict[str, int]:

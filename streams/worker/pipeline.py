@@ -1,4 +1,6 @@
-"""One input partition's processing: decode, dedup, consent, enrich, split, buffer.
+"""One input partition's processing: the declared stages over each batch
+(:mod:`streams.worker.stages`: decode, dedup, consent, enrichment, split), all or nothing,
+then the buffer of the range.
 
 No Kafka here: the consumer service hands in batches of records in offset order (aiokafka's
 own ``ConsumerRecord``s, or :class:`RawRecord`s in tests: anything shaped like
@@ -21,19 +23,18 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from schemas import arrow as schemas_arrow
-from schemas.bounds import DEFAULT_TIME_BOUNDS, TimeBounds, is_backfill
+from schemas.bounds import DEFAULT_TIME_BOUNDS, TimeBounds
 from schemas.commits import CommitMarker, RangeCounts
-from schemas.decode import Rejection, decode_batch
-from schemas.events import Event
-from streams.enrich.geo import GeoLocator, resolve_countries
+from schemas.decode import Rejection
+from streams.enrich.geo import GeoLocator
+from streams.enrich.referrer import ReferrerClassifier
 from streams.enrich.useragent import UserAgentParser
-from streams.privacy.consent import StateChange, batch_consent_keys, decide
 from streams.privacy.keyring import Keyring
 from streams.privacy.pseudonymize import event_keys
 from streams.privacy.retention import RetentionPolicy
-from streams.privacy.split import Enrichment, split
 from streams.worker.deadletter import PROCESSING_ERROR, DeadLetter, dead_letter
-from streams.worker.dedup import Deduplicator, PendingKeys
+from streams.worker.dedup import Deduplicator
+from streams.worker.stages import DECODE, STAGES, Outcome, Step, decode
 from streams.worker.state.consent import ConsentTracker
 from streams.worker.state.folder import StateFolder
 from streams.worker.state.range_log import RangeLog, delete_log, is_log_path
@@ -94,6 +95,9 @@ class PipelineContext:
     # Where partition state (dedup keys, consent) lives on local disk; a temporary folder
     # by default (tests, benchmarks): it is rebuilt from the committed ranges when lost.
     state: StateFolder = field(default_factory=StateFolder)
+    # The referrer classes of the facts (streams.enrich.referrer); the service's own hosts
+    # make a referrer "internal".
+    referrers: ReferrerClassifier = field(default_factory=ReferrerClassifier)
 
 
 @dataclass(frozen=True)
@@ -134,52 +138,6 @@ class _StageFailed(Exception):
         super().__init__(stage)
         self.stage = stage
         self.error = error
-
-
-@dataclass
-class _Outcome:
-    """What (part of) one batch decided; applied to the pipeline only once complete."""
-
-    letters: list[DeadLetter] = field(default_factory=list)
-    dead_lettered: Counter[str] = field(default_factory=Counter)
-    duplicates: int = 0
-    accepted: int = 0
-    identifiable: list[pa.Table] = field(default_factory=list)
-    facts: list[pa.Table] = field(default_factory=list)
-    identifiable_by_class: Counter[str] = field(default_factory=Counter)
-    properties_dropped: int = 0
-    # Consent changes in order: a later part decides with them applied after the store's.
-    consent_changes: list[StateChange] = field(default_factory=list)
-    # The dedup decisions of every accepted event so far (check() covers the whole prefix).
-    pending: PendingKeys | None = None
-    accepted_keys: list[str] = field(default_factory=list)
-    accepted_arrivals: list[int] = field(default_factory=list)
-    accepted_ids: list[str] = field(default_factory=list)
-    watermark: int | None = None  # the largest accepted event hour (epoch s)
-
-    def reject(self, code: str, letter: DeadLetter) -> None:
-        self.dead_lettered[code] += 1
-        self.letters.append(letter)
-
-    def then(self, later: _Outcome) -> _Outcome:
-        """This outcome followed by ``later`` (decided after it)."""
-        marks = [m for m in (self.watermark, later.watermark) if m is not None]
-        return _Outcome(
-            letters=self.letters + later.letters,
-            dead_lettered=self.dead_lettered + later.dead_lettered,
-            duplicates=self.duplicates + later.duplicates,
-            accepted=self.accepted + later.accepted,
-            identifiable=self.identifiable + later.identifiable,
-            facts=self.facts + later.facts,
-            identifiable_by_class=self.identifiable_by_class + later.identifiable_by_class,
-            properties_dropped=self.properties_dropped + later.properties_dropped,
-            consent_changes=self.consent_changes + later.consent_changes,
-            pending=later.pending if later.pending is not None else self.pending,
-            accepted_keys=self.accepted_keys + later.accepted_keys,
-            accepted_arrivals=self.accepted_arrivals + later.accepted_arrivals,
-            accepted_ids=self.accepted_ids + later.accepted_ids,
-            watermark=max(marks) if marks else None,
-        )
 
 
 class PartitionPipeline:
@@ -310,9 +268,9 @@ class PartitionPipeline:
         dedup, consent = self._restored()
         self._notice_clock(records[0])
         try:
-            outcome = self._decide(records, dedup, consent, _Outcome())
+            outcome = self._decide(records, dedup, consent, Outcome())
         except _StageFailed as failure:
-            outcome = self._bisect(records, dedup, consent, _Outcome(), failure)
+            outcome = self._bisect(records, dedup, consent, Outcome(), failure)
         self.broken = True  # until the outcome is applied whole
         self._apply(records, outcome)
         self.broken = False
@@ -323,94 +281,20 @@ class PartitionPipeline:
         records: Sequence[KafkaRecord],
         dedup: Deduplicator,
         consent: ConsentTracker,
-        before: _Outcome,
-    ) -> _Outcome:
+        before: Outcome,
+    ) -> Outcome:
         """The outcome of ``records`` after ``before`` (the parts of the same batch decided
         earlier, not yet recorded); changes nothing. Raises :class:`_StageFailed`."""
-        stage = "decode"
+        outcome = Outcome()
+        step = Step(self._context, self.partition, dedup, consent, before, outcome, self._letter)
+        stage = DECODE
         try:
-            outcome = _Outcome()
-            decoded = decode_batch(
-                [r.value for r in records],
-                received_at_ms=[r.timestamp for r in records],
-                backfill=[is_backfill(r.headers) for r in records],
-                bounds=self._context.time_bounds,
-            )
-            for rejection in decoded.rejections:
-                outcome.reject(rejection.code, self._letter(rejection, records[rejection.index]))
-            positions = [i for i, event in enumerate(decoded.events) if event is not None]
-            if not positions:
-                return outcome
-            stage = "dedup"
-            events: list[Event] = [decoded.events[i] for i in positions]  # type: ignore[misc]
-            event_ids = [e.event_id for e in events]
-            keys = event_keys(event_ids, self._context.keyring)
-            arrivals = [records[i].timestamp for i in positions]
-            if before.accepted_keys:  # a later part of a bisected batch: decided after it
-                fresh, outcome.pending = dedup.check(
-                    before.accepted_keys + keys,
-                    before.accepted_arrivals + arrivals,
-                    before.accepted_ids + event_ids,
-                )
-                fresh = fresh[len(before.accepted_keys) :]
-            else:
-                fresh, outcome.pending = dedup.check(keys, arrivals, event_ids)
-            chosen = [i for i, ok in enumerate(fresh) if ok]
-            outcome.duplicates = len(fresh) - len(chosen)
-            if not chosen:
-                return outcome
-            events = [events[i] for i in chosen]
-            keys = [keys[i] for i in chosen]
-            outcome.accepted_keys = keys
-            outcome.accepted_arrivals = [arrivals[i] for i in chosen]
-            outcome.accepted_ids = [event_ids[i] for i in chosen]
-            outcome.watermark = _hour_epoch(max(e.occurred_at for e in events))
-            records_kept = [records[positions[i]] for i in chosen]
-
-            stage = "consent"
-            person_keys, account_keys = batch_consent_keys(events, self._context.keyring)
-            keep, _, outcome.consent_changes = decide(
-                events,
-                person_keys=person_keys,
-                account_keys=account_keys,
-                state=consent.state_for(person_keys, account_keys, before.consent_changes),
-                honour_dnt=self._context.honour_dnt,
-                honour_gpc=self._context.honour_gpc,
-            )
-            stage = "user_agent"
-            user_agents = self._context.user_agents.parse_many([e.user_agent for e in events])
-            stage = "geo"
-            countries = resolve_countries(
-                [e.geo.country if e.geo else None for e in events],
-                [e.ip for e in events],
-                self._context.geolocator,
-            )
-            stage = "split"
-            result = split(
-                events,
-                keep_identifiable=keep,
-                received_at_ms=[r.timestamp for r in records_kept],
-                partition=self.partition,
-                offsets=[r.offset for r in records_kept],
-                enrichment=Enrichment(
-                    country=countries,
-                    device_class=[u.device_class for u in user_agents],
-                    browser_family=[u.browser_family for u in user_agents],
-                    os_family=[u.os_family for u in user_agents],
-                    is_bot=[u.is_bot for u in user_agents],
-                ),
-                policy=self._context.policy,
-                keyring=self._context.keyring,
-                event_keys_of_events=keys,
-            )
-            outcome.accepted = len(events)
-            outcome.identifiable.append(result.identifiable)
-            outcome.facts.append(result.facts)
-            outcome.properties_dropped = result.properties_dropped
-            if result.identifiable.num_rows:
-                outcome.identifiable_by_class.update(
-                    Counter(result.identifiable["retention_class"].to_pylist())
-                )
+            batch = decode(records, step)
+            for name, run in STAGES:
+                if not batch:
+                    break
+                stage = name  # the stage a raise is blamed on
+                batch = run(batch, step)
             return outcome
         except MemoryError:
             raise  # the process, not a record: stop the worker with nothing committed
@@ -422,8 +306,8 @@ class PartitionPipeline:
         records: Sequence[KafkaRecord],
         dedup: Deduplicator,
         consent: ConsentTracker,
-        before: _Outcome,
-    ) -> _Outcome:
+        before: Outcome,
+    ) -> Outcome:
         """``before`` (the parts of the batch decided so far) followed by ``records``."""
         try:
             part = self._decide(records, dedup, consent, before)
@@ -436,9 +320,9 @@ class PartitionPipeline:
         records: Sequence[KafkaRecord],
         dedup: Deduplicator,
         consent: ConsentTracker,
-        before: _Outcome,
+        before: Outcome,
         failure: _StageFailed,
-    ) -> _Outcome:
+    ) -> Outcome:
         """``records`` made a stage raise: decide each half after the one before it, down
         to the single records that raise, which are dead-lettered. Depth: log2(batch)."""
         if len(records) > 1:
@@ -455,7 +339,7 @@ class PartitionPipeline:
             failure.stage,
             type(failure.error).__name__,
         )
-        part = _Outcome()
+        part = Outcome()
         part.reject(
             PROCESSING_ERROR, self._letter(Rejection(0, PROCESSING_ERROR, "$", reason), record)
         )
@@ -472,7 +356,7 @@ class PartitionPipeline:
             worker_version=self._context.worker_version,
         )
 
-    def _apply(self, records: Sequence[KafkaRecord], outcome: _Outcome) -> None:
+    def _apply(self, records: Sequence[KafkaRecord], outcome: Outcome) -> None:
         dedup, consent = self._restored()
         if outcome.pending is not None:
             dedup.record(outcome.pending)
@@ -556,8 +440,3 @@ def _concat(tables: list[pa.Table], schema: pa.Schema) -> pa.Table:
     if not tables:
         return schema.empty_table()
     return pa.concat_tables(tables)
-
-
-def _hour_epoch(moment: datetime) -> int:
-    seconds = int(moment.timestamp())
-    return seconds - seconds % 3600

@@ -1,7 +1,9 @@
 """The raw-topic batch consumer: a mode Service that the faust worker hosts.
 
 Why not a faust agent: faust dispatches every message through its own task machinery
-(~180 µs an event, DESIGN.md "Speed"; ``bench/`` measures it again), which caps a worker at
+(~180 µs an event: ``Consumer._drain_messages`` awaits a callback per record, with its tasks
+and loop turns, before any batching; ``bench/worker_throughput.py`` runs a naive agent beside
+this service, ``bench/README.md`` has the numbers), which caps a worker at
 a few thousand events/s however the agent batches. This service fetches with aiokafka's
 ``getmany`` in batches of ``batch_max_records``, transforms whole batches as Arrow columns
 (streams.worker.pipeline) and writes ranges exactly once (streams.worker.sink). It uses its

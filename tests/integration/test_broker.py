@@ -10,7 +10,7 @@ from kafka.admin import ConfigResource, ConfigResourceType
 
 from streams.broker.control import broker_version
 from streams.topics import ensure_topics
-from tests.conftest import KafkaBroker, TopicFactory
+from tests.fixtures.kafka import KafkaBroker, TopicFactory
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ from aggregations.catalog import SPECS, default_catalog_path, open_catalog
 from aggregations.pricing import invoice, parse_plan, period_usage
 from aggregations.publish import ensure_layout, publish
 from aggregations.storage import resolve_root
-from aggregations.testing import DEFAULT_PRIVACY, fact, facts_table, write_committed_facts
+from tests.fixtures.facts import DEFAULT_PRIVACY, fact, facts_table, write_committed_facts
 
 DAY = datetime(2026, 11, 1, tzinfo=UTC)
 NOW = datetime(2026, 11, 10, tzinfo=UTC)

@@ -24,8 +24,7 @@ from schemas.events import Event
 from streams.collector import create_collector_app
 from streams.delivery_health import DeliveryState
 from streams.producer import EventProducer
-from tests.conftest import KafkaBroker, TopicFactory
-from tests.integration.collector_client import (
+from tests.fixtures.collector_client import (
     ACCOUNT,
     KEY,
     MAX_BODY,
@@ -45,6 +44,7 @@ from tests.integration.collector_client import (
     read_topic,
     run_against,
 )
+from tests.fixtures.kafka import KafkaBroker, TopicFactory
 
 __all__ = ["collector"]  # the fixture, imported for pytest
 

@@ -23,7 +23,8 @@ from streams.collector.cors import check_origins
 from streams.collector.metrics import CollectorMetrics
 from streams.demo.worker import worker_environment
 from streams.settings import Settings
-from tests.integration.collector_client import (
+from tests.fixtures.chromium import STEP_TIMEOUT_S, browser, chromium
+from tests.fixtures.collector_client import (
     KEY,
     MAX_BODY,
     WRITE_KEYS,
@@ -31,7 +32,6 @@ from tests.integration.collector_client import (
     collector,
     recently,
 )
-from tests.integration.test_dashboard import STEP_TIMEOUT_S, browser, chromium
 
 __all__ = ["collector"]  # the fixture, imported for pytest
 

@@ -24,20 +24,26 @@ import msgspec
 from kafka import KafkaConsumer, TopicPartition
 
 from aggregations.publish import publish
-from aggregations.testing import DEFAULT_PRIVACY
 from schemas.events import Event, Request, Upload, encode
 from streams.generate.sinks import TopicSink
 from streams.topics import TopicSpec, create_topics, raw_topic_spec
-from tests.conftest import KafkaBroker
-from tests.integration.test_metering_truth import (
+from tests.fixtures.facts import DEFAULT_PRIVACY
+from tests.fixtures.kafka import KafkaBroker
+from tests.fixtures.metering_truth import (
     assert_rows_equal,
     closed,
     hourly,
     last_closed_hour,
     usage,
 )
-from tests.integration.test_worker_crashes import _drained, _prepared, assert_exactly_once
-from tests.integration.worker_harness import WorkerProcess, WorkerSetup, wait_until
+from tests.fixtures.worker_harness import (
+    WorkerProcess,
+    WorkerSetup,
+    assert_exactly_once,
+    drained,
+    prepared,
+    wait_until,
+)
 
 HORIZON_S: Final = 20
 SOON_S: Final = 2.0  # a producer's retry: well inside the horizon
@@ -155,7 +161,7 @@ def test_resends_within_the_arrival_horizon_are_caught_whatever_the_event_time(
 
     worker = WorkerProcess(setup, "worker").start()
     try:
-        wait_until(_drained(setup, total), 180, f"{total} records committed", workers=[worker])
+        wait_until(drained(setup, total), 180, f"{total} records committed", workers=[worker])
     finally:
         worker.stop()
     totals = setup.totals()
@@ -182,10 +188,10 @@ def test_a_worker_killed_inside_a_dedup_store_write_loses_and_repeats_nothing(
     kafka: KafkaBroker, tmp_path: Path
 ) -> None:
     count = 30_000
-    setup, truth = _prepared(kafka, tmp_path, count, partitions=2, seed=21)
+    setup, truth = prepared(kafka, tmp_path, count, partitions=2, seed=21)
     setup.extra_env.update(SIEVE_BATCH_MAX_RECORDS="2000", SIEVE_ROLL_MAX_RECORDS="5000")
     crashing = WorkerProcess(
-        setup, "crashing", command=[sys.executable, "-m", "tests.integration.crashing_worker"]
+        setup, "crashing", command=[sys.executable, "-m", "tests.fixtures.crashing_worker"]
     )
     crashing.setup.extra_env["SIEVE_TEST_KILL_IN_STORE_WRITE"] = "3"
     crashing.start()
@@ -198,7 +204,7 @@ def test_a_worker_killed_inside_a_dedup_store_write_loses_and_repeats_nothing(
 
     worker = WorkerProcess(setup, "worker").start()
     try:
-        wait_until(_drained(setup, count), 300, f"{count} records committed", workers=[worker])
+        wait_until(drained(setup, count), 300, f"{count} records committed", workers=[worker])
     finally:
         worker.stop()
     assert_exactly_once(setup, Counter(truth.by_kind), count)

@@ -33,7 +33,7 @@ from streams.demo import (
 )
 from streams.producer import EventProducer
 from streams.settings import Settings
-from tests.conftest import KafkaBroker, TopicFactory
+from tests.fixtures.kafka import KafkaBroker, TopicFactory
 
 EVENTS = 15_000
 LEFTOVERS = 37  # records of an interrupted run, never consumed

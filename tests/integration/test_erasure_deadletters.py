@@ -13,8 +13,8 @@ from streams.privacy.retention import load_policy
 from streams.subject.access import DeadLetterTopic, export_subject
 from streams.subject.erasure import erase_subject
 from streams.topics import dead_letter_topic_spec
-from tests.conftest import KafkaBroker, TopicFactory
-from tests.unit.test_retention_sweep import new_encryption, record, stored_ids, write_identifiable
+from tests.fixtures.identifiable import new_encryption, record, stored_ids, write_identifiable
+from tests.fixtures.kafka import KafkaBroker, TopicFactory
 
 pytestmark = pytest.mark.integration
 

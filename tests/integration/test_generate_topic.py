@@ -12,7 +12,7 @@ from kafka import KafkaConsumer, TopicPartition
 from schemas.decode import decode_batch
 from streams.generate import TrafficConfig, load_user_agents
 from streams.generate.commands import generate_to_topic
-from tests.conftest import KafkaBroker, TopicFactory
+from tests.fixtures.kafka import KafkaBroker, TopicFactory
 
 pytestmark = pytest.mark.integration
 

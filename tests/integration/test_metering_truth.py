@@ -17,47 +17,46 @@ from __future__ import annotations
 
 import shutil
 import uuid
-from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
-from decimal import ROUND_HALF_UP, Decimal
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import pytest
 
-from aggregations.catalog import open_catalog
 from aggregations.meters import default_meters
 from aggregations.publish import PublishReport, publish
-from aggregations.testing import DEFAULT_PRIVACY
-from schemas.events import Download, Event, Login, Logout, PageView, Request, Upload, encode
+from schemas.events import Event, Request, encode
 from streams.generate.model import TrafficModel
 from streams.generate.records import GeneratedRecord
 from streams.generate.sinks import TopicSink
 from streams.topics import TopicSpec, create_topics
-from tests.conftest import KafkaBroker
-from tests.integration.pipeline_truth import traffic_config
-from tests.integration.worker_harness import WorkerProcess, WorkerSetup, wait_until
+from tests.fixtures.facts import DEFAULT_PRIVACY
+from tests.fixtures.kafka import KafkaBroker
+from tests.fixtures.metering_truth import (
+    GRACE,
+    METRICS,
+    Rows,
+    assert_rows_equal,
+    closed,
+    daily,
+    hour_start,
+    hourly,
+    hourly_corrections,
+    last_closed_day,
+    last_closed_hour,
+    late_events,
+    usage,
+    valid_events,
+)
+from tests.fixtures.pipeline_truth import traffic_config
+from tests.fixtures.worker_harness import WorkerProcess, WorkerSetup, wait_until
 
 COUNT: Final = 20_000
 SEED: Final = 11
-GRACE: Final = timedelta(hours=1)
-HOUR: Final = timedelta(hours=1)
 # A day after the generated period (which ends 2026-11-01): no wall-clock cap applies.
 END_NOW: Final = datetime(2026, 11, 2, tzinfo=UTC)
-MILLISECOND: Final = Decimal("0.001")
-METRICS: Final = (
-    "requests",
-    "page_views",
-    "sessions",
-    "session_seconds",
-    "uploads",
-    "upload_bytes",
-    "downloads",
-    "download_bytes",
-    "active_users",
-)
 # Windows close on *event* time (the latest fact hour + 1h), never on `now` alone, so the
 # last hour of the period would stay open for ever in a test. In production later traffic
 # closes it; here one request of another account, past the period by more than the grace,
@@ -71,161 +70,6 @@ TICK: Final = Request(
     path="/",
     status=200,
 )
-
-Key = tuple[str, datetime]  # (account_id, window start)
-Rows = dict[Key, dict[str, Any]]
-
-
-# --- ground truth, from the generator's events ----------------------------------------------
-
-
-@dataclass
-class _Window:
-    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(METRICS, 0))
-    session_seconds: Decimal = Decimal(0)
-    users: set[str] = field(default_factory=set)
-
-    def row(self) -> dict[str, Any]:
-        return {
-            **self.counts,
-            "session_seconds": self.session_seconds,
-            "active_users": len(self.users),
-        }
-
-
-def _milliseconds(seconds: float) -> Decimal:
-    """A logout's duration as metering counts it: the number as the event's JSON writes it
-    (shortest round-trip form), rounded half away from zero to the millisecond, which is
-    what the cast to DECIMAL(18, 3) in aggregations/metering.py does per value."""
-    return Decimal(repr(seconds)).quantize(MILLISECOND, rounding=ROUND_HALF_UP)
-
-
-def _add(window: _Window, event: Event) -> None:
-    counts = window.counts
-    if isinstance(event, Request):
-        counts["requests"] += 1
-    elif isinstance(event, PageView):
-        counts["page_views"] += 1
-    elif isinstance(event, Login):
-        counts["sessions"] += 1  # a session counts where it starts
-    elif isinstance(event, Logout):
-        # Session time counts where the session ends: the logout carries the duration.
-        window.session_seconds += _milliseconds(event.session_duration_s)
-    elif isinstance(event, Upload):
-        counts["uploads"] += 1
-        counts["upload_bytes"] += event.bytes
-    elif isinstance(event, Download):
-        counts["downloads"] += 1
-        counts["download_bytes"] += event.bytes
-    # Payments, account lifecycle and consent events count nothing, but like every event
-    # they give their account a row (of zeros) in their window.
-    if event.user_id is not None:
-        window.users.add(event.user_id)
-
-
-def hour_start(at: datetime) -> datetime:
-    return at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-
-
-def usage(events: Iterable[Event], grain: str) -> Rows:
-    """Usage per (account, UTC hour) or (account, UTC day as midnight) of ``events``."""
-    windows: defaultdict[Key, _Window] = defaultdict(_Window)
-    for event in events:
-        start = hour_start(event.occurred_at)
-        if grain == "day":
-            start = start.replace(hour=0)
-        _add(windows[(event.account_id, start)], event)
-    return {key: window.row() for key, window in windows.items()}
-
-
-def valid_events(records: Iterable[GeneratedRecord]) -> list[Event]:
-    """Each valid event once: the first sending, not its duplicates or the malformed."""
-    return [r.event for r in records if r.kind == "event" and r.event is not None]
-
-
-def late_events(records: Iterable[GeneratedRecord]) -> list[Event]:
-    return [r.event for r in records if r.kind == "event" and r.late and r.event is not None]
-
-
-def closed(rows: Rows, last: datetime) -> Rows:
-    return {key: row for key, row in rows.items() if key[1] <= last}
-
-
-# --- what the catalog shows -------------------------------------------------------------------
-
-
-def _metering(data_root: Path, view: str) -> Rows:
-    """``view`` (metering_hourly or metering_daily) keyed like :func:`usage`."""
-    window = "hour" if view == "metering_hourly" else "date"
-    connection = open_catalog(str(data_root), role="billing")
-    try:
-        table = connection.sql(
-            f"SELECT account_id, {window} AS window, {', '.join(METRICS)} FROM {view}"
-        ).to_arrow_table()
-    finally:
-        connection.close()
-    rows: Rows = {}
-    for row in table.to_pylist():
-        start = row.pop("window")
-        if isinstance(start, datetime):
-            start = start.astimezone(UTC)
-        else:
-            assert isinstance(start, date)
-            start = datetime(start.year, start.month, start.day, tzinfo=UTC)
-        rows[(row.pop("account_id"), start)] = row
-    return rows
-
-
-def hourly(data_root: Path) -> Rows:
-    return _metering(data_root, "metering_hourly")
-
-
-def daily(data_root: Path) -> Rows:
-    return _metering(data_root, "metering_daily")
-
-
-def hourly_corrections(data_root: Path) -> Rows:
-    """The hourly correction rows (deltas), summed per window."""
-    connection = open_catalog(str(data_root), role="billing")
-    try:
-        table = connection.sql(
-            f"SELECT account_id, hour, {', '.join(METRICS)} FROM metering_corrections"
-            " WHERE grain = 'hour'"
-        ).to_arrow_table()
-    finally:
-        connection.close()
-    rows: Rows = {}
-    for row in table.to_pylist():
-        key = (row.pop("account_id"), row.pop("hour").astimezone(UTC))
-        assert key not in rows, f"two hourly corrections for {key} in two runs"
-        rows[key] = row
-    return rows
-
-
-def assert_rows_equal(actual: Rows, expected: Rows) -> None:
-    """Equal on every row; on failure, say which windows differ rather than dump both."""
-    missing = sorted(set(expected) - set(actual))
-    extra = sorted(set(actual) - set(expected))
-    differing = sorted(
-        (key, {m: (actual[key][m], expected[key][m]) for m in METRICS
-               if actual[key][m] != expected[key][m]})
-        for key in set(actual) & set(expected)
-        if actual[key] != expected[key]
-    )  # fmt: skip
-    assert (missing, extra, differing[:10]) == ([], [], []), (
-        f"{len(missing)} windows missing, {len(extra)} unexpected, {len(differing)} differ"
-    )
-
-
-def last_closed_hour(report: PublishReport) -> datetime:
-    """From the report's watermark: hours up to this start are closed (the contract)."""
-    assert report.watermark is not None
-    return report.watermark - GRACE - HOUR
-
-
-def last_closed_day(report: PublishReport) -> datetime:
-    assert report.watermark is not None
-    return (report.watermark - GRACE - timedelta(days=1)).replace(hour=0)
 
 
 # --- the run ---------------------------------------------------------------------------------

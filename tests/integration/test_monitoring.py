@@ -36,9 +36,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from streams.broker.control import free_ports
 from streams.topics import TopicSpec, create_topics
 from streams.worker.commands import committed_totals
-from tests.conftest import KafkaBroker
-from tests.integration.collector_client import page_view
-from tests.integration.worker_harness import WorkerProcess, WorkerSetup, wait_until
+from tests.fixtures.collector_client import page_view
+from tests.fixtures.kafka import KafkaBroker
+from tests.fixtures.worker_harness import WorkerProcess, WorkerSetup, wait_until
 
 pytestmark = pytest.mark.integration
 

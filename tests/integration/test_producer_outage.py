@@ -40,8 +40,8 @@ from streams.broker.control import LocalBroker, start_on_free_ports
 from streams.collector import create_collector_app
 from streams.producer import EventProducer
 from streams.topics import TopicSpec, create_topics
-from tests.conftest import JAR_CACHE, START_TIMEOUT_S, KafkaBroker
-from tests.integration.collector_client import KEY, WRITE_KEYS, page_view, read_topic
+from tests.fixtures.collector_client import KEY, WRITE_KEYS, page_view, read_topic
+from tests.fixtures.kafka import JAR_CACHE, START_TIMEOUT_S, KafkaBroker
 
 pytestmark = pytest.mark.integration
 

@@ -18,7 +18,7 @@ from streams.errors import InvalidEventError
 from streams.generate.sinks import TopicSink
 from streams.producer import EventProducer
 from streams.replay import BACKFILL_HEADERS
-from tests.conftest import KafkaBroker, TopicFactory
+from tests.fixtures.kafka import KafkaBroker, TopicFactory
 
 pytestmark = pytest.mark.integration
 

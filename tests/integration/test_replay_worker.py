@@ -18,9 +18,9 @@ from typing import Final
 
 from streams.generate.sinks import TopicSink
 from streams.replay import CLIENT_ID, run_replay
-from tests.conftest import KafkaBroker, TopicFactory
-from tests.integration.pipeline_truth import read_identifiable
-from tests.integration.worker_harness import WorkerProcess, WorkerSetup, wait_until
+from tests.fixtures.kafka import KafkaBroker, TopicFactory
+from tests.fixtures.pipeline_truth import read_identifiable
+from tests.fixtures.worker_harness import WorkerProcess, WorkerSetup, wait_until
 
 LOG: Final = Path(__file__).resolve().parent.parent / "data" / "access-log-sample.log"
 LINES: Final = 10_000

@@ -31,11 +31,10 @@ from streams.collector.metrics import CollectorMetrics
 from streams.privacy.custom_events import parse_custom_events
 from streams.privacy.retention import policy_text
 from streams.topics import TopicSpec, create_topics
-from tests.conftest import KafkaBroker
-from tests.integration.collector_client import (
+from tests.fixtures.collector_client import (
     KEY as CLIENT_KEY,
 )
-from tests.integration.collector_client import (
+from tests.fixtures.collector_client import (
     Collector,
     Reply,
     collector,
@@ -43,8 +42,9 @@ from tests.integration.collector_client import (
     recently,
     run_against,
 )
-from tests.integration.pipeline_truth import read_identifiable
-from tests.integration.worker_harness import WorkerProcess, WorkerSetup, wait_until
+from tests.fixtures.kafka import KafkaBroker
+from tests.fixtures.pipeline_truth import read_identifiable
+from tests.fixtures.worker_harness import WorkerProcess, WorkerSetup, wait_until
 
 __all__ = ["collector"]  # the fixture, imported for pytest
 

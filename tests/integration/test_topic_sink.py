@@ -13,7 +13,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from streams.errors import ConfigurationError
 from streams.generate.commands import generate
 from streams.generate.topic_sink import TopicSink
-from tests.conftest import KafkaBroker, TopicFactory
+from tests.fixtures.kafka import KafkaBroker, TopicFactory
 
 pytestmark = pytest.mark.integration
 

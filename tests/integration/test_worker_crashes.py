@@ -10,9 +10,7 @@ from __future__ import annotations
 import random
 import subprocess
 import sys
-import uuid
 from collections import Counter
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -20,39 +18,24 @@ import pytest
 
 from schemas.commits import iter_markers
 from streams.generate.commands import generate_to_topic
-from streams.generate.records import GroundTruth
-from streams.topics import TopicSpec, create_topics
 from streams.worker.sink import open_data_root
-from tests.conftest import KafkaBroker
-from tests.integration.pipeline_truth import traffic_config
-from tests.integration.worker_harness import (
+from tests.fixtures.kafka import KafkaBroker
+from tests.fixtures.pipeline_truth import traffic_config
+from tests.fixtures.worker_harness import (
     WorkerProcess,
-    WorkerSetup,
     assert_exactly_once,
     committed_offsets,
+    drained,
+    prepared,
     wait_until,
 )
 
 DRAIN_TIMEOUT_S = 300
 
 
-def _prepared(
-    kafka: KafkaBroker, root: Path, count: int, partitions: int, seed: int
-) -> tuple[WorkerSetup, GroundTruth]:
-    suffix = uuid.uuid4().hex[:8]
-    raw, dead = f"test.crash.raw.{suffix}", f"test.crash.dead.{suffix}"
-    create_topics(kafka.bootstrap_servers, [TopicSpec(raw, partitions, {}), TopicSpec(dead, 1, {})])
-    report = generate_to_topic(traffic_config(count, seed=seed), kafka.bootstrap_servers, raw)
-    return WorkerSetup(kafka.bootstrap_servers, raw, dead, root, f"g-{suffix}"), report.truth
-
-
-def _drained(setup: WorkerSetup, count: int) -> Callable[[], bool]:
-    return lambda: setup.committed_raw() >= count
-
-
 def test_five_random_sigkills_lose_and_repeat_nothing(kafka: KafkaBroker, tmp_path: Path) -> None:
     chunk = 40_000
-    setup, truth = _prepared(kafka, tmp_path, chunk, partitions=3, seed=11)
+    setup, truth = prepared(kafka, tmp_path, chunk, partitions=3, seed=11)
     by_kind, produced = Counter(truth.by_kind), chunk
     # Small fetches and ranges: many commits per second, so kills land mid-write as often as
     # mid-fetch.
@@ -91,7 +74,7 @@ def test_five_random_sigkills_lose_and_repeat_nothing(kafka: KafkaBroker, tmp_pa
                 produced += chunk
             worker = WorkerProcess(setup, f"worker-{kills}").start()
         wait_until(
-            _drained(setup, produced),
+            drained(setup, produced),
             DRAIN_TIMEOUT_S,
             f"{produced} records committed",
             workers=[worker],
@@ -117,11 +100,11 @@ def test_kill_between_offset_commit_and_marker(
     kafka: KafkaBroker, tmp_path: Path, commits: int
 ) -> None:
     count = 30_000
-    setup, truth = _prepared(kafka, tmp_path, count, partitions=2, seed=12)
+    setup, truth = prepared(kafka, tmp_path, count, partitions=2, seed=12)
     crashing = WorkerProcess(
         setup,
         "crashing",
-        command=[sys.executable, "-m", "tests.integration.crashing_worker", str(commits)],
+        command=[sys.executable, "-m", "tests.fixtures.crashing_worker", str(commits)],
     ).start()
     assert crashing.process is not None
     crashing.process.wait(timeout=120)
@@ -132,7 +115,7 @@ def test_kill_between_offset_commit_and_marker(
     worker = WorkerProcess(setup, "worker").start()
     try:
         wait_until(
-            _drained(setup, count), DRAIN_TIMEOUT_S, f"{count} records committed", workers=[worker]
+            drained(setup, count), DRAIN_TIMEOUT_S, f"{count} records committed", workers=[worker]
         )
     finally:
         worker.stop()
@@ -141,7 +124,7 @@ def test_kill_between_offset_commit_and_marker(
 
 def test_two_workers_one_killed_midway(kafka: KafkaBroker, tmp_path: Path) -> None:
     count = 80_000
-    setup, truth = _prepared(kafka, tmp_path, count, partitions=4, seed=13)
+    setup, truth = prepared(kafka, tmp_path, count, partitions=4, seed=13)
     first = WorkerProcess(setup, "first").start()
     second = WorkerProcess(setup, "second").start()
     try:
@@ -153,7 +136,7 @@ def test_two_workers_one_killed_midway(kafka: KafkaBroker, tmp_path: Path) -> No
         )
         first.kill()
         wait_until(
-            _drained(setup, count), DRAIN_TIMEOUT_S, f"{count} records committed", workers=[second]
+            drained(setup, count), DRAIN_TIMEOUT_S, f"{count} records committed", workers=[second]
         )
     finally:
         first.stop()

@@ -21,9 +21,9 @@ from streams.generate.commands import generate_to_topic
 from streams.topics import TopicSpec, create_topics
 from streams.worker.deadletter import TRUNCATED_HEADER
 from streams.worker.sink import open_data_root
-from tests.conftest import KafkaBroker
-from tests.integration.pipeline_truth import traffic_config
-from tests.integration.worker_harness import (
+from tests.fixtures.kafka import KafkaBroker
+from tests.fixtures.pipeline_truth import traffic_config
+from tests.fixtures.worker_harness import (
     WorkerProcess,
     WorkerSetup,
     keep_running_for,
@@ -222,7 +222,7 @@ def test_a_full_disk_is_waited_out_without_losing_the_partitions(
         "worker",
         command=[
             *WorkerProcess(setup, "unused").command[:2],
-            "tests.integration.disk_full_worker",
+            "tests.fixtures.disk_full_worker",
             str(flag),
         ],
     ).start()

@@ -22,8 +22,8 @@ from schemas.commits import read_markers, resolve_markers
 from streams.generate.commands import generate_to_topic
 from streams.topics import TopicSpec, create_topics
 from streams.worker.sink import open_data_root
-from tests.integration.pipeline_truth import traffic_config
-from tests.integration.worker_harness import (
+from tests.fixtures.pipeline_truth import traffic_config
+from tests.fixtures.worker_harness import (
     WorkerProcess,
     WorkerSetup,
     assert_exactly_once,

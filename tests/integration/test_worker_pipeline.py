@@ -24,13 +24,13 @@ from streams.generate.commands import generate_to_topic
 from streams.generate.model import TrafficModel
 from streams.generate.records import GroundTruth
 from streams.producer import EventProducer
-from tests.conftest import KafkaBroker
-from tests.integration.pipeline_truth import (
+from tests.fixtures.kafka import KafkaBroker
+from tests.fixtures.pipeline_truth import (
     expected_identifiable,
     read_identifiable,
     traffic_config,
 )
-from tests.integration.worker_harness import (
+from tests.fixtures.worker_harness import (
     WorkerProcess,
     WorkerSetup,
     leftover_temporary_files,

@@ -17,8 +17,8 @@ from schemas.events import BACKFILL_HEADER, PageView, encode
 from streams.producer import EventProducer
 from streams.topics import TopicSpec, create_topics
 from streams.worker.commands import committed_totals
-from tests.conftest import KafkaBroker
-from tests.integration.worker_harness import WorkerProcess, WorkerSetup, wait_until
+from tests.fixtures.kafka import KafkaBroker
+from tests.fixtures.worker_harness import WorkerProcess, WorkerSetup, wait_until
 
 
 def _event(occurred_at: datetime) -> bytes:

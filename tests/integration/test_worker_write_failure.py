@@ -16,9 +16,9 @@ from kafka import KafkaConsumer, TopicPartition
 
 from streams.generate.commands import generate_to_topic
 from streams.topics import TopicSpec, create_topics
-from tests.conftest import KafkaBroker
-from tests.integration.pipeline_truth import traffic_config
-from tests.integration.worker_harness import WorkerProcess, WorkerSetup, wait_until
+from tests.fixtures.kafka import KafkaBroker
+from tests.fixtures.pipeline_truth import traffic_config
+from tests.fixtures.worker_harness import WorkerProcess, WorkerSetup, wait_until
 
 COUNT = 2_000
 

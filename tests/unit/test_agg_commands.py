@@ -17,7 +17,7 @@ from aggregations.commands import (
     publish_command,
     sql_command,
 )
-from aggregations.testing import fact, facts_table, write_committed_facts
+from tests.fixtures.facts import fact, facts_table, write_committed_facts
 
 DAY = datetime(2026, 11, 1, tzinfo=UTC)
 

@@ -12,7 +12,7 @@ from aggregations.engine import connect
 from aggregations.metering import Changes, changes, recompute, usage, wide
 from aggregations.meters import default_meters
 from aggregations.schemas import METERING
-from aggregations.testing import fact, facts_table
+from tests.fixtures.facts import fact, facts_table
 
 H10 = datetime(2026, 11, 1, 10, tzinfo=UTC)
 H11 = H10 + timedelta(hours=1)

@@ -19,15 +19,15 @@ from aggregations.dp.ledger import LEDGER_DIR, read_ledger
 from aggregations.publish import LegacyMeteringError, publish
 from aggregations.schemas import ANALYTICS, ANALYTICS_DIR, METERING_DIR
 from aggregations.storage import resolve_root
-from aggregations.testing import (
+from aggregations.windows import day_closed, hour_closed, watermark
+from schemas.events import EVENT_TYPES
+from tests.fixtures.facts import (
     DEFAULT_PRIVACY,
     fact,
     facts_table,
     write_committed_facts,
     write_uncommitted_facts,
 )
-from aggregations.windows import day_closed, hour_closed, watermark
-from schemas.events import EVENT_TYPES
 
 DAY = datetime(2026, 11, 1, tzinfo=UTC)
 NOW = datetime(2026, 11, 5, tzinfo=UTC)

@@ -2,7 +2,7 @@
 
 A command declares its settings (``@reads_settings(...)``) and its help is made from the
 declaration; here the declaration is checked against the code, read by
-:mod:`tests.settings_reads` from the command's callback through every first-party function
+:mod:`tests.fixtures.settings_reads` from the command's callback through every first-party function
 its settings object reaches (and every function it calls that builds one). So a command
 that starts reading a setting, or stops, fails here until its declaration says so.
 """
@@ -20,7 +20,7 @@ from click.testing import CliRunner
 
 from streams.cli import COMMANDS, cli
 from streams.settings import ENV_PREFIX, Settings, declared_settings, reads_settings
-from tests.settings_reads import SettingsReads, Untraceable, first_party_modules
+from tests.fixtures.settings_reads import SettingsReads, Untraceable, first_party_modules
 
 REPO = Path(__file__).resolve().parents[2]
 FIELDS = frozenset(Settings.model_fields)

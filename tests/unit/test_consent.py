@@ -2,42 +2,28 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
-
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from schemas.events import AccountLifecycle, ConsentChange, Event, Login, PageView
+from schemas.events import AccountLifecycle, ConsentChange, Event, PageView
 from streams.privacy.consent import ConsentState, batch_consent_keys, decide
 from streams.privacy.keyring import Keyring
+from tests.fixtures.consent_events import batch_events, envelope
 
 KEYRING = Keyring.generate()
-T0 = datetime(2024, 6, 1, tzinfo=UTC)
-
-
-def _envelope(i: int, account: str, user: str | None, **flags: bool) -> dict[str, Any]:
-    return {
-        "schema_version": 1,
-        "event_id": f"evt-{i}",
-        "occurred_at": T0 + timedelta(seconds=i),
-        "account_id": account,
-        "user_id": user,
-        **flags,
-    }
 
 
 def view(account: str = "acct", user: str | None = "u1", **flags: bool) -> PageView:
-    return PageView(path="/", **_envelope(0, account, user, **flags))
+    return PageView(path="/", **envelope(0, account, user, **flags))
 
 
 def consent(choice: str, account: str = "acct", user: str | None = "u1") -> ConsentChange:
-    return ConsentChange(choice=choice, **_envelope(0, account, user))  # type: ignore[arg-type]
+    return ConsentChange(choice=choice, **envelope(0, account, user))  # type: ignore[arg-type]
 
 
 def lifecycle(action: str, account: str = "acct", user: str | None = None) -> AccountLifecycle:
-    return AccountLifecycle(action=action, **_envelope(0, account, user))  # type: ignore[arg-type]
+    return AccountLifecycle(action=action, **envelope(0, account, user))  # type: ignore[arg-type]
 
 
 def _decide(
@@ -196,40 +182,6 @@ def test_misaligned_keys_are_rejected() -> None:
 
 
 # --- invariants --------------------------------------------------------------------------------
-
-ACCOUNTS = ["a1", "a2"]
-USERS = [None, "u1", "u2"]
-CHOICES: list[Literal["opt_out", "opt_in"]] = ["opt_out", "opt_in"]
-ACTIONS: list[Literal["registered", "disabled", "terminated"]] = [
-    "registered",
-    "disabled",
-    "terminated",
-]
-
-
-@st.composite
-def batch_events(draw: st.DrawFn) -> list[Event]:
-    count = draw(st.integers(min_value=0, max_value=25))
-    events: list[Event] = []
-    for i in range(count):
-        envelope = _envelope(
-            i,
-            draw(st.sampled_from(ACCOUNTS)),
-            draw(st.sampled_from(USERS)),
-            dnt=draw(st.booleans()),
-            gpc=draw(st.booleans()),
-        )
-        kind = draw(st.sampled_from(["view", "login", "consent", "account"]))
-        if kind == "view":
-            events.append(PageView(path="/", **envelope))
-        elif kind == "login":
-            events.append(Login(**envelope))
-        elif kind == "consent":
-            events.append(ConsentChange(choice=draw(st.sampled_from(CHOICES)), **envelope))
-        else:
-            action = draw(st.sampled_from(ACTIONS))
-            events.append(AccountLifecycle(action=action, **envelope))
-    return events
 
 
 def _reference_keep(events: list[Event], honour_dnt: bool, honour_gpc: bool) -> list[bool]:

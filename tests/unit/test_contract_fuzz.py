@@ -42,7 +42,7 @@ from streams.collector.encoding import (
     decode_body as decode_coding,
 )
 from streams.replay import ReplayReport, parse_combined_line, replay_records
-from tests.strategies import events
+from tests.fixtures.strategies import events
 
 BATCH_CODES = CODES | {EMPTY_BATCH, NOT_A_BATCH, ACCOUNT_MISMATCH}
 FIELDS = sorted(

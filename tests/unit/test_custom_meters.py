@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from aggregations.catalog import open_catalog
 from aggregations.commands import pricing_command, publish_command
 from aggregations.meters import MetersError, parse_meters
-from aggregations.testing import fact, facts_table, write_committed_facts
+from tests.fixtures.facts import fact, facts_table, write_committed_facts
 
 PACKAGED = resources.files("aggregations").joinpath("meters.toml").read_text("utf-8")
 OCTOBER = datetime(2026, 10, 14, 9, tzinfo=UTC)

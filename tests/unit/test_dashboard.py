@@ -3,7 +3,8 @@ the published differentially private numbers (read back through the analyst cata
 their 95 % intervals and nothing from metering; the billing page draws exact metering
 (checked against the test traffic itself). Both are served fresh on every request.
 
-``make_published(root)`` is also the data of tests/integration/test_dashboard.py.
+The data (``make_published``) is ``tests.fixtures.dashboard_data``'s, shared with
+tests/integration/test_dashboard.py.
 """
 
 from __future__ import annotations
@@ -41,65 +42,17 @@ from aggregations.dashboard import (
 from aggregations.dashboard_analytics import top_values
 from aggregations.pricing import NoMeteringError
 from aggregations.publish import publish
-from aggregations.testing import DEFAULT_PRIVACY, fact, facts_table, write_committed_facts
 from streams.errors import ConfigurationError
-
-DAY = datetime(2026, 11, 1, tzinfo=UTC)
-DAYS = 3
-EPSILON = 1.0
-# 400 people a day: enough for the big countries to pass the noisy-people threshold on
-# most days, never LU (3 people).
-COUNTRIES = ["FR"] * 180 + ["DE"] * 140 + ["IT"] * 77 + ["LU"] * 3
-ACCOUNTS = 11
-
-
-def traffic() -> list[dict[str, Any]]:
-    """Facts of DAYS days; one event the next day closes the last one."""
-    rows: list[dict[str, Any]] = []
-    for day in range(DAYS):
-        for person, country in enumerate(COUNTRIES):
-            desktop = person % 3 != 0
-            common = {
-                "subject_key": f"d{day}p{person}",
-                "country": country,
-                "account_id": f"acct-{person % ACCOUNTS:02d}",
-                "device_class": "desktop" if desktop else "mobile",
-                "browser_family": "Firefox" if desktop else "Chrome Mobile",
-                "os_family": "Linux" if desktop else "Android",
-            }
-            hour = DAY + timedelta(days=day, hours=9 + person % 8)
-            rows += [
-                fact(hour, type="request", **common) for _ in range(1 + person % ACCOUNTS + day)
-            ]
-            rows += [
-                fact(hour, type="page_view", **common),
-                fact(hour, type="login", **common),
-                fact(hour, type="logout", session_seconds=60.0 * (1 + person + day), **common),
-                fact(hour, type="upload", bytes=1000 * (person + 1), **common),
-                fact(hour, type="download", bytes=7000 * (person + day + 1), **common),
-            ]
-    return [*rows, fact(DAY + timedelta(days=DAYS, hours=2), subject_key="closer")]
-
-
-def _ranked_accounts() -> list[str]:
-    """Accounts by requests + page views over the closed days, ties by id (as the page)."""
-    usage = Counter(
-        r["account_id"]
-        for r in traffic()
-        if r["type"] in ("request", "page_view") and r["occurred_hour"] < DAY + timedelta(days=DAYS)
-    )
-    return sorted(usage, key=lambda account: (-usage[account], account))
-
-
-TOP_8 = _ranked_accounts()[:8]
-OTHERS = set(_ranked_accounts()[8:])
-
-
-def make_published(root: Path, rows: list[dict[str, Any]] | None = None) -> Path:
-    """Committed facts under ``root``, published with the default budget; returns ``root``."""
-    write_committed_facts(root, facts_table(traffic() if rows is None else rows), first_offset=0)
-    publish(str(root), DAY + timedelta(days=30), timedelta(hours=1), DEFAULT_PRIVACY)
-    return root
+from tests.fixtures.dashboard_data import (
+    DAY,
+    DAYS,
+    EPSILON,
+    OTHERS,
+    TOP_8,
+    make_published,
+    traffic,
+)
+from tests.fixtures.facts import DEFAULT_PRIVACY, fact, facts_table, write_committed_facts
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,7 @@ import pytest
 from aggregations.dp.budget import Budget
 from aggregations.publish import publish
 from aggregations.sandbox import open_sandbox, run_query
-from aggregations.testing import DEFAULT_PRIVACY, fact, facts_table, write_committed_facts
+from tests.fixtures.facts import DEFAULT_PRIVACY, fact, facts_table, write_committed_facts
 
 DAY = datetime(2026, 11, 1, tzinfo=UTC)
 NOW = datetime(2026, 11, 10, tzinfo=UTC)

@@ -25,7 +25,7 @@ from aggregations.dp.mechanisms import (
 )
 from aggregations.dp.release import fit_to_total, post_process, release_batch, threshold_sds
 from aggregations.schemas import DIMENSIONS
-from aggregations.testing import fact, facts_table
+from tests.fixtures.facts import fact, facts_table
 
 DAY = datetime(2026, 11, 1, tzinfo=UTC)
 GRACE = timedelta(hours=1)
@@ -95,6 +95,25 @@ def test_values_outside_the_domain_count_under_the_fallback() -> None:
     rows = [fact(DAY, subject_key="p", browser_family="Brand New Browser 9000")]
     batch = _batch(rows, Bounds(events_per_unit=4))
     assert batch.events_by_value["browser_family"][_index("browser_family", "Other")] == 1
+
+
+def test_userless_events_are_one_account_unit_unless_sessions_are_chosen() -> None:
+    # A replayed access log: one account, no users, 20 sessions of 10 events each.
+    rows = [
+        fact(DAY + timedelta(minutes=e), subject_key=None, unit_key=f"session-{s}")
+        for s in range(20)
+        for e in range(10)
+    ]
+    rows += [fact(DAY, subject_key="person", unit_key="person") for _ in range(3)]
+    by_account = _batch(rows, Bounds(events_per_unit=32))
+    assert by_account.units == 2 and by_account.events_total == 32 + 3
+    by_session = _batch(rows, Bounds(events_per_unit=32, userless_unit="session"))
+    assert by_session.units == 21 and by_session.events_total == 200 + 3
+    # Facts from before unit_key (null): the account's unit, whatever the choice.
+    old = [{**row, "unit_key": None} for row in rows]
+    assert _batch(old, Bounds(events_per_unit=32, userless_unit="session")).units == 2
+    with pytest.raises(ValueError, match="unknown unit"):
+        Bounds(events_per_unit=32, userless_unit="ip")  # type: ignore[arg-type]
 
 
 def test_a_key_rotation_in_the_day_doubles_every_bound() -> None:

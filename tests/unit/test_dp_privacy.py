@@ -42,7 +42,7 @@ from aggregations.dp.mechanisms import (
     people_of,
 )
 from aggregations.schemas import DIMENSIONS
-from aggregations.testing import fact, facts_table
+from tests.fixtures.facts import fact, facts_table
 
 DAY = datetime(2026, 11, 1, tzinfo=UTC)
 # Draws per distribution: OpenDP's exact sampler takes ~70 us a draw (~300 us a call), so

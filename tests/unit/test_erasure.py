@@ -14,7 +14,7 @@ from streams.privacy.retention import load_policy
 from streams.subject.erasure import erase_subject, erasure_mask, legal_hold_classes
 from streams.subject.identifiable_store import Subject, list_files
 from streams.worker.sink import RangeWriter
-from tests.unit.test_retention_sweep import (
+from tests.fixtures.identifiable import (
     new_encryption,
     record,
     snapshot,

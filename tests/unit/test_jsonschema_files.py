@@ -14,7 +14,7 @@ from referencing import Registry, Resource
 
 from schemas import jsonschema as contract
 from schemas.events import EVENT_TYPES, Event, encode
-from tests.strategies import events
+from tests.fixtures.strategies import events
 
 FILES = sorted(contract.SCHEMA_DIR.glob("*.schema.json"))
 

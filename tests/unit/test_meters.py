@@ -18,8 +18,8 @@ from aggregations.catalog import open_catalog
 from aggregations.commands import pricing_command, publish_command
 from aggregations.meters import MetersError, default_meters, parse_meters
 from aggregations.publish import publish
-from aggregations.testing import DEFAULT_PRIVACY, fact, facts_table, write_committed_facts
 from schemas.arrow import FACTS
+from tests.fixtures.facts import DEFAULT_PRIVACY, fact, facts_table, write_committed_facts
 
 PACKAGED = resources.files("aggregations").joinpath("meters.toml").read_text("utf-8")
 OCTOBER = datetime(2026, 10, 14, 9, tzinfo=UTC)

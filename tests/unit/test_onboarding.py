@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-import tests.integration.test_dashboard as dashboard_tests
+import tests.fixtures.chromium as browser
 
 ROOT = Path(__file__).resolve().parents[2]
 MAKEFILE = (ROOT / "Makefile").read_text()
@@ -34,10 +34,10 @@ def test_without_chromium_the_browser_tests_fail_and_name_the_install(
 ) -> None:
     # Before, they skipped outside CI and `make test` reported green.
     monkeypatch.delenv("CI", raising=False)
-    monkeypatch.setattr(dashboard_tests, "CHROMIUM", tmp_path / "no-chromium")
+    monkeypatch.setattr(browser, "CHROMIUM", tmp_path / "no-chromium")
     # Caught whatever it is: a skip escaping here would skip this test instead of failing it.
     with pytest.raises(BaseException) as raised:
-        dashboard_tests.chromium()
+        browser.chromium()
     assert raised.type is pytest.fail.Exception
     assert INSTALL in str(raised.value)
 

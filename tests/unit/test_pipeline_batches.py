@@ -27,7 +27,7 @@ from streams.worker.deadletter import PROCESSING_ERROR, DeadLetter
 from streams.worker.metrics import WorkerMetrics
 from streams.worker.pipeline import PartitionPipeline, PipelineContext, RawRecord
 from streams.worker.sink import RangeWriter, open_data_root, recover_partition
-from tests.integration.pipeline_truth import TRAFFIC_ARRIVAL_MS, traffic_config
+from tests.fixtures.pipeline_truth import TRAFFIC_ARRIVAL_MS, traffic_config
 
 HOUR = 3600
 TOPIC = "raw"

@@ -38,9 +38,9 @@ from aggregations.dp.budget import Budget
 from aggregations.dp.ledger import Entry, read_ledger
 from aggregations.publish import publish
 from aggregations.schemas import METERING_DIR
-from aggregations.testing import fact, facts_table, write_committed_facts
 from aggregations.windows import last_closed_day
 from schemas.commits import committed_files
+from tests.fixtures.facts import fact, facts_table, write_committed_facts
 
 START = datetime(2026, 11, 1, tzinfo=UTC)
 GRACE = timedelta(hours=1)

@@ -1,17 +1,12 @@
 """The retention sweep over encrypted identifiable files in a temporary data root.
 
-The helpers here (``record``, ``write_identifiable``, ``new_encryption``) build rows of the
-IDENTIFIABLE schema and write them the way the sink lays them out; the access and erasure
-tests use them too.
+Rows and files come from ``tests.fixtures.identifiable``.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
-from collections import defaultdict
-from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,7 +18,6 @@ import pytest
 
 from schemas.arrow import IDENTIFIABLE
 from streams.encryption import ParquetEncryption
-from streams.privacy.retention import load_policy
 from streams.subject import identifiable_store
 from streams.subject.identifiable_store import (
     ExpiryBounds,
@@ -40,108 +34,17 @@ from streams.subject.retention_sweep import (
     plan_file,
     sweep,
 )
-
-POLICY = load_policy()
-FS = pafs.LocalFileSystem()
-NOW = datetime(2024, 3, 31, 12, 0, tzinfo=UTC)
-US = timedelta(microseconds=1)
-CLASS_OF_TYPE = {
-    "request": "traffic",
-    "page_view": "activity",
-    "upload": "content",
-    "payment": "billing",
-    "account": "account",
-    "consent": "account",
-}
-
-
-# --- helpers (shared with test_subject_access and test_erasure) ------------------------------
-
-
-def new_encryption(*key_ids: str, active: str | None = None) -> ParquetEncryption:
-    """Random encryption keys (default one, ``e1``); the active key defaults to the last."""
-    ids = key_ids or ("e1",)
-    return ParquetEncryption({i: os.urandom(32) for i in ids}, active or ids[-1])
-
-
-def record(
-    event_id: str,
-    *,
-    type: str = "request",
-    occurred_at: datetime = NOW - timedelta(days=1),
-    account_id: str = "acct-1",
-    user_id: str | None = "user-1",
-    expires_at: datetime | str | None = "policy",
-    properties: dict[str, Any] | None = None,
-    region: str = "eu",
-    ip: str | None = None,
-    source_offset: int = 0,
-) -> dict[str, Any]:
-    """One IDENTIFIABLE row; ``expires_at`` defaults to what the policy stamps."""
-    cls = CLASS_OF_TYPE[type]
-    if expires_at == "policy":
-        expires_at = POLICY.expires_at(cls, occurred_at)
-    return {
-        "event_id": event_id,
-        "type": type,
-        "occurred_at": occurred_at,
-        "received_at": occurred_at,
-        "account_id": account_id,
-        "user_id": user_id,
-        "session_id": None,
-        "ip": ip if ip is not None else ("192.0.2.1" if cls == "traffic" else None),
-        "user_agent": "Mozilla/5.0 (test)" if cls == "traffic" else None,
-        "geo_country": "DE",
-        "geo_region": None,
-        "geo_city": "Berlin",
-        "geo_lat": None,
-        "geo_lon": None,
-        "properties": json.dumps(properties or {}, sort_keys=True),
-        "retention_class": cls,
-        "expires_at": expires_at,
-        "region": region,
-        "policy_version": POLICY.version,
-        "source_partition": 0,
-        "source_offset": source_offset,
-    }
-
-
-def write_identifiable(
-    root: Path,
-    records: Iterable[dict[str, Any]],
-    encryption: ParquetEncryption,
-    stem: str = "sieve.raw+0+0-99",
-) -> list[Path]:
-    """Write records as the sink does: one encrypted file per class/region/event date."""
-    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for row in records:
-        day = row["occurred_at"].astimezone(UTC).date().isoformat()
-        folder = f"retention_class={row['retention_class']}/region={row['region']}/date={day}"
-        groups[folder].append(row)
-    paths = []
-    for folder, rows in sorted(groups.items()):
-        path = root / "identifiable" / folder / f"{stem}.parquet"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        table = pa.Table.from_pylist(rows, schema=IDENTIFIABLE)
-        with pq.ParquetWriter(
-            str(path), IDENTIFIABLE, encryption_properties=encryption.encryption_properties()
-        ) as writer:
-            writer.write_table(table)
-        paths.append(path)
-    return paths
-
-
-def stored_ids(root: Path, encryption: ParquetEncryption) -> set[str]:
-    """Every event id left in the store."""
-    ids: set[str] = set()
-    for file in list_files(FS, str(root)).files:
-        ids.update(read_rows(FS, file, encryption)["event_id"].to_pylist())
-    return ids
-
-
-def snapshot(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*.parquet"))}
-
+from tests.fixtures.identifiable import (
+    FS,
+    NOW,
+    POLICY,
+    US,
+    new_encryption,
+    record,
+    snapshot,
+    stored_ids,
+    write_identifiable,
+)
 
 # --- the sweep -------------------------------------------------------------------------------
 

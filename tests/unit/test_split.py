@@ -2,7 +2,7 @@
 
 Most properties use local strategies: they plant recognisable values (``user-…``,
 ``sess-…``, ``UA-…``, ``city-…``) so a leak into the facts is found by searching every
-cell, and keep account ids apart from them. ``tests/strategies.py`` (any valid event, edges
+cell, and keep account ids apart from them. ``tests/fixtures/strategies.py`` (any valid event, edges
 included) checks the record rules hold for the whole contract.
 """
 
@@ -41,7 +41,7 @@ from streams.privacy.keyring import Keyring
 from streams.privacy.pseudonymize import event_keys, subject_keys
 from streams.privacy.retention import load_policy
 from streams.privacy.split import Enrichment, SplitResult, split
-from tests.strategies import events as shared_events
+from tests.fixtures.strategies import events as shared_events
 
 POLICY = load_policy()
 KEYRING = Keyring.generate()

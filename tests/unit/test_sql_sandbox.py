@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from aggregations.commands import sql_command
 from aggregations.dp.ledger import LEDGER_DIR
 from aggregations.publish import publish
-from aggregations.testing import DEFAULT_PRIVACY, fact, facts_table, write_committed_facts
+from tests.fixtures.facts import DEFAULT_PRIVACY, fact, facts_table, write_committed_facts
 
 DAY = datetime(2026, 11, 1, tzinfo=UTC)
 

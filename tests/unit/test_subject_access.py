@@ -18,7 +18,7 @@ from streams.subject.access import (
     write_export,
 )
 from streams.subject.identifiable_store import Subject
-from tests.unit.test_retention_sweep import new_encryption, record, write_identifiable
+from tests.fixtures.identifiable import new_encryption, record, write_identifiable
 
 FS = pafs.LocalFileSystem()
 T = datetime(2024, 3, 20, 8, tzinfo=UTC)

@@ -24,7 +24,7 @@ import pytest
 
 from streams.encryption import ParquetEncryption
 from streams.privacy.keyring import Keyring, write_new_keyring
-from tests.unit.test_retention_sweep import record, write_identifiable
+from tests.fixtures.identifiable import record, write_identifiable
 
 NOW = datetime(2024, 4, 15, tzinfo=UTC)
 DAY = datetime(2024, 4, 1, 9, tzinfo=UTC)

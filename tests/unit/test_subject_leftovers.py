@@ -30,7 +30,7 @@ from streams.subject.access import (
 from streams.subject.erasure import erase_subject
 from streams.subject.identifiable_store import Subject, list_files
 from streams.subject.retention_sweep import sweep
-from tests.unit.test_retention_sweep import new_encryption, record, write_identifiable
+from tests.fixtures.identifiable import new_encryption, record, write_identifiable
 
 FS = pafs.LocalFileSystem()
 POLICY = load_policy()

@@ -24,7 +24,7 @@ from schemas.validate import (
     validate_event_bytes,
 )
 from streams.errors import InvalidEventError
-from tests.strategies import events
+from tests.fixtures.strategies import events
 
 ENVELOPE: dict[str, Any] = {
     "schema_version": 1,

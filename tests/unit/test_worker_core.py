@@ -26,7 +26,7 @@ from streams.worker.pipeline import PartitionPipeline, PipelineContext, RawRecor
 from streams.worker.service import ConsumerOptions, range_is_due
 from streams.worker.sink import RangeWriter, open_data_root, recover_partition
 from streams.worker.state.folder import StateFolder
-from tests.integration.pipeline_truth import TRAFFIC_ARRIVAL_MS, traffic_config
+from tests.fixtures.pipeline_truth import TRAFFIC_ARRIVAL_MS, traffic_config
 
 HOUR = 3600
 TOPIC = "raw"

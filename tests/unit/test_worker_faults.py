@@ -42,7 +42,7 @@ from streams.worker.pipeline import PartitionPipeline, PipelineContext, RawRecor
 from streams.worker.service import ConsumerOptions, RawTopicService
 from streams.worker.sink import RangeWriter, open_data_root
 from streams.worker.startup import wait_for_broker
-from tests.integration.pipeline_truth import TRAFFIC_ARRIVAL_MS, traffic_config
+from tests.fixtures.pipeline_truth import TRAFFIC_ARRIVAL_MS, traffic_config
 
 TOPIC = "raw"
 

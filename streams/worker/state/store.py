@@ -69,7 +69,10 @@ _FORMAT: Final = 1
 # Memory RocksDB may use for one worker, whatever the number of partitions and keys.
 BLOCK_CACHE_BYTES: Final = 32 << 20
 WRITE_BUFFER_BYTES: Final = 64 << 20
-LOCK_WAIT_SECONDS: Final = 60.0
+# Long enough for a worker that was frozen (SIGSTOP, a swapped-out VM) past its session to
+# wake, learn it lost the partition and close the store; short of the worker's poll interval
+# (10 min), after which the group would give the waiting worker's partitions away too.
+LOCK_WAIT_SECONDS: Final = 300.0
 
 
 @dataclass(frozen=True)
@@ -198,9 +201,6 @@ class PartitionStore:
     @property
     def generations(self) -> tuple[int, ...]:
         return tuple(sorted(self._generations))
-
-    def generation_of(self, arrival_ms: int) -> int:
-        return arrival_ms // self.generation_ms
 
     def arrivals(self, keys: list[bytes]) -> list[int | None]:
         """The latest stored arrival of each key (16 raw bytes), None where absent."""
@@ -367,10 +367,14 @@ def _open_waiting(path: Path, options: Options, families: dict[str, Options]) ->
     assignment.
     """
     deadline = time.monotonic() + LOCK_WAIT_SECONDS
+    waiting = False
     while True:
         try:
             return Rdict(str(path), options, column_families=families)
         except Exception as error:
             if "lock" not in str(error).lower() or time.monotonic() > deadline:
                 raise TransientError(f"cannot open the state store {path}: {error}") from error
+            if not waiting:
+                logger.info("state store %s: waiting for another worker to release it", path)
+                waiting = True
             time.sleep(0.2)
