@@ -17,6 +17,10 @@ Aggregations (per account and UTC hour, and per account and UTC day):
 - ``unique_count``: distinct non-null values of a property (``subject_key``: active users).
   The daily value is a distinct count over the day, never a sum of hours.
 
+A custom event the policy declares is named ``custom:<name>`` in ``event`` (``"custom"``
+alone is every custom event), and its declared metric ``<p>`` is the property
+``metrics.<p>`` (the facts' ``metrics`` map; null where an event does not carry it).
+
 A meter is checked against the facts schema when it is loaded (:func:`parse_meters`): a
 property or dimension that is not a column of the facts, or of the wrong type, is an error
 naming the meter and the column. Identifiers (``event_key``, ``subject_key``, ...) can be
@@ -105,7 +109,7 @@ class Meter:
     def value_sql(self) -> str:
         """The aggregate of one group of ``facts`` rows, as DECIMAL(38, 6)."""
         where = f" FILTER (WHERE {_event_filter(self.events)})" if self.events else ""
-        column = f'"{self.column}"'
+        column = _column_sql(self.column)
         if self.aggregation == "count":
             value = f"count(*){where}"
         elif self.aggregation == "unique_count":
@@ -148,12 +152,28 @@ class Meter:
         )
 
 
+CUSTOM_PREFIX: Final = "custom:"
+METRICS_PREFIX: Final = "metrics."
+
+
 def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
 def _event_filter(events: tuple[str, ...]) -> str:
-    return f"type IN ({', '.join(_literal(e) for e in events)})"
+    types = [e for e in events if not e.startswith(CUSTOM_PREFIX)]
+    names = [e.removeprefix(CUSTOM_PREFIX) for e in events if e.startswith(CUSTOM_PREFIX)]
+    terms = [f"type IN ({', '.join(_literal(e) for e in types)})"] if types else []
+    if names:
+        listed = ", ".join(_literal(n) for n in names)
+        terms.append(f"(type = 'custom' AND event_name IN ({listed}))")
+    return " OR ".join(terms)
+
+
+def _column_sql(column: str | None) -> str:
+    if column is not None and column.startswith(METRICS_PREFIX):
+        return f"metrics[{_literal(column.removeprefix(METRICS_PREFIX))}]"
+    return f'"{column}"'
 
 
 # --- loading -------------------------------------------------------------------------------
@@ -194,7 +214,8 @@ class _Reader:
             if len(listed) > 1:
                 raise self.fail(name, "event", '"*" (every event) stands alone')
             return ()
-        unknown = sorted(set(listed) - self.event_types)
+        custom = {e for e in listed if e.startswith(CUSTOM_PREFIX) and len(e) > len(CUSTOM_PREFIX)}
+        unknown = sorted(set(listed) - self.event_types - custom)
         if unknown:
             known = ", ".join(sorted(self.event_types))
             raise self.fail(name, "event", f"unknown event type {unknown[0]!r} (known: {known})")
@@ -269,7 +290,12 @@ class _Reader:
             return None
         if "property" not in raw:
             raise self.fail(name, "property", f"missing: the facts column a {aggregation} reads")
-        field = self.column(name, "property", raw["property"])
+        declared = raw["property"]
+        if isinstance(declared, str) and declared.startswith(METRICS_PREFIX):
+            # A custom event's metric: a number in the facts' metrics map.
+            field = pa.field(declared, self.column(name, "property", "metrics").type.item_type)
+        else:
+            field = self.column(name, "property", declared)
         numeric = (
             pa.types.is_integer(field.type)
             or pa.types.is_floating(field.type)

@@ -8,7 +8,9 @@ Only ``_decide`` differs from :class:`~streams.worker.pipeline.PartitionPipeline
 bisection, the buffer and ranges are the same code, and so are the functions it calls
 (``decode_batch``, ``split`` and the rest, as they are now, some faster than they were),
 except the country lookup, which forgets addresses between batches as it used to. Its
-facts' ``referrer_class`` is null (it had none). Delete this module with the comparison
+facts' ``referrer_class`` is null (it had none). Custom events go through the same
+``split`` (streams.privacy.custom_split), and their dropped properties into the same counts.
+Delete this module with the comparison
 once nobody needs the numbers.
 """
 
@@ -140,6 +142,7 @@ class LegacyPartitionPipeline(PartitionPipeline):
             outcome.accepted = len(events)
             outcome.identifiable.append(result.identifiable)
             outcome.facts.append(result.facts)
+            outcome.properties_dropped = result.properties_dropped
             if result.identifiable.num_rows:
                 outcome.identifiable_by_class.update(
                     Counter(result.identifiable["retention_class"].to_pylist())

@@ -13,8 +13,9 @@ import pyarrow as pa
 
 OUTPUT_SCHEMA_VERSION: Final = "1"
 # The version of the facts dataset, stamped on every facts file. 2 added referrer_class
-# (files of version 1 read as "unknown") and unit_key (read as null).
-FACTS_VERSION: Final = "2"
+# (files of version 1 read as "unknown") and unit_key (read as null); 3 added the custom
+# event columns event_name, dimensions and metrics (older files read them as null).
+FACTS_VERSION: Final = "3"
 
 _UTC_US = pa.timestamp("us", tz="UTC")
 _UTC_MS = pa.timestamp("ms", tz="UTC")
@@ -86,6 +87,14 @@ FACTS: Final = pa.schema(
         # the account and IP address (streams.privacy.pseudonymize.userless_unit_keys); null
         # when the event has none of them. Made with the key ``key_id`` names.
         pa.field("unit_key", pa.string()),
+        # A custom event's name when the policy declares it; null otherwise and for the
+        # other types (an undeclared name is the product's free text: it stays out).
+        pa.field("event_name", pa.string()),
+        # Its declared dimension properties (as text) and metric properties. Maps, so the
+        # schema is the same whatever a policy declares: a new property is no new column,
+        # and files written before these columns read them as null.
+        pa.field("dimensions", pa.map_(pa.string(), pa.string())),
+        pa.field("metrics", pa.map_(pa.string(), pa.float64())),
     ],
     metadata={"sieve.dataset": "facts", "sieve.schema_version": FACTS_VERSION},
 )

@@ -39,7 +39,9 @@ _LISTINGS: Final = 5  # a listing that raced a compaction is taken again (read_m
 _MARKER_NAME = re.compile(r"^(\d{20})-(\d{20})(?:-g(\d+))?(?:-c(\d+))?\.json$")
 
 
-class RangeCounts(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+# omit_defaults: a range without dropped properties writes the marker it always wrote, so
+# workers of the previous version still read the markers of most ranges.
+class RangeCounts(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
     """What became of each raw message of the range: raw = accepted + duplicates + dead-lettered."""
 
     raw: int
@@ -49,6 +51,9 @@ class RangeCounts(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     identifiable: dict[str, int]  # records by retention class
     facts: int
     bytes_written: int
+    # Properties of custom events the policy does not let through (undeclared or declared
+    # dropped), kept nowhere: the collector drops them first, so these came another way.
+    properties_dropped: int = 0
 
 
 class CoveredRange(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

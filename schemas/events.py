@@ -204,6 +204,31 @@ class ConsentChange(EventBase, tag="consent", kw_only=True, frozen=True):
     choice: Literal["opt_out", "opt_in"]
 
 
+# A custom event's properties: names a policy file can declare (streams/privacy/policy.toml,
+# [custom_events]) and scalar values. No nesting: a property is a dimension, a metric or an
+# identifiable value, each one column wide; a nested object would be an undeclared bag.
+MAX_CUSTOM_PROPERTIES: Final = 64
+CustomEventName = Annotated[str, Meta(min_length=1, max_length=128, extra_json_schema=_TEXT)]
+PropertyName = Annotated[str, _matching("^[A-Za-z0-9_.:-][A-Za-z0-9_ .:-]*$", max_length=64)]
+PropertyValue = (
+    bool
+    | Annotated[int, Meta(ge=-(1 << 53), le=1 << 53)]
+    | Annotated[float, Meta(ge=-1e15, le=1e15)]
+    | Annotated[str, Meta(max_length=1024, extra_json_schema=_TEXT)]
+)
+
+
+class Custom(EventBase, tag="custom", kw_only=True, frozen=True):
+    """An event of the product's own (a Segment ``track`` call Sieve has no type for),
+    carrying only the properties the policy declares for its ``name``; the collector drops
+    and counts every other one before the event is sent."""
+
+    name: CustomEventName
+    properties: Annotated[
+        dict[PropertyName, PropertyValue], Meta(max_length=MAX_CUSTOM_PROPERTIES)
+    ] = msgspec.field(default_factory=dict)
+
+
 Event = (
     Request
     | PageView
@@ -214,6 +239,7 @@ Event = (
     | Payment
     | AccountLifecycle
     | ConsentChange
+    | Custom
 )
 
 EVENT_TYPES: Final[dict[str, type[EventBase]]] = {
@@ -228,6 +254,7 @@ EVENT_TYPES: Final[dict[str, type[EventBase]]] = {
         Payment,
         AccountLifecycle,
         ConsentChange,
+        Custom,
     )
 }
 

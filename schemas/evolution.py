@@ -222,6 +222,9 @@ def _duckdb_type(arrow_type: pa.DataType) -> str:
     """The type as DuckDB spells it (``str(DuckDBPyType)``), for a cast or a comparison."""
     if pat.is_timestamp(arrow_type):
         return "TIMESTAMP WITH TIME ZONE" if arrow_type.tz is not None else "TIMESTAMP"
+    if pat.is_map(arrow_type):
+        key, item = _duckdb_type(arrow_type.key_type), _duckdb_type(arrow_type.item_type)
+        return f"MAP({key}, {item})"
     for test, name in _DUCKDB_TYPES:
         if test(arrow_type):
             return name

@@ -12,16 +12,17 @@ import textwrap
 from collections.abc import Callable, Iterable
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Literal, TypeVar
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from schemas.events import (
     DEFAULT_BACKFILL_MAX_BEHIND,
     DEFAULT_EVENT_MAX_AHEAD,
     DEFAULT_EVENT_MAX_BEHIND,
 )
+from streams.origins import check_origins  # the collector's own rule
 
 if TYPE_CHECKING:
     import click
@@ -184,6 +185,19 @@ class Settings(BaseSettings):
     collector_metrics_port: int = Field(
         6067, ge=1, le=65535, description="Port of the collector's /metrics listener."
     )
+    collector_cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="Web origins whose pages may post events from a browser (CORS), comma"
+        " separated: https://app.example.com,https://www.example.com; * allows any origin."
+        " Empty: no browser access. Credentials (cookies) are never allowed.",
+    )
+
+    @field_validator("collector_cors_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [origin for origin in value.split(",") if origin.strip()]
+        return check_origins(value) if isinstance(value, list | tuple) else value
 
     # --- aggregations ---------------------------------------------------------------------
     grace_period: timedelta = Field(
@@ -270,6 +284,8 @@ def _shown_default(name: str, default: object) -> str:
         return f"{_iso_duration(default)} (an ISO 8601 duration)"
     if isinstance(default, bool):
         return "true" if default else "false"
+    if isinstance(default, tuple):  # comma separated, as the variable is written
+        default = ",".join(str(item) for item in default)
     return str(default) if default != "" else "''"
 
 

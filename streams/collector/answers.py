@@ -50,9 +50,10 @@ def unauthorized() -> Refusal:
         401,
         {
             "error": "unauthorized",
-            "message": "a valid write key is required: Authorization: Bearer <key>",
+            "message": "a valid write key is required: Authorization: Bearer <key>, or"
+            " HTTP Basic with the key as user name (as Segment's SDKs send it)",
         },
-        {hdrs.WWW_AUTHENTICATE: 'Bearer realm="sieve"'},
+        {hdrs.WWW_AUTHENTICATE: 'Bearer realm="sieve", Basic realm="sieve"'},
     )
 
 

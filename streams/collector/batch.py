@@ -28,12 +28,14 @@ from schemas.validate import (
     validate_event_bytes,
 )
 from streams.errors import InvalidEventError
+from streams.privacy.custom_events import CustomEvents, PropertyKind
 
 JSON: Final = "application/json"
 NDJSON: Final = "application/x-ndjson"
 SUPPORTED_MEDIA_TYPES: Final = (JSON, NDJSON)
 
 # Codes of problems only a batch can have; an event's own use schemas.validate.CODES.
+PROPERTY_MISFIT: Final = "property_kind_mismatch"
 EMPTY_BATCH: Final = "empty_batch"
 NOT_A_BATCH: Final = "not_a_batch"
 ACCOUNT_MISMATCH: Final = "account_mismatch"
@@ -151,6 +153,46 @@ def apply_signals(item: dict[str, object], signals: PrivacySignals) -> dict[str,
         if on and item.get(flag, False) is False:
             raised[flag] = True
     return raised
+
+
+@dataclass(frozen=True)
+class Declared:
+    """Items with each custom event's properties cut to what the policy declares, and how
+    many were dropped (not declared; declared ``dropped``)."""
+
+    items: list[object]
+    undeclared: int = 0
+    declared_dropped: int = 0
+
+
+def keep_declared(items: Sequence[object], custom: CustomEvents) -> Declared:
+    """Cut every ``custom`` event object's ``properties`` to the declared ones (so nothing
+    undeclared is ever sent); a declared property of the wrong kind makes the item an
+    :class:`Undecodable` (reported, never cast). Other items are left as they are."""
+    kept: list[object] = []
+    undeclared = dropped = 0
+    for item in items:
+        properties = item.get("properties") if isinstance(item, dict) else None
+        name = item.get("name") if isinstance(item, dict) else None
+        if (
+            not isinstance(item, dict)
+            or item.get("type") != "custom"
+            or not isinstance(properties, dict)
+            or not isinstance(name, str)
+        ):
+            kept.append(item)
+            continue
+        filtered = custom.filter(name, properties)
+        undeclared += filtered.undeclared
+        dropped += filtered.declared_dropped
+        if filtered.misfits:
+            key, kind = filtered.misfits[0]
+            what = "a number" if kind is PropertyKind.METRIC else "a string, number or boolean"
+            reason = f"property {key!r} is declared {kind.value} and must be {what}"
+            kept.append(Undecodable(reason, PROPERTY_MISFIT))
+        else:
+            kept.append({**item, "properties": filtered.kept})
+    return Declared(kept, undeclared, dropped)
 
 
 # An array's elements as raw JSON: msgspec checks the syntax (~1.5 ms a MB) without building

@@ -16,6 +16,7 @@ from streams.collector.server import EVENTS_PATH, create_collector_app
 from streams.errors import ConfigurationError, TransientError
 from streams.http_server import Listener, serve_until_stopped
 from streams.monitoring.exposition import METRICS_PATH, metrics_app
+from streams.privacy.custom_events import load_custom_events
 from streams.settings import Settings, reads_settings
 
 # The access log without the client's address and user agent: those are personal data,
@@ -38,6 +39,8 @@ from streams.settings import Settings, reads_settings
     "collector_ack_timeout_seconds",
     "collector_metrics_host",
     "collector_metrics_port",
+    "policy_file",
+    "collector_cors_origins",
 )
 @click.command("collect")
 @click.option("--host", default=None, help="Address to bind [default: SIEVE_COLLECTOR_HOST].")
@@ -45,11 +48,15 @@ from streams.settings import Settings, reads_settings
     "--port", type=int, default=None, help="Port to bind [default: SIEVE_COLLECTOR_PORT]."
 )
 def collect_command(host: str | None, port: int | None) -> None:
-    """Run the HTTP collector: POST /v1/events (JSON array or NDJSON) -> the raw topic.
+    """Run the HTTP collector: POST /v1/events (JSON array or NDJSON) and Segment's
+    Tracking API (/v1/batch, /v1/track, /v1/page, /v1/screen, /v1/identify, ...) -> the
+    raw topic.
 
-    Clients authenticate with a write key of their account (Authorization: Bearer <key>),
-    listed in SIEVE_WRITE_KEYS_FILE. Prometheus metrics are served on a port of their own
-    (SIEVE_COLLECTOR_METRICS_HOST, SIEVE_COLLECTOR_METRICS_PORT).
+    Clients authenticate with a write key of their account (Authorization: Bearer <key>,
+    or HTTP Basic with the key as user name), listed in SIEVE_WRITE_KEYS_FILE. Custom
+    events keep the properties SIEVE_POLICY_FILE declares. Pages of the origins in
+    SIEVE_COLLECTOR_CORS_ORIGINS may post from a browser. Prometheus metrics are served on
+    a port of their own (SIEVE_COLLECTOR_METRICS_HOST, SIEVE_COLLECTOR_METRICS_PORT).
     """
     from streams.producer import EventProducer  # imported late: kafka-python is heavy
 
@@ -62,6 +69,7 @@ def collect_command(host: str | None, port: int | None) -> None:
             ' {"<account_id>": ["<key>", ...]} of the keys clients write with'
         )
     write_keys = WriteKeys.load(settings.write_keys_file)
+    custom_events = load_custom_events(settings.policy_file)
     deadline = settings.collector_ack_timeout_seconds
     producer = EventProducer.from_settings(
         settings,
@@ -86,6 +94,8 @@ def collect_command(host: str | None, port: int | None) -> None:
                 settings.event_max_ahead, settings.event_max_behind, settings.backfill_max_behind
             ),
             metrics=metrics,
+            custom_events=custom_events,
+            cors_origins=settings.collector_cors_origins,
         )
         bind_host = settings.collector_host if host is None else host
         bind_port = settings.collector_port if port is None else port

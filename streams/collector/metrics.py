@@ -30,6 +30,7 @@ class CollectorMetrics:
     requests: Counter
     latency: Histogram
     events_accepted: Counter
+    properties_dropped: Counter
 
     @staticmethod
     def create() -> CollectorMetrics:
@@ -56,7 +57,18 @@ class CollectorMetrics:
                 " 503).",
                 registry=registry,
             ),
+            properties_dropped=Counter(
+                "sieve_collector_properties_dropped",
+                "Properties (and traits) of Segment calls dropped before sending, by reason:"
+                " undeclared (the policy does not name them) or declared_dropped.",
+                ["reason"],
+                registry=registry,
+            ),
         )
+
+    def dropped(self, *, undeclared: int, declared_dropped: int) -> None:
+        self.properties_dropped.labels("undeclared").inc(undeclared)
+        self.properties_dropped.labels("declared_dropped").inc(declared_dropped)
 
     def answered(self, request: web.Request, status: int, seconds: float) -> None:
         route, code = route_of(request), str(status)

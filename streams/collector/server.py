@@ -1,4 +1,12 @@
-"""The collector's HTTP surface: ``POST /v1/events`` and ``GET /healthz`` (aiohttp).
+"""The collector's HTTP surface: ``POST /v1/events``, Segment's Tracking API (``POST
+/v1/batch``, ``/v1/track``, ``/v1/page``, ``/v1/screen``, ``/v1/identify``, ``/v1/group``,
+``/v1/alias``: :mod:`streams.collector.segment` maps each call onto the contract) and ``GET
+/healthz`` (aiohttp).
+
+The write key comes as ``Authorization: Bearer <key>`` or, as Segment's SDKs send it, HTTP
+Basic with the key as user name and an empty password. Segment calls then meet exactly the
+checks, answers and metrics of ``/v1/events``; properties their target does not declare are
+dropped and counted (``sieve_collector_properties_dropped``).
 
 A request is checked in the order that costs least before it costs most: the write key
 (401), the content type and coding (415), the declared length (413), the account's
@@ -33,6 +41,8 @@ Status codes and bodies (all JSON; builders in :mod:`streams.collector.answers`)
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import functools
 import logging
 import time
@@ -54,7 +64,9 @@ from streams.collector.batch import (
     PrivacySignals,
     check_batch,
     decode_batch,
+    keep_declared,
 )
+from streams.collector.cors import allow_origins
 from streams.collector.delivery import Delivery, EventSender, deliver
 from streams.collector.encoding import (
     DecodedTooLarge,
@@ -64,10 +76,14 @@ from streams.collector.encoding import (
 )
 from streams.collector.keys import WriteKeys
 from streams.collector.metrics import CollectorMetrics, measuring
+from streams.collector.segment import BATCH, CALLS, segment_items
+from streams.privacy.custom_events import CustomEvents
 
 log = logging.getLogger(__name__)
 
 EVENTS_PATH: Final = "/v1/events"
+# Segment's Tracking API: /v1/batch and one path per call.
+SEGMENT_PATHS: Final = {f"/v1/{call}": call for call in (BATCH, *CALLS)}
 HEALTH_PATH: Final = "/healthz"
 DEFAULT_ACK_TIMEOUT_S: Final = 10.0
 DEFAULT_HEADER_TIMEOUT_S: Final = 10.0
@@ -94,6 +110,8 @@ class CollectorConfig:
     time_bounds: TimeBounds
     clock: Callable[[], float]  # wall clock, seconds since the epoch: the arrival of events
     metrics: CollectorMetrics
+    # The policy's custom event declarations: which properties a Segment call may keep.
+    custom_events: CustomEvents = field(default_factory=CustomEvents)
     in_progress: Counter[str] = field(default_factory=Counter)  # requests per account
     delivery_threads: ThreadPoolExecutor | None = None
 
@@ -113,6 +131,8 @@ def create_collector_app(
     time_bounds: TimeBounds = DEFAULT_TIME_BOUNDS,
     clock: Callable[[], float] = time.time,
     metrics: CollectorMetrics | None = None,
+    custom_events: CustomEvents | None = None,
+    cors_origins: Sequence[str] = (),
 ) -> web.Application:
     """A collector application; the caller owns ``producer`` (flushes and closes it).
 
@@ -121,6 +141,8 @@ def create_collector_app(
     acknowledgements before it answers 503. ``time_bounds`` is the window around the
     request's arrival (``clock``) that each ``occurred_at`` must lie in, as in the worker.
     ``metrics`` counts and times every answer (the caller serves its registry elsewhere).
+    ``custom_events``: the policy's declarations (None: none, every property is dropped).
+    ``cors_origins``: web origins whose pages may post (``*``: any; empty: no browser).
     """
     if max_body_bytes < 1:
         raise ValueError(f"max_body_bytes must be positive, not {max_body_bytes}")
@@ -153,9 +175,15 @@ def create_collector_app(
         time_bounds=time_bounds,
         clock=clock,
         metrics=metrics,
+        custom_events=custom_events or CustomEvents(),
     )
     app.cleanup_ctx.append(_delivery_threads)
     app.router.add_post(EVENTS_PATH, post_events, expect_handler=_expect_events)
+    for path, call in SEGMENT_PATHS.items():
+        handler = functools.partial(post_events, segment_call=call)
+        app.router.add_post(path, handler, expect_handler=_expect_events)
+    if cors_origins:
+        allow_origins(app, cors_origins, (EVENTS_PATH, *SEGMENT_PATHS))
     app.router.add_get(HEALTH_PATH, healthz)
     return app
 
@@ -177,8 +205,9 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "unavailable", "reason": state.reason}, status=503)
 
 
-async def post_events(request: web.Request) -> web.Response:
-    """Accept a batch of events for the write key's account; see the module docstring."""
+async def post_events(request: web.Request, *, segment_call: str | None = None) -> web.Response:
+    """Accept a batch of events (or of Segment calls: ``segment_call`` names the path's
+    call) for the write key's account; see the module docstring."""
     config = request.app[CONFIG]
     try:
         account_id, media_type, coding = _precheck(request, config)
@@ -188,7 +217,7 @@ async def post_events(request: web.Request) -> web.Response:
         return answers.busy(config.max_requests_per_key).response()
     config.in_progress[account_id] += 1
     try:
-        return await _accept(request, config, account_id, media_type, coding)
+        return await _accept(request, config, account_id, (media_type, coding), segment_call)
     finally:
         config.in_progress[account_id] -= 1
         if not config.in_progress[account_id]:
@@ -196,7 +225,11 @@ async def post_events(request: web.Request) -> web.Response:
 
 
 async def _accept(
-    request: web.Request, config: CollectorConfig, account_id: str, media_type: str, coding: str
+    request: web.Request,
+    config: CollectorConfig,
+    account_id: str,
+    media: tuple[str, str],
+    segment_call: str | None,
 ) -> web.Response:
     try:
         async with asyncio.timeout(config.body_timeout_s):
@@ -208,7 +241,7 @@ async def _accept(
     received_at_ms = int(config.clock() * 1000)
     signals = PrivacySignals.from_headers(request.headers)
     check = functools.partial(
-        _check_body, raw, coding, media_type, account_id, signals, received_at_ms, config
+        _check_body, raw, media, account_id, signals, received_at_ms, config, segment_call
     )
     # In a thread: decoding and checking a large batch of invalid events takes a while of
     # CPU; on the event loop it would stall every other request.
@@ -220,21 +253,31 @@ async def _accept(
 
 def _check_body(
     raw: bytes,
-    coding: str,
-    media_type: str,
+    media: tuple[str, str],
     account_id: str,
     signals: PrivacySignals,
     received_at_ms: int,
     config: CollectorConfig,
+    segment_call: str | None,
 ) -> list[Event] | web.Response:
     """The batch's events, or the answer that refuses it (413, 400). Runs in a thread."""
+    media_type, coding = media
     try:
         body = decode_body(raw, coding, config.max_body_bytes)
     except DecodedTooLarge:
         return answers.too_large(config.max_body_bytes).response()
     except UndecodableBody as undecodable:
         return answers.undecodable(str(undecodable))
-    items, body_problem = decode_batch(body, media_type)
+    if segment_call is None:
+        items, body_problem = decode_batch(body, media_type)
+        # Custom events posted as events meet the policy's declarations as Segment's do.
+        declared = keep_declared(items, config.custom_events)
+        items, dropped = declared.items, (declared.undeclared, declared.declared_dropped)
+    else:
+        mapped, body_problem = segment_items(
+            body, segment_call, account_id, received_at_ms, config.custom_events
+        )
+        items, dropped = mapped.items, (mapped.undeclared, mapped.declared_dropped)
     if body_problem is not None:
         return answers.invalid([body_problem], batch_size=None)
     events, problems = check_batch(
@@ -242,6 +285,8 @@ def _check_body(
     )
     if problems:
         return answers.invalid(problems, batch_size=len(items))
+    # Counted once the batch is checked: these properties are gone before anything is sent.
+    config.metrics.dropped(undeclared=dropped[0], declared_dropped=dropped[1])
     return events
 
 
@@ -339,9 +384,22 @@ def _precheck(request: web.Request, config: CollectorConfig) -> tuple[str, str, 
 def _authenticate(request: web.Request, write_keys: WriteKeys) -> str:
     # Never log the header: it is the key.
     scheme, _, presented = request.headers.get(hdrs.AUTHORIZATION, "").partition(" ")
-    account_id = None
-    if scheme.lower() == "bearer" and presented.strip():
-        account_id = write_keys.authenticate(presented.strip())
+    key = presented.strip()
+    if scheme.lower() == "basic":
+        key = _basic_user(key)
+    elif scheme.lower() != "bearer":
+        key = ""
+    account_id = write_keys.authenticate(key) if key else None
     if account_id is None:
         raise answers.unauthorized()
     return account_id
+
+
+def _basic_user(credentials: str) -> str:
+    """The user name of HTTP Basic credentials (Segment's SDKs send ``<key>:``); the
+    password is ignored. Empty when the credentials do not decode."""
+    try:
+        decoded = base64.b64decode(credentials, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return ""
+    return decoded.partition(":")[0]

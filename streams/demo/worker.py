@@ -36,6 +36,8 @@ def _env_value(value: object) -> str:
         return f"PT{value.total_seconds()}S"  # ISO 8601: pydantic reads no bare seconds
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, tuple):  # a list setting (SIEVE_COLLECTOR_CORS_ORIGINS): comma separated
+        return ",".join(str(item) for item in value)
     return str(value)
 
 

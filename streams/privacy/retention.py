@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from importlib import resources
 from pathlib import Path
@@ -19,6 +19,7 @@ from typing import Any, Final
 
 from schemas.events import EVENT_TYPES
 from streams.errors import ConfigurationError
+from streams.privacy.custom_events import POLICY_KEY, CustomEvents, parse_custom_events
 
 UNKNOWN_COUNTRY: Final = "ZZ"
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
@@ -52,6 +53,8 @@ class RetentionPolicy:
     # Country (ISO2) -> storage region; anything else is ``default_region``.
     regions: Mapping[str, str]
     default_region: str
+    # The custom events the policy declares: what each property may become.
+    custom_events: CustomEvents = field(default_factory=CustomEvents)
 
     def class_of(self, event_type: str) -> RetentionClass:
         """The retention class of an event type (KeyError on a type outside the contract)."""
@@ -88,16 +91,19 @@ class RetentionPolicy:
 
 def load_policy(path: Path | None = None) -> RetentionPolicy:
     """Read and check a policy file; None reads the packaged ``policy.toml``."""
+    text, source = policy_text(path)
+    return parse_policy(text, source=source)
+
+
+def policy_text(path: Path | None) -> tuple[str, str]:
+    """The text of a policy file and how errors name it; None: the packaged one."""
     if path is None:
         source = "streams/privacy/policy.toml (packaged)"
-        text = resources.files("streams.privacy").joinpath("policy.toml").read_text("utf-8")
-    else:
-        source = str(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigurationError(f"policy file {path} cannot be read: {exc}") from None
-    return parse_policy(text, source=source)
+        return resources.files("streams.privacy").joinpath("policy.toml").read_text("utf-8"), source
+    try:
+        return path.read_text(encoding="utf-8"), str(path)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigurationError(f"policy file {path} cannot be read: {exc}") from None
 
 
 def parse_policy(text: str, *, source: str = "<policy>") -> RetentionPolicy:
@@ -119,7 +125,15 @@ class _Reader:
         return ConfigurationError(f"policy file {self.source}: {key} {problem}")
 
     def policy(self, document: dict[str, Any]) -> RetentionPolicy:
-        known = {"version", "traffic_class", "default_region", "classes", "event_types", "regions"}
+        known = {
+            "version",
+            "traffic_class",
+            "default_region",
+            "classes",
+            "event_types",
+            "regions",
+            POLICY_KEY,
+        }
         for key in document:
             if key not in known:
                 raise self.fail(key, f"is not a policy key (expected one of {sorted(known)})")
@@ -134,6 +148,9 @@ class _Reader:
         event_classes = self.event_classes(event_types, classes)
         default_region = self.name(document, "default_region", "default_region")
         regions = self.regions(self.table(document, "regions", "regions"))
+        custom_events = parse_custom_events(
+            document.get(POLICY_KEY, {}), source=self.source, classes=frozenset(classes)
+        )
         return RetentionPolicy(
             version=version,
             classes=MappingProxyType(classes),
@@ -141,6 +158,7 @@ class _Reader:
             traffic_class=traffic_class,
             regions=MappingProxyType(regions),
             default_region=default_region,
+            custom_events=custom_events,
         )
 
     def classes(self, table: dict[str, Any]) -> dict[str, RetentionClass]:

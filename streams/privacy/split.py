@@ -46,7 +46,9 @@ was a Python row.
 
 The facts' coarse dimensions (country, device class, browser and OS family, bot, referrer
 class) are computed by the worker's enrichment stages and taken here by column name: a new
-dimension is a facts column and a stage, nothing in this module.
+dimension is a facts column and a stage, nothing in this module. Custom events are the
+exception the policy declares per event name (streams.privacy.custom_split): their facts
+columns, the identifiable properties of their records and their declared retention class.
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ from schemas.events import (
     Upload,
     type_specific_fields,
 )
+from streams.privacy.custom_split import CUSTOM, CustomSplit
 from streams.privacy.keyring import Keyring
 from streams.privacy.pseudonymize import event_keys, subject_keys, userless_unit_keys
 from streams.privacy.retention import RetentionPolicy
@@ -115,6 +118,9 @@ _COMPUTED_FACTS: Final = frozenset(
         "subject_key",
         "key_id",
         "unit_key",
+        "event_name",  # these three: streams.privacy.custom_split
+        "dimensions",
+        "metrics",
     }
 )
 DIMENSIONS: Final = tuple(name for name in FACTS.names if name not in _COMPUTED_FACTS)
@@ -170,6 +176,9 @@ class SplitResult:
 
     identifiable: pa.Table  # schemas.arrow.IDENTIFIABLE
     facts: pa.Table  # schemas.arrow.FACTS
+    # Properties of custom events kept nowhere (undeclared by the policy, or declared
+    # dropped): the collector drops them first, so only a direct producer's can be here.
+    properties_dropped: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,9 +282,11 @@ def split_columns(
         **{f"geo.{name}": column for name, column in columns.geo.items()},
         **{f"dimensions.{name}": column for name, column in columns.dimensions.items()},
     )
+    customs = CustomSplit.of(columns.events, columns.type_codes, policy.custom_events)
     return SplitResult(
-        identifiable=_identifiable(columns, partition, policy),
-        facts=_facts(columns, keyring),
+        identifiable=_identifiable(columns, partition, policy, customs),
+        facts=_facts(columns, keyring, customs),
+        properties_dropped=customs.dropped,
     )
 
 
@@ -304,7 +315,7 @@ def geolocation(geos: Sequence[Geo | None]) -> dict[str, pa.Array]:
     }
 
 
-def _facts(columns: SplitColumns, keyring: Keyring) -> pa.Table:
+def _facts(columns: SplitColumns, keyring: Keyring, customs: CustomSplit) -> pa.Table:
     events = columns.events
     codes = columns.type_codes.to_pylist()
     # Floored as UTC wall-clock time: the same instants, without the time zone lookups
@@ -335,6 +346,7 @@ def _facts(columns: SplitColumns, keyring: Keyring) -> pa.Table:
         "subject_key": subjects,
         "key_id": pa.repeat(pa.scalar(keyring.pseudonymization_key_id, pa.string()), len(events)),
         "unit_key": pc.coalesce(subjects, _userless_unit_keys(columns, days, keyring)),
+        **customs.facts_columns(len(events)),
     }
     # conform: a dimension no stage computed is an error, never a silent null column.
     return conform(pa.table(table), FACTS)
@@ -445,8 +457,10 @@ class _Records:
     detached_count: int
 
     @staticmethod
-    def of(columns: SplitColumns, classes: _Classes) -> _Records:
-        event_class = classes.of_type.take(columns.type_codes)
+    def of(columns: SplitColumns, classes: _Classes, customs: CustomSplit) -> _Records:
+        event_class = customs.classes(
+            classes.of_type.take(columns.type_codes), classes.names.to_pylist()
+        )
         keep_flags = columns.keep_identifiable
         ips, user_agents = columns.ips, columns.user_agents
         # Own-class records: consent allows them, or the class is kept regardless.
@@ -485,10 +499,12 @@ class _Records:
         )
 
 
-def _identifiable(columns: SplitColumns, partition: int, policy: RetentionPolicy) -> pa.Table:
+def _identifiable(
+    columns: SplitColumns, partition: int, policy: RetentionPolicy, customs: CustomSplit
+) -> pa.Table:
     events = columns.events
     classes = _Classes.of(policy)
-    records = _Records.of(columns, classes)
+    records = _Records.of(columns, classes, customs)
     rows = records.events
     received = columns.received_ms.take(rows)
     occurred = columns.occurred.take(rows)
@@ -496,7 +512,11 @@ def _identifiable(columns: SplitColumns, partition: int, policy: RetentionPolicy
     # Bytes, not str: pa.array checks they are UTF-8 as it copies them, no decode each.
     properties = [
         _PROPERTIES_ENCODER.encode(_PROPERTIES_OF[code](event))
-        for event, code in compress(zip(events, codes, strict=True), records.of_own_class)
+        if code != CUSTOM
+        else _PROPERTIES_ENCODER.encode(customs.record_properties(index, event))
+        for index, event, code in compress(
+            zip(range(len(events)), events, codes, strict=True), records.of_own_class
+        )
     ]
     record_count = len(rows)
     geolocation = columns.geo

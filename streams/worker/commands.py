@@ -88,6 +88,8 @@ def committed_totals(
             facts=counts.facts,
             bytes_written=counts.bytes_written,
         )
+        if counts.properties_dropped:
+            totals["properties_dropped"] += counts.properties_dropped
         dead.update(counts.dead_lettered)
         identifiable.update(counts.identifiable)
     return totals, dead, identifiable, ranges

@@ -67,6 +67,7 @@ class WorkerMetrics:
     identifiable: Counter[str] = field(default_factory=Counter)
     facts: int = 0
     bytes_written: int = 0
+    properties_dropped: int = 0
     ranges_committed: int = 0
     lag: dict[int, int] = field(default_factory=dict)  # partition -> records behind
     # Records taken into open ranges (committed or not yet): the worker's pace right now,
@@ -105,6 +106,7 @@ class WorkerMetrics:
         self.identifiable.update(counts.identifiable)
         self.facts += counts.facts
         self.bytes_written += counts.bytes_written
+        self.properties_dropped += counts.properties_dropped
         self.ranges_committed += 1
 
     def batch_processed(self, partition: int, records: Sequence[_Record], seconds: float) -> None:
@@ -194,6 +196,12 @@ class _Exposition(Collector):
         yield identifiable
         yield _counter("sieve_facts", "Anonymized fact rows written.", m.facts)
         yield _counter("sieve_bytes_written", "Bytes of Parquet written.", m.bytes_written)
+        yield _counter(
+            "sieve_properties_dropped",
+            "Properties of custom events kept nowhere (undeclared by the policy, or declared"
+            " dropped).",
+            m.properties_dropped,
+        )
         yield _counter(
             "sieve_ranges_committed",
             "Offset ranges committed (files + marker).",

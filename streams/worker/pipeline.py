@@ -127,6 +127,7 @@ class _Buffer:
     dead_lettered: Counter[str] = field(default_factory=Counter)
     identifiable_by_class: Counter[str] = field(default_factory=Counter)
     fact_rows: int = 0
+    properties_dropped: int = 0
     consent_changes: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -374,6 +375,7 @@ class PartitionPipeline:
         buffer.facts.extend(outcome.facts)
         buffer.fact_rows += sum(table.num_rows for table in outcome.facts)
         buffer.identifiable_by_class.update(outcome.identifiable_by_class)
+        buffer.properties_dropped += outcome.properties_dropped
         buffer.consent_changes.extend(outcome.consent_changes)
         self.next_offset = records[-1].offset + 1
 
@@ -412,6 +414,7 @@ class PartitionPipeline:
                 identifiable=dict(buffer.identifiable_by_class),
                 facts=buffer.fact_rows,
                 bytes_written=0,
+                properties_dropped=buffer.properties_dropped,
             ),
             watermark=watermark,
             consent_changes=buffer.consent_changes,

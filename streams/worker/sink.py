@@ -282,6 +282,7 @@ class RangeWriter:
                 identifiable=counts.identifiable,
                 facts=counts.facts,
                 bytes_written=bytes_written,
+                properties_dropped=counts.properties_dropped,
             ),
             watermark=watermark,
             consent_changes=consent_changes,

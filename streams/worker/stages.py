@@ -69,6 +69,7 @@ class Outcome:
     identifiable: list[pa.Table] = field(default_factory=list)
     facts: list[pa.Table] = field(default_factory=list)
     identifiable_by_class: Counter[str] = field(default_factory=Counter)
+    properties_dropped: int = 0  # of custom events, kept nowhere (SplitResult)
     # Consent changes in order: a later part decides with them applied after the store's.
     consent_changes: list[StateChange] = field(default_factory=list)
     # The dedup decisions of every accepted event so far (check() covers the whole prefix).
@@ -93,6 +94,7 @@ class Outcome:
             identifiable=self.identifiable + later.identifiable,
             facts=self.facts + later.facts,
             identifiable_by_class=self.identifiable_by_class + later.identifiable_by_class,
+            properties_dropped=self.properties_dropped + later.properties_dropped,
             consent_changes=self.consent_changes + later.consent_changes,
             pending=later.pending if later.pending is not None else self.pending,
             accepted_keys=self.accepted_keys + later.accepted_keys,
@@ -353,6 +355,7 @@ def split(batch: Batch, step: Step) -> Batch:
     outcome.accepted = len(batch)
     outcome.identifiable.append(result.identifiable)
     outcome.facts.append(result.facts)
+    outcome.properties_dropped = result.properties_dropped
     if result.identifiable.num_rows:
         outcome.identifiable_by_class.update(
             Counter(result.identifiable["retention_class"].to_pylist())

@@ -17,155 +17,25 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
-import itertools
 import json
-import os
-import re
-import signal
 import struct
 import zlib
 from collections import Counter
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
 from aggregations.dashboard import CHART_IDS, build_dashboard, create_app, write_page
-from tests.fixtures.chromium import chromium
+from tests.fixtures.chromium import STEP_TIMEOUT_S, browser, chromium
 from tests.fixtures.dashboard_data import TOP_8, make_published
 
 ALL_CHARTS = (*CHART_IDS["analyst"], *CHART_IDS["billing"])
 
-STEP_TIMEOUT_S = 30.0  # any one browser step; a cold CI machine is slow, not this slow
 VISIT_TIMEOUT_S = 120.0  # a whole page visit, start to screenshot
 WIDTH = 1400
-
-
-# --- a minimal DevTools protocol client ----------------------------------------------------
-
-
-class DevTools:
-    """Commands over one browser websocket (flat sessions); events are kept in order."""
-
-    def __init__(self, socket: aiohttp.ClientWebSocketResponse) -> None:
-        self._socket = socket
-        self._ids = itertools.count(1)
-        self._replies: dict[int, asyncio.Future[dict[str, Any]]] = {}
-        self._waiters: list[tuple[str, asyncio.Future[dict[str, Any]]]] = []
-        self.events: list[dict[str, Any]] = []
-
-    async def read(self) -> None:
-        async for message in self._socket:
-            data = json.loads(message.data)
-            if "id" in data:
-                reply = self._replies.pop(data["id"])
-                if "error" in data:
-                    reply.set_exception(AssertionError(f"DevTools error: {data['error']}"))
-                else:
-                    reply.set_result(data.get("result", {}))
-                continue
-            self.events.append(data)
-            for method, waiter in list(self._waiters):
-                if method == data["method"] and not waiter.done():
-                    waiter.set_result(data)
-                    self._waiters.remove((method, waiter))
-        # The browser went away (Browser.close, or a crash): nobody waits for a reply forever.
-        for reply in self._replies.values():
-            if not reply.done():
-                reply.set_exception(ConnectionError("the browser closed the DevTools socket"))
-
-    async def call(
-        self, method: str, params: dict[str, Any] | None = None, session: str | None = None
-    ) -> dict[str, Any]:
-        number = next(self._ids)
-        reply: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._replies[number] = reply
-        message: dict[str, Any] = {"id": number, "method": method, "params": params or {}}
-        if session is not None:
-            message["sessionId"] = session
-        await self._socket.send_str(json.dumps(message))
-        return await asyncio.wait_for(reply, STEP_TIMEOUT_S)
-
-    def expect(self, method: str) -> asyncio.Future[dict[str, Any]]:
-        """A future for the next ``method`` event; register it before causing the event."""
-        waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._waiters.append((method, waiter))
-        return waiter
-
-
-@contextlib.asynccontextmanager
-async def browser(profile: Path) -> AsyncIterator[DevTools]:
-    """A headless Chromium (its own process group, killed at the end) and its DevTools."""
-    process = await asyncio.create_subprocess_exec(
-        str(chromium()),
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-extensions",
-        "--hide-scrollbars",
-        "--mute-audio",
-        # No name resolves: a page reaching for a CDN fails (and is logged) even when online.
-        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-        f"--user-data-dir={profile}",
-        "--remote-debugging-address=127.0.0.1",
-        "--remote-debugging-port=0",
-        "about:blank",
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        start_new_session=True,
-    )
-    stderr: list[str] = []
-    drain: asyncio.Task[None] | None = None
-    try:
-        url = await asyncio.wait_for(_devtools_url(process, stderr), STEP_TIMEOUT_S)
-        # Keep draining stderr, or a chatty Chromium blocks on a full pipe.
-        drain = asyncio.create_task(_drain(process, stderr))
-        async with (
-            aiohttp.ClientSession() as http,
-            http.ws_connect(
-                url, max_msg_size=0, timeout=aiohttp.ClientWSTimeout(ws_close=5)
-            ) as socket,
-        ):
-            tools = DevTools(socket)
-            reader = asyncio.create_task(tools.read())
-            try:
-                yield tools
-            finally:
-                with contextlib.suppress(Exception):
-                    await tools.call("Browser.close")
-                reader.cancel()
-        await asyncio.wait_for(process.wait(), STEP_TIMEOUT_S)
-    finally:
-        if drain is not None:
-            drain.cancel()
-        if process.returncode is None:
-            os.killpg(process.pid, signal.SIGKILL)  # the group this test started
-            await process.wait()
-
-
-async def _devtools_url(process: asyncio.subprocess.Process, stderr: list[str]) -> str:
-    assert process.stderr is not None
-    while line := (await process.stderr.readline()).decode(errors="replace"):
-        stderr.append(line)
-        if found := re.search(r"DevTools listening on (ws://\S+)", line):
-            return found.group(1)
-    raise AssertionError("chromium exited without a DevTools endpoint:\n" + "".join(stderr))
-
-
-async def _drain(process: asyncio.subprocess.Process, stderr: list[str]) -> None:
-    assert process.stderr is not None
-    while line := await process.stderr.readline():
-        stderr.append(line.decode(errors="replace"))
 
 
 # --- what a page did in the browser ------------------------------------------------------

@@ -44,11 +44,13 @@ def _older(schema: pa.Schema, drop: str, narrow: str, version: str) -> pa.Schema
 
 # Facts of an older version: no subject_key yet, bytes still an int32.
 OLD_FACTS = _older(FACTS, drop="subject_key", narrow="bytes", version="0")
-# The facts of a later version: a new dimension with a declared default (a hypothetical
-# "campaign_class"; the referrer's class itself landed in version 2 without a default).
+# The facts of a later version than this code's: a new dimension with a declared default.
 NEXT_VERSION = str(int(FACTS_VERSION) + 1)
-CAMPAIGN_CLASS = pa.field("campaign_class", pa.string(), metadata={"sieve.default": "unknown"})
-NEXT_FACTS = pa.schema([*FACTS, CAMPAIGN_CLASS], metadata=_metadata(NEXT_VERSION))
+NEXT_COLUMN = pa.field("next_dimension", pa.string(), metadata={"sieve.default": "unknown"})
+NEXT_FACTS = pa.schema([*FACTS, NEXT_COLUMN], metadata=_metadata(NEXT_VERSION))
+# Facts of version 2, before the custom event columns.
+CUSTOM_COLUMNS = ("event_name", "dimensions", "metrics")
+FACTS_2 = pa.schema([f for f in FACTS if f.name not in CUSTOM_COLUMNS], metadata=_metadata("2"))
 
 
 def _rows(count: int, **fields: Any) -> list[dict[str, Any]]:
@@ -83,15 +85,42 @@ def test_an_old_file_reads_into_the_current_schema(tmp_path: Path) -> None:
     assert read.drop_columns(["subject_key"]).equals(current.drop_columns(["subject_key"]))
 
 
-def _next(table: pa.Table, classes: list[str]) -> pa.Table:
-    return table.append_column("campaign_class", pa.array(classes, pa.string()))
+def _next(table: pa.Table, values: list[str]) -> pa.Table:
+    return table.append_column(NEXT_COLUMN.name, pa.array(values, pa.string()))
 
 
 def test_a_new_column_reads_its_declared_default_from_old_files(tmp_path: Path) -> None:
-    path = _write(tmp_path / "v1.parquet", facts_table(_rows(3)), FACTS)
+    path = _write(tmp_path / "current.parquet", facts_table(_rows(3)), FACTS)
     read = read_evolved(path, NEXT_FACTS)
     assert read.schema == NEXT_FACTS
-    assert read["campaign_class"].to_pylist() == ["unknown"] * 3
+    assert read[NEXT_COLUMN.name].to_pylist() == ["unknown"] * 3
+
+
+def test_facts_of_version_2_read_the_custom_event_columns_as_null(tmp_path: Path) -> None:
+    current = facts_table(_rows(3))
+    path = _write(tmp_path / "v2.parquet", current.drop_columns(list(CUSTOM_COLUMNS)), FACTS_2)
+    assert schema_version(pq.read_schema(path)) == 2
+
+    read = read_evolved(path, FACTS)
+
+    assert read.schema == FACTS
+    assert all(read[name].null_count == 3 for name in CUSTOM_COLUMNS)
+    assert read.drop_columns(list(CUSTOM_COLUMNS)).equals(
+        current.drop_columns(list(CUSTOM_COLUMNS))
+    )
+    # DuckDB over a version 2 file and a current one: the maps come through, typed.
+    custom = current.set_column(
+        FACTS.get_field_index("metrics"),
+        FACTS.field("metrics"),
+        pa.array([[("seconds", 4.0)], None, None], FACTS.field("metrics").type),
+    )
+    new = _write(tmp_path / "v3.parquet", custom, FACTS)
+    both = duckdb.connect().read_parquet([path, new], union_by_name=True)
+    projected = both.project(evolved_projection(both.columns, FACTS, both.types))
+    assert projected.columns == FACTS.names
+    assert str(projected.types[FACTS.names.index("metrics")]) == "MAP(VARCHAR, DOUBLE)"
+    metrics = projected.project("metrics['seconds']").fetchall()
+    assert sorted(metrics, key=str) == [(4.0,), (None,), (None,), (None,), (None,), (None,)]
 
 
 def test_columns_are_reordered_and_units_and_strings_widened() -> None:
@@ -139,9 +168,9 @@ def test_widening_rules(old: pa.DataType, new: pa.DataType, expected: bool) -> N
 def test_a_column_the_current_schema_does_not_know_is_an_error_naming_it(tmp_path: Path) -> None:
     same_version = NEXT_FACTS.with_metadata(_metadata(FACTS_VERSION))
     path = _write(tmp_path / "x.parquet", _next(facts_table(_rows(1)), ["direct"]), same_version)
-    with pytest.raises(SchemaEvolutionError, match="'campaign_class' is not in the current facts"):
+    with pytest.raises(SchemaEvolutionError, match="'next_dimension' is not in the current facts"):
         read_evolved(path, FACTS)
-    # Written by a newer Sieve (version 2): the version says so before any column does.
+    # Written by a newer Sieve: the version says so before any column does.
     newer = _write(tmp_path / "next.parquet", _next(facts_table(_rows(1)), ["direct"]), NEXT_FACTS)
     with pytest.raises(
         SchemaEvolutionError,
@@ -221,29 +250,28 @@ def test_old_and_current_files_publish_together(tmp_path: Path) -> None:
 
 def test_duckdb_projection_adds_defaults_and_columns_no_file_has(tmp_path: Path) -> None:
     old = _write(tmp_path / "old.parquet", facts_table(_rows(2)), FACTS)
-    newer = facts_table(_rows(1)).append_column("campaign_class", pa.array(["search"], pa.string()))
-    new = _write(tmp_path / "new.parquet", newer, NEXT_FACTS)
+    new = _write(tmp_path / "new.parquet", _next(facts_table(_rows(1)), ["search"]), NEXT_FACTS)
     connection = duckdb.connect()
 
     # Union by name alone: the old file's rows read the new column as NULL.
     both = connection.read_parquet([old, new], union_by_name=True)
-    classes = both.project('"campaign_class"').fetchall()
-    assert sorted(classes, key=str) == [("search",), (None,), (None,)]
+    values = both.project('"next_dimension"').fetchall()
+    assert sorted(values, key=str) == [("search",), (None,), (None,)]
 
     projected = both.project(evolved_projection(both.columns, NEXT_FACTS))
     assert projected.columns == NEXT_FACTS.names
-    assert sorted(r[0] for r in projected.project('"campaign_class"').fetchall()) == [
+    assert sorted(r[0] for r in projected.project('"next_dimension"').fetchall()) == [
         "search",
         "unknown",
         "unknown",
     ]
     # Every file old: the column is in no file, and still reads its default.
     only_old = connection.read_parquet([old], union_by_name=True)
-    assert "campaign_class" not in only_old.columns
+    assert "next_dimension" not in only_old.columns
     projected = only_old.project(evolved_projection(only_old.columns, NEXT_FACTS))
-    assert projected.project('"campaign_class"').fetchall() == [("unknown",), ("unknown",)]
+    assert projected.project('"next_dimension"').fetchall() == [("unknown",), ("unknown",)]
     assert projected.types[NEXT_FACTS.names.index("bytes")] == "BIGINT"
-    with pytest.raises(SchemaEvolutionError, match="'campaign_class'"):
+    with pytest.raises(SchemaEvolutionError, match="'next_dimension'"):
         evolved_projection(both.columns, FACTS)
 
 

@@ -24,6 +24,7 @@ from schemas.events import (
     EVENT_TYPES,
     AccountLifecycle,
     ConsentChange,
+    Custom,
     Download,
     Event,
     Geo,
@@ -35,6 +36,7 @@ from schemas.events import (
     Upload,
     type_specific_fields,
 )
+from streams.privacy.custom_events import parts_of
 from streams.privacy.keyring import Keyring
 from streams.privacy.pseudonymize import event_keys, subject_keys
 from streams.privacy.retention import load_policy
@@ -92,6 +94,12 @@ _SPECIFIC: dict[type, dict[str, st.SearchStrategy[Any]]] = {
     },
     AccountLifecycle: {"action": st.sampled_from(["registered", "disabled", "terminated"])},
     ConsentChange: {"choice": st.sampled_from(["opt_out", "opt_in"])},
+    Custom: {
+        "name": st.sampled_from(["Video Played", "identify"]),
+        "properties": st.dictionaries(
+            st.sampled_from(["genre", "seconds"]), st.integers(0, 99) | _token, max_size=2
+        ),
+    },
 }
 
 
@@ -415,6 +423,9 @@ def test_own_class_records_hold_geo_and_canonical_properties(batch: Batch) -> No
         assert (row["geo_lat"], row["geo_lon"]) == (geo.lat, geo.lon)
         fields = type_specific_fields(_tag(event))
         expected = {name: msgspec.to_builtins(getattr(event, name)) for name in fields}
+        if isinstance(event, Custom):  # its name and what the policy declares identifiable
+            kept = parts_of(POLICY.custom_events, event.name, event.properties).identifiable
+            expected = {"name": event.name, "properties": kept}
         assert msgspec.json.decode(row["properties"]) == expected
         assert list(msgspec.json.decode(row["properties"])) == sorted(fields)  # canonical order
 
@@ -608,6 +619,9 @@ def test_properties_are_the_sorted_key_json_of_the_type_specific_fields(batch: B
             continue
         fields = type_specific_fields(_tag(event))
         expected = canonical.encode({name: getattr(event, name) for name in fields})
+        if isinstance(event, Custom):  # its name and what the policy declares identifiable
+            kept = parts_of(POLICY.custom_events, event.name, event.properties).identifiable
+            expected = canonical.encode({"name": event.name, "properties": kept})
         assert row["properties"] == expected.decode()
 
 

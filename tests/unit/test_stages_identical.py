@@ -28,7 +28,7 @@ from schemas.events import Event, encode
 from streams.enrich.geo import make_geolocator
 from streams.enrich.useragent import UserAgentInfo, UserAgentParser
 from streams.privacy.keyring import Keyring
-from streams.privacy.retention import load_policy
+from streams.privacy.retention import parse_policy, policy_text
 from streams.worker.deadletter import DeadLetter
 from streams.worker.pipeline import PartitionPipeline, PendingRange, PipelineContext, RawRecord
 from streams.worker.state.folder import StateFolder
@@ -50,11 +50,19 @@ class _RaisingParser:
         return self._real.parse_many(user_agents)
 
 
+_ENVELOPE = {"schema_version", "occurred_at", "account_id", "user_id", "session_id", "ip"}
+_DECLARED = """
+[custom_events."Video Played"]
+retention_class = "traffic"
+properties = { genre = "dimension", seconds = "metric", email = "identifiable" }
+"""
+
+
 @pytest.fixture(scope="module")
 def context() -> PipelineContext:
     return PipelineContext(
         keyring=Keyring.generate(),
-        policy=load_policy(None),
+        policy=parse_policy(policy_text(None)[0] + _DECLARED),
         user_agents=UserAgentParser(),
         geolocator=make_geolocator(None),
         honour_dnt=True,
@@ -84,10 +92,24 @@ def values() -> list[bytes]:
         "choice": "opt_out",
     }
     poison = first | {"event_id": "poison", "user_agent": POISON_UA}
+    # Custom events, declared and not, with properties the policy drops: a direct producer's.
+    envelope = {k: v for k, v in first.items() if k in _ENVELOPE}
+    customs = [
+        envelope
+        | {
+            "type": "custom",
+            "event_id": f"custom-{i}",
+            "name": "Video Played" if i % 3 else "Undeclared",
+            "properties": {"genre": "drama", "seconds": i, "email": "a@b.example", "x": 1},
+        }
+        for i in range(30)
+    ]
     return [
         generated[0],
         json.dumps(opt_out).encode(),
+        *[json.dumps(event).encode() for event in customs[:15]],
         *generated[1:],
+        *[json.dumps(event).encode() for event in customs[15:]],
         json.dumps(poison).encode(),
     ]
 
@@ -143,6 +165,7 @@ def test_stages_write_what_the_previous_pipeline_wrote(
     total = new_ranges[0].counts
     assert total.duplicates > 0 and total.dead_lettered
     assert new_ranges[0].consent_changes
+    assert all(r.counts.properties_dropped for r in new_ranges)  # custom events were there
     facts = pa.concat_tables([r.facts for r in new_ranges])
     assert facts.num_rows == sum(r.counts.accepted for r in new_ranges)
 

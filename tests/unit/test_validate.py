@@ -55,6 +55,7 @@ VALID: dict[str, dict[str, Any]] = {
     },
     "account": {"action": "registered"},
     "consent": {"choice": "opt_out"},
+    "custom": {"name": "Video Played", "properties": {"genre": "drama", "seconds": 42}},
 }
 
 
