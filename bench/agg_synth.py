@@ -28,6 +28,7 @@ from typing import Final
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from schemas.arrow import FACTS
 from tests.fixtures.facts import write_committed_facts
 
 END: Final = datetime(2026, 11, 1, tzinfo=UTC)
@@ -195,6 +196,11 @@ def day_facts(
             "session_seconds": seconds,
             "subject_key": subject,
             "key_id": pa.repeat(pa.scalar("k1", pa.string()), n),
+            "referrer_class": pa.nulls(n, FACTS.field("referrer_class").type),
+            "unit_key": subject,
+            "event_name": pa.nulls(n, FACTS.field("event_name").type),
+            "dimensions": pa.nulls(n, FACTS.field("dimensions").type),
+            "metrics": pa.nulls(n, FACTS.field("metrics").type),
             "_partition": population.partitions.take(account),
         }
     )
