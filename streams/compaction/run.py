@@ -4,7 +4,6 @@ identifiable files, the maintenance lock of the subject tools): :mod:`.command` 
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from schemas.commits import (
     read_markers,
     resolve_markers,
 )
+from streams.atomic_files import sync_file
 from streams.compaction.plan import (
     Compaction,
     Interval,
@@ -292,7 +292,7 @@ def _write_parquet(
             encryption_properties=properties,
         ) as writer:
             writer.write_table(table, row_group_size=_ROW_GROUP_ROWS)
-        _sync(filesystem, temporary)
+        sync_file(filesystem, temporary)
     except BaseException:
         _remove(filesystem, temporary)
         raise
@@ -305,21 +305,11 @@ def _write_atomic(filesystem: pafs.FileSystem, path: str, data: bytes) -> None:
     try:
         with filesystem.open_output_stream(temporary) as stream:
             stream.write(data)
-        _sync(filesystem, temporary)
+        sync_file(filesystem, temporary)
     except BaseException:
         _remove(filesystem, temporary)
         raise
     filesystem.move(temporary, path)
-
-
-def _sync(filesystem: pafs.FileSystem, path: str) -> None:
-    # A rename survives a killed process without this; fsync makes it survive a machine crash.
-    if isinstance(filesystem, pafs.LocalFileSystem):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _remove(filesystem: pafs.FileSystem, path: str) -> int:

@@ -39,7 +39,6 @@ reads the file again.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -54,6 +53,7 @@ import pyarrow.parquet as pq
 from cryptography.exceptions import InvalidTag
 
 from schemas.arrow import IDENTIFIABLE, conform
+from streams.atomic_files import sync_file
 from streams.encryption import ParquetEncryption
 from streams.errors import SieveError
 from streams.worker.sink import TMP_INFIX
@@ -402,7 +402,7 @@ def _replace(
             write_statistics=True,
         ) as writer:
             writer.write_table(rows, row_group_size=_ROW_GROUP_ROWS)
-        _sync(filesystem, temporary)
+        sync_file(filesystem, temporary)
         _check_unchanged(filesystem, file)
         filesystem.move(temporary, file.path)
     except BaseException as error:
@@ -421,17 +421,6 @@ def _check_unchanged(filesystem: pafs.FileSystem, file: IdentifiableFile) -> Non
     info = filesystem.get_file_info(file.path)
     if info.type != pafs.FileType.File or info.size != file.size or info.mtime_ns != file.mtime_ns:
         raise FileChangedError(file.path)
-
-
-def _sync(filesystem: pafs.FileSystem, path: str) -> None:
-    # As in the sink: rename-after-write survives a killed process; fsync makes the new
-    # version survive a machine crash before the old one is gone. Object stores write whole.
-    if isinstance(filesystem, pafs.LocalFileSystem):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _as_mask(values: pa.Array | pa.ChunkedArray, length: int) -> pa.BooleanArray:
