@@ -57,7 +57,7 @@ def counted(real):
         return result
     return step
 
-run._sync = counted(run._sync)
+run.sync_file = counted(run.sync_file)
 run._remove = counted(run._remove)
 atexit.register(lambda: print(f"steps={len(steps)}", file=sys.stderr))
 sys.argv = ["sieve", *sys.argv[1:]]
@@ -162,7 +162,7 @@ def test_a_stop_after_every_single_step_leaves_the_old_view_or_the_new(tmp_path:
     template = tmp_path / "template"
     write_history(template, encryption, partitions=1, ranges=3)
     truth = views(template, encryption)
-    real_sync, real_remove = run._sync, run._remove
+    real_sync, real_remove = run.sync_file, run._remove
 
     def compact_dying_after(root: Path, steps: int | None) -> int:
         done = 0
@@ -178,7 +178,7 @@ def test_a_stop_after_every_single_step_leaves_the_old_view_or_the_new(tmp_path:
 
             return step
 
-        run._sync, run._remove = counted(real_sync), counted(real_remove)  # type: ignore[assignment]
+        run.sync_file, run._remove = counted(real_sync), counted(real_remove)  # type: ignore[assignment]
         try:
             run.compact(
                 pafs.LocalFileSystem(),
@@ -192,7 +192,7 @@ def test_a_stop_after_every_single_step_leaves_the_old_view_or_the_new(tmp_path:
         except _Died:
             pass
         finally:
-            run._sync, run._remove = real_sync, real_remove  # type: ignore[assignment]
+            run.sync_file, run._remove = real_sync, real_remove  # type: ignore[assignment]
         return done
 
     total = compact_dying_after(shutil.copytree(template, tmp_path / "whole"), None)

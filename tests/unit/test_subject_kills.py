@@ -41,7 +41,7 @@ from streams.subject import identifiable_store
 from streams.cli import main
 
 after = int(os.environ["KILL_AFTER_SYNCS"])
-real_sync = identifiable_store._sync
+real_sync = identifiable_store.sync_file
 synced = []
 
 def sync_then_die(filesystem, path):
@@ -50,7 +50,7 @@ def sync_then_die(filesystem, path):
     if len(synced) >= after:
         os.kill(os.getpid(), signal.SIGKILL)
 
-identifiable_store._sync = sync_then_die
+identifiable_store.sync_file = sync_then_die
 sys.argv = ["sieve", *sys.argv[1:]]
 main()
 """
