@@ -17,15 +17,13 @@ import pytest
 
 from schemas.commits import RangeCounts, iter_markers
 from streams.encryption import ParquetEncryption
-from streams.enrich.geo import make_geolocator
-from streams.enrich.useragent import UserAgentParser
 from streams.privacy.keyring import Keyring
-from streams.privacy.retention import load_policy
 from streams.worker.metrics import WorkerMetrics
 from streams.worker.pipeline import PartitionPipeline, PipelineContext, RawRecord
 from streams.worker.service import ConsumerOptions, range_is_due
 from streams.worker.sink import RangeWriter, open_data_root, recover_partition
 from streams.worker.state.folder import StateFolder
+from tests.fixtures.pipeline_context import default_context
 from tests.fixtures.pipeline_truth import TRAFFIC_ARRIVAL_MS, traffic_config
 
 HOUR = 3600
@@ -42,16 +40,7 @@ def keyring() -> Keyring:
 
 @pytest.fixture(scope="module")
 def context(keyring: Keyring) -> PipelineContext:
-    return PipelineContext(
-        keyring=keyring,
-        policy=load_policy(None),
-        user_agents=UserAgentParser(),
-        geolocator=make_geolocator(None),
-        honour_dnt=True,
-        honour_gpc=True,
-        dedup_horizon_seconds=24 * HOUR,
-        worker_version="test",
-    )
+    return default_context(keyring)
 
 
 @pytest.fixture(scope="module")

@@ -22,11 +22,8 @@ import pytest
 import streams.worker.committer as committer_module
 from schemas.commits import read_markers
 from streams.encryption import ParquetEncryption
-from streams.enrich.geo import make_geolocator
-from streams.enrich.useragent import UserAgentParser
 from streams.errors import TransientError
 from streams.privacy.keyring import Keyring
-from streams.privacy.retention import load_policy
 from streams.worker.deadletter import (
     DROPPED_HEADERS_HEADER,
     TRUNCATED_HEADER,
@@ -42,6 +39,7 @@ from streams.worker.pipeline import PartitionPipeline, PipelineContext, RawRecor
 from streams.worker.service import ConsumerOptions, RawTopicService
 from streams.worker.sink import RangeWriter, open_data_root
 from streams.worker.startup import wait_for_broker
+from tests.fixtures.pipeline_context import default_context
 from tests.fixtures.pipeline_truth import TRAFFIC_ARRIVAL_MS, traffic_config
 
 TOPIC = "raw"
@@ -174,16 +172,7 @@ def keyring() -> Keyring:
 
 @pytest.fixture(scope="module")
 def context(keyring: Keyring) -> PipelineContext:
-    return PipelineContext(
-        keyring=keyring,
-        policy=load_policy(None),
-        user_agents=UserAgentParser(),
-        geolocator=make_geolocator(None),
-        honour_dnt=True,
-        honour_gpc=True,
-        dedup_horizon_seconds=24 * 3600,
-        worker_version="test",
-    )
+    return default_context(keyring)
 
 
 class _Harness:
