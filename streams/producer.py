@@ -161,6 +161,9 @@ class EventProducer:
             # Set explicitly: since kafka-python 3 (KIP-679) a config that conflicts with
             # idempotence then raises instead of silently turning idempotence off.
             "enable_idempotence": True,
+            # Topics are made by `sieve topics` with their retention and timestamp type; a
+            # typo must fail the send, not create a topic on a broker that auto-creates.
+            "allow_auto_create_topics": False,
             "linger_ms": linger_ms,
             "batch_size": batch_bytes,
             "compression_type": compression_type,

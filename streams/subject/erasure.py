@@ -205,6 +205,7 @@ def _produce_tombstones(source: DeadLetterTopic, letters: list[DeadLetterRecord]
             bootstrap_servers=source.bootstrap_servers,
             acks="all",
             request_timeout_ms=timeout_ms,
+            allow_auto_create_topics=False,  # tombstones go to the dead-letter topic or nowhere
         )
     except KafkaError as error:
         raise TransientError(f"cannot reach Kafka at {source.bootstrap_servers}: {error}") from None
