@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from schemas.decode import Rejection
+from schemas.events import BACKFILL_HEADER
 
 HEADER_PREFIX = "sieve."
 # The code of a record that made a pipeline stage raise (streams.worker.pipeline): the
@@ -60,8 +61,13 @@ def dead_letter(
         (HEADER_PREFIX + "source.offset", str(offset).encode()),
         (HEADER_PREFIX + "worker.version", worker_version.encode()),
     ]
+    # A client's own "sieve.*" headers could pass for ours (error, source), so they go; the
+    # backfill mark is the one a client may set, and it tells a replayed record from a live
+    # one (its time window differs: schemas.bounds).
     headers.extend(
-        (name, data) for name, data in original_headers if not name.startswith(HEADER_PREFIX)
+        (name, data)
+        for name, data in original_headers
+        if not name.startswith(HEADER_PREFIX) or name == BACKFILL_HEADER
     )
     return DeadLetter(key=source_key(topic, partition, offset), value=value or b"", headers=headers)
 

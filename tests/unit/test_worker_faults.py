@@ -21,6 +21,8 @@ import pytest
 
 import streams.worker.committer as committer_module
 from schemas.commits import read_markers
+from schemas.decode import Rejection
+from schemas.events import BACKFILL_HEADER
 from streams.encryption import ParquetEncryption
 from streams.errors import TransientError
 from streams.privacy.keyring import Keyring
@@ -28,6 +30,7 @@ from streams.worker.deadletter import (
     DROPPED_HEADERS_HEADER,
     TRUNCATED_HEADER,
     DeadLetter,
+    dead_letter,
     fit_to_size,
     record_size,
 )
@@ -442,3 +445,25 @@ def test_a_start_that_failed_because_the_broker_went_away_is_recognised() -> Non
     assert not broker_away(ValueError("a bug"))
     assert not broker_away(kafka_errors.MessageSizeTooLargeError())
     assert not broker_away(None)
+
+
+def test_a_dead_letter_keeps_the_backfill_mark_and_drops_a_client_s_other_sieve_headers() -> None:
+    rejection = Rejection(index=0, code="invalid_json", field="$", reason="not JSON")
+    letter = dead_letter(
+        rejection,
+        value=b"{",
+        original_headers=[
+            (BACKFILL_HEADER, b"1"),
+            ("sieve.error.code", b"forged"),
+            ("client-trace", b"abc"),
+        ],
+        topic=TOPIC,
+        partition=0,
+        offset=7,
+        worker_version="test",
+    )
+    headers = dict(letter.headers)
+    assert headers[BACKFILL_HEADER] == b"1"
+    assert headers["sieve.error.code"] == b"invalid_json"
+    assert [name for name, _ in letter.headers].count("sieve.error.code") == 1
+    assert headers["client-trace"] == b"abc"
