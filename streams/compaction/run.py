@@ -4,7 +4,6 @@ identifiable files, the maintenance lock of the subject tools): :mod:`.command` 
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -23,7 +22,6 @@ from schemas.commits import (
     read_markers,
     resolve_markers,
 )
-from streams.atomic_files import sync_file
 from streams.compaction.plan import (
     Compaction,
     Interval,
@@ -34,11 +32,9 @@ from streams.compaction.plan import (
     spans,
 )
 from streams.encryption import ParquetEncryption
+from streams.storage import TMP_INFIX, remove_quietly, write_atomic, write_parquet_atomic
 
 INTENT_DIR: Final = "_compaction"
-# The worker's temporary-file infix (streams.worker.sink.TMP_INFIX): a worker's recovery
-# removes its partition's ``*.tmp-*`` files. Compaction is core and imports no worker module.
-TMP_INFIX: Final = ".tmp-"
 _ROW_GROUP_ROWS: Final = 128 * 1024
 
 
@@ -280,44 +276,22 @@ def _read_all(
 def _write_parquet(
     filesystem: pafs.FileSystem, path: str, table: pa.Table, encryption: ParquetEncryption | None
 ) -> None:
-    temporary = f"{path}{TMP_INFIX}{uuid.uuid4().hex}"
-    filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    properties = encryption.encryption_properties() if encryption else None
-    try:
-        with pq.ParquetWriter(
-            temporary,
-            table.schema,
-            filesystem=filesystem,
-            compression="zstd",
-            encryption_properties=properties,
-        ) as writer:
-            writer.write_table(table, row_group_size=_ROW_GROUP_ROWS)
-        sync_file(filesystem, temporary)
-    except BaseException:
-        _remove(filesystem, temporary)
-        raise
-    filesystem.move(temporary, path)
+    write_parquet_atomic(
+        filesystem,
+        path,
+        table,
+        compression="zstd",
+        encryption_properties=encryption.encryption_properties() if encryption else None,
+        row_group_size=_ROW_GROUP_ROWS,
+    )
 
 
 def _write_atomic(filesystem: pafs.FileSystem, path: str, data: bytes) -> None:
-    temporary = f"{path}{TMP_INFIX}{uuid.uuid4().hex}"
-    filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    try:
-        with filesystem.open_output_stream(temporary) as stream:
-            stream.write(data)
-        sync_file(filesystem, temporary)
-    except BaseException:
-        _remove(filesystem, temporary)
-        raise
-    filesystem.move(temporary, path)
+    write_atomic(filesystem, path, lambda out: out.write(data))
 
 
 def _remove(filesystem: pafs.FileSystem, path: str) -> int:
-    try:
-        filesystem.delete_file(path)
-    except FileNotFoundError:
-        return 0
-    return 1
+    return int(remove_quietly(filesystem, path))
 
 
 def _remove_temporaries(filesystem: pafs.FileSystem, path: str) -> int:

@@ -39,7 +39,6 @@ reads the file again.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -53,10 +52,9 @@ import pyarrow.parquet as pq
 from cryptography.exceptions import InvalidTag
 
 from schemas.arrow import IDENTIFIABLE, conform
-from streams.atomic_files import sync_file
 from streams.encryption import ParquetEncryption
 from streams.errors import SieveError
-from streams.worker.sink import TMP_INFIX
+from streams.storage import TMP_INFIX, walk_files, write_parquet_atomic
 
 IDENTIFIABLE_DIR: Final = "identifiable"
 _PARTITION_KEYS: Final = ("retention_class", "region", "date")
@@ -177,14 +175,10 @@ def parse_partition(relative_path: str) -> tuple[str, str, date] | None:
 
 def list_files(filesystem: pafs.FileSystem, root: str) -> Listing:
     """Every file under ``root``'s ``identifiable/``, sorted by path within each kind."""
-    base = f"{root}/{IDENTIFIABLE_DIR}"
-    selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
     files: list[IdentifiableFile] = []
     leftovers: list[str] = []
     in_flight: list[IdentifiableFile] = []
-    for info in filesystem.get_file_info(selector):
-        if info.type != pafs.FileType.File:
-            continue
+    for info in walk_files(filesystem, [f"{root}/{IDENTIFIABLE_DIR}"]):
         if SUBJECT_TMP_INFIX in info.base_name:
             leftovers.append(info.path)
             continue
@@ -389,32 +383,27 @@ def _replace(
     rows: pa.Table,
     encryption: ParquetEncryption,
 ) -> None:
-    rows = conform(rows, IDENTIFIABLE)
-    temporary = f"{file.path}{SUBJECT_TMP_INFIX}{uuid.uuid4().hex}"
     try:
-        with pq.ParquetWriter(
-            temporary,
-            IDENTIFIABLE,
-            filesystem=filesystem,
+        write_parquet_atomic(
+            filesystem,
+            file.path,
+            conform(rows, IDENTIFIABLE),
+            # Never a second copy of identifiable rows behind: a failed replace removes its
+            # temporary file, which carries its own infix (module docstring).
+            infix=SUBJECT_TMP_INFIX,
+            # The file must still be the one read (module docstring).
+            before_rename=lambda: _check_unchanged(filesystem, file),
             compression="zstd",
             encryption_properties=encryption.encryption_properties(),
             # The footer is encrypted; the sweep reads expires_at bounds from it.
             write_statistics=True,
-        ) as writer:
-            writer.write_table(rows, row_group_size=_ROW_GROUP_ROWS)
-        sync_file(filesystem, temporary)
-        _check_unchanged(filesystem, file)
-        filesystem.move(temporary, file.path)
-    except BaseException as error:
-        # Never leave a second copy of identifiable rows behind on a failed replace.
-        if filesystem.get_file_info(temporary).type == pafs.FileType.File:
-            filesystem.delete_file(temporary)
-        if isinstance(error, FileNotFoundError):
-            # A worker's partition recovery deletes temporary files of its partition (ours
-            # carry the same name prefix) and uncommitted originals: start over from the
-            # file's current state.
-            raise FileChangedError(file.path) from None
-        raise
+            row_group_size=_ROW_GROUP_ROWS,
+        )
+    except FileNotFoundError:
+        # A worker's partition recovery deletes temporary files of its partition (ours
+        # carry the same name prefix) and uncommitted originals: start over from the file's
+        # current state.
+        raise FileChangedError(file.path) from None
 
 
 def _check_unchanged(filesystem: pafs.FileSystem, file: IdentifiableFile) -> None:

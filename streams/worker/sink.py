@@ -20,16 +20,13 @@ a range.
 from __future__ import annotations
 
 import contextlib
-import os
-import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 from schemas import arrow as schemas_arrow
 from schemas.commits import (
@@ -43,23 +40,20 @@ from schemas.commits import (
     resolve_markers,
 )
 from streams.encryption import ParquetEncryption
+from streams.storage import (
+    StagedFile,
+    is_temporary,
+    remove_quietly,
+    stage_file,
+    walk_files,
+    write_parquet_atomic,
+)
 from streams.worker.state.range_log import LOG_DIR, log_path
 
 if TYPE_CHECKING:
     from streams.worker.pipeline import PendingRange
 
-TMP_INFIX = ".tmp-"
 _ROW_GROUP_ROWS = 128 * 1024
-
-
-def open_data_root(data_root: str) -> tuple[pafs.FileSystem, str]:
-    """The filesystem and base path of a data root (local path or pyarrow URI)."""
-    if "://" in data_root:
-        filesystem, path = pafs.FileSystem.from_uri(data_root)
-        return filesystem, path.rstrip("/")
-    path = os.path.abspath(data_root)
-    os.makedirs(path, exist_ok=True)
-    return pafs.LocalFileSystem(), path
 
 
 @dataclass(frozen=True)
@@ -145,7 +139,7 @@ class StagedRange:
     """A range whose files are in place and whose marker waits under a temporary name."""
 
     marker: CommitMarker
-    staged_marker: str  # absolute path of the marker's temporary file
+    staged_marker: StagedFile  # the marker under its temporary name
 
 
 class RangeWriter:
@@ -266,7 +260,8 @@ class RangeWriter:
         except BaseException:
             # Half a range never stays behind (a full disk retries it whole).
             for path in written:
-                self._remove_quietly(path)
+                with contextlib.suppress(OSError):  # the error to report is the write's
+                    self._fs.delete_file(path)
             raise
         marker = CommitMarker(
             topic=topic,
@@ -290,7 +285,10 @@ class RangeWriter:
             generation=generation,
             member_id=member_id,
         )
-        staged = self._write_temporary(path_of(marker), encode_marker(marker))
+        data = encode_marker(marker)
+        staged = stage_file(
+            self._fs, f"{self._root}/{path_of(marker)}", lambda out: out.write(data)
+        )
         return StagedRange(marker=marker, staged_marker=staged)
 
     def publish(self, staged: StagedRange) -> CommitMarker:
@@ -299,73 +297,39 @@ class RangeWriter:
         Only a rename, so that the window between the caller's offset commit and the
         marker is as short as it can be (docs/architecture.md, "Fencing").
         """
-        self._fs.move(staged.staged_marker, f"{self._root}/{path_of(staged.marker)}")
+        staged.staged_marker.move_into_place(durable=False)
         return staged.marker
 
     def abandon(self, staged: StagedRange) -> None:
         """Remove the staged marker and every file of the range: it will never count."""
-        for path in [staged.staged_marker, *(f"{self._root}/{f}" for f in staged.marker.files)]:
-            with contextlib.suppress(FileNotFoundError):
-                self._fs.delete_file(path)
+        staged.staged_marker.discard()
+        for relative in staged.marker.files:
+            remove_quietly(self._fs, f"{self._root}/{relative}")
 
     def _write_parquet(self, file: PlannedFile) -> int:
         final = f"{self._root}/{file.relative_path}"
-        temporary = f"{final}{TMP_INFIX}{uuid.uuid4().hex}"
-        self._fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
-        schema = file.table.schema
         properties = None
         if file.encrypted:
             if self._encryption is None:
                 raise ValueError("identifiable output needs an encryption key (keyring)")
             properties = self._encryption.encryption_properties()
-        try:
-            with pq.ParquetWriter(
-                temporary,
-                schema,
-                filesystem=self._fs,
-                compression="zstd",
-                encryption_properties=properties,
-                # Statistics would copy identifiable values into the footer; the footer of
-                # an identifiable file is encrypted anyway, and facts hold no such values.
-                write_statistics=True,
-            ) as writer:
-                writer.write_table(file.table, row_group_size=_ROW_GROUP_ROWS)
-            self._sync(temporary)
-        except BaseException:
-            # A full disk is retried (streams.worker.service): what a failed attempt wrote
-            # must not stay behind and fill it further.
-            self._remove_quietly(temporary)
-            raise
-        self._fs.move(temporary, final)
+        # A failed write removes its temporary file: a full disk is retried
+        # (streams.worker.service), and what a failed attempt wrote must not fill it further.
+        # No folder sync per file (durable=False), as before the storage module: a range
+        # writes up to hundreds of files.
+        write_parquet_atomic(
+            self._fs,
+            final,
+            file.table,
+            durable=False,
+            compression="zstd",
+            encryption_properties=properties,
+            # Statistics would copy identifiable values into the footer; the footer of an
+            # identifiable file is encrypted anyway, and facts hold no such values.
+            write_statistics=True,
+            row_group_size=_ROW_GROUP_ROWS,
+        )
         return int(self._fs.get_file_info(final).size or 0)
-
-    def _write_temporary(self, relative_path: str, data: bytes) -> str:
-        """Write and sync ``data`` next to ``relative_path`` under a temporary name; return it."""
-        final = f"{self._root}/{relative_path}"
-        temporary = f"{final}{TMP_INFIX}{uuid.uuid4().hex}"
-        self._fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
-        try:
-            with self._fs.open_output_stream(temporary) as stream:
-                stream.write(data)
-            self._sync(temporary)
-        except BaseException:
-            self._remove_quietly(temporary)
-            raise
-        return temporary
-
-    def _remove_quietly(self, path: str) -> None:
-        with contextlib.suppress(OSError):
-            self._fs.delete_file(path)
-
-    def _sync(self, path: str) -> None:
-        # Rename-after-write survives a killed process without this; fsync makes it survive a
-        # machine crash too. Object stores have no such notion (their writes are atomic).
-        if isinstance(self._fs, pafs.LocalFileSystem):
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -435,8 +399,7 @@ def recover_partition(
 
     def remove(path: str) -> None:
         # An evicted writer abandoning its range deletes its own files meanwhile.
-        with contextlib.suppress(FileNotFoundError):
-            filesystem.delete_file(path)
+        remove_quietly(filesystem, path)
         removed.append(path)
 
     for marker in superseded:
@@ -447,10 +410,10 @@ def recover_partition(
         f"{LOG_DIR}/{topic}/{partition}",
         f"_commits/{topic}/{partition}",
     ]
-    for info in _walk_files(filesystem, root, folders):
+    for info in walk_files(filesystem, [f"{root}/{folder}" for folder in folders]):
         name = info.base_name
         if info.path.startswith(commits_dir):
-            doomed = TMP_INFIX in name
+            doomed = is_temporary(name)
         else:
             relative = info.path[len(root) + 1 :]
             doomed = name.startswith(prefix) and relative not in listed
@@ -459,13 +422,3 @@ def recover_partition(
     next_offset, base = resume_point(live, log_start)
     expanded = [each for marker in base for each in expand_marker(marker)]
     return RecoveredPartition(next_offset=next_offset, markers=expanded, removed_files=removed)
-
-
-def _walk_files(
-    filesystem: pafs.FileSystem, root: str, folders: Iterable[str]
-) -> Iterator[pafs.FileInfo]:
-    for folder in folders:
-        selector = pafs.FileSelector(f"{root}/{folder}", recursive=True, allow_not_found=True)
-        for info in filesystem.get_file_info(selector):
-            if info.type == pafs.FileType.File:
-                yield info
