@@ -20,15 +20,16 @@ a range.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from datetime import date
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
-from schemas import arrow as schemas_arrow
+from schemas.arrow import conform
 from schemas.commits import (
     CommitMarker,
     RangeCounts,
@@ -39,6 +40,7 @@ from schemas.commits import (
     read_markers,
     resolve_markers,
 )
+from schemas.datasets import DATE_KEY, FACTS_DATASET, IDENTIFIABLE_DATASET, WORKER_DATASETS
 from streams.encryption import ParquetEncryption
 from streams.storage import (
     StagedFile,
@@ -54,6 +56,7 @@ if TYPE_CHECKING:
     from streams.worker.pipeline import PendingRange
 
 _ROW_GROUP_ROWS = 128 * 1024
+_DATE = "_date"  # the partition date, a column only while a range is planned
 
 
 @dataclass(frozen=True)
@@ -70,39 +73,36 @@ def plan_outputs(
     partition: int,
     first_offset: int,
     last_offset: int,
-    identifiable: pa.Table,
-    facts: pa.Table,
+    tables: Mapping[str, pa.Table],
     generation: int = 0,
 ) -> list[PlannedFile]:
-    """Hive-partitioned files of a range: identifiable by class/region/date, facts by date."""
+    """Hive-partitioned files of a range: per dataset (``tables`` by name, every one of
+    :data:`schemas.datasets.WORKER_DATASETS`), one file per partition its rows fall in."""
     stem = output_stem(topic, partition, first_offset, last_offset, generation)
     planned: list[PlannedFile] = []
-    if identifiable.num_rows:
-        keyed = identifiable.append_column("_date", _utc_dates(identifiable["occurred_at"]))
-        for group in _groups(keyed, ["retention_class", "region", "_date"]):
-            cls, region, day = (
-                group[name][0].as_py() for name in ("retention_class", "region", "_date")
-            )
-            date = day.isoformat()
+    for dataset in WORKER_DATASETS:
+        table = tables[dataset.name]
+        if not table.num_rows:
+            continue
+        keyed = table.append_column(_DATE, _utc_dates(table[dataset.date_column]))
+        columns = [_DATE if key == DATE_KEY else key for key in dataset.partition_keys]
+        for group in _groups(keyed, columns):
+            values = {
+                key: _folder_value(group[column][0].as_py())
+                for key, column in zip(dataset.partition_keys, columns, strict=True)
+            }
             planned.append(
                 PlannedFile(
-                    f"identifiable/retention_class={cls}/region={region}/date={date}/{stem}.parquet",
-                    group.drop_columns(["_date"]),
-                    encrypted=True,
-                )
-            )
-    if facts.num_rows:
-        keyed = facts.append_column("_date", _utc_dates(facts["occurred_hour"]))
-        for group in _groups(keyed, ["_date"]):
-            date = group["_date"][0].as_py().isoformat()
-            planned.append(
-                PlannedFile(
-                    f"facts/date={date}/{stem}.parquet",
-                    group.drop_columns(["_date"]),
-                    encrypted=False,
+                    dataset.file_path(values, stem),
+                    group.drop_columns([_DATE]),
+                    encrypted=dataset.encrypted,
                 )
             )
     return planned
+
+
+def _folder_value(value: object) -> str:
+    return value.isoformat() if isinstance(value, date) else f"{value}"
 
 
 def _utc_dates(instants: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -243,11 +243,9 @@ class RangeWriter:
         Nothing counts yet: the files are listed by no marker. Idempotent for the same
         inputs (same names, same bytes). A failed write leaves none of the range's files.
         """
-        identifiable = schemas_arrow.conform(identifiable, schemas_arrow.IDENTIFIABLE)
-        facts = schemas_arrow.conform(facts, schemas_arrow.FACTS)
-        planned = plan_outputs(
-            topic, partition, first_offset, last_offset, identifiable, facts, generation
-        )
+        given = {IDENTIFIABLE_DATASET.name: identifiable, FACTS_DATASET.name: facts}
+        tables = {d.name: conform(given[d.name], d.schema) for d in WORKER_DATASETS}
+        planned = plan_outputs(topic, partition, first_offset, last_offset, tables, generation)
         if dedup_log is not None:
             stem = output_stem(topic, partition, first_offset, last_offset, generation)
             planned.append(PlannedFile(log_path(topic, partition, stem), dedup_log, False))
@@ -405,8 +403,7 @@ def recover_partition(
     for marker in superseded:
         remove(f"{root}/{path_of(marker)}")
     folders = [
-        "identifiable",
-        "facts",
+        *(dataset.name for dataset in WORKER_DATASETS),
         f"{LOG_DIR}/{topic}/{partition}",
         f"_commits/{topic}/{partition}",
     ]

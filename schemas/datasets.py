@@ -1,0 +1,112 @@
+"""Every file dataset the worker writes, declared once: name, schema (with its version),
+partitioning, encryption and retention handling.
+
+The code that handles the worker's outputs iterates over :data:`WORKER_DATASETS` instead of
+naming them: the sink plans a range's files and conforms its tables, recovery walks their
+folders, compaction merges them (encrypting again where the declaration says so), and the
+subject tools reach every dataset whose retention is per person (:data:`PERSONAL_DATASETS`).
+
+A dataset's files live at ``<name>/<key>=<value>/.../<stem>.parquet`` (hive partitioning,
+:attr:`Dataset.partition_keys` in folder order). The key ``date`` is the UTC date of the
+dataset's :attr:`Dataset.date_column`; every other key is a column of the same name.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date
+from typing import Final
+
+import pyarrow as pa
+
+from schemas.arrow import FACTS, IDENTIFIABLE
+
+DATE_KEY: Final = "date"
+
+
+class Retention(enum.Enum):
+    """What happens to a dataset's rows over time."""
+
+    # Rows about a person: each carries its expiry (``expires_at``, or its account's end);
+    # the retention sweep deletes them when it passes, and access and erasure requests
+    # reach every file, committed or not (streams.subject).
+    PER_PERSON = "per_person"
+    # Anonymous rows: kept (published aggregates and invoices are computed from them).
+    KEPT = "kept"
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """One dataset the worker writes (module docstring)."""
+
+    name: str  # also its top folder under the data root
+    schema: pa.Schema  # carries ``sieve.dataset`` and ``sieve.schema_version``
+    partition_keys: tuple[str, ...]
+    date_column: str  # the column whose UTC date is the ``date`` key
+    encrypted: bool  # Parquet modular encryption with the keyring's active key
+    retention: Retention
+
+    @property
+    def version(self) -> str:
+        return (self.schema.metadata or {})[b"sieve.schema_version"].decode()
+
+    @property
+    def personal(self) -> bool:
+        return self.retention is Retention.PER_PERSON
+
+    def holds(self, relative_path: str) -> bool:
+        """Whether a path relative to the data root is under this dataset's folder."""
+        return relative_path.split("/", 1)[0] == self.name
+
+    def file_path(self, values: Mapping[str, str], stem: str) -> str:
+        """The relative path of a file of the partition ``values`` (every partition key)."""
+        folders = "/".join(f"{key}={values[key]}" for key in self.partition_keys)
+        return f"{self.name}/{folders}/{stem}.parquet"
+
+    def partition_of(self, relative_path: str) -> dict[str, str] | None:
+        """The partition values a file's path names; None when it does not follow the layout
+        (then only the rows themselves can tell)."""
+        parts = relative_path.split("/")
+        if len(parts) != len(self.partition_keys) + 2 or parts[0] != self.name:
+            return None
+        values: dict[str, str] = {}
+        for segment, key in zip(parts[1:-1], self.partition_keys, strict=True):
+            name, sep, value = segment.partition("=")
+            if name != key or not sep or not value:
+                return None
+            values[key] = value
+        if DATE_KEY in values:
+            try:
+                date.fromisoformat(values[DATE_KEY])
+            except ValueError:
+                return None
+        return values
+
+
+IDENTIFIABLE_DATASET: Final = Dataset(
+    name="identifiable",
+    schema=IDENTIFIABLE,
+    partition_keys=("retention_class", "region", DATE_KEY),
+    date_column="occurred_at",
+    encrypted=True,
+    retention=Retention.PER_PERSON,
+)
+FACTS_DATASET: Final = Dataset(
+    name="facts",
+    schema=FACTS,
+    partition_keys=(DATE_KEY,),
+    date_column="occurred_hour",
+    encrypted=False,
+    retention=Retention.KEPT,
+)
+
+# In the order a range's files are planned (and listed in its marker).
+WORKER_DATASETS: Final = (IDENTIFIABLE_DATASET, FACTS_DATASET)
+PERSONAL_DATASETS: Final = tuple(d for d in WORKER_DATASETS if d.personal)
+
+
+def dataset_of(relative_path: str) -> Dataset | None:
+    """The worker dataset a path relative to the data root belongs to, if any."""
+    return next((d for d in WORKER_DATASETS if d.holds(relative_path)), None)

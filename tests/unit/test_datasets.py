@@ -1,0 +1,98 @@
+"""The worker's datasets, declared once (schemas/datasets.py), and the code that iterates over
+the declarations instead of naming datasets (issue 11, item 2)."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime
+
+import pyarrow as pa
+import pytest
+
+from schemas.arrow import IDENTIFIABLE
+from schemas.datasets import (
+    FACTS_DATASET,
+    IDENTIFIABLE_DATASET,
+    PERSONAL_DATASETS,
+    WORKER_DATASETS,
+    dataset_of,
+)
+from streams.worker import sink
+from tests.fixtures.facts import fact, facts_table
+from tests.fixtures.identifiable import record
+
+DAY = datetime(2026, 10, 30, 9, tzinfo=UTC)
+
+
+def test_each_declaration_names_its_schema_and_version() -> None:
+    for dataset in WORKER_DATASETS:
+        metadata = dataset.schema.metadata
+        assert metadata[b"sieve.dataset"].decode() == dataset.name
+        assert dataset.version == metadata[b"sieve.schema_version"].decode()
+        assert dataset.date_column in dataset.schema.names
+        for key in dataset.partition_keys:
+            assert key == "date" or key in dataset.schema.names
+    assert [d.name for d in WORKER_DATASETS] == ["identifiable", "facts"]
+    assert PERSONAL_DATASETS == (IDENTIFIABLE_DATASET,)
+    assert IDENTIFIABLE_DATASET.encrypted and not FACTS_DATASET.encrypted
+
+
+def test_a_file_path_reads_back_as_its_partition() -> None:
+    values = {"retention_class": "traffic", "region": "eu", "date": "2026-10-30"}
+    path = IDENTIFIABLE_DATASET.file_path(values, "raw+0+0-9")
+    assert (
+        path == "identifiable/retention_class=traffic/region=eu/date=2026-10-30/raw+0+0-9.parquet"
+    )
+    assert IDENTIFIABLE_DATASET.partition_of(path) == values
+    assert dataset_of(path) is IDENTIFIABLE_DATASET
+    assert dataset_of("facts/date=2026-10-30/x.parquet") is FACTS_DATASET
+    assert dataset_of("_dedup/raw/0/x.parquet") is None
+    for stray in (
+        "identifiable/region=eu/retention_class=traffic/date=2026-10-30/f.parquet",
+        "identifiable/retention_class=traffic/region=eu/date=2026-13-01/f.parquet",
+        "identifiable/retention_class=traffic/region=eu/f.parquet",
+        "facts/date=2026-10-30/f.parquet",
+    ):
+        assert IDENTIFIABLE_DATASET.partition_of(stray) is None, stray
+
+
+def _tables() -> dict[str, pa.Table]:
+    identifiable = pa.Table.from_pylist(
+        [record("e-1", occurred_at=DAY), record("e-2", occurred_at=DAY, type="payment")],
+        schema=IDENTIFIABLE,
+    )
+    facts = facts_table([fact(DAY.replace(minute=0)), fact(DAY.replace(day=31, minute=0))])
+    return {"identifiable": identifiable, "facts": facts}
+
+
+def test_the_sink_plans_a_file_per_declared_partition() -> None:
+    planned = sink.plan_outputs("raw", 0, 0, 9, _tables())
+    assert [(p.relative_path, p.table.num_rows, p.encrypted) for p in planned] == [
+        (
+            "identifiable/retention_class=billing/region=eu/date=2026-10-30/raw+0+0-9.parquet",
+            1,
+            True,
+        ),
+        (
+            "identifiable/retention_class=traffic/region=eu/date=2026-10-30/raw+0+0-9.parquet",
+            1,
+            True,
+        ),
+        ("facts/date=2026-10-30/raw+0+0-9.parquet", 1, False),
+        ("facts/date=2026-10-31/raw+0+0-9.parquet", 1, False),
+    ]
+
+
+def test_a_new_declaration_is_planned_without_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    by_type = dataclasses.replace(
+        FACTS_DATASET,
+        name="facts_by_type",
+        partition_keys=("type", "date"),
+    )
+    monkeypatch.setattr(sink, "WORKER_DATASETS", (*WORKER_DATASETS, by_type))
+    tables = _tables()
+    planned = sink.plan_outputs("raw", 0, 0, 9, {**tables, "facts_by_type": tables["facts"]})
+    assert [p.relative_path for p in planned if p.relative_path.startswith("facts_by_type/")] == [
+        "facts_by_type/type=request/date=2026-10-30/raw+0+0-9.parquet",
+        "facts_by_type/type=request/date=2026-10-31/raw+0+0-9.parquet",
+    ]
