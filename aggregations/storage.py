@@ -23,10 +23,11 @@ import pyarrow.parquet as pq
 
 from schemas.arrow import FACTS
 from schemas.commits import iter_markers
+from schemas.datasets import FACTS_DATASET
 from schemas.evolution import evolved_projection
 from streams.storage import DataRoot, open_data_root
 
-FACTS_DIR: Final = "facts"
+FACTS_DIR: Final = FACTS_DATASET.name
 _FACTS_DAY: Final = re.compile(r"(?:^|/)date=(\d{4}-\d{2}-\d{2})/")
 
 
@@ -62,7 +63,7 @@ def committed_ranges(root: Root) -> list[CommittedRange]:
             marker.partition,
             marker.first_offset,
             marker.last_offset,
-            tuple(path for path in marker.files if path.split("/", 1)[0] == FACTS_DIR),
+            tuple(path for path in marker.files if FACTS_DATASET.holds(path)),
         )
         for marker in iter_markers(root.fs, root.path)
     ]

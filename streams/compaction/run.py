@@ -22,6 +22,7 @@ from schemas.commits import (
     read_markers,
     resolve_markers,
 )
+from schemas.datasets import dataset_of
 from streams.compaction.plan import (
     Compaction,
     Interval,
@@ -191,10 +192,10 @@ def sweep_identifiable_leftovers(filesystem: pafs.FileSystem, root: str) -> int:
         listed = {path for marker in live for path in marker.files}
         stale = [path for marker in superseded for path in marker.files]
         for relative in [*written, *stale]:
-            if relative.startswith("identifiable/") and relative not in listed:
+            if _personal(relative) and relative not in listed:
                 removed += _remove(filesystem, f"{root}/{relative}")
         for relative in written:
-            if relative.startswith("identifiable/"):
+            if _personal(relative):
                 removed += _remove_temporaries(filesystem, f"{root}/{relative}")
     return removed
 
@@ -230,9 +231,12 @@ def _apply(
         msgspec.json.encode(sorted(plan.merged)),
     )
     for target, sources in sorted(plan.merged.items()):
-        encrypted = target.startswith("identifiable/")
-        table = _read_all(filesystem, root, sources, encryption if encrypted else None)
-        _write_parquet(filesystem, f"{root}/{target}", table, encryption if encrypted else None)
+        dataset = dataset_of(target)
+        if dataset is None:  # plan.is_merged merges declared datasets only
+            raise ValueError(f"{target} is in no declared dataset")
+        keys = encryption if dataset.encrypted else None
+        table = _read_all(filesystem, root, sources, keys, missing_ok=dataset.personal)
+        _write_parquet(filesystem, f"{root}/{target}", table, keys)
         report.files_written += 1
     # The commit point: from this rename on, the compaction marker outranks the ranges.
     _write_atomic(filesystem, f"{root}/{path_of(marker)}", encode_marker(marker))
@@ -253,6 +257,8 @@ def _read_all(
     root: str,
     sources: Sequence[str],
     encryption: ParquetEncryption | None,
+    *,
+    missing_ok: bool,
 ) -> pa.Table:
     tables = []
     for relative in sources:
@@ -262,9 +268,10 @@ def _read_all(
                 # ParquetFile: the file's own schema, without hive columns from its path.
                 tables.append(pq.ParquetFile(source, decryption_properties=properties).read())
         except FileNotFoundError:
-            if encryption is None:
-                raise  # facts are never removed but by a compaction: a lost file is an error
-            # An identifiable file the retention sweep removed whole (all its rows expired).
+            if not missing_ok:
+                raise  # a kept dataset loses files only to a compaction: this is an error
+            # A file of a personal dataset the retention sweep removed whole (all its rows
+            # expired).
             continue
     if not tables:
         raise FileNotFoundError(f"none of {list(sources)} exists under {root}")
@@ -304,6 +311,11 @@ def _remove_temporaries(filesystem: pafs.FileSystem, path: str) -> int:
         if own and is_compacted(info.base_name):
             removed += _remove(filesystem, info.path)
     return removed
+
+
+def _personal(relative: str) -> bool:
+    dataset = dataset_of(relative)
+    return dataset is not None and dataset.personal
 
 
 def _intent_relative(topic: str, partition: int) -> str:

@@ -5,21 +5,28 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
 
+from schemas import datasets
 from schemas.arrow import IDENTIFIABLE
 from schemas.datasets import (
     FACTS_DATASET,
     IDENTIFIABLE_DATASET,
     PERSONAL_DATASETS,
     WORKER_DATASETS,
+    Dataset,
     dataset_of,
 )
+from streams.compaction.plan import is_merged
+from streams.subject import identifiable_store
+from streams.subject.erasure import erase_subject
+from streams.subject.identifiable_store import list_files, read_rows
 from streams.worker import sink
 from tests.fixtures.facts import fact, facts_table
-from tests.fixtures.identifiable import record
+from tests.fixtures.identifiable import FS, POLICY, new_encryption, record, write_identifiable
 
 DAY = datetime(2026, 10, 30, 9, tzinfo=UTC)
 
@@ -96,3 +103,47 @@ def test_a_new_declaration_is_planned_without_naming_it(monkeypatch: pytest.Monk
         "facts_by_type/type=request/date=2026-10-30/raw+0+0-9.parquet",
         "facts_by_type/type=request/date=2026-10-31/raw+0+0-9.parquet",
     ]
+
+
+def _declare(monkeypatch: pytest.MonkeyPatch, *extra: Dataset) -> None:
+    """Add declarations, as a new dataset in schemas/datasets.py would."""
+    every = (*WORKER_DATASETS, *extra)
+    monkeypatch.setattr(datasets, "WORKER_DATASETS", every)
+    monkeypatch.setattr(
+        identifiable_store, "PERSONAL_DATASETS", tuple(d for d in every if d.personal)
+    )
+
+
+def test_compaction_merges_every_declared_dataset_and_decrypts_only_with_the_keyring(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    facts_by_type = dataclasses.replace(FACTS_DATASET, name="facts_by_type")
+    _declare(monkeypatch, facts_by_type)
+    assert is_merged("facts_by_type/date=2026-10-30/raw+0+0-9.parquet", identifiable=False)
+    assert is_merged("facts/date=2026-10-30/raw+0+0-9.parquet", identifiable=False)
+    path = "identifiable/retention_class=traffic/region=eu/date=2026-10-30/raw+0+0-9.parquet"
+    assert not is_merged(path, identifiable=False)
+    assert is_merged(path, identifiable=True)
+    assert not is_merged("_dedup/raw/0/raw+0+0-9.parquet", identifiable=True)
+
+
+def test_an_erasure_reaches_every_personal_dataset_without_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    copy = dataclasses.replace(IDENTIFIABLE_DATASET, name="identifiable_copy")
+    _declare(monkeypatch, copy)
+    enc = new_encryption()
+    rows = [record("t-1"), record("t-2", account_id="acct-2")]
+    write_identifiable(tmp_path, rows, enc)
+    write_identifiable(tmp_path / "elsewhere", rows, enc)
+    (tmp_path / "elsewhere" / "identifiable").rename(tmp_path / "identifiable_copy")
+
+    listed = list_files(FS, str(tmp_path)).files
+    assert sorted(f.relative_path.split("/", 1)[0] for f in listed) == [
+        "identifiable",
+        "identifiable_copy",
+    ]
+    assert {(f.retention_class, f.region) for f in listed} == {("traffic", "eu")}
+    erase_subject(FS, str(tmp_path), enc, POLICY, "acct-1")
+    for file in list_files(FS, str(tmp_path)).files:
+        assert read_rows(FS, file, enc)["event_id"].to_pylist() == ["t-2"], file.relative_path
