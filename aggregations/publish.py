@@ -51,11 +51,9 @@ from aggregations.meters import Meter, default_meters
 from aggregations.publish_plan import new_ranges, plan_run
 from aggregations.publish_run import Run, Writes, work
 from aggregations.schemas import (
-    ANALYTICS,
-    ANALYTICS_DIR,
     LEGACY_METERING_DIRS,
-    METERING,
     METERING_DIR,
+    PUBLISHED_DATASETS,
     PUBLISHED_DIR,
 )
 from aggregations.storage import (
@@ -120,14 +118,12 @@ class PublishReport:
 
 def ensure_layout(root: Root) -> None:
     """Create the published folders with their schema files (so catalog views bind)."""
-    ensure_schema_file(root, METERING_DIR, METERING)
-    ensure_schema_file(root, ANALYTICS_DIR, ANALYTICS)
+    for dataset in PUBLISHED_DATASETS:
+        ensure_schema_file(root, dataset.folder, dataset.schema)
 
 
 def layout_complete(root: Root) -> bool:
-    return all(
-        exists(root, f"{folder}/_schema.parquet") for folder in (METERING_DIR, ANALYTICS_DIR)
-    )
+    return all(exists(root, f"{d.folder}/_schema.parquet") for d in PUBLISHED_DATASETS)
 
 
 def refuse_legacy_metering(root: Root) -> None:

@@ -27,7 +27,7 @@ from schemas.datasets import FACTS_DATASET
 from schemas.evolution import evolved_projection
 from streams.storage import DataRoot, open_data_root
 
-FACTS_DIR: Final = FACTS_DATASET.name
+FACTS_DIR: Final = FACTS_DATASET.folder
 _FACTS_DAY: Final = re.compile(r"(?:^|/)date=(\d{4}-\d{2}-\d{2})/")
 
 

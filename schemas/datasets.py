@@ -1,12 +1,13 @@
-"""Every file dataset the worker writes, declared once: name, schema (with its version),
-partitioning, encryption and retention handling.
+"""Every file dataset the worker writes, declared once: name, folder, schema (with its
+version), partitioning, encryption and retention handling. The published datasets are
+declared with the same type where they are written (aggregations.schemas).
 
 The code that handles the worker's outputs iterates over :data:`WORKER_DATASETS` instead of
 naming them: the sink plans a range's files and conforms its tables, recovery walks their
 folders, compaction merges them (encrypting again where the declaration says so), and the
 subject tools reach every dataset whose retention is per person (:data:`PERSONAL_DATASETS`).
 
-A dataset's files live at ``<name>/<key>=<value>/.../<stem>.parquet`` (hive partitioning,
+A dataset's files live at ``<folder>/<key>=<value>/.../<stem>.parquet`` (hive partitioning,
 :attr:`Dataset.partition_keys` in folder order). The key ``date`` is the UTC date of the
 dataset's :attr:`Dataset.date_column`; every other key is a column of the same name.
 """
@@ -41,7 +42,8 @@ class Retention(enum.Enum):
 class Dataset:
     """One dataset the worker writes (module docstring)."""
 
-    name: str  # also its top folder under the data root
+    name: str
+    folder: str  # under the data root
     schema: pa.Schema  # carries ``sieve.dataset`` and ``sieve.schema_version``
     partition_keys: tuple[str, ...]
     date_column: str  # the column whose UTC date is the ``date`` key
@@ -58,21 +60,23 @@ class Dataset:
 
     def holds(self, relative_path: str) -> bool:
         """Whether a path relative to the data root is under this dataset's folder."""
-        return relative_path.split("/", 1)[0] == self.name
+        return relative_path.startswith(f"{self.folder}/")
 
     def file_path(self, values: Mapping[str, str], stem: str) -> str:
         """The relative path of a file of the partition ``values`` (every partition key)."""
         folders = "/".join(f"{key}={values[key]}" for key in self.partition_keys)
-        return f"{self.name}/{folders}/{stem}.parquet"
+        return f"{self.folder}/{folders}/{stem}.parquet"
 
     def partition_of(self, relative_path: str) -> dict[str, str] | None:
         """The partition values a file's path names; None when it does not follow the layout
         (then only the rows themselves can tell)."""
-        parts = relative_path.split("/")
-        if len(parts) != len(self.partition_keys) + 2 or parts[0] != self.name:
+        if not self.holds(relative_path):
+            return None
+        parts = relative_path[len(self.folder) + 1 :].split("/")
+        if len(parts) != len(self.partition_keys) + 1:
             return None
         values: dict[str, str] = {}
-        for segment, key in zip(parts[1:-1], self.partition_keys, strict=True):
+        for segment, key in zip(parts[:-1], self.partition_keys, strict=True):
             name, sep, value = segment.partition("=")
             if name != key or not sep or not value:
                 return None
@@ -87,6 +91,7 @@ class Dataset:
 
 IDENTIFIABLE_DATASET: Final = Dataset(
     name="identifiable",
+    folder="identifiable",
     schema=IDENTIFIABLE,
     partition_keys=("retention_class", "region", DATE_KEY),
     date_column="occurred_at",
@@ -95,6 +100,7 @@ IDENTIFIABLE_DATASET: Final = Dataset(
 )
 FACTS_DATASET: Final = Dataset(
     name="facts",
+    folder="facts",
     schema=FACTS,
     partition_keys=(DATE_KEY,),
     date_column="occurred_hour",

@@ -161,7 +161,7 @@ def list_files(filesystem: pafs.FileSystem, root: str) -> Listing:
     files: list[IdentifiableFile] = []
     leftovers: list[str] = []
     in_flight: list[IdentifiableFile] = []
-    for info in walk_files(filesystem, [f"{root}/{d.name}" for d in PERSONAL_DATASETS]):
+    for info in walk_files(filesystem, [f"{root}/{d.folder}" for d in PERSONAL_DATASETS]):
         if SUBJECT_TMP_INFIX in info.base_name:
             leftovers.append(info.path)
             continue

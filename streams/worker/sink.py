@@ -403,7 +403,7 @@ def recover_partition(
     for marker in superseded:
         remove(f"{root}/{path_of(marker)}")
     folders = [
-        *(dataset.name for dataset in WORKER_DATASETS),
+        *(dataset.folder for dataset in WORKER_DATASETS),
         f"{LOG_DIR}/{topic}/{partition}",
         f"_commits/{topic}/{partition}",
     ]

@@ -10,6 +10,9 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from aggregations import publish
+from aggregations.schemas import ANALYTICS_DATASET, PUBLISHED_DATASETS
+from aggregations.storage import resolve_root
 from schemas import datasets
 from schemas.arrow import IDENTIFIABLE
 from schemas.datasets import (
@@ -32,7 +35,7 @@ DAY = datetime(2026, 10, 30, 9, tzinfo=UTC)
 
 
 def test_each_declaration_names_its_schema_and_version() -> None:
-    for dataset in WORKER_DATASETS:
+    for dataset in (*WORKER_DATASETS, *PUBLISHED_DATASETS):
         metadata = dataset.schema.metadata
         assert metadata[b"sieve.dataset"].decode() == dataset.name
         assert dataset.version == metadata[b"sieve.schema_version"].decode()
@@ -94,6 +97,7 @@ def test_a_new_declaration_is_planned_without_naming_it(monkeypatch: pytest.Monk
     by_type = dataclasses.replace(
         FACTS_DATASET,
         name="facts_by_type",
+        folder="facts_by_type",
         partition_keys=("type", "date"),
     )
     monkeypatch.setattr(sink, "WORKER_DATASETS", (*WORKER_DATASETS, by_type))
@@ -117,7 +121,7 @@ def _declare(monkeypatch: pytest.MonkeyPatch, *extra: Dataset) -> None:
 def test_compaction_merges_every_declared_dataset_and_decrypts_only_with_the_keyring(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    facts_by_type = dataclasses.replace(FACTS_DATASET, name="facts_by_type")
+    facts_by_type = dataclasses.replace(FACTS_DATASET, name="facts_by_type", folder="facts_by_type")
     _declare(monkeypatch, facts_by_type)
     assert is_merged("facts_by_type/date=2026-10-30/raw+0+0-9.parquet", identifiable=False)
     assert is_merged("facts/date=2026-10-30/raw+0+0-9.parquet", identifiable=False)
@@ -130,7 +134,9 @@ def test_compaction_merges_every_declared_dataset_and_decrypts_only_with_the_key
 def test_an_erasure_reaches_every_personal_dataset_without_naming_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    copy = dataclasses.replace(IDENTIFIABLE_DATASET, name="identifiable_copy")
+    copy = dataclasses.replace(
+        IDENTIFIABLE_DATASET, name="identifiable_copy", folder="identifiable_copy"
+    )
     _declare(monkeypatch, copy)
     enc = new_encryption()
     rows = [record("t-1"), record("t-2", account_id="acct-2")]
@@ -147,3 +153,19 @@ def test_an_erasure_reaches_every_personal_dataset_without_naming_it(
     erase_subject(FS, str(tmp_path), enc, POLICY, "acct-1")
     for file in list_files(FS, str(tmp_path)).files:
         assert read_rows(FS, file, enc)["event_id"].to_pylist() == ["t-2"], file.relative_path
+
+
+def test_publish_lays_out_every_published_declaration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    releases = dataclasses.replace(ANALYTICS_DATASET, name="releases", folder="published/releases")
+    monkeypatch.setattr(publish, "PUBLISHED_DATASETS", (*PUBLISHED_DATASETS, releases))
+    root = resolve_root(str(tmp_path))
+    assert not publish.layout_complete(root)
+    publish.ensure_layout(root)
+    assert publish.layout_complete(root)
+    assert sorted(root.list("published")) == [
+        "published/analytics/_schema.parquet",
+        "published/metering/_schema.parquet",
+        "published/releases/_schema.parquet",
+    ]
