@@ -34,13 +34,14 @@ class Retention(enum.Enum):
     # the retention sweep deletes them when it passes, and access and erasure requests
     # reach every file, committed or not (streams.subject).
     PER_PERSON = "per_person"
-    # Anonymous rows: kept (published aggregates and invoices are computed from them).
+    # Anonymous rows, nothing about a person to expire: kept (facts feed the published
+    # aggregates and invoices; those are published to stay).
     KEPT = "kept"
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """One dataset the worker writes (module docstring)."""
+    """One dataset Sieve writes (module docstring)."""
 
     name: str
     folder: str  # under the data root
