@@ -72,6 +72,7 @@ from aggregations.storage import (
 )
 from aggregations.windows import last_closed_day
 from streams.compaction.run import compact_published
+from streams.storage import is_temporary
 
 DEFAULT_MEMORY_LIMIT_MB = 1024
 
@@ -334,5 +335,5 @@ def sweep_leftovers(root: Root, manifest: Manifest) -> None:
             delete(root, name)
     for folder in (PUBLISHED_DIR, ledger.LEDGER_DIR):
         for name in list_files(root, folder):
-            if ".tmp-" in name.rsplit("/", 1)[-1]:
+            if is_temporary(name):
                 delete(root, name)
