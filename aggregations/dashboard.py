@@ -25,6 +25,7 @@ from typing import Final
 
 import duckdb
 import plotly.offline
+import pyarrow.fs as pafs
 from aiohttp import web
 
 from aggregations import dashboard_analytics, dashboard_billing
@@ -44,6 +45,7 @@ from aggregations.storage import resolve_root
 from aggregations.windows import last_closed_day
 from streams.errors import ConfigurationError
 from streams.http_server import serve_until_stopped
+from streams.storage import write_atomic
 
 PAGE_FILES: Final[dict[Role, str]] = {"analyst": "dashboard.html", "billing": "billing.html"}
 CHART_IDS: Final[dict[Role, tuple[str, ...]]] = {
@@ -230,10 +232,7 @@ def default_output(data_root: str, role: Role = "analyst") -> Path:
 
 def write_page(path: Path, text: str) -> None:
     """Write to a temporary name, then rename: a browser refreshing never reads half a page."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(text, encoding="utf-8")
-    temporary.replace(path)
+    write_atomic(pafs.LocalFileSystem(), str(path), lambda out: out.write(text.encode()))
 
 
 # --- serving ------------------------------------------------------------------------------

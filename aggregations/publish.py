@@ -51,11 +51,9 @@ from aggregations.meters import Meter, default_meters
 from aggregations.publish_plan import new_ranges, plan_run
 from aggregations.publish_run import Run, Writes, work
 from aggregations.schemas import (
-    ANALYTICS,
-    ANALYTICS_DIR,
     LEGACY_METERING_DIRS,
-    METERING,
     METERING_DIR,
+    PUBLISHED_DATASETS,
     PUBLISHED_DIR,
 )
 from aggregations.storage import (
@@ -74,6 +72,7 @@ from aggregations.storage import (
 )
 from aggregations.windows import last_closed_day
 from streams.compaction.run import compact_published
+from streams.storage import is_temporary
 
 DEFAULT_MEMORY_LIMIT_MB = 1024
 
@@ -120,14 +119,12 @@ class PublishReport:
 
 def ensure_layout(root: Root) -> None:
     """Create the published folders with their schema files (so catalog views bind)."""
-    ensure_schema_file(root, METERING_DIR, METERING)
-    ensure_schema_file(root, ANALYTICS_DIR, ANALYTICS)
+    for dataset in PUBLISHED_DATASETS:
+        ensure_schema_file(root, dataset.folder, dataset.schema)
 
 
 def layout_complete(root: Root) -> bool:
-    return all(
-        exists(root, f"{folder}/_schema.parquet") for folder in (METERING_DIR, ANALYTICS_DIR)
-    )
+    return all(exists(root, f"{d.folder}/_schema.parquet") for d in PUBLISHED_DATASETS)
 
 
 def refuse_legacy_metering(root: Root) -> None:
@@ -338,5 +335,5 @@ def sweep_leftovers(root: Root, manifest: Manifest) -> None:
             delete(root, name)
     for folder in (PUBLISHED_DIR, ledger.LEDGER_DIR):
         for name in list_files(root, folder):
-            if ".tmp-" in name.rsplit("/", 1)[-1]:
+            if is_temporary(name):
                 delete(root, name)

@@ -12,6 +12,7 @@ from typing import Final
 import pyarrow as pa
 
 from schemas.arrow import OUTPUT_SCHEMA_VERSION
+from schemas.datasets import DATE_KEY, Dataset, Retention
 
 PUBLISHED_DIR: Final = "published"
 METERING_DIR: Final = f"{PUBLISHED_DIR}/metering"
@@ -109,3 +110,27 @@ ANALYTICS: Final = pa.schema(
 )
 
 DIMENSIONS: Final = ("country", "device_class", "browser_family", "os_family", "type")
+
+
+# The published datasets, declared as the worker's are (schemas.datasets): anonymous, kept,
+# never encrypted. Each folder keeps a zero-row ``_schema.parquet`` of its schema
+# (aggregations.publish.ensure_layout), so the catalog's views bind before the first run.
+METERING_DATASET: Final = Dataset(
+    name="metering",
+    folder=METERING_DIR,
+    schema=METERING,
+    partition_keys=("grain", DATE_KEY),
+    date_column="date",
+    encrypted=False,
+    retention=Retention.KEPT,
+)
+ANALYTICS_DATASET: Final = Dataset(
+    name="analytics",
+    folder=ANALYTICS_DIR,
+    schema=ANALYTICS,
+    partition_keys=(DATE_KEY,),
+    date_column="date",
+    encrypted=False,
+    retention=Retention.KEPT,
+)
+PUBLISHED_DATASETS: Final = (METERING_DATASET, ANALYTICS_DATASET)

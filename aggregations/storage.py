@@ -1,4 +1,5 @@
-"""File access for the aggregations: the data root, committed facts, atomic writes.
+"""File access for the aggregations: committed facts, published files (through
+:mod:`streams.storage`, which opens the data root and writes every file atomically).
 
 The data root is a local path or a pyarrow filesystem URI. Facts are read only from files
 listed by commit markers (:func:`schemas.commits.iter_markers`), never by globbing
@@ -9,53 +10,35 @@ committed files of its folder (:func:`facts_day`).
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
-import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import IO, Any, Final
+from typing import Any, Final
 
 import duckdb
 import pyarrow as pa
 import pyarrow.dataset as pads
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from schemas.arrow import FACTS
 from schemas.commits import iter_markers
+from schemas.datasets import FACTS_DATASET
 from schemas.evolution import evolved_projection
+from streams.storage import DataRoot, open_data_root
 
-FACTS_DIR: Final = "facts"
+FACTS_DIR: Final = FACTS_DATASET.folder
 _FACTS_DAY: Final = re.compile(r"(?:^|/)date=(\d{4}-\d{2}-\d{2})/")
 
 
-@dataclass(frozen=True)
-class Root:
-    """A resolved data root: the filesystem and the root path inside it."""
-
-    fs: pafs.FileSystem
-    path: str
-
-    def join(self, relative: str) -> str:
-        return f"{self.path.rstrip('/')}/{relative}"
-
-    def relative(self, full: str) -> str:
-        return full.removeprefix(self.path.rstrip("/") + "/")
-
-    @property
-    def is_local(self) -> bool:
-        return isinstance(self.fs, pafs.LocalFileSystem)
+# The aggregations' name for the one data-root type (streams.storage), so that their
+# modules read as before.
+Root = DataRoot
 
 
 def resolve_root(data_root: str) -> Root:
     """A local path (relative paths are made absolute) or a URI such as ``s3://bucket/x``."""
-    if "://" in data_root:
-        fs, path = pafs.FileSystem.from_uri(data_root)
-        return Root(fs, path)
-    return Root(pafs.LocalFileSystem(), os.path.abspath(data_root))
+    return open_data_root(data_root)
 
 
 # --- committed facts ---------------------------------------------------------------------------
@@ -80,7 +63,7 @@ def committed_ranges(root: Root) -> list[CommittedRange]:
             marker.partition,
             marker.first_offset,
             marker.last_offset,
-            tuple(path for path in marker.files if path.split("/", 1)[0] == FACTS_DIR),
+            tuple(path for path in marker.files if FACTS_DATASET.holds(path)),
         )
         for marker in iter_markers(root.fs, root.path)
     ]
@@ -159,73 +142,44 @@ def register_facts(
 
 def list_parquet(root: Root, relative_dir: str) -> list[str]:
     """Full paths of the data files under a published folder (recursively, sorted)."""
-    selector = pafs.FileSelector(root.join(relative_dir), recursive=True, allow_not_found=True)
-    return sorted(
-        info.path
-        for info in root.fs.get_file_info(selector)
-        if info.type == pafs.FileType.File
-        and info.base_name.endswith(".parquet")
-        and not info.base_name.startswith("_")
-    )
+    return [
+        root.join(relative)
+        for relative in root.list(relative_dir)
+        if relative.endswith(".parquet") and not relative.rsplit("/", 1)[-1].startswith("_")
+    ]
 
 
 def list_files(root: Root, relative_dir: str) -> list[str]:
     """Relative paths of every file under a folder (temporary files included), sorted."""
-    selector = pafs.FileSelector(root.join(relative_dir), recursive=True, allow_not_found=True)
-    return sorted(
-        root.relative(info.path)
-        for info in root.fs.get_file_info(selector)
-        if info.type == pafs.FileType.File
-    )
+    return root.list(relative_dir, temporaries=True)
 
 
 def exists(root: Root, relative: str) -> bool:
-    return root.fs.get_file_info(root.join(relative)).type == pafs.FileType.File
+    return root.exists(relative)
 
 
 def read_bytes(root: Root, relative: str) -> bytes | None:
     """The file's bytes, or None when it does not exist."""
-    try:
-        with root.fs.open_input_stream(root.join(relative)) as stream:
-            data: bytes = stream.read()
-            return data
-    except FileNotFoundError:
-        return None
+    return root.read_bytes(relative)
 
 
 def delete(root: Root, relative: str) -> None:
     """Remove a file; a file already gone is not an error (deletes are retried after a crash)."""
-    with contextlib.suppress(FileNotFoundError):
-        root.fs.delete_file(root.join(relative))
-
-
-def _write_atomic(root: Root, relative: str, write: Callable[[IO[bytes] | Any], object]) -> None:
-    final = root.join(relative)
-    root.fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
-    temporary = f"{final}.tmp-{uuid.uuid4().hex}"
-    if root.is_local:
-        with open(temporary, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-    else:
-        with root.fs.open_output_stream(temporary) as stream:
-            write(stream)
-    root.fs.move(temporary, final)
+    root.delete(relative)
 
 
 def write_parquet_atomic(root: Root, relative: str, table: pa.Table) -> None:
-    """Write to a temporary name, flush (fsync when local), then rename over ``relative``.
+    """Write to a temporary name, sync, then rename over ``relative`` (streams.storage).
 
     Readers see either the previous file or the complete new one, never a partial file.
     The temporary name is random; the final name and content are the caller's (deterministic).
     """
-    _write_atomic(root, relative, lambda out: pq.write_table(table, out))
+    root.write_parquet(relative, table)
 
 
 def write_bytes_atomic(root: Root, relative: str, data: bytes) -> None:
     """:func:`write_parquet_atomic` for bytes."""
-    _write_atomic(root, relative, lambda out: out.write(data))
+    root.write_bytes(relative, data)
 
 
 def copy_file_atomic(root: Root, source: str, relative: str) -> None:

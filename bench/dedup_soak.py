@@ -56,8 +56,8 @@ from bench.worker_throughput import (
 )
 from streams.broker.control import free_ports
 from streams.privacy.keyring import write_new_keyring
+from streams.storage import open_data_root
 from streams.worker.commands import committed_totals
-from streams.worker.sink import open_data_root
 from streams.worker.state.folder import StateFolder
 
 REPO = Path(__file__).resolve().parent.parent
@@ -218,7 +218,8 @@ async def bare_rate(bootstrap: str, topic: str, events: int) -> float:
 def keys_held(state_dir: Path, data_root: Path, topic: str, partitions: int, horizon: int) -> int:
     """Event keys in the worker's stores after it stopped (its dedup state, counted)."""
     folder = StateFolder(state_dir)
-    filesystem, root = open_data_root(str(data_root))
+    opened = open_data_root(str(data_root), create=True)
+    filesystem, root = opened.fs, opened.path
     # The identity the worker opened them with (PartitionPipeline.restore): anything else
     # would make the store reset itself.
     identity = f"{type(filesystem).__name__}:{root}"

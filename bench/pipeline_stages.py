@@ -48,9 +48,10 @@ from streams.enrich.referrer import ReferrerClassifier
 from streams.enrich.useragent import UserAgentParser
 from streams.privacy.keyring import Keyring
 from streams.privacy.retention import load_policy
+from streams.storage import open_data_root
 from streams.worker.dedup import Deduplicator
 from streams.worker.pipeline import PartitionPipeline, PipelineContext, RawRecord
-from streams.worker.sink import RangeWriter, open_data_root
+from streams.worker.sink import RangeWriter
 from streams.worker.stages import DECODE
 from streams.worker.state.consent import ConsentTracker
 from streams.worker.state.folder import StateFolder
@@ -109,7 +110,8 @@ def one_pass(
     the state store's write of its keys (both on the worker's writer thread)."""
     seconds: defaultdict[str, float] = defaultdict(float)
     with tempfile.TemporaryDirectory(prefix="sieve-stages-") as folder:
-        filesystem, root = open_data_root(folder)
+        opened = open_data_root(folder, create=True)
+        filesystem, root = opened.fs, opened.path
         # A fresh state store each pass, as a worker's first start has.
         context = dataclasses.replace(context, state=StateFolder())
         pipeline = pipeline_class("raw", 0, context)

@@ -9,12 +9,12 @@ from datetime import date, datetime, timedelta
 from typing import Final
 
 from schemas.commits import CommitMarker, CoveredRange, RangeCounts
+from schemas.datasets import dataset_of
 
 COMPACTED_PREFIX: Final = "compacted+"
 # The worker's dedup logs (streams.worker.state.range_log.LOG_DIR); compaction is core and
 # imports no worker module.
 _LOG_PREFIX: Final = "_dedup/"
-MERGED_DATASETS: Final = ("facts", "identifiable")
 _DAY: Final = re.compile(r"(?:^|/)date=(\d{4}-\d{2}-\d{2})/")
 
 Interval = tuple[int, int]
@@ -108,11 +108,11 @@ def is_compacted(relative: str) -> bool:
 
 
 def is_merged(relative: str, identifiable: bool) -> bool:
-    """Whether a compaction merges this kind of file (facts always; identifiable files only
-    with the keyring; dedup logs never: they stay one per range, as the state rebuild reads
-    them)."""
-    dataset = relative.split("/", 1)[0]
-    return dataset == "facts" or (identifiable and dataset == "identifiable")
+    """Whether a compaction merges this kind of file: a file of a declared dataset
+    (schemas.datasets), an encrypted one only with the keyring (``identifiable``); dedup
+    logs never: they stay one per range, as the state rebuild reads them."""
+    dataset = dataset_of(relative)
+    return dataset is not None and (identifiable or not dataset.encrypted)
 
 
 @dataclass(frozen=True)

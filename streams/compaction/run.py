@@ -4,7 +4,6 @@ identifiable files, the maintenance lock of the subject tools): :mod:`.command` 
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -23,7 +22,7 @@ from schemas.commits import (
     read_markers,
     resolve_markers,
 )
-from streams.atomic_files import sync_file
+from schemas.datasets import dataset_of
 from streams.compaction.plan import (
     Compaction,
     Interval,
@@ -34,11 +33,9 @@ from streams.compaction.plan import (
     spans,
 )
 from streams.encryption import ParquetEncryption
+from streams.storage import TMP_INFIX, remove_quietly, write_atomic, write_parquet_atomic
 
 INTENT_DIR: Final = "_compaction"
-# The worker's temporary-file infix (streams.worker.sink.TMP_INFIX): a worker's recovery
-# removes its partition's ``*.tmp-*`` files. Compaction is core and imports no worker module.
-TMP_INFIX: Final = ".tmp-"
 _ROW_GROUP_ROWS: Final = 128 * 1024
 
 
@@ -195,10 +192,10 @@ def sweep_identifiable_leftovers(filesystem: pafs.FileSystem, root: str) -> int:
         listed = {path for marker in live for path in marker.files}
         stale = [path for marker in superseded for path in marker.files]
         for relative in [*written, *stale]:
-            if relative.startswith("identifiable/") and relative not in listed:
+            if _personal(relative) and relative not in listed:
                 removed += _remove(filesystem, f"{root}/{relative}")
         for relative in written:
-            if relative.startswith("identifiable/"):
+            if _personal(relative):
                 removed += _remove_temporaries(filesystem, f"{root}/{relative}")
     return removed
 
@@ -234,9 +231,12 @@ def _apply(
         msgspec.json.encode(sorted(plan.merged)),
     )
     for target, sources in sorted(plan.merged.items()):
-        encrypted = target.startswith("identifiable/")
-        table = _read_all(filesystem, root, sources, encryption if encrypted else None)
-        _write_parquet(filesystem, f"{root}/{target}", table, encryption if encrypted else None)
+        dataset = dataset_of(target)
+        if dataset is None:  # plan.is_merged merges declared datasets only
+            raise ValueError(f"{target} is in no declared dataset")
+        keys = encryption if dataset.encrypted else None
+        table = _read_all(filesystem, root, sources, keys, missing_ok=dataset.personal)
+        _write_parquet(filesystem, f"{root}/{target}", table, keys)
         report.files_written += 1
     # The commit point: from this rename on, the compaction marker outranks the ranges.
     _write_atomic(filesystem, f"{root}/{path_of(marker)}", encode_marker(marker))
@@ -257,6 +257,8 @@ def _read_all(
     root: str,
     sources: Sequence[str],
     encryption: ParquetEncryption | None,
+    *,
+    missing_ok: bool,
 ) -> pa.Table:
     tables = []
     for relative in sources:
@@ -266,9 +268,10 @@ def _read_all(
                 # ParquetFile: the file's own schema, without hive columns from its path.
                 tables.append(pq.ParquetFile(source, decryption_properties=properties).read())
         except FileNotFoundError:
-            if encryption is None:
-                raise  # facts are never removed but by a compaction: a lost file is an error
-            # An identifiable file the retention sweep removed whole (all its rows expired).
+            if not missing_ok:
+                raise  # a kept dataset loses files only to a compaction: this is an error
+            # A file of a personal dataset the retention sweep removed whole (all its rows
+            # expired).
             continue
     if not tables:
         raise FileNotFoundError(f"none of {list(sources)} exists under {root}")
@@ -280,44 +283,22 @@ def _read_all(
 def _write_parquet(
     filesystem: pafs.FileSystem, path: str, table: pa.Table, encryption: ParquetEncryption | None
 ) -> None:
-    temporary = f"{path}{TMP_INFIX}{uuid.uuid4().hex}"
-    filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    properties = encryption.encryption_properties() if encryption else None
-    try:
-        with pq.ParquetWriter(
-            temporary,
-            table.schema,
-            filesystem=filesystem,
-            compression="zstd",
-            encryption_properties=properties,
-        ) as writer:
-            writer.write_table(table, row_group_size=_ROW_GROUP_ROWS)
-        sync_file(filesystem, temporary)
-    except BaseException:
-        _remove(filesystem, temporary)
-        raise
-    filesystem.move(temporary, path)
+    write_parquet_atomic(
+        filesystem,
+        path,
+        table,
+        compression="zstd",
+        encryption_properties=encryption.encryption_properties() if encryption else None,
+        row_group_size=_ROW_GROUP_ROWS,
+    )
 
 
 def _write_atomic(filesystem: pafs.FileSystem, path: str, data: bytes) -> None:
-    temporary = f"{path}{TMP_INFIX}{uuid.uuid4().hex}"
-    filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    try:
-        with filesystem.open_output_stream(temporary) as stream:
-            stream.write(data)
-        sync_file(filesystem, temporary)
-    except BaseException:
-        _remove(filesystem, temporary)
-        raise
-    filesystem.move(temporary, path)
+    write_atomic(filesystem, path, lambda out: out.write(data))
 
 
 def _remove(filesystem: pafs.FileSystem, path: str) -> int:
-    try:
-        filesystem.delete_file(path)
-    except FileNotFoundError:
-        return 0
-    return 1
+    return int(remove_quietly(filesystem, path))
 
 
 def _remove_temporaries(filesystem: pafs.FileSystem, path: str) -> int:
@@ -330,6 +311,11 @@ def _remove_temporaries(filesystem: pafs.FileSystem, path: str) -> int:
         if own and is_compacted(info.base_name):
             removed += _remove(filesystem, info.path)
     return removed
+
+
+def _personal(relative: str) -> bool:
+    dataset = dataset_of(relative)
+    return dataset is not None and dataset.personal
 
 
 def _intent_relative(topic: str, partition: int) -> str:

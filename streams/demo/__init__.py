@@ -208,8 +208,9 @@ def prepare_data_root(data_root: str, month: Month) -> str:
     if names:
         root.fs.delete_dir_contents(root.path)
     root.fs.create_dir(root.path, recursive=True)
-    with root.fs.open_output_stream(root.join(MARKER_FILE)) as out:
-        out.write(json.dumps({"made_by": "sieve demo", "month": month.name}).encode())
+    root.write_bytes(
+        MARKER_FILE, json.dumps({"made_by": "sieve demo", "month": month.name}).encode()
+    )
     return "emptied: it held the previous demo's data" if names else "new"
 
 

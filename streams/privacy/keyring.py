@@ -30,9 +30,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
 
-from streams.atomic_files import write_private_atomic
 from streams.errors import ConfigurationError
 from streams.secret_files import parse_secret_json, read_private_text
+from streams.storage import write_private_atomic
 
 MIN_KEY_BYTES: Final = 32
 _GENERATED_KEY_BYTES: Final = 32

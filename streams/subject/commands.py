@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import sys
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, time
@@ -29,6 +28,7 @@ from streams.errors import ConfigurationError, SieveError
 from streams.privacy.keyring import Keyring
 from streams.privacy.retention import RetentionPolicy, load_policy
 from streams.settings import Settings, reads_settings
+from streams.storage import open_data_root, write_private_atomic
 from streams.subject.access import (
     DeadLetterTopic,
     find_dead_letters,
@@ -38,7 +38,6 @@ from streams.subject.access import (
 from streams.subject.erasure import ErasureReport, erase_subject
 from streams.subject.identifiable_store import Subject
 from streams.subject.retention_sweep import SweepReport, account_ends_from_store, sweep
-from streams.worker.sink import open_data_root
 
 _LOCK_PATH = "_locks/identifiable.lock"
 
@@ -86,7 +85,7 @@ def sweep_command(dry_run: bool, now_text: str | None) -> None:
     now = parse_now(now_text) if now_text else datetime.now(UTC)
     settings = _settings()
     policy, encryption = _policy(settings), _encryption(settings)
-    filesystem, root = open_data_root(settings.data_root)
+    filesystem, root = _data_root(settings)
     with maintenance_lock(filesystem, root):
         sweep_identifiable_leftovers(filesystem, root)
         ends = account_ends_from_store(filesystem, root, policy, encryption)
@@ -128,7 +127,7 @@ def export_command(
     """
     settings = _settings()
     encryption = _encryption(settings)
-    filesystem, root = open_data_root(settings.data_root)
+    filesystem, root = _data_root(settings)
     person = Subject(account_id, user_id)
     letters = find_dead_letters(_dead_letter_topic(settings), person) if dead_letters else None
     # Under the lock: a killed compaction's merged copies are removed before reading (they
@@ -140,14 +139,9 @@ def export_command(
             summary = write_export(tables, letters, person, sys.stdout)
         else:
             # The export is decrypted personal data: private file, and never half of one.
-            temporary = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex}")
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                    summary = write_export(tables, letters, person, handle)
-                os.replace(temporary, out)
-            finally:
-                temporary.unlink(missing_ok=True)
+            summary = write_private_atomic(
+                out, lambda handle: write_export(tables, letters, person, handle)
+            )
     table = Table(title=f"Export of {person}")
     table.add_column("held")
     table.add_column("records", justify="right")
@@ -203,7 +197,7 @@ def erase_command(
     """
     settings = _settings()
     policy, encryption = _policy(settings), _encryption(settings)
-    filesystem, root = open_data_root(settings.data_root)
+    filesystem, root = _data_root(settings)
     topic = _dead_letter_topic(settings) if dead_letters else None
     with maintenance_lock(filesystem, root):
         sweep_identifiable_leftovers(filesystem, root)
@@ -270,6 +264,11 @@ def _settings() -> Settings:
     # Every Settings field has a default, but mypy sees that only with the pydantic plugin
     # (the same idiom as the other commands).
     return cast(Callable[[], Settings], Settings)()
+
+
+def _data_root(settings: Settings) -> tuple[pafs.FileSystem, str]:
+    root = open_data_root(settings.data_root, create=True)
+    return root.fs, root.path
 
 
 def _policy(settings: Settings) -> RetentionPolicy:

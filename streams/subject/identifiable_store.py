@@ -1,7 +1,8 @@
 """Encrypted identifiable files: list them, read one, replace or delete one.
 
 Files live at ``identifiable/retention_class=<c>/region=<r>/date=<YYYY-MM-DD>/<stem>.parquet``
-(:mod:`streams.worker.sink`); the hive path tells the class, region and event date of every
+(declared in :mod:`schemas.datasets`, with every dataset whose retention is per person: this
+module walks each of them); the hive path tells the class, region and event date of every
 row without decrypting anything, which is what lets the retention sweep prune.
 
 Listing walks ``identifiable/`` instead of going through the commit markers: a file of a
@@ -39,7 +40,6 @@ reads the file again.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -53,13 +53,11 @@ import pyarrow.parquet as pq
 from cryptography.exceptions import InvalidTag
 
 from schemas.arrow import IDENTIFIABLE, conform
-from streams.atomic_files import sync_file
+from schemas.datasets import DATE_KEY, PERSONAL_DATASETS, dataset_of
 from streams.encryption import ParquetEncryption
 from streams.errors import SieveError
-from streams.worker.sink import TMP_INFIX
+from streams.storage import TMP_INFIX, walk_files, write_parquet_atomic
 
-IDENTIFIABLE_DIR: Final = "identifiable"
-_PARTITION_KEYS: Final = ("retention_class", "region", "date")
 # The sink's row-group size: a rewritten file reads like a freshly written one.
 _ROW_GROUP_ROWS: Final = 128 * 1024
 _ATTEMPTS: Final = 3
@@ -157,34 +155,13 @@ class FileRewrite:
         return self.rows.filter(self.removed)
 
 
-def parse_partition(relative_path: str) -> tuple[str, str, date] | None:
-    """``(class, region, date)`` from ``identifiable/retention_class=c/region=r/date=d/f``."""
-    parts = relative_path.split("/")
-    if len(parts) != 5 or parts[0] != IDENTIFIABLE_DIR:
-        return None
-    values = []
-    for segment, key in zip(parts[1:4], _PARTITION_KEYS, strict=True):
-        name, sep, value = segment.partition("=")
-        if name != key or not sep or not value:
-            return None
-        values.append(value)
-    try:
-        day = date.fromisoformat(values[2])
-    except ValueError:
-        return None
-    return values[0], values[1], day
-
-
 def list_files(filesystem: pafs.FileSystem, root: str) -> Listing:
-    """Every file under ``root``'s ``identifiable/``, sorted by path within each kind."""
-    base = f"{root}/{IDENTIFIABLE_DIR}"
-    selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
+    """Every file under the folder of each personal dataset (schemas.datasets: today
+    ``identifiable/``), sorted by path within each kind."""
     files: list[IdentifiableFile] = []
     leftovers: list[str] = []
     in_flight: list[IdentifiableFile] = []
-    for info in filesystem.get_file_info(selector):
-        if info.type != pafs.FileType.File:
-            continue
+    for info in walk_files(filesystem, [f"{root}/{d.folder}" for d in PERSONAL_DATASETS]):
         if SUBJECT_TMP_INFIX in info.base_name:
             leftovers.append(info.path)
             continue
@@ -216,14 +193,15 @@ def remove_leftovers(filesystem: pafs.FileSystem, listing: Listing) -> int:
 
 def _described(info: pafs.FileInfo, relative: str, layout_path: str) -> IdentifiableFile:
     # ``layout_path``: the path the hive layout is read from (a temporary file's final name).
-    partition = parse_partition(layout_path)
-    cls, region, day = partition if partition is not None else (None, None, None)
+    dataset = dataset_of(layout_path)
+    values = (dataset.partition_of(layout_path) if dataset is not None else None) or {}
+    day = values.get(DATE_KEY)
     return IdentifiableFile(
         path=info.path,
         relative_path=relative,
-        retention_class=cls,
-        region=region,
-        date=day,
+        retention_class=values.get("retention_class"),
+        region=values.get("region"),
+        date=None if day is None else date.fromisoformat(day),
         size=int(info.size or 0),
         mtime_ns=info.mtime_ns,
     )
@@ -389,32 +367,32 @@ def _replace(
     rows: pa.Table,
     encryption: ParquetEncryption,
 ) -> None:
-    rows = conform(rows, IDENTIFIABLE)
-    temporary = f"{file.path}{SUBJECT_TMP_INFIX}{uuid.uuid4().hex}"
     try:
-        with pq.ParquetWriter(
-            temporary,
-            IDENTIFIABLE,
-            filesystem=filesystem,
+        write_parquet_atomic(
+            filesystem,
+            file.path,
+            conform(rows, _schema(file)),
+            # Never a second copy of identifiable rows behind: a failed replace removes its
+            # temporary file, which carries its own infix (module docstring).
+            infix=SUBJECT_TMP_INFIX,
+            # The file must still be the one read (module docstring).
+            before_rename=lambda: _check_unchanged(filesystem, file),
             compression="zstd",
             encryption_properties=encryption.encryption_properties(),
             # The footer is encrypted; the sweep reads expires_at bounds from it.
             write_statistics=True,
-        ) as writer:
-            writer.write_table(rows, row_group_size=_ROW_GROUP_ROWS)
-        sync_file(filesystem, temporary)
-        _check_unchanged(filesystem, file)
-        filesystem.move(temporary, file.path)
-    except BaseException as error:
-        # Never leave a second copy of identifiable rows behind on a failed replace.
-        if filesystem.get_file_info(temporary).type == pafs.FileType.File:
-            filesystem.delete_file(temporary)
-        if isinstance(error, FileNotFoundError):
-            # A worker's partition recovery deletes temporary files of its partition (ours
-            # carry the same name prefix) and uncommitted originals: start over from the
-            # file's current state.
-            raise FileChangedError(file.path) from None
-        raise
+            row_group_size=_ROW_GROUP_ROWS,
+        )
+    except FileNotFoundError:
+        # A worker's partition recovery deletes temporary files of its partition (ours
+        # carry the same name prefix) and uncommitted originals: start over from the file's
+        # current state.
+        raise FileChangedError(file.path) from None
+
+
+def _schema(file: IdentifiableFile) -> pa.Schema:
+    dataset = dataset_of(file.relative_path.split(TMP_INFIX, 1)[0])
+    return IDENTIFIABLE if dataset is None else dataset.schema
 
 
 def _check_unchanged(filesystem: pafs.FileSystem, file: IdentifiableFile) -> None:

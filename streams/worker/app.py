@@ -21,11 +21,12 @@ from streams.monitoring.exposition import METRICS_PATH, render
 from streams.privacy.keyring import Keyring
 from streams.privacy.retention import load_policy
 from streams.settings import Settings
+from streams.storage import open_data_root
 from streams.worker.metrics import WorkerMetrics
 from streams.worker.outage_log import OutageLog
 from streams.worker.pipeline import PipelineContext
 from streams.worker.service import ConsumerOptions, RawTopicService
-from streams.worker.sink import RangeWriter, open_data_root
+from streams.worker.sink import RangeWriter
 from streams.worker.state.folder import StateFolder
 from streams.worker.status_line import StatusReporter
 
@@ -60,7 +61,8 @@ def build_service(
     ``dead_letter_max_bytes``: the dead-letter topic's max.message.bytes (the worker reads
     it at start, streams.topics.prepare_dead_letter_topic); larger dead letters are cut.
     """
-    filesystem, root = open_data_root(settings.data_root)
+    data_root = open_data_root(settings.data_root, create=True)
+    filesystem, root = data_root.fs, data_root.path
     version = sieve_version()
     context = PipelineContext(
         keyring=keyring,

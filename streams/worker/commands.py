@@ -12,7 +12,7 @@ from rich.console import Console
 from schemas.commits import iter_markers, range_count
 from streams.errors import ConfigurationError
 from streams.settings import Settings, reads_settings
-from streams.worker.sink import open_data_root
+from streams.storage import open_data_root
 
 
 @reads_settings(
@@ -73,7 +73,8 @@ def committed_totals(
 ) -> tuple[Counter[str], Counter[str], Counter[str], int]:
     """Totals of every committed range: counts, dead letters by reason, identifiable by class,
     and the number of ranges."""
-    filesystem, root = open_data_root(data_root)
+    opened = open_data_root(data_root, create=True)
+    filesystem, root = opened.fs, opened.path
     totals: Counter[str] = Counter()
     dead: Counter[str] = Counter()
     identifiable: Counter[str] = Counter()

@@ -38,7 +38,7 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow.fs as pafs
 
-from streams.atomic_files import write_atomic
+from streams.storage import write_atomic
 from streams.worker.state.bloom import GrowingBloom, Masks, lane_masks
 from streams.worker.state.keys import Words, key_words, raw_keys, words_from_raw
 from streams.worker.state.overlay import KeyRun, RangeKeys, latest_arrivals

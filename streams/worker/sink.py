@@ -20,18 +20,16 @@ a range.
 from __future__ import annotations
 
 import contextlib
-import os
-import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from datetime import date
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
-from schemas import arrow as schemas_arrow
+from schemas.arrow import conform
 from schemas.commits import (
     CommitMarker,
     RangeCounts,
@@ -42,24 +40,23 @@ from schemas.commits import (
     read_markers,
     resolve_markers,
 )
+from schemas.datasets import DATE_KEY, FACTS_DATASET, IDENTIFIABLE_DATASET, WORKER_DATASETS
 from streams.encryption import ParquetEncryption
+from streams.storage import (
+    StagedFile,
+    is_temporary,
+    remove_quietly,
+    stage_file,
+    walk_files,
+    write_parquet_atomic,
+)
 from streams.worker.state.range_log import LOG_DIR, log_path
 
 if TYPE_CHECKING:
     from streams.worker.pipeline import PendingRange
 
-TMP_INFIX = ".tmp-"
 _ROW_GROUP_ROWS = 128 * 1024
-
-
-def open_data_root(data_root: str) -> tuple[pafs.FileSystem, str]:
-    """The filesystem and base path of a data root (local path or pyarrow URI)."""
-    if "://" in data_root:
-        filesystem, path = pafs.FileSystem.from_uri(data_root)
-        return filesystem, path.rstrip("/")
-    path = os.path.abspath(data_root)
-    os.makedirs(path, exist_ok=True)
-    return pafs.LocalFileSystem(), path
+_DATE = "_date"  # the partition date, a column only while a range is planned
 
 
 @dataclass(frozen=True)
@@ -76,39 +73,36 @@ def plan_outputs(
     partition: int,
     first_offset: int,
     last_offset: int,
-    identifiable: pa.Table,
-    facts: pa.Table,
+    tables: Mapping[str, pa.Table],
     generation: int = 0,
 ) -> list[PlannedFile]:
-    """Hive-partitioned files of a range: identifiable by class/region/date, facts by date."""
+    """Hive-partitioned files of a range: per dataset (``tables`` by name, every one of
+    :data:`schemas.datasets.WORKER_DATASETS`), one file per partition its rows fall in."""
     stem = output_stem(topic, partition, first_offset, last_offset, generation)
     planned: list[PlannedFile] = []
-    if identifiable.num_rows:
-        keyed = identifiable.append_column("_date", _utc_dates(identifiable["occurred_at"]))
-        for group in _groups(keyed, ["retention_class", "region", "_date"]):
-            cls, region, day = (
-                group[name][0].as_py() for name in ("retention_class", "region", "_date")
-            )
-            date = day.isoformat()
+    for dataset in WORKER_DATASETS:
+        table = tables[dataset.name]
+        if not table.num_rows:
+            continue
+        keyed = table.append_column(_DATE, _utc_dates(table[dataset.date_column]))
+        columns = [_DATE if key == DATE_KEY else key for key in dataset.partition_keys]
+        for group in _groups(keyed, columns):
+            values = {
+                key: _folder_value(group[column][0].as_py())
+                for key, column in zip(dataset.partition_keys, columns, strict=True)
+            }
             planned.append(
                 PlannedFile(
-                    f"identifiable/retention_class={cls}/region={region}/date={date}/{stem}.parquet",
-                    group.drop_columns(["_date"]),
-                    encrypted=True,
-                )
-            )
-    if facts.num_rows:
-        keyed = facts.append_column("_date", _utc_dates(facts["occurred_hour"]))
-        for group in _groups(keyed, ["_date"]):
-            date = group["_date"][0].as_py().isoformat()
-            planned.append(
-                PlannedFile(
-                    f"facts/date={date}/{stem}.parquet",
-                    group.drop_columns(["_date"]),
-                    encrypted=False,
+                    dataset.file_path(values, stem),
+                    group.drop_columns([_DATE]),
+                    encrypted=dataset.encrypted,
                 )
             )
     return planned
+
+
+def _folder_value(value: object) -> str:
+    return value.isoformat() if isinstance(value, date) else f"{value}"
 
 
 def _utc_dates(instants: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -145,7 +139,7 @@ class StagedRange:
     """A range whose files are in place and whose marker waits under a temporary name."""
 
     marker: CommitMarker
-    staged_marker: str  # absolute path of the marker's temporary file
+    staged_marker: StagedFile  # the marker under its temporary name
 
 
 class RangeWriter:
@@ -249,11 +243,9 @@ class RangeWriter:
         Nothing counts yet: the files are listed by no marker. Idempotent for the same
         inputs (same names, same bytes). A failed write leaves none of the range's files.
         """
-        identifiable = schemas_arrow.conform(identifiable, schemas_arrow.IDENTIFIABLE)
-        facts = schemas_arrow.conform(facts, schemas_arrow.FACTS)
-        planned = plan_outputs(
-            topic, partition, first_offset, last_offset, identifiable, facts, generation
-        )
+        given = {IDENTIFIABLE_DATASET.name: identifiable, FACTS_DATASET.name: facts}
+        tables = {d.name: conform(given[d.name], d.schema) for d in WORKER_DATASETS}
+        planned = plan_outputs(topic, partition, first_offset, last_offset, tables, generation)
         if dedup_log is not None:
             stem = output_stem(topic, partition, first_offset, last_offset, generation)
             planned.append(PlannedFile(log_path(topic, partition, stem), dedup_log, False))
@@ -266,7 +258,8 @@ class RangeWriter:
         except BaseException:
             # Half a range never stays behind (a full disk retries it whole).
             for path in written:
-                self._remove_quietly(path)
+                with contextlib.suppress(OSError):  # the error to report is the write's
+                    self._fs.delete_file(path)
             raise
         marker = CommitMarker(
             topic=topic,
@@ -290,7 +283,10 @@ class RangeWriter:
             generation=generation,
             member_id=member_id,
         )
-        staged = self._write_temporary(path_of(marker), encode_marker(marker))
+        data = encode_marker(marker)
+        staged = stage_file(
+            self._fs, f"{self._root}/{path_of(marker)}", lambda out: out.write(data)
+        )
         return StagedRange(marker=marker, staged_marker=staged)
 
     def publish(self, staged: StagedRange) -> CommitMarker:
@@ -299,73 +295,39 @@ class RangeWriter:
         Only a rename, so that the window between the caller's offset commit and the
         marker is as short as it can be (docs/architecture.md, "Fencing").
         """
-        self._fs.move(staged.staged_marker, f"{self._root}/{path_of(staged.marker)}")
+        staged.staged_marker.move_into_place(durable=False)
         return staged.marker
 
     def abandon(self, staged: StagedRange) -> None:
         """Remove the staged marker and every file of the range: it will never count."""
-        for path in [staged.staged_marker, *(f"{self._root}/{f}" for f in staged.marker.files)]:
-            with contextlib.suppress(FileNotFoundError):
-                self._fs.delete_file(path)
+        staged.staged_marker.discard()
+        for relative in staged.marker.files:
+            remove_quietly(self._fs, f"{self._root}/{relative}")
 
     def _write_parquet(self, file: PlannedFile) -> int:
         final = f"{self._root}/{file.relative_path}"
-        temporary = f"{final}{TMP_INFIX}{uuid.uuid4().hex}"
-        self._fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
-        schema = file.table.schema
         properties = None
         if file.encrypted:
             if self._encryption is None:
                 raise ValueError("identifiable output needs an encryption key (keyring)")
             properties = self._encryption.encryption_properties()
-        try:
-            with pq.ParquetWriter(
-                temporary,
-                schema,
-                filesystem=self._fs,
-                compression="zstd",
-                encryption_properties=properties,
-                # Statistics would copy identifiable values into the footer; the footer of
-                # an identifiable file is encrypted anyway, and facts hold no such values.
-                write_statistics=True,
-            ) as writer:
-                writer.write_table(file.table, row_group_size=_ROW_GROUP_ROWS)
-            self._sync(temporary)
-        except BaseException:
-            # A full disk is retried (streams.worker.service): what a failed attempt wrote
-            # must not stay behind and fill it further.
-            self._remove_quietly(temporary)
-            raise
-        self._fs.move(temporary, final)
+        # A failed write removes its temporary file: a full disk is retried
+        # (streams.worker.service), and what a failed attempt wrote must not fill it further.
+        # No folder sync per file (durable=False), as before the storage module: a range
+        # writes up to hundreds of files.
+        write_parquet_atomic(
+            self._fs,
+            final,
+            file.table,
+            durable=False,
+            compression="zstd",
+            encryption_properties=properties,
+            # Statistics would copy identifiable values into the footer; the footer of an
+            # identifiable file is encrypted anyway, and facts hold no such values.
+            write_statistics=True,
+            row_group_size=_ROW_GROUP_ROWS,
+        )
         return int(self._fs.get_file_info(final).size or 0)
-
-    def _write_temporary(self, relative_path: str, data: bytes) -> str:
-        """Write and sync ``data`` next to ``relative_path`` under a temporary name; return it."""
-        final = f"{self._root}/{relative_path}"
-        temporary = f"{final}{TMP_INFIX}{uuid.uuid4().hex}"
-        self._fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
-        try:
-            with self._fs.open_output_stream(temporary) as stream:
-                stream.write(data)
-            self._sync(temporary)
-        except BaseException:
-            self._remove_quietly(temporary)
-            raise
-        return temporary
-
-    def _remove_quietly(self, path: str) -> None:
-        with contextlib.suppress(OSError):
-            self._fs.delete_file(path)
-
-    def _sync(self, path: str) -> None:
-        # Rename-after-write survives a killed process without this; fsync makes it survive a
-        # machine crash too. Object stores have no such notion (their writes are atomic).
-        if isinstance(self._fs, pafs.LocalFileSystem):
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -435,22 +397,20 @@ def recover_partition(
 
     def remove(path: str) -> None:
         # An evicted writer abandoning its range deletes its own files meanwhile.
-        with contextlib.suppress(FileNotFoundError):
-            filesystem.delete_file(path)
+        remove_quietly(filesystem, path)
         removed.append(path)
 
     for marker in superseded:
         remove(f"{root}/{path_of(marker)}")
     folders = [
-        "identifiable",
-        "facts",
+        *(dataset.folder for dataset in WORKER_DATASETS),
         f"{LOG_DIR}/{topic}/{partition}",
         f"_commits/{topic}/{partition}",
     ]
-    for info in _walk_files(filesystem, root, folders):
+    for info in walk_files(filesystem, [f"{root}/{folder}" for folder in folders]):
         name = info.base_name
         if info.path.startswith(commits_dir):
-            doomed = TMP_INFIX in name
+            doomed = is_temporary(name)
         else:
             relative = info.path[len(root) + 1 :]
             doomed = name.startswith(prefix) and relative not in listed
@@ -459,13 +419,3 @@ def recover_partition(
     next_offset, base = resume_point(live, log_start)
     expanded = [each for marker in base for each in expand_marker(marker)]
     return RecoveredPartition(next_offset=next_offset, markers=expanded, removed_files=removed)
-
-
-def _walk_files(
-    filesystem: pafs.FileSystem, root: str, folders: Iterable[str]
-) -> Iterator[pafs.FileInfo]:
-    for folder in folders:
-        selector = pafs.FileSelector(f"{root}/{folder}", recursive=True, allow_not_found=True)
-        for info in filesystem.get_file_info(selector):
-            if info.type == pafs.FileType.File:
-                yield info

@@ -25,8 +25,8 @@ from pathlib import Path
 from schemas.commits import read_markers, resolve_markers
 from streams.broker.control import LocalBroker
 from streams.generate.commands import generate_to_topic
+from streams.storage import open_data_root
 from streams.topics import TopicSpec, create_topics
-from streams.worker.sink import open_data_root
 from tests.fixtures.pipeline_truth import traffic_config
 from tests.fixtures.worker_harness import (
     WorkerProcess,
@@ -141,7 +141,8 @@ def test_a_fault_storm_loses_and_doubles_nothing(tmp_path: Path) -> None:
         w.log_tail() for w in storm.workers
     ]
     assert_exactly_once(setup, storm.by_kind, storm.produced)
-    filesystem, root = open_data_root(str(setup.data_root))
+    opened = open_data_root(str(setup.data_root), create=True)
+    filesystem, root = opened.fs, opened.path
     live, superseded = resolve_markers(read_markers(filesystem, root, raw))
     assert {m.partition for m in live} == set(range(PARTITIONS))
     print(

@@ -18,7 +18,7 @@ import pytest
 
 from schemas.commits import iter_markers
 from streams.generate.commands import generate_to_topic
-from streams.worker.sink import open_data_root
+from streams.storage import open_data_root
 from tests.fixtures.kafka import KafkaBroker
 from tests.fixtures.pipeline_truth import traffic_config
 from tests.fixtures.worker_harness import (
@@ -142,5 +142,6 @@ def test_two_workers_one_killed_midway(kafka: KafkaBroker, tmp_path: Path) -> No
         first.stop()
         second.stop()
     assert_exactly_once(setup, Counter(truth.by_kind), count)
-    filesystem, root = open_data_root(str(setup.data_root))
+    opened = open_data_root(str(setup.data_root), create=True)
+    filesystem, root = opened.fs, opened.path
     assert {m.partition for m in iter_markers(filesystem, root, setup.raw_topic)} == {0, 1, 2, 3}

@@ -18,9 +18,9 @@ from kafka.admin import ConfigResource, ConfigResourceType
 
 from schemas.commits import iter_markers
 from streams.generate.commands import generate_to_topic
+from streams.storage import open_data_root
 from streams.topics import TopicSpec, create_topics
 from streams.worker.deadletter import TRUNCATED_HEADER
-from streams.worker.sink import open_data_root
 from tests.fixtures.kafka import KafkaBroker
 from tests.fixtures.pipeline_truth import traffic_config
 from tests.fixtures.worker_harness import (
@@ -244,7 +244,8 @@ def test_a_full_disk_is_waited_out_without_losing_the_partitions(
     log = worker.log_path.read_text()
     assert log.count("disk full writing partition") == 1
     assert log.count("disk writable again") == 1
-    filesystem, root = open_data_root(str(setup.data_root))
+    opened = open_data_root(str(setup.data_root), create=True)
+    filesystem, root = opened.fs, opened.path
     generations = {m.generation for m in iter_markers(filesystem, root, setup.raw_topic)}
     assert len(generations) == 1, f"the worker was evicted and rejoined: {generations}"
     totals = setup.totals()

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from schemas.commits import read_markers, resolve_markers
 from streams.generate.commands import generate_to_topic
+from streams.storage import open_data_root
 from streams.topics import TopicSpec, create_topics
-from streams.worker.sink import open_data_root
 from tests.fixtures.pipeline_truth import traffic_config
 from tests.fixtures.worker_harness import (
     WorkerProcess,
@@ -117,7 +117,8 @@ def test_two_workers_through_a_broker_pause_and_a_stalled_worker(tmp_path: Path)
 
 def _faults_seen(setup: WorkerSetup, raw: str, workers: list[WorkerProcess]) -> int:
     """Ranges a worker cut and the group refused: superseded markers, abandoned ranges."""
-    filesystem, root = open_data_root(str(setup.data_root))
+    opened = open_data_root(str(setup.data_root), create=True)
+    filesystem, root = opened.fs, opened.path
     live, superseded = resolve_markers(read_markers(filesystem, root, raw))
     abandoned = sum(w.log_path.read_text().count("belongs to another worker") for w in workers)
     print(

@@ -227,11 +227,12 @@ def test_no_personal_data_in_fact_files(pipeline_run: PipelineRun) -> None:
 
 def test_no_temporary_files_and_contiguous_ranges(pipeline_run: PipelineRun) -> None:
     from schemas.commits import iter_markers
-    from streams.worker.sink import open_data_root
+    from streams.storage import open_data_root
 
     setup = pipeline_run.setup
     assert leftover_temporary_files(setup.data_root) == []
-    filesystem, root = open_data_root(str(setup.data_root))
+    opened = open_data_root(str(setup.data_root), create=True)
+    filesystem, root = opened.fs, opened.path
     by_partition: dict[int, list[tuple[int, int]]] = {}
     for marker in iter_markers(filesystem, root, setup.raw_topic):
         by_partition.setdefault(marker.partition, []).append(

@@ -3,9 +3,10 @@ every reader's view is the uncompacted truth, and a complete run leaves no lefto
 
 Issue 10.3. The real ``sieve compact`` runs in a subprocess on a local data root written by
 the worker's sink (tests.fixtures.compaction_data.py). A run is killed after its N-th durable
-step (a file synced before its rename, or a file removed), N drawn at random over the steps
-a whole run takes, or after a random delay; several kills land on the same data root, one
-after the other, as they would in production (each run sweeps what the last one left).
+step (a file synced before its rename, a rename synced, or a file removed), N drawn at
+random over the steps a whole run takes, or after a random delay; several kills land on the
+same data root, one after the other, as they would in production (each run sweeps what the
+last one left).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import pytest
 
 from aggregations.manifest import Manifest, write_manifest
 from aggregations.storage import resolve_root
+from streams import storage
 from streams.compaction import run
 from streams.encryption import ParquetEncryption
 from streams.privacy.keyring import Keyring, write_new_keyring
@@ -42,6 +44,7 @@ RUN_TIMEOUT_S = 120.0
 # never; it then prints how many steps the run took).
 _KILL_AFTER_STEP = """
 import atexit, os, signal, sys
+from streams import storage
 from streams.compaction import run
 from streams.cli import main
 
@@ -57,7 +60,8 @@ def counted(real):
         return result
     return step
 
-run.sync_file = counted(run.sync_file)
+storage.sync_file = counted(storage.sync_file)  # a file written, before its rename
+storage.sync_folder = counted(storage.sync_folder)  # a rename, made durable
 run._remove = counted(run._remove)
 atexit.register(lambda: print(f"steps={len(steps)}", file=sys.stderr))
 sys.argv = ["sieve", *sys.argv[1:]]
@@ -162,7 +166,7 @@ def test_a_stop_after_every_single_step_leaves_the_old_view_or_the_new(tmp_path:
     template = tmp_path / "template"
     write_history(template, encryption, partitions=1, ranges=3)
     truth = views(template, encryption)
-    real_sync, real_remove = run.sync_file, run._remove
+    real_sync, real_rename, real_remove = storage.sync_file, storage.sync_folder, run._remove
 
     def compact_dying_after(root: Path, steps: int | None) -> int:
         done = 0
@@ -178,7 +182,8 @@ def test_a_stop_after_every_single_step_leaves_the_old_view_or_the_new(tmp_path:
 
             return step
 
-        run.sync_file, run._remove = counted(real_sync), counted(real_remove)  # type: ignore[assignment]
+        storage.sync_file, storage.sync_folder = counted(real_sync), counted(real_rename)  # type: ignore[assignment]
+        run._remove = counted(real_remove)  # type: ignore[assignment]
         try:
             run.compact(
                 pafs.LocalFileSystem(),
@@ -192,7 +197,8 @@ def test_a_stop_after_every_single_step_leaves_the_old_view_or_the_new(tmp_path:
         except _Died:
             pass
         finally:
-            run.sync_file, run._remove = real_sync, real_remove  # type: ignore[assignment]
+            storage.sync_file, storage.sync_folder = real_sync, real_rename  # type: ignore[assignment]
+            run._remove = real_remove  # type: ignore[assignment]
         return done
 
     total = compact_dying_after(shutil.copytree(template, tmp_path / "whole"), None)

@@ -24,8 +24,9 @@ from streams.enrich.geo import make_geolocator
 from streams.enrich.useragent import UserAgentParser
 from streams.privacy.keyring import Keyring
 from streams.privacy.retention import load_policy
+from streams.storage import open_data_root
 from streams.worker.pipeline import PartitionPipeline, PendingRange, PipelineContext, RawRecord
-from streams.worker.sink import RangeWriter, open_data_root, recover_partition
+from streams.worker.sink import RangeWriter, recover_partition
 from streams.worker.state.folder import StateFolder
 
 TOPIC = "raw"
@@ -124,7 +125,8 @@ def test_arrival_never_goes_back_when_the_broker_clock_steps_back(
 def test_an_opt_out_comes_back_from_the_store_after_a_restart(
     tmp_path: Path, context: PipelineContext, keyring: Keyring
 ) -> None:
-    filesystem, root = open_data_root(str(tmp_path))
+    opened = open_data_root(str(tmp_path), create=True)
+    filesystem, root = opened.fs, opened.path
     writer = RangeWriter(filesystem, root, ParquetEncryption(*keyring.encryption_keys()), "t")
     first = PartitionPipeline(TOPIC, 0, context)
     first.restore(filesystem, root, [])
@@ -175,7 +177,8 @@ def test_dedup_logs_past_the_horizon_are_deleted_and_never_missed(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     short = dataclasses.replace(context, dedup_horizon_seconds=1)
-    filesystem, root = open_data_root(str(tmp_path))
+    opened = open_data_root(str(tmp_path), create=True)
+    filesystem, root = opened.fs, opened.path
     writer = RangeWriter(filesystem, root, ParquetEncryption(*keyring.encryption_keys()), "t")
     events = [request(NOW) for _ in range(3)]
 

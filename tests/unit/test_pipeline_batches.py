@@ -21,10 +21,11 @@ import pytest
 from streams.encryption import ParquetEncryption
 from streams.enrich.useragent import UserAgentInfo, UserAgentParser
 from streams.privacy.keyring import Keyring
+from streams.storage import open_data_root
 from streams.worker.deadletter import PROCESSING_ERROR, DeadLetter
 from streams.worker.metrics import WorkerMetrics
 from streams.worker.pipeline import PartitionPipeline, PipelineContext, RawRecord
-from streams.worker.sink import RangeWriter, open_data_root, recover_partition
+from streams.worker.sink import RangeWriter, recover_partition
 from tests.fixtures.pipeline_context import default_context
 from tests.fixtures.pipeline_truth import TRAFFIC_ARRIVAL_MS, traffic_config
 
@@ -139,7 +140,8 @@ def test_a_partition_with_poison_committed_is_not_stuck_after_a_restart(
     poison = list(POISON_VALUES.values())
     resent = good[-50:]  # sent again after the restart: caught as duplicates of the first range
     records = _records(_mixed(good, poison) + _mixed(resent, poison))
-    filesystem, base = open_data_root(str(tmp_path))
+    opened = open_data_root(str(tmp_path), create=True)
+    filesystem, base = opened.fs, opened.path
     keys, active = keyring.encryption_keys()
     writer = RangeWriter(filesystem, base, ParquetEncryption(keys, active), "test")
     metrics = WorkerMetrics()

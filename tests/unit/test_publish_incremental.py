@@ -40,6 +40,7 @@ from aggregations.publish import publish
 from aggregations.schemas import METERING_DIR
 from aggregations.windows import last_closed_day
 from schemas.commits import committed_files
+from streams.storage import DataRoot
 from tests.fixtures.facts import fact, facts_table, write_committed_facts
 
 START = datetime(2026, 11, 1, tzinfo=UTC)
@@ -63,10 +64,10 @@ def crash_after(writes: int | None) -> Iterator[None]:
     if writes is None:
         yield
         return
-    real = storage._write_atomic
+    real = DataRoot.write_atomic
     done = 0
 
-    def dying(root: storage.Root, relative: str, write: Any) -> None:
+    def dying(root: DataRoot, relative: str, write: Any) -> None:
         nonlocal done
         if done >= writes:
             final = Path(root.join(relative))
@@ -76,11 +77,11 @@ def crash_after(writes: int | None) -> Iterator[None]:
         done += 1
         real(root, relative, write)
 
-    storage._write_atomic = dying  # type: ignore[assignment]
+    DataRoot.write_atomic = dying  # type: ignore[method-assign]
     try:
         yield
     finally:
-        storage._write_atomic = real
+        DataRoot.write_atomic = real  # type: ignore[method-assign]
 
 
 # --- generated histories -----------------------------------------------------------------------

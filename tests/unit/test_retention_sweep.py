@@ -17,8 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from schemas.arrow import IDENTIFIABLE
+from streams import storage
 from streams.encryption import ParquetEncryption
-from streams.subject import identifiable_store
 from streams.subject.identifiable_store import (
     ExpiryBounds,
     UnreadableFileError,
@@ -288,7 +288,7 @@ def test_a_crash_before_the_rename_leaves_the_original_and_no_copy(
     def crash(*_args: object) -> None:
         raise RuntimeError("killed")
 
-    monkeypatch.setattr(identifiable_store, "sync_file", crash)
+    monkeypatch.setattr(storage, "sync_file", crash)
     with pytest.raises(RuntimeError, match="killed"):
         sweep(FS, str(tmp_path), POLICY, enc, NOW, {})
     assert snapshot(tmp_path) == before
@@ -309,7 +309,7 @@ def test_a_temporary_file_removed_by_a_worker_recovery_is_written_again(
         [record("t-1", occurred_at=day), record("t-2", occurred_at=day + timedelta(hours=18))],
         enc,
     )
-    real_sync = identifiable_store.sync_file
+    real_sync = storage.sync_file
     removed: list[str] = []
 
     def recovery_strikes_once(filesystem: pafs.FileSystem, path: str) -> None:
@@ -318,7 +318,7 @@ def test_a_temporary_file_removed_by_a_worker_recovery_is_written_again(
             removed.append(path)
         real_sync(filesystem, path)
 
-    monkeypatch.setattr(identifiable_store, "sync_file", recovery_strikes_once)
+    monkeypatch.setattr(storage, "sync_file", recovery_strikes_once)
     report = sweep(FS, str(tmp_path), POLICY, enc, NOW, {})
     assert removed and report.rows_removed == 1
     assert stored_ids(tmp_path, enc) == {"t-2"}

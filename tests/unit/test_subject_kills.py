@@ -37,11 +37,11 @@ RUN_TIMEOUT_S = 120.0
 # Runs a `sieve` command whose rewrites SIGKILL the process after the N-th synced copy.
 _KILL_AFTER_SYNC = """
 import os, signal, sys
-from streams.subject import identifiable_store
+from streams import storage
 from streams.cli import main
 
 after = int(os.environ["KILL_AFTER_SYNCS"])
-real_sync = identifiable_store.sync_file
+real_sync = storage.sync_file
 synced = []
 
 def sync_then_die(filesystem, path):
@@ -50,7 +50,7 @@ def sync_then_die(filesystem, path):
     if len(synced) >= after:
         os.kill(os.getpid(), signal.SIGKILL)
 
-identifiable_store.sync_file = sync_then_die
+storage.sync_file = sync_then_die
 sys.argv = ["sieve", *sys.argv[1:]]
 main()
 """

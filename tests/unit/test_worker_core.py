@@ -18,10 +18,11 @@ import pytest
 from schemas.commits import RangeCounts, iter_markers
 from streams.encryption import ParquetEncryption
 from streams.privacy.keyring import Keyring
+from streams.storage import open_data_root
 from streams.worker.metrics import WorkerMetrics
 from streams.worker.pipeline import PartitionPipeline, PipelineContext, RawRecord
 from streams.worker.service import ConsumerOptions, range_is_due
-from streams.worker.sink import RangeWriter, open_data_root, recover_partition
+from streams.worker.sink import RangeWriter, recover_partition
 from streams.worker.state.folder import StateFolder
 from tests.fixtures.pipeline_context import default_context
 from tests.fixtures.pipeline_truth import TRAFFIC_ARRIVAL_MS, traffic_config
@@ -55,7 +56,8 @@ def records() -> list[RawRecord]:
 
 
 def _writer(root: Path, keyring: Keyring) -> tuple[RangeWriter, str]:
-    filesystem, base = open_data_root(str(root))
+    opened = open_data_root(str(root), create=True)
+    filesystem, base = opened.fs, opened.path
     keys, active = keyring.encryption_keys()
     return RangeWriter(filesystem, base, ParquetEncryption(keys, active), "test"), base
 
@@ -87,7 +89,7 @@ def _run(
 ) -> WorkerMetrics:
     """Process ``records`` in batches cut at ``cuts``; at each cut, commit, 'crash' and restore."""
     writer, base = _writer(root, keyring)
-    filesystem, _ = open_data_root(str(root))
+    filesystem = open_data_root(str(root), create=True).fs
     metrics = WorkerMetrics()
     start = 0
     for end in [*cuts, len(records)]:
@@ -146,7 +148,8 @@ def test_recovery_removes_temporary_and_uncommitted_files(
     tmp_path: Path, keyring: Keyring, context: PipelineContext, records: list[RawRecord]
 ) -> None:
     _run(tmp_path, keyring, context, records[:800], cuts=[])
-    filesystem, base = open_data_root(str(tmp_path))
+    opened = open_data_root(str(tmp_path), create=True)
+    filesystem, base = opened.fs, opened.path
     # What a crash leaves: a temporary file and a range written but never marked committed.
     day = next((tmp_path / "facts").iterdir())
     temporary = day / f"{TOPIC}+0+800-900.parquet.tmp-abc"

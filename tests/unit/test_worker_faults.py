@@ -26,6 +26,7 @@ from schemas.events import BACKFILL_HEADER
 from streams.encryption import ParquetEncryption
 from streams.errors import TransientError
 from streams.privacy.keyring import Keyring
+from streams.storage import open_data_root
 from streams.worker.deadletter import (
     DROPPED_HEADERS_HEADER,
     TRUNCATED_HEADER,
@@ -40,7 +41,7 @@ from streams.worker.metrics import WorkerMetrics
 from streams.worker.outage_log import OutageLog
 from streams.worker.pipeline import PartitionPipeline, PipelineContext, RawRecord
 from streams.worker.service import ConsumerOptions, RawTopicService
-from streams.worker.sink import RangeWriter, open_data_root
+from streams.worker.sink import RangeWriter
 from streams.worker.startup import wait_for_broker
 from tests.fixtures.pipeline_context import default_context
 from tests.fixtures.pipeline_truth import TRAFFIC_ARRIVAL_MS, traffic_config
@@ -182,7 +183,8 @@ class _Harness:
     def __init__(self, root: Path, keyring: Keyring, context: PipelineContext) -> None:
         from streams.generate.model import TrafficModel
 
-        filesystem, base = open_data_root(str(root))
+        opened = open_data_root(str(root), create=True)
+        filesystem, base = opened.fs, opened.path
         self.filesystem, self.base = filesystem, base
         self.writer = RangeWriter(
             filesystem, base, ParquetEncryption(*keyring.encryption_keys()), "test"
