@@ -351,13 +351,14 @@ def _prepare(settings: Settings, month: Month, timeline: Timeline) -> Path:
 def _start_worker(
     settings: Settings, keyring_file: Path, timeline: Timeline, running: contextlib.ExitStack
 ) -> WorkerProcess:
+    """Start the worker without waiting for it to join its group: generation runs while
+    it starts (its imports and group join took 4-8 s, a core left to the generator), and
+    checks all along that it is alive. Records sent before it joins wait in the topic:
+    the group's position was fixed before either started."""
     with timeline.step("Starting a worker"):
         env = worker_environment(settings, keyring_file)
         worker = WorkerProcess(env, settings.work_dir / WORKER_LOG)
         running.callback(_stop_worker, worker, timeline)
-        wait_until_ready(
-            settings.bootstrap_servers, settings.consumer_group, worker, timeline.console
-        )
         timeline.detail = f"pid {worker.process.pid}, log {worker.log_path}"
     return worker
 
@@ -371,7 +372,12 @@ def _stop_worker(worker: WorkerProcess, timeline: Timeline) -> None:
 
 
 def _generate(
-    settings: Settings, options: DemoOptions, month: Month, now: datetime, timeline: Timeline
+    settings: Settings,
+    options: DemoOptions,
+    month: Month,
+    now: datetime,
+    timeline: Timeline,
+    worker: WorkerProcess,
 ) -> GroundTruth:
     end = month.traffic_end(now, settings.grace_period)
     config = TrafficConfig(
@@ -384,7 +390,11 @@ def _generate(
     )
     with timeline.step(f"Generating {options.events:,} records", spinner=False):
         report = generate_to_topic(
-            config, settings.bootstrap_servers, settings.raw_topic, console=timeline.console
+            config,
+            settings.bootstrap_servers,
+            settings.raw_topic,
+            console=timeline.console,
+            check=lambda: worker.check(timeline.console, "the traffic was generated"),
         )
         timeline.detail = f"{report.records_per_s:,.0f}/s into {settings.raw_topic}"
         timeline.notes = [
@@ -495,8 +505,11 @@ def run_demo(
             settings = _absolute(settings, bootstrap)
             keyring_file = _prepare(settings, month, timeline)
             worker = _start_worker(settings, keyring_file, timeline, running)
-            truth = _generate(settings, options, month, now, timeline)
+            truth = _generate(settings, options, month, now, timeline, worker)
             with timeline.step("Processing: every record committed", spinner=False):
+                wait_until_ready(
+                    settings.bootstrap_servers, settings.consumer_group, worker, console
+                )
                 counts, dead = wait_until_committed(
                     settings, options.events, worker, console, options.stall_timeout_s
                 )

@@ -543,3 +543,36 @@ def test_events_carry_no_placeholder_of_their_templates(records: list[GeneratedR
         doc = msgspec.to_builtins(record.event)
         assert doc["event_id"] != "-" and doc["account_id"] != "-"
         assert doc["occurred_at"] != "1970-01-01T00:00:00Z"
+
+
+def test_a_failing_check_stops_generation_and_closes_the_sink() -> None:
+    from streams.generate.commands import PROGRESS_EVERY, run_generate
+
+    class Stop(Exception):
+        pass
+
+    class ListSink:
+        def __init__(self) -> None:
+            self.values: list[bytes] = []
+            self.closed = False
+
+        def send(self, key: bytes | None, value: bytes, headers: object = None) -> None:
+            self.values.append(value)
+
+        def close(self) -> None:
+            self.closed = True
+
+    calls = 0
+
+    def check() -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise Stop
+
+    sink = ListSink()
+    with pytest.raises(Stop):
+        run_generate(config(count=5 * PROGRESS_EVERY), sink, check=check)
+    assert calls == 2 and sink.closed
+    # Checked every PROGRESS_EVERY records: nothing was sent after the failed check.
+    assert len(sink.values) == 2 * PROGRESS_EVERY
