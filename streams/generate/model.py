@@ -37,12 +37,18 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Final
 
-from schemas.events import Event, encode
+from schemas.events import Event, EventBase, encode
 from streams.errors import ConfigurationError
 from streams.generate import activity
 from streams.generate.malformed import corrupt
 from streams.generate.population import Account, account_cum_weights, make_accounts
-from streams.generate.records import GeneratedRecord, GroundTruth
+from streams.generate.records import (
+    TYPE_TAG_OF,
+    GeneratedRecord,
+    GroundTruth,
+    MalformedReason,
+    RecordKind,
+)
 
 MIN_LATENESS: Final = timedelta(hours=1)
 MAX_LATENESS: Final = timedelta(hours=6)
@@ -287,8 +293,17 @@ class _Run:
         yield from out
 
 
+# What the truth counts of a record: (kind, event class, malformed reason, late).
+_Tally = tuple[RecordKind, type[EventBase] | None, MalformedReason | None, bool]
+
+
 class _Emitter:
-    """Turns valid events into records, weaving in duplicates and malformed records."""
+    """Turns valid events into records, weaving in duplicates and malformed records.
+
+    Records are tallied by (kind, class, reason, late) as they are emitted and the tallies
+    added to the truth at the end: one dict update per record instead of the truth's
+    several, on a path taken 1.2 million times per demo.
+    """
 
     def __init__(self, run: _Run) -> None:
         self.rng = run.rng
@@ -299,21 +314,23 @@ class _Emitter:
         # Non-duplicate slots still to fill: valid events plus malformed records.
         self.slots_left = run.n_events + run.n_malformed
         self.emitted = 0
-        self.retries: list[tuple[int, int, GeneratedRecord]] = []
+        self.retries: list[tuple[int, int, GeneratedRecord, _Tally]] = []
         self.tick = itertools.count()
         self.template: Event | None = None
         self.out: list[GeneratedRecord] = []  # emitted, not yet handed to the caller
+        self.tallies: dict[_Tally, int] = {}
 
-    def _out(self, record: GeneratedRecord) -> None:
-        self.truth.count(record)
+    def _out(self, record: GeneratedRecord, tally: _Tally) -> None:
+        tallies = self.tallies
+        tallies[tally] = tallies.get(tally, 0) + 1
         self.out.append(record)
         self.emitted += 1
         while self.retries and self.retries[0][0] <= self.emitted:
             self._duplicate()
 
     def _duplicate(self) -> None:
-        duplicate = heapq.heappop(self.retries)[2]
-        self.truth.count(duplicate)
+        _, _, duplicate, tally = heapq.heappop(self.retries)
+        self.tallies[tally] = self.tallies.get(tally, 0) + 1
         self.out.append(duplicate)
         self.emitted += 1
 
@@ -322,7 +339,8 @@ class _Emitter:
         self.malformed_left -= 1
         self.slots_left -= 1
         key = template.account_id.encode()
-        self._out(GeneratedRecord(key, value, "malformed", None, reason))
+        record = GeneratedRecord(key, value, "malformed", None, reason)
+        self._out(record, ("malformed", None, reason, False))
 
     def valid(self, event: Event, late: bool) -> None:
         """Emit ``event`` (``late``: released after its place), with what falls before it."""
@@ -338,13 +356,23 @@ class _Emitter:
             self.duplicates_left -= 1
             due = self.emitted + 1 + rng.randrange(MAX_DUPLICATE_DISTANCE)
             retry = GeneratedRecord(key, value, "duplicate", event, None, late)
-            heapq.heappush(self.retries, (due, next(self.tick), retry))
+            tally: _Tally = ("duplicate", type(event), None, late)
+            heapq.heappush(self.retries, (due, next(self.tick), retry, tally))
         self.events_left -= 1
-        self._out(GeneratedRecord(key, value, "event", event, None, late))
+        self._out(
+            GeneratedRecord(key, value, "event", event, None, late),
+            ("event", type(event), None, late),
+        )
 
     def finish(self) -> None:
+        """Emit what is left and add the tallies to the truth."""
         assert self.template is not None
         while self.malformed_left:
             self._malformed(self.template)
         while self.retries:
             self._duplicate()
+        for (kind, event_class, reason, late), n in self.tallies.items():
+            name = reason if event_class is None else TYPE_TAG_OF[event_class]
+            assert name is not None
+            self.truth.add(kind, name, late=late, n=n)
+        self.tallies.clear()

@@ -30,7 +30,7 @@ MalformedReason = Literal[
     "unknown_field",
 ]
 MALFORMED_REASONS: Final[tuple[MalformedReason, ...]] = get_args(MalformedReason)
-_TAG_OF: Final[dict[type[EventBase], str]] = {cls: tag for tag, cls in EVENT_TYPES.items()}
+TYPE_TAG_OF: Final[dict[type[EventBase], str]] = {cls: tag for tag, cls in EVENT_TYPES.items()}
 
 
 # A msgspec struct rather than a frozen dataclass: one is made per record, and a frozen
@@ -73,22 +73,28 @@ class GroundTruth:
     sessions: int = 0
 
     def count(self, record: GeneratedRecord) -> None:
-        """Add one emitted record (the generator calls this for every record it yields)."""
-        self.records += 1
-        self.by_kind[record.kind] += 1
+        """Add one emitted record."""
         if record.kind == "malformed":
             assert record.malformed_reason is not None
-            self.malformed_by_reason[record.malformed_reason] += 1
-            return
-        assert record.event is not None
-        event_type = _TAG_OF[type(record.event)]
-        if record.kind == "duplicate":
-            self.duplicates_by_type[event_type] += 1
+            self.add("malformed", record.malformed_reason)
         else:
-            self.events_by_type[event_type] += 1
-            if record.late:
-                self.late_events += 1
-                self.late_by_type[event_type] += 1
+            assert record.event is not None
+            self.add(record.kind, event_type_of(record.event), late=record.late)
+
+    def add(self, kind: RecordKind, name: str, *, late: bool = False, n: int = 1) -> None:
+        """Add ``n`` emitted records of ``kind``; ``name`` is the event type (the
+        malformed reason for malformed records); ``late`` counts for events only."""
+        self.records += n
+        self.by_kind[kind] += n
+        if kind == "malformed":
+            self.malformed_by_reason[name] += n
+        elif kind == "duplicate":
+            self.duplicates_by_type[name] += n
+        else:
+            self.events_by_type[name] += n
+            if late:
+                self.late_events += n
+                self.late_by_type[name] += n
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready copy (what ``sieve generate --truth-json`` writes)."""
@@ -104,6 +110,11 @@ class GroundTruth:
             "users": self.users,
             "sessions": self.sessions,
         }
+
+
+def event_type_of(event: Event) -> str:
+    """The event's ``type`` tag ("request", "login", ...)."""
+    return TYPE_TAG_OF[type(event)]
 
 
 def tally(records: Iterable[GeneratedRecord]) -> GroundTruth:
