@@ -169,16 +169,16 @@ def _session_offsets(rng: random.Random, body: int) -> list[tuple[int, str]]:
     """Offsets (µs after login) and kinds of the body events."""
     out = []
     t = 0
+    draw, uniform, lognormal = rng.random, rng.uniform, rng.lognormvariate
     for _ in range(body):
-        r = rng.random()
-        kind = _BODY_KINDS[bisect.bisect_right(_BODY_CUM, r)]
+        kind = _BODY_KINDS[bisect.bisect_right(_BODY_CUM, draw())]
         if kind == "request":
             # Console XHRs follow the page that issued them within a second.
-            t += int(rng.uniform(0.02, 0.9) * _SECOND)
-        elif rng.random() < 0.04:
-            t += int(rng.uniform(300, 1800) * _SECOND)  # the user left the tab open
+            t += int(uniform(0.02, 0.9) * _SECOND)
+        elif draw() < 0.04:
+            t += int(uniform(300, 1800) * _SECOND)  # the user left the tab open
         else:
-            t += int(rng.lognormvariate(2.8, 1.0) * _SECOND)
+            t += int(lognormal(2.8, 1.0) * _SECOND)
         out.append((t, kind))
     return out
 
@@ -237,9 +237,10 @@ def session(
         )
     ]
     page = "/console"
+    epoch = to_datetime(0, tz)
     for offset, kind in offsets:
         t = start_us + offset
-        at = to_datetime(t, tz)
+        at = epoch + timedelta(0, 0, t)  # to_datetime(t, tz), inlined: once per event
         eid = new_event_id(rng)
         ev: Event
         if kind == "page_view":
