@@ -125,10 +125,6 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--bootstrap", help="Use this broker instead of starting one.")
     options = parser.parse_args()
-    model = statistics.median(
-        model_cpu_us(options.records, options.seed) for _ in range(options.repeat)
-    )
-    records = _records(options.records, options.seed)
     with tempfile.TemporaryDirectory() as folder:
         broker = None
         bootstrap = options.bootstrap
@@ -136,12 +132,17 @@ def main() -> None:
             broker = start_on_free_ports(Path(folder), JAR_CACHE, 120.0)
             bootstrap = broker.bootstrap_servers
         try:
-            sdk = _median(lambda: run_sdk(bootstrap, records, options.partitions), options.repeat)
-            sink = _median(lambda: run_sink(bootstrap, records, options.partitions), options.repeat)
+            # Generation first, while no pre-generated list is alive (as in the demo).
+            model = statistics.median(
+                model_cpu_us(options.records, options.seed) for _ in range(options.repeat)
+            )
             costs = [
                 generation_cpu_us(bootstrap, options.records, options.seed, options.partitions)
                 for _ in range(options.repeat)
             ]
+            records = _records(options.records, options.seed)
+            sdk = _median(lambda: run_sdk(bootstrap, records, options.partitions), options.repeat)
+            sink = _median(lambda: run_sink(bootstrap, records, options.partitions), options.repeat)
         finally:
             if broker is not None:
                 broker.stop()
