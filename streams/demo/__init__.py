@@ -71,11 +71,14 @@ from streams.privacy.keyring import Keyring, write_new_keyring
 from streams.settings import Settings, reads_settings
 from streams.topics import ensure_topics_from_settings
 
-# 124 s in all measured on this 2-core machine while other jobs kept its load average at 5
-# (generation 60 s at 20,000 records/s, the worker 27 s behind it, publishing 14 s); the
-# traffic model alone makes ~60,000 records/s on a quiet core, and records go out through
-# aiokafka batches in a child process (streams/generate/topic_sink.py), so generation and
-# the worker share the two cores.
+# The worker sets the demo's pace: alone it does ~22,000-28,000 events/s, so 1.2 M records
+# are ~50 s of its core, and every CPU-second generation takes is shared with it. So the
+# traffic model is kept cheap (~15 CPU us per record, measured on this 2-core machine at a
+# load average of 7-9: 1.3-1.5x less than before; bench/generate_throughput.py), records go
+# out through aiokafka batches in a child process (streams/generate/topic_sink.py, ~2 us
+# per record there), and generation starts while the worker starts. A fresh clone took
+# 95 s in all before those cuts (load average 1-2.5: broker 6 s, generation 57 s at 21,000
+# records/s beside the worker, the worker 18 s behind it, publish 6 s, the rest 8 s).
 DEFAULT_EVENTS: Final = 1_200_000
 DEFAULT_ACCOUNTS: Final = 8
 # Traffic keeps flowing this long past the month's end (plus the grace period), as real
