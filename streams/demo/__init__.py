@@ -71,11 +71,14 @@ from streams.privacy.keyring import Keyring, write_new_keyring
 from streams.settings import Settings, reads_settings
 from streams.topics import ensure_topics_from_settings
 
-# 124 s in all measured on this 2-core machine while other jobs kept its load average at 5
-# (generation 60 s at 20,000 records/s, the worker 27 s behind it, publishing 14 s); the
-# traffic model alone makes ~60,000 records/s on a quiet core, and records go out through
-# aiokafka batches in a child process (streams/generate/topic_sink.py), so generation and
-# the worker share the two cores.
+# The worker sets the demo's pace: alone it does ~22,000-28,000 events/s, so 1.2 M records
+# are ~50 s of its core, and every CPU-second generation takes is shared with it. So the
+# traffic model is kept cheap (~15 CPU us per record, measured on this 2-core machine at a
+# load average of 7-9: 1.3-1.5x less than before; bench/generate_throughput.py), records go
+# out through aiokafka batches in a child process (streams/generate/topic_sink.py, ~2 us
+# per record there), and generation starts while the worker starts. A fresh clone took
+# 95 s in all before those cuts (load average 1-2.5: broker 6 s, generation 57 s at 21,000
+# records/s beside the worker, the worker 18 s behind it, publish 6 s, the rest 8 s).
 DEFAULT_EVENTS: Final = 1_200_000
 DEFAULT_ACCOUNTS: Final = 8
 # Traffic keeps flowing this long past the month's end (plus the grace period), as real
@@ -352,13 +355,14 @@ def _prepare(settings: Settings, month: Month, timeline: Timeline) -> Path:
 def _start_worker(
     settings: Settings, keyring_file: Path, timeline: Timeline, running: contextlib.ExitStack
 ) -> WorkerProcess:
+    """Start the worker without waiting for it to join its group: generation runs while
+    it starts (its imports and group join took 4-8 s, a core left to the generator), and
+    checks all along that it is alive. Records sent before it joins wait in the topic:
+    the group's position was fixed before either started."""
     with timeline.step("Starting a worker"):
         env = worker_environment(settings, keyring_file)
         worker = WorkerProcess(env, settings.work_dir / WORKER_LOG)
         running.callback(_stop_worker, worker, timeline)
-        wait_until_ready(
-            settings.bootstrap_servers, settings.consumer_group, worker, timeline.console
-        )
         timeline.detail = f"pid {worker.process.pid}, log {worker.log_path}"
     return worker
 
@@ -372,7 +376,12 @@ def _stop_worker(worker: WorkerProcess, timeline: Timeline) -> None:
 
 
 def _generate(
-    settings: Settings, options: DemoOptions, month: Month, now: datetime, timeline: Timeline
+    settings: Settings,
+    options: DemoOptions,
+    month: Month,
+    now: datetime,
+    timeline: Timeline,
+    worker: WorkerProcess,
 ) -> GroundTruth:
     end = month.traffic_end(now, settings.grace_period)
     config = TrafficConfig(
@@ -385,7 +394,11 @@ def _generate(
     )
     with timeline.step(f"Generating {options.events:,} records", spinner=False):
         report = generate_to_topic(
-            config, settings.bootstrap_servers, settings.raw_topic, console=timeline.console
+            config,
+            settings.bootstrap_servers,
+            settings.raw_topic,
+            console=timeline.console,
+            check=lambda: worker.check(timeline.console, "the traffic was generated"),
         )
         timeline.detail = f"{report.records_per_s:,.0f}/s into {settings.raw_topic}"
         timeline.notes = [
@@ -496,8 +509,11 @@ def run_demo(
             settings = _absolute(settings, bootstrap)
             keyring_file = _prepare(settings, month, timeline)
             worker = _start_worker(settings, keyring_file, timeline, running)
-            truth = _generate(settings, options, month, now, timeline)
+            truth = _generate(settings, options, month, now, timeline, worker)
             with timeline.step("Processing: every record committed", spinner=False):
+                wait_until_ready(
+                    settings.bootstrap_servers, settings.consumer_group, worker, console
+                )
                 counts, dead = wait_until_committed(
                     settings, options.events, worker, console, options.stall_timeout_s
                 )

@@ -103,8 +103,9 @@ def wait_until_ready(
     bootstrap_servers: str, group: str, worker: WorkerProcess, console: Console
 ) -> None:
     """Return once ``group`` is stable with a member. Not needed for correctness (the
-    group's position is fixed, the worker catches up), but a worker that cannot start
-    fails here rather than after the generation."""
+    group's position is fixed, the worker catches up), but a worker that never joins fails
+    here with that reason rather than later as a stall. (One that exits is caught sooner:
+    the demo checks it while generating.)"""
     admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id=CLIENT_ID)
     try:
         deadline = time.monotonic() + WORKER_START_TIMEOUT_S

@@ -48,13 +48,15 @@ def run_generate(
     *,
     rate: float = 0.0,
     console: Console | None = None,
+    check: Callable[[], None] | None = None,
 ) -> GenerateReport:
     """Generate ``config.count`` records into ``sink`` (closed at the end, even on error).
 
     ``rate`` > 0 paces the records (per second); a ``console`` shows progress: a live line
     on a terminal, a plain line every few seconds otherwise (:mod:`streams.generate.progress`).
-    The returned truth is exact for what reached the sink; if ``close`` raises, nothing
-    is reported.
+    ``check`` is called every :data:`PROGRESS_EVERY` records and stops the run by raising
+    (the demo checks that the worker it started is alive). The returned truth is exact for
+    what reached the sink; if ``close`` raises, nothing is reported.
     """
     model = TrafficModel(config)
     bucket = TokenBucket(rate) if rate > 0 else None
@@ -69,8 +71,11 @@ def run_generate(
             if bucket is not None:
                 bucket.take()
             send(record.key, record.value)
-            if progress is not None and done % PROGRESS_EVERY == 0:
-                progress.update(done)
+            if done % PROGRESS_EVERY == 0:
+                if progress is not None:
+                    progress.update(done)
+                if check is not None:
+                    check()
     return GenerateReport(model.truth, time.perf_counter() - started)
 
 
@@ -81,10 +86,11 @@ def generate_to_topic(
     *,
     rate: float = 0.0,
     console: Console | None = None,
+    check: Callable[[], None] | None = None,
 ) -> GenerateReport:
     """:func:`run_generate` into ``topic``; returns once every record is acknowledged."""
     sink = TopicSink(bootstrap_servers, topic, client_id=CLIENT_ID)
-    return run_generate(config, sink, rate=rate, console=console)
+    return run_generate(config, sink, rate=rate, console=console, check=check)
 
 
 # --- the command ---------------------------------------------------------------------------

@@ -11,7 +11,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import IO, Any, Final, Literal, get_args
 
-from schemas.events import EVENT_TYPES, Event
+import msgspec
+
+from schemas.events import EVENT_TYPES, Event, EventBase
 
 RecordKind = Literal["event", "duplicate", "malformed"]
 RECORD_KINDS: Final[tuple[RecordKind, ...]] = ("event", "duplicate", "malformed")
@@ -28,10 +30,13 @@ MalformedReason = Literal[
     "unknown_field",
 ]
 MALFORMED_REASONS: Final[tuple[MalformedReason, ...]] = get_args(MalformedReason)
+TYPE_TAG_OF: Final[dict[type[EventBase], str]] = {cls: tag for tag, cls in EVENT_TYPES.items()}
 
 
-@dataclass(frozen=True, slots=True)
-class GeneratedRecord:
+# A msgspec struct rather than a frozen dataclass: one is made per record, and a frozen
+# dataclass's __init__ (object.__setattr__ per field) cost as much as encoding the event.
+# gc=False: it holds bytes, strings and an event (gc=False itself), never a cycle.
+class GeneratedRecord(msgspec.Struct, frozen=True, gc=False):
     """One Kafka record as the generator would send it.
 
     ``kind`` is "event" for the first sending of a valid event, "duplicate" for the same
@@ -68,23 +73,28 @@ class GroundTruth:
     sessions: int = 0
 
     def count(self, record: GeneratedRecord) -> None:
-        """Add one emitted record (the generator calls this for every record it yields)."""
-        self.records += 1
-        self.by_kind[record.kind] += 1
+        """Add one emitted record."""
         if record.kind == "malformed":
             assert record.malformed_reason is not None
-            self.malformed_by_reason[record.malformed_reason] += 1
-            return
-        assert record.event is not None
-        event_type = type(record.event).__struct_config__.tag
-        assert isinstance(event_type, str)
-        if record.kind == "duplicate":
-            self.duplicates_by_type[event_type] += 1
+            self.add("malformed", record.malformed_reason)
         else:
-            self.events_by_type[event_type] += 1
-            if record.late:
-                self.late_events += 1
-                self.late_by_type[event_type] += 1
+            assert record.event is not None
+            self.add(record.kind, event_type_of(record.event), late=record.late)
+
+    def add(self, kind: RecordKind, name: str, *, late: bool = False, n: int = 1) -> None:
+        """Add ``n`` emitted records of ``kind``; ``name`` is the event type (the
+        malformed reason for malformed records); ``late`` counts for events only."""
+        self.records += n
+        self.by_kind[kind] += n
+        if kind == "malformed":
+            self.malformed_by_reason[name] += n
+        elif kind == "duplicate":
+            self.duplicates_by_type[name] += n
+        else:
+            self.events_by_type[name] += n
+            if late:
+                self.late_events += n
+                self.late_by_type[name] += n
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready copy (what ``sieve generate --truth-json`` writes)."""
@@ -100,6 +110,11 @@ class GroundTruth:
             "users": self.users,
             "sessions": self.sessions,
         }
+
+
+def event_type_of(event: Event) -> str:
+    """The event's ``type`` tag ("request", "login", ...)."""
+    return TYPE_TAG_OF[type(event)]
 
 
 def tally(records: Iterable[GeneratedRecord]) -> GroundTruth:

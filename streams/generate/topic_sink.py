@@ -266,8 +266,7 @@ async def _produce(
             chunk = await reading
             if not chunk:
                 break
-            for key, value, headers in decode(chunk):
-                await batches.add(key, value, headers)
+            await batches.add_all(decode(chunk))
         failures, first = await batches.finish()
     finally:
         await producer.stop()  # sends what is queued and waits for the answers
@@ -290,15 +289,26 @@ class _Batches:
         self.failures = 0
         self.first_failure = ""
 
-    async def add(self, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> None:
-        partition = self._partition(key)
-        builder = self.builders.get(partition)
-        if builder is None:
-            builder = self.builders[partition] = self.producer.create_batch()
-        if builder.append(key=key, value=value, timestamp=None, headers=headers) is None:
-            await self._hand_over(partition)
-            builder = self.builders[partition] = self.producer.create_batch()
-            builder.append(key=key, value=value, timestamp=None, headers=headers)
+    async def add_all(
+        self, records: list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]]
+    ) -> None:
+        """Append ``records`` in order; a full batch is handed to its sender on the way.
+
+        One loop awaiting only when a batch is full, not a coroutine per record: this
+        child's time per record is a fifth of the traffic model's and shares its core.
+        """
+        builders, partition_of = self.builders, self.partition_of
+        for key, value, headers in records:
+            partition = partition_of.get(key) if key is not None else None
+            if partition is None:
+                partition = self._partition(key)
+            builder = builders.get(partition)
+            if builder is None:
+                builder = builders[partition] = self.producer.create_batch()
+            if builder.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                await self._hand_over(partition)
+                builder = builders[partition] = self.producer.create_batch()
+                builder.append(key=key, value=value, timestamp=None, headers=headers)
 
     async def hand_over_all(self) -> None:
         for partition in list(self.builders):

@@ -510,3 +510,69 @@ def test_event_ids_are_the_seeded_uuid4s() -> None:
     for _ in range(1_000):
         expected = uuid.UUID(int=reference.getrandbits(128), version=4)
         assert new_event_id(ours) == str(expected)
+
+
+def test_short_ids_are_the_draws_of_random_choices() -> None:
+    from streams.generate.catalog import _ALNUM, short_id
+
+    ours, reference = random.Random(5), random.Random(5)
+    for _ in range(1_000):
+        assert short_id(ours) == "".join(reference.choices(_ALNUM, k=10))
+
+
+@pytest.mark.parametrize("offset_minutes", [0, 330, -300, 600, 765])
+def test_event_times_are_the_instant_in_the_clients_offset(offset_minutes: int) -> None:
+    from datetime import timezone
+
+    from streams.generate.activity import to_datetime
+
+    tz = timezone(timedelta(minutes=offset_minutes))
+    rng = random.Random(offset_minutes)
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    for _ in range(1_000):
+        t_us = rng.randrange(1 << 51)
+        at = to_datetime(t_us, tz)
+        expected = (epoch + timedelta(microseconds=t_us)).astimezone(tz)
+        assert at == expected and at.utcoffset() == expected.utcoffset()
+        assert at.isoformat() == expected.isoformat()
+
+
+def test_events_carry_no_placeholder_of_their_templates(records: list[GeneratedRecord]) -> None:
+    # Every event is a copy of a per-type prototype with all its fields replaced.
+    for record in valid(records):
+        doc = msgspec.to_builtins(record.event)
+        assert doc["event_id"] != "-" and doc["account_id"] != "-"
+        assert doc["occurred_at"] != "1970-01-01T00:00:00Z"
+
+
+def test_a_failing_check_stops_generation_and_closes_the_sink() -> None:
+    from streams.generate.commands import PROGRESS_EVERY, run_generate
+
+    class Stop(Exception):
+        pass
+
+    class ListSink:
+        def __init__(self) -> None:
+            self.values: list[bytes] = []
+            self.closed = False
+
+        def send(self, key: bytes | None, value: bytes, headers: object = None) -> None:
+            self.values.append(value)
+
+        def close(self) -> None:
+            self.closed = True
+
+    calls = 0
+
+    def check() -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise Stop
+
+    sink = ListSink()
+    with pytest.raises(Stop):
+        run_generate(config(count=5 * PROGRESS_EVERY), sink, check=check)
+    assert calls == 2 and sink.closed
+    # Checked every PROGRESS_EVERY records: nothing was sent after the failed check.
+    assert len(sink.values) == 2 * PROGRESS_EVERY
