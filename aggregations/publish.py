@@ -38,6 +38,7 @@ from aggregations.analytics import (
     batch_listing,
     unrecorded_refusal,
 )
+from aggregations.batch_index import read_index, write_index
 from aggregations.dp import ledger
 from aggregations.manifest import (
     Manifest,
@@ -171,20 +172,27 @@ def publish(
     with publish_lock(root):
         refuse_legacy_metering(root)
         manifest = read_manifest(root)
-        if run_interrupted(root):
+        interrupted = run_interrupted(root)
+        if interrupted:
             sweep_leftovers(root, manifest)
         if not layout_complete(root):
             writes.begin()
             ensure_layout(root)
-        listing = batch_listing(root)
-        restored = 0
-        for day, batch in listing.missing():
-            writes.begin()
-            ledger.publish_recorded(root, ledger.entry_at(root, day, batch))
-            restored += 1
         ranges = committed_ranges(root)
         run = _start(root, manifest, ranges, meters, now, grace, privacy, close_through, writes)
+        # Nothing to publish: the batch index stands for the listing (aggregations.batch_index).
+        idle = run is None or run.plan.idle
+        indexed = read_index(root) if idle and not interrupted else None
+        listing = indexed or batch_listing(root)
+        missing = listing.missing()
+        for day, batch in missing:
+            writes.begin()
+            ledger.publish_recorded(root, ledger.entry_at(root, day, batch))
+        restored = len(missing)
         if run is None:
+            if indexed is None:
+                writes.begin()
+                write_index(root, listing, missing)
             writes.finish()
             compacted = _compact(root, manifest, privacy, grace) if compact else 0
             return PublishReport(
@@ -199,6 +207,9 @@ def publish(
             for name in manifest.retired:
                 delete(root, name)
             write_manifest(root, changed)
+        if indexed is None or run.batches:
+            writes.begin()
+            write_index(root, listing, [*missing, *((e.day, e.batch) for e in run.batches)])
         writes.finish()
         compacted = _compact(root, changed, privacy, grace) if compact else 0
         last_day = last_closed_day(run.plan.mark, grace) if run.plan.mark else None
