@@ -272,10 +272,6 @@ def _start(
     writes: Writes,
 ) -> Run | None:
     """Plan the run: read the footers of the new ranges' files, nothing else of the facts."""
-    files_by_day: dict[date, list[str]] = {}
-    for committed in ranges:
-        for name in committed.facts:
-            files_by_day.setdefault(facts_day(name), []).append(name)
     facts: dict[str, FileFacts] = {}
     new_files = [name for r in new_ranges(manifest, ranges) for name in r.facts]
     for name in new_files:
@@ -294,6 +290,12 @@ def _start(
     )
     if plan.run is None:
         return None
+    files_by_day: dict[date, list[str]] = {}
+    # Every committed file by its day: what a run meters or releases reads from. A run with
+    # nothing to do reads none (and does not walk them all: they grow with history).
+    for committed in () if plan.idle else ranges:
+        for name in committed.facts:
+            files_by_day.setdefault(facts_day(name), []).append(name)
     return Run(
         writes,
         root,
