@@ -135,7 +135,9 @@ def days_in_play(
 ) -> set[date]:
     """Days a run must schedule: a slot fell due since the last run (``before``), new facts
     came, or a due batch is still unreleased (refused by the accountant)."""
-    due = {day for day in days if newly_due(day, budget, before, after, grace)}
+    # The watermark did not move: no slot fell due (and no need to look at every day).
+    still = before is not None and after <= before
+    due = set() if still else {day for day in days if newly_due(day, budget, before, after, grace)}
     return due | set(touched) | set(pending)
 
 

@@ -45,6 +45,7 @@ import duckdb
 
 from aggregations.engine import connect
 from aggregations.manifest import GRAINS, metering_files, read_manifest
+from aggregations.metering_totals import totals_files
 from aggregations.meters import Meter
 from aggregations.schemas import ANALYTICS_DIR, METERING_DIR
 from aggregations.storage import Root, resolve_root
@@ -122,8 +123,11 @@ def _pivot(meters: list[Meter]) -> str:
     )
 
 
-def _metering_views(hours: str, days: str, meters: list[Meter]) -> list[str]:
-    """The billing views over the scans of the hour files and of the day files."""
+def _metering_views(
+    hours: str, days: str, meters: list[Meter], daily: str | None = None
+) -> list[str]:
+    """The billing views over the scans of the hour files and of the day files
+    (``daily``: the statement of ``metering_daily``, when it reads the month rollups)."""
     names = ", ".join(_literal(m.name) for m in meters) or "NULL"
     both = f"(SELECT * FROM {hours} UNION ALL BY NAME SELECT * FROM {days})"  # noqa: S608
 
@@ -144,6 +148,8 @@ GROUP BY {window}, account_id
             ("metering_daily", "date", days),
         )
     ]
+    if daily is not None:
+        wide[1] = daily
     # View text cannot take parameters; every piece here is a constant, a checked meter name
     # or _literal().
     return [
@@ -165,6 +171,45 @@ FROM {both} WHERE meter IN ({names})
 GROUP BY grain, date, hour, account_id, meter, dimension, dimension_value
 """,  # noqa: S608
     ]
+
+
+def _daily_from_rollups(rollups: str, meters: list[Meter], unrolled: str | None) -> str:
+    """``metering_daily`` over the month rollups: the same rows as the pivot of the day files
+    (a window with a row of a declared meter), read instead of computed."""
+    # A meter no rollup has a column for yet (declared, never non-zero since) is null here,
+    # then zero: the empty select gives the union every declared meter's column.
+    empty = ", ".join(
+        [
+            "CAST(NULL AS DATE) AS date",
+            "CAST(NULL AS VARCHAR) AS account_id",
+            *(f"CAST(NULL AS {m.sql_type}) AS {m.name}" for m in meters),
+        ]
+    )
+    present = " OR ".join(f"{m.name} IS NOT NULL" for m in meters) or "false"
+    values = "".join(
+        f"CAST(coalesce({m.name}, 0) AS {m.sql_type}) AS {m.name},\n  " for m in meters
+    )
+    union = f"SELECT * FROM {rollups} UNION ALL BY NAME SELECT {empty} WHERE false"  # noqa: S608
+    view = f"""
+CREATE OR REPLACE VIEW metering_daily AS
+SELECT date, account_id,
+  {values}corrections, updated_at
+FROM ({union}) WHERE {present}
+"""  # noqa: S608 - constants, checked meter names and _literal()
+    if unrolled is None:
+        return view
+    legacy = f"""
+SELECT date, account_id,
+  {_pivot(meters)}{_CORRECTIONS},
+  max(published_at) AS updated_at
+FROM (SELECT * FROM {unrolled} WHERE dimension IS NULL AND meter IN ({_names(meters)}))
+GROUP BY date, account_id
+"""  # noqa: S608
+    return f"{view}UNION ALL BY NAME{legacy}"
+
+
+def _names(meters: list[Meter]) -> str:
+    return ", ".join(_literal(m.name) for m in meters) or "NULL"
 
 
 def _interval(count: str) -> str:
@@ -216,7 +261,21 @@ def view_statements(root: Root, role: Role) -> list[str]:
     manifest = read_manifest(root)
     meters = [Meter.from_record(record) for record in manifest.meters]
     hours, days = (_listed(root, metering_files(manifest, grain)) for grain in GRAINS)
-    return _metering_views(hours, days, meters)
+    rollups = totals_files(manifest.metering)
+    if not rollups:
+        return _metering_views(hours, days, meters)
+    unrolled = [
+        path
+        for path in metering_files(manifest, "day")
+        if path.split("date=", 1)[1][:7] not in rollups
+    ]
+    scan = ", ".join(_literal(_location(root, path)) for _, path in sorted(rollups.items()))
+    daily = _daily_from_rollups(
+        f"read_parquet([{scan}], union_by_name = true, hive_partitioning = false)",
+        meters,
+        _listed(root, unrolled) if unrolled else None,
+    )
+    return _metering_views(hours, days, meters, daily)
 
 
 def open_catalog(

@@ -7,7 +7,8 @@
   a run reads only the ranges the cursor does not cover;
 - the **metering files**: one file per grain and UTC date (``published/metering/grain=<hour|
   day>/date=<d>/<run>.parquet``, so that pricing reads the day rows alone); the billing
-  catalog's views read exactly these files, never a glob;
+  catalog's views read exactly these files, never a glob; and per month the rollup of its
+  day files (key ``totals/<YYYY-MM>``, :mod:`aggregations.metering_totals`);
 - the watermark and the latest event hour, the days that have facts, the meters published
   (their definitions and units), and the analytics' pending and waiting days.
 
@@ -56,7 +57,8 @@ class Manifest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # topic -> partition -> sorted, disjoint, non-adjacent [first, last] offset intervals.
     cursor: dict[str, dict[int, list[Interval]]] = msgspec.field(default_factory=dict)
     days: list[date] = msgspec.field(default_factory=list)  # days with committed facts
-    # "<grain>/<ISO date>" -> its metering file (metering_key).
+    # "<grain>/<ISO date>" -> its metering file (metering_key); "totals/<YYYY-MM>" -> the
+    # month's rollup (aggregations.metering_totals.totals_key).
     metering: dict[str, str] = msgspec.field(default_factory=dict)
     retired: list[str] = msgspec.field(default_factory=list)  # deleted by the next run
     meters: list[dict[str, Any]] = msgspec.field(default_factory=list)  # Meter.to_record()

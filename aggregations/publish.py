@@ -38,6 +38,7 @@ from aggregations.analytics import (
     batch_listing,
     unrecorded_refusal,
 )
+from aggregations.batch_index import read_index, write_index
 from aggregations.dp import ledger
 from aggregations.manifest import (
     Manifest,
@@ -168,20 +169,27 @@ def publish(
     with publish_lock(root):
         refuse_legacy_metering(root)
         manifest = read_manifest(root)
-        if run_interrupted(root):
+        interrupted = run_interrupted(root)
+        if interrupted:
             sweep_leftovers(root, manifest)
         if not layout_complete(root):
             writes.begin()
             ensure_layout(root)
-        listing = batch_listing(root)
-        restored = 0
-        for day, batch in listing.missing():
-            writes.begin()
-            ledger.publish_recorded(root, ledger.entry_at(root, day, batch))
-            restored += 1
         ranges = committed_ranges(root)
         run = _start(root, manifest, ranges, meters, now, grace, privacy, close_through, writes)
+        # Nothing to publish: the batch index stands for the listing (aggregations.batch_index).
+        idle = run is None or run.plan.idle
+        indexed = read_index(root) if idle and not interrupted else None
+        listing = indexed or batch_listing(root)
+        missing = listing.missing()
+        for day, batch in missing:
+            writes.begin()
+            ledger.publish_recorded(root, ledger.entry_at(root, day, batch))
+        restored = len(missing)
         if run is None:
+            if indexed is None:
+                writes.begin()
+                write_index(root, listing, missing)
             writes.finish()
             compacted = _compact(root, manifest, privacy, grace) if compact else 0
             return PublishReport(
@@ -196,6 +204,9 @@ def publish(
             for name in manifest.retired:
                 delete(root, name)
             write_manifest(root, changed)
+        if indexed is None or run.batches:
+            writes.begin()
+            write_index(root, listing, [*missing, *((e.day, e.batch) for e in run.batches)])
         writes.finish()
         compacted = _compact(root, changed, privacy, grace) if compact else 0
         last_day = last_closed_day(run.plan.mark, grace) if run.plan.mark else None
@@ -258,10 +269,6 @@ def _start(
     writes: Writes,
 ) -> Run | None:
     """Plan the run: read the footers of the new ranges' files, nothing else of the facts."""
-    files_by_day: dict[date, list[str]] = {}
-    for committed in ranges:
-        for name in committed.facts:
-            files_by_day.setdefault(facts_day(name), []).append(name)
     facts: dict[str, FileFacts] = {}
     new_files = [name for r in new_ranges(manifest, ranges) for name in r.facts]
     for name in new_files:
@@ -280,6 +287,12 @@ def _start(
     )
     if plan.run is None:
         return None
+    files_by_day: dict[date, list[str]] = {}
+    # Every committed file by its day: what a run meters or releases reads from. A run with
+    # nothing to do reads none (and does not walk them all: they grow with history).
+    for committed in () if plan.idle else ranges:
+        for name in committed.facts:
+            files_by_day.setdefault(facts_day(name), []).append(name)
     return Run(
         writes,
         root,

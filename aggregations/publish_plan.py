@@ -47,6 +47,11 @@ class RunPlan:
     new_meters: tuple[str, ...]  # never published before: their first rows are base rows
     remetered: tuple[str, ...]  # new or changed definitions: metered over every day
 
+    @property
+    def idle(self) -> bool:
+        """Nothing new to read, meter or release."""
+        return not (self.new_ranges or self.metering_days or self.analytics_days)
+
 
 def new_ranges(manifest: Manifest, ranges: Sequence[CommittedRange]) -> list[CommittedRange]:
     """The ranges the cursor does not cover (in topic, partition, offset order)."""
@@ -104,12 +109,15 @@ def plan_run(
     previous = None if manifest.watermark is None else last_closed_hour(manifest.watermark, grace)
     # A day has windows that closed since the last run iff one of its hours is in
     # (previous, last]: its last hour closes with the day itself.
-    closing = {
-        day
-        for day in days
-        if day <= last.date()
-        and (previous is None or (last > previous and day >= (previous + HOUR).date()))
-    }
+    closing = (
+        {
+            day
+            for day in days
+            if day <= last.date() and (previous is None or day >= (previous + HOUR).date())
+        }
+        if previous is None or last > previous
+        else set()
+    )
     wanted = set(days) if remetered else closing | set(touched)
     metering = tuple(sorted(day for day in wanted if day <= last.date()))
     analytics = days_in_play(

@@ -15,7 +15,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from aggregations import metering
+from aggregations import metering, metering_totals
 from aggregations.analytics import DayFacts, Privacy, Refusal, Scheduled, release, schedule
 from aggregations.dp import ledger
 from aggregations.engine import connect
@@ -184,7 +184,9 @@ def meter_days(run: Run, connection: duckdb.DuckDBPyConnection, days: list[date]
         params={"run": plan.run, "mark": plan.mark, "now": run.now},
     ).to_arrow_table()
     run.metering_rows += connection.execute("SELECT count(*) FROM changes").fetchall()[0][0]
-    write_days(run, conform(table, METERING))
+    rewritten = conform(table, METERING)
+    write_days(run, rewritten)
+    write_totals(run, connection, rewritten)
     for name in ("recomputed", "current", "published_windows", "recomputed_windows", "changes"):
         connection.execute(f"DROP TABLE IF EXISTS {name}")
 
@@ -220,6 +222,28 @@ def write_days(run: Run, table: pa.Table) -> None:
             run.retired.append(previous)
         run.metering_files[key] = name
         start = end
+
+
+def write_totals(run: Run, connection: duckdb.DuckDBPyConnection, rewritten: pa.Table) -> None:
+    """The month rollups of the day files just rewritten (aggregations.metering_totals)."""
+    run_id = run.plan.run
+    if rewritten.num_rows == 0 or run_id is None:
+        return
+    months = metering_totals.rewrite_months(
+        connection,
+        rewritten,
+        run.metering_files,
+        {m.name: m.sql_type for m in run.meters},
+        run.root.join,
+    )
+    for month, table in months.items():
+        name = metering_totals.totals_path(month, run_id)
+        write_parquet_atomic(run.root, name, table)
+        key = metering_totals.totals_key(month)
+        previous = run.metering_files.get(key)
+        if previous is not None and previous != name:
+            run.retired.append(previous)
+        run.metering_files[key] = name
 
 
 def release_days(

@@ -27,7 +27,7 @@ from typing import Final
 from aggregations.schemas import DIMENSIONS
 from schemas.events import EVENT_TYPES
 from streams.enrich.geo import UNKNOWN_COUNTRY
-from streams.enrich.useragent import DEVICE_CLASSES, OTHER, UserAgentParser
+from streams.enrich.useragent import DEVICE_CLASSES, OTHER, bundled_families
 
 
 @dataclass(frozen=True)
@@ -51,11 +51,9 @@ _LETTERS: Final = string.ascii_uppercase
 @functools.cache
 def domains() -> dict[str, Domain]:
     """Every dimension's domain, in :data:`~aggregations.schemas.DIMENSIONS` order."""
-    parser = UserAgentParser(cache_size=1)
-    browsers = parser.browser_families
-    systems = parser.os_families
-    # Not in verbatim mode, so both sets are known (the parser promises it).
-    assert browsers is not None and systems is not None
+    # What a UserAgentParser keeps, without building one (its resolver is most of the cost
+    # of a small publish run).
+    browsers, systems = bundled_families()
     built = {
         "country": Domain(
             "country", tuple(sorted(a + b for a in _LETTERS for b in _LETTERS)), UNKNOWN_COUNTRY

@@ -88,14 +88,7 @@ class UserAgentParser:
         self._browser_families: frozenset[str] | None = None
         self._os_families: frozenset[str] | None = None
         if not verbatim_families:
-            # Both eager and lazy matchers carry their replacement in ``family``; the Matcher
-            # protocol only promises ``regex``, hence the cast (an AttributeError if it goes).
-            browser_rules = cast(Sequence[_Rule], matchers[0])
-            os_rules = cast(Sequence[_Rule], matchers[1])
-            self._browser_families = rule_families((m.regex, m.family) for m in browser_rules)
-            self._os_families = rule_families(
-                ((m.regex, m.family) for m in os_rules), os_semantics=True
-            )
+            self._browser_families, self._os_families = _families(matchers)
         self._cached = functools.lru_cache(maxsize=cache_size)(self._parse)
 
     @property
@@ -133,6 +126,24 @@ class UserAgentParser:
         os_family = _allowed(result.os.family if result.os else None, self._os_families)
         device_class = device_class_of(result)
         return UserAgentInfo(family, major, os_family, device_class, device_class == "bot")
+
+
+@functools.cache
+def bundled_families() -> tuple[frozenset[str], frozenset[str]]:
+    """The browser and OS families a parser keeps (not in verbatim mode), from the bundled
+    rules' texts alone: without building a resolver, whose automaton costs far more."""
+    return _families(load_lazy_builtins())
+
+
+def _families(matchers: Sequence[Sequence[object]]) -> tuple[frozenset[str], frozenset[str]]:
+    # Both eager and lazy matchers carry their replacement in ``family``; the Matcher
+    # protocol only promises ``regex``, hence the cast (an AttributeError if it goes).
+    browser_rules = cast(Sequence[_Rule], matchers[0])
+    os_rules = cast(Sequence[_Rule], matchers[1])
+    return (
+        rule_families((m.regex, m.family) for m in browser_rules),
+        rule_families(((m.regex, m.family) for m in os_rules), os_semantics=True),
+    )
 
 
 def _allowed(family: str | None, allowed: frozenset[str] | None) -> str:

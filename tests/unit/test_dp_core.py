@@ -16,11 +16,14 @@ from aggregations.dp.mechanisms import (
     EVENTS_BY_HOUR,
     EVENTS_TOTAL,
     PEOPLE_TOTAL,
+    RHO_TOLERANCE,
     build_mechanism,
     epsilon_of,
     events_of,
     people_of,
     release_weights,
+    rho_by_bisection,
+    rho_closed_form,
     rho_for,
 )
 from aggregations.dp.release import fit_to_total, post_process, release_batch, threshold_sds
@@ -158,6 +161,21 @@ def test_epsilon_and_rho_convert_both_ways() -> None:
     assert epsilon_of(rho * 1.01, 1e-6) > 1.0
     # The usual bound rho + 2 sqrt(rho ln(1/delta)) is looser than OpenDP's conversion.
     assert epsilon_of(rho, 1e-6) < rho + 2 * math.sqrt(rho * math.log(1e6))
+
+
+@pytest.mark.parametrize(
+    ("epsilon", "delta"),
+    [(1.0, 1e-6), (0.1, 1e-9), (0.5, 1e-7), (2.0, 1e-6), (4.0, 1e-5), (10.0, 1e-3), (0.01, 1e-12)],
+)
+def test_rho_for_is_the_bisection_over_opendps_conversion(epsilon: float, delta: float) -> None:
+    # rho_for takes the closed form and lets OpenDP confirm it in two calls; it must be what
+    # a bisection over OpenDP's own conversion finds, and fit the budget by OpenDP's word.
+    expected = rho_by_bisection(epsilon, delta)
+    assert rho_closed_form(epsilon, delta) == pytest.approx(expected, rel=1e-12)
+    rho = rho_for(epsilon, delta)
+    assert rho == pytest.approx(expected, rel=RHO_TOLERANCE)
+    assert epsilon_of(rho, delta) <= epsilon
+    assert epsilon_of(rho * (1 + RHO_TOLERANCE), delta) > epsilon
 
 
 # --- budget, schedule, accountant --------------------------------------------------------

@@ -17,6 +17,7 @@ from streams.enrich.useragent import (
     UNKNOWN,
     UserAgentInfo,
     UserAgentParser,
+    bundled_families,
     rule_families,
 )
 
@@ -102,6 +103,13 @@ def test_coarse_os_family_is_uap_core_family_or_other(parser: UserAgentParser) -
     exact = sum(i.os_family == c["family"] for i, c in zip(infos, OS_CASES, strict=True))
     assert _share(agreeing, len(OS_CASES), "OS family, coarse vs coarsened") >= 0.99
     assert _share(exact, len(OS_CASES), "OS family, coarse vs exact") >= 0.95
+
+
+def test_bundled_families_are_the_parsers(parser: UserAgentParser) -> None:
+    # The DP domains take them from bundled_families() without building a parser: they must
+    # be exactly what a parser lets reach the facts.
+    assert bundled_families() == (parser.browser_families, parser.os_families)
+    assert len(bundled_families()[0]) > 100
 
 
 def test_common_families_reach_the_facts(parser: UserAgentParser) -> None:
