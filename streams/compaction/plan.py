@@ -97,7 +97,9 @@ def spans(
 def _has_range_files(marker: CommitMarker, mergeable: bool) -> bool:
     folders: dict[str, int] = {}
     for path in marker.files:
-        if is_merged(path, mergeable) and not is_compacted(path):
+        # The cheap test first: a compaction marker lists mostly merged files, one per
+        # folder and day, and this runs on every publish, even one with nothing new.
+        if not is_compacted(path) and is_merged(path, mergeable):
             folder = path.rsplit("/", 1)[0]
             folders[folder] = folders.get(folder, 0) + 1
     return marker.compaction > 0 and any(count > 1 for count in folders.values())
