@@ -10,8 +10,8 @@ first two hours of the next day, which close the last one):
 1. **first publish** of the whole history;
 2. **compaction**: publish again at the same clock as ``sieve publish`` does, compacting the
    closed days' ranges and markers after it (streams.compaction), timed on its own;
-3. **nothing new**: publish again at the same clock, compaction step included (target:
-   <= 1 % of the first);
+3. **nothing new**: publish again at the same clock, compaction step included, the median of
+   5 runs (target: <= 1 % of the first);
 4. **one more day**: the next day's facts are committed, publish and compact (target: <= 3 %
    of the first);
 
@@ -169,9 +169,14 @@ def run_history(
     history.markers_before = _markers(data_root)
     history.compaction = publish_in_child(data_root, now, memory_mb, compact=True)
     history.markers_after = _markers(data_root)
-    history.nothing_new = publish_in_child(data_root, now, memory_mb, compact=True)
-    if history.nothing_new["rows_written"]:
+    # Tens of milliseconds on a shared machine: one sample is mostly noise, the median of a
+    # few is the figure (each run in its own process, as a scheduled publish would be).
+    idle_runs = [
+        publish_in_child(data_root, now, memory_mb, compact=True) for _ in range(NOTHING_NEW_RUNS)
+    ]
+    if any(run["rows_written"] for run in idle_runs):
         raise DifferentAnswersError("a publish with nothing new wrote rows")
+    history.nothing_new = sorted(idle_runs, key=lambda run: run["seconds"])[len(idle_runs) // 2]
     next_day = END + timedelta(hours=NEXT_HOURS)
     writer.write(next_day, next_day + timedelta(days=1))
     history.one_more_day = publish_in_child(
@@ -179,6 +184,9 @@ def run_history(
     )
     check_complete(data_root, accounts, days)
     return history
+
+
+NOTHING_NEW_RUNS = 5
 
 
 def _markers(data_root: Path) -> int:
