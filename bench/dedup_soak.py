@@ -170,10 +170,14 @@ def _rss_bytes(pid: int) -> int | None:
 
 
 @contextlib.contextmanager
-def worker_process(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+def worker_process(
+    env: dict[str, str], log: Path, probe: Path | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    # The probe runs the same command in its own process, sampling what memory is made of.
+    module = ["streams.cli"] if probe is None else ["bench.memory_probe", str(probe)]
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "worker", "--loglevel", "warning"],
+            [sys.executable, "-m", *module, "worker", "--loglevel", "warning"],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -273,6 +277,19 @@ def chart(samples: list[Sample], first_horizon_end: float, path: Path, title: st
     show_default=True,
     help="Where the RSS chart goes.",
 )
+@click.option(
+    "--probe",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Sample what the worker's memory is made of into this file (bench.memory_probe).",
+)
+@click.option(
+    "--set",
+    "settings",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="A SIEVE_* setting for the worker (repeatable), e.g. SIEVE_ROLL_MAX_BYTES=33554432.",
+)
 def main(
     events: int,
     pool: int,
@@ -282,6 +299,8 @@ def main(
     seed: int,
     bootstrap: str | None,
     png: Path,
+    probe: Path | None,
+    settings: tuple[str, ...],
 ) -> None:
     """Worker RSS over several dedup horizons, and throughput against bare consumption."""
     if horizons < 3:
@@ -291,7 +310,20 @@ def main(
         with contextlib.ExitStack() as stack:
             if bootstrap is None:
                 bootstrap = stack.enter_context(local_broker(work / "broker")).bootstrap_servers
-            run(work, bootstrap, events, pool, horizon, horizons, partitions, seed, png)
+            extra = dict(setting.split("=", 1) for setting in settings)
+            run(
+                work,
+                bootstrap,
+                events,
+                pool,
+                horizon,
+                horizons,
+                partitions,
+                seed,
+                png,
+                probe,
+                extra,
+            )
 
 
 def run(
@@ -304,6 +336,8 @@ def run(
     partitions: int,
     seed: int,
     png: Path,
+    probe: Path | None = None,
+    extra: dict[str, str] | None = None,
 ) -> None:
     suffix = uuid.uuid4().hex[:8]
     raw, dead = f"soak.raw.{suffix}", f"soak.dead.{suffix}"
@@ -334,10 +368,13 @@ def run(
         SIEVE_DEDUP_HORIZON=f"PT{horizon}S",
         SIEVE_SESSION_TIMEOUT_SECONDS="10",
     )
+    env.update(extra or {})
+    if extra:
+        click.echo(f"worker settings: {extra}")
     click.echo(f"draining {total:,} records with one worker")
     started = time.monotonic()
     with (
-        worker_process(env, work / "worker.log") as process,
+        worker_process(env, work / "worker.log", probe) as process,
         RssSampler(process.pid, port) as sampler,
     ):
         while True:
@@ -348,6 +385,9 @@ def run(
             time.sleep(0.5)
         worker_seconds = time.monotonic() - started
     samples = sampler.samples
+    if probe is not None:
+        rows = [f"{s.seconds:.1f},{s.rss_bytes},{s.committed}" for s in samples]
+        probe.with_suffix(".soak.csv").write_text("\n".join(["seconds,rss,committed", *rows]))
 
     counts, dead_letters, _, _ = committed_totals(str(work / "data"), raw)
     expected = (truth.by_kind["event"], truth.by_kind["duplicate"], truth.by_kind["malformed"])
