@@ -116,7 +116,7 @@ class Settings(BaseSettings):
         " live line is redrawn every second instead.",
     )
     roll_max_bytes: int = Field(
-        32 << 20,
+        16 << 20,
         gt=0,
         description="Buffered output bytes (Arrow) per partition before files are written,"
         " whatever the record count: a worker's memory for ranges is then bounded by bytes"

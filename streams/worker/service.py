@@ -67,7 +67,7 @@ class ConsumerOptions:
     # The dead-letter topic's max.message.bytes (larger dead letters are cut to fit).
     dead_letter_max_bytes: int = 1_048_576
     # Buffered Arrow bytes per partition before a range is cut (Settings.roll_max_bytes).
-    roll_max_bytes: int = 32 << 20
+    roll_max_bytes: int = 16 << 20
 
 
 def range_is_due(
