@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench.worker_throughput import (
     BATCH_RECORDS,
@@ -219,6 +219,33 @@ async def bare_rate(bootstrap: str, topic: str, events: int) -> float:
         await consumer.stop()
 
 
+async def records_in_first_horizon(
+    bootstrap: str, topic: str, partitions: int, horizon_s: int
+) -> int:
+    """Records the broker stamped within ``horizon_s`` of the topic's first record.
+
+    From the log's own timestamps (LogAppendTime), not from when the producer finished its
+    chunks: on a busy machine a chunk can take longer than a horizon to produce, and a
+    count from chunk ends then leaves the first horizon empty (its window one sample).
+    """
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        firsts = []
+        for tp in tps:
+            batch = await consumer.getmany(tp, timeout_ms=10_000, max_records=1)
+            firsts += [record.timestamp for record in batch.get(tp, [])]
+        cut = min(firsts) + horizon_s * 1000
+        found = await consumer.offsets_for_times(dict.fromkeys(tps, cut))
+        ends = await consumer.end_offsets(tps)
+        return sum(ends[tp] if found[tp] is None else found[tp].offset for tp in tps)
+    finally:
+        await consumer.stop()
+
+
 def keys_held(state_dir: Path, data_root: Path, topic: str, partitions: int, horizon: int) -> int:
     """Event keys in the worker's stores after it stopped (its dedup state, counted)."""
     folder = StateFolder(state_dir)
@@ -350,7 +377,13 @@ def run(
     click.echo(f"producing {chunks} chunks over {span} s of arrival ({horizons} horizons)")
     filled = fill(bootstrap, raw, partitions, pool, chunks, span)
     total = filled.records
-    first_horizon_records = filled.records_before(filled.started + horizon)
+    first_horizon_records = asyncio.run(
+        records_in_first_horizon(bootstrap, raw, partitions, horizon)
+    )
+    click.echo(
+        f"first horizon of arrival: {first_horizon_records:,} records (broker timestamps;"
+        f" {filled.records_before(filled.started + horizon):,} in the chunks produced by then)"
+    )
 
     keyring = work / "keyring.json"
     write_new_keyring(keyring)
