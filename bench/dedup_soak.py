@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench.worker_throughput import (
     BATCH_RECORDS,
@@ -170,10 +170,14 @@ def _rss_bytes(pid: int) -> int | None:
 
 
 @contextlib.contextmanager
-def worker_process(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+def worker_process(
+    env: dict[str, str], log: Path, probe: Path | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    # The probe runs the same command in its own process, sampling what memory is made of.
+    module = ["streams.cli"] if probe is None else ["bench.memory_probe", str(probe)]
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "worker", "--loglevel", "warning"],
+            [sys.executable, "-m", *module, "worker", "--loglevel", "warning"],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -211,6 +215,33 @@ async def bare_rate(bootstrap: str, topic: str, events: int) -> float:
                 first, first_batch = time.perf_counter(), got
             seen += got
         return (seen - first_batch) / (time.perf_counter() - (first or 0.0))
+    finally:
+        await consumer.stop()
+
+
+async def records_in_first_horizon(
+    bootstrap: str, topic: str, partitions: int, horizon_s: int
+) -> int:
+    """Records the broker stamped within ``horizon_s`` of the topic's first record.
+
+    From the log's own timestamps (LogAppendTime), not from when the producer finished its
+    chunks: on a busy machine a chunk can take longer than a horizon to produce, and a
+    count from chunk ends then leaves the first horizon empty (its window one sample).
+    """
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        firsts = []
+        for tp in tps:
+            batch = await consumer.getmany(tp, timeout_ms=10_000, max_records=1)
+            firsts += [record.timestamp for record in batch.get(tp, [])]
+        cut = min(firsts) + horizon_s * 1000
+        found = await consumer.offsets_for_times(dict.fromkeys(tps, cut))
+        ends = await consumer.end_offsets(tps)
+        return sum(ends[tp] if found[tp] is None else found[tp].offset for tp in tps)
     finally:
         await consumer.stop()
 
@@ -274,6 +305,19 @@ def chart(samples: list[Sample], first_horizon_end: float, path: Path, title: st
     show_default=True,
     help="Where the RSS chart goes.",
 )
+@click.option(
+    "--probe",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Sample what the worker's memory is made of into this file (bench.memory_probe).",
+)
+@click.option(
+    "--set",
+    "settings",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="A SIEVE_* setting for the worker (repeatable), e.g. SIEVE_ROLL_MAX_BYTES=33554432.",
+)
 def main(
     events: int,
     pool: int,
@@ -283,6 +327,8 @@ def main(
     seed: int,
     bootstrap: str | None,
     png: Path,
+    probe: Path | None,
+    settings: tuple[str, ...],
 ) -> None:
     """Worker RSS over several dedup horizons, and throughput against bare consumption."""
     if horizons < 3:
@@ -292,7 +338,20 @@ def main(
         with contextlib.ExitStack() as stack:
             if bootstrap is None:
                 bootstrap = stack.enter_context(local_broker(work / "broker")).bootstrap_servers
-            run(work, bootstrap, events, pool, horizon, horizons, partitions, seed, png)
+            extra = dict(setting.split("=", 1) for setting in settings)
+            run(
+                work,
+                bootstrap,
+                events,
+                pool,
+                horizon,
+                horizons,
+                partitions,
+                seed,
+                png,
+                probe,
+                extra,
+            )
 
 
 def run(
@@ -305,6 +364,8 @@ def run(
     partitions: int,
     seed: int,
     png: Path,
+    probe: Path | None = None,
+    extra: dict[str, str] | None = None,
 ) -> None:
     suffix = uuid.uuid4().hex[:8]
     raw, dead = f"soak.raw.{suffix}", f"soak.dead.{suffix}"
@@ -317,7 +378,13 @@ def run(
     click.echo(f"producing {chunks} chunks over {span} s of arrival ({horizons} horizons)")
     filled = fill(bootstrap, raw, partitions, pool, chunks, span)
     total = filled.records
-    first_horizon_records = filled.records_before(filled.started + horizon)
+    first_horizon_records = asyncio.run(
+        records_in_first_horizon(bootstrap, raw, partitions, horizon)
+    )
+    click.echo(
+        f"first horizon of arrival: {first_horizon_records:,} records (broker timestamps;"
+        f" {filled.records_before(filled.started + horizon):,} in the chunks produced by then)"
+    )
 
     keyring = work / "keyring.json"
     write_new_keyring(keyring)
@@ -335,10 +402,13 @@ def run(
         SIEVE_DEDUP_HORIZON=f"PT{horizon}S",
         SIEVE_SESSION_TIMEOUT_SECONDS="10",
     )
+    env.update(extra or {})
+    if extra:
+        click.echo(f"worker settings: {extra}")
     click.echo(f"draining {total:,} records with one worker")
     started = time.monotonic()
     with (
-        worker_process(env, work / "worker.log") as process,
+        worker_process(env, work / "worker.log", probe) as process,
         RssSampler(process.pid, port) as sampler,
     ):
         while True:
@@ -349,6 +419,9 @@ def run(
             time.sleep(0.5)
         worker_seconds = time.monotonic() - started
     samples = sampler.samples
+    if probe is not None:
+        rows = [f"{s.seconds:.1f},{s.rss_bytes},{s.committed}" for s in samples]
+        probe.with_suffix(".soak.csv").write_text("\n".join(["seconds,rss,committed", *rows]))
 
     counts, dead_letters, _, _ = committed_totals(str(work / "data"), raw)
     expected = (truth.by_kind["event"], truth.by_kind["duplicate"], truth.by_kind["malformed"])

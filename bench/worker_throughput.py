@@ -736,6 +736,10 @@ async def measure_naive(
                 continue
             writer.commit_range(fixture.topic, partition, pending)
         write_s = time.perf_counter() - write_started
+        # Closed here, not by the state folder's finalizer at exit: by then the run's
+        # temporary folder is gone, and RocksDB's flush on close fails loudly.
+        for pipeline in state.pipelines.values():
+            pipeline.close()
     finally:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(app.stop(), 60)

@@ -115,6 +115,13 @@ class Settings(BaseSettings):
         " dead letters) when its output is not a terminal; 0 writes none. In a terminal one"
         " live line is redrawn every second instead.",
     )
+    roll_max_bytes: int = Field(
+        16 << 20,
+        gt=0,
+        description="Buffered output bytes (Arrow) per partition before files are written,"
+        " whatever the record count: a worker's memory for ranges is then bounded by bytes"
+        " (writing a range holds about three times its size while it is sorted into files).",
+    )
 
     # --- secrets (paths only) --------------------------------------------------------------
     keyring_file: Path | None = Field(

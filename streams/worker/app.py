@@ -91,6 +91,7 @@ def build_service(
         roll_interval_seconds=settings.roll_interval_seconds,
         session_timeout_seconds=settings.session_timeout_seconds,
         dead_letter_max_bytes=dead_letter_max_bytes,
+        roll_max_bytes=settings.roll_max_bytes,
     )
     writer = RangeWriter(filesystem, root, encryption, version)
     return RawTopicService(options, context, filesystem, root, writer, metrics)

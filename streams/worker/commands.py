@@ -27,6 +27,7 @@ from streams.storage import open_data_root
     "batch_max_records",
     "roll_max_records",
     "roll_interval_seconds",
+    "roll_max_bytes",
     "dedup_horizon",
     "state_dir",
     "session_timeout_seconds",

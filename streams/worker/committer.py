@@ -26,8 +26,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from schemas.commits import CommitMarker
 from streams.worker.delivery import DeadLetterSender, SentLetter
 from streams.worker.fencing import FencedError, Membership, commit_fenced
+from streams.worker.memory import release_free_memory
 from streams.worker.metrics import WorkerMetrics
 from streams.worker.pipeline import PartitionPipeline, PendingRange
 from streams.worker.sink import RangeWriter, StagedRange
@@ -117,7 +119,7 @@ class RangeCommitter:
         # The range is committed: its keys and consent changes move into the partition's
         # state store, on the writer thread (one range in flight per partition, so ranges go
         # in in order). A crash before this is caught up from the range's dedup log.
-        await loop.run_in_executor(self._thread, pipeline.range_committed, pending, marker)
+        await loop.run_in_executor(self._thread, _apply_committed, pipeline, pending, marker)
         self.metrics.range_committed(
             partition,
             pending.first_offset,
@@ -186,6 +188,14 @@ class RangeCommitter:
             "disk writable again after %.0f s (%d retries): consumption resumed", waited, attempts
         )
         self._pause(False)
+
+
+def _apply_committed(
+    pipeline: PartitionPipeline, pending: PendingRange, marker: CommitMarker
+) -> None:
+    pipeline.range_committed(pending, marker)
+    # After every range, so RSS follows what the worker holds (streams.worker.memory).
+    release_free_memory()
 
 
 async def _still_ours(

@@ -127,6 +127,7 @@ class _Buffer:
     dead_lettered: Counter[str] = field(default_factory=Counter)
     identifiable_by_class: Counter[str] = field(default_factory=Counter)
     fact_rows: int = 0
+    arrow_bytes: int = 0  # of the tables above: what the buffer holds in memory
     properties_dropped: int = 0
     consent_changes: list[tuple[str, str]] = field(default_factory=list)
 
@@ -374,6 +375,7 @@ class PartitionPipeline:
         buffer.identifiable.extend(outcome.identifiable)
         buffer.facts.extend(outcome.facts)
         buffer.fact_rows += sum(table.num_rows for table in outcome.facts)
+        buffer.arrow_bytes += sum(t.nbytes for t in (*outcome.identifiable, *outcome.facts))
         buffer.identifiable_by_class.update(outcome.identifiable_by_class)
         buffer.properties_dropped += outcome.properties_dropped
         buffer.consent_changes.extend(outcome.consent_changes)
@@ -386,6 +388,11 @@ class PartitionPipeline:
     @property
     def buffered_rows(self) -> int:
         return self._buffer.fact_rows
+
+    @property
+    def buffered_bytes(self) -> int:
+        """The Arrow bytes of the buffered outputs (a range's memory, not its file size)."""
+        return self._buffer.arrow_bytes
 
     def take_range(self) -> PendingRange | None:
         """Hand over the buffered range (and start a new buffer); None when empty, and

@@ -66,6 +66,8 @@ class ConsumerOptions:
     session_timeout_seconds: float = 30.0
     # The dead-letter topic's max.message.bytes (larger dead letters are cut to fit).
     dead_letter_max_bytes: int = 1_048_576
+    # Buffered Arrow bytes per partition before a range is cut (Settings.roll_max_bytes).
+    roll_max_bytes: int = 16 << 20
 
 
 def range_is_due(
@@ -75,16 +77,20 @@ def range_is_due(
     buffered_records: int,
     age_seconds: float,
     caught_up: bool,
+    buffered_bytes: int = 0,
 ) -> bool:
     """Whether a partition's buffered range should be cut and written now.
 
-    Big enough, or old enough; or done for now: ``caught_up`` means the last fetch returned
-    nothing for any partition, and a range of at least a batch is then cut at once instead
-    of after the roll interval. A burst that ended is committed without waiting, while a
-    trickle (small ranges) still rolls on the timer and does not make a file per fetch.
+    Big enough (in rows, or in bytes: rows vary in size, and what a range costs in memory
+    while it is buffered and written is its bytes), or old enough; or done for now:
+    ``caught_up`` means the last fetch returned nothing for any partition, and a range of at
+    least a batch is then cut at once instead of after the roll interval. A burst that ended
+    is committed without waiting, while a trickle (small ranges) still rolls on the timer and
+    does not make a file per fetch.
     """
     return (
         buffered_rows >= options.roll_max_records
+        or buffered_bytes >= options.roll_max_bytes
         or age_seconds >= options.roll_interval_seconds
         or (caught_up and buffered_records >= options.batch_max_records)
     )
@@ -265,6 +271,7 @@ class RawTopicService(Service):
                 self.options,
                 buffered_rows=pipeline.buffered_rows,
                 buffered_records=pipeline.buffered_records,
+                buffered_bytes=pipeline.buffered_bytes,
                 age_seconds=now - opened,
                 caught_up=caught_up,
             ):

@@ -223,3 +223,45 @@ def test_a_range_is_cut_when_big_old_or_caught_up_with_a_batch() -> None:
     # A trickle waits for the timer, caught up or not: no file per fetch.
     assert not due(9_999, 9_999, 4.9, caught_up=True)
     assert not due(199_999, 210_000, 4.9, caught_up=False)
+
+
+def test_a_range_is_cut_when_its_buffer_reaches_its_bytes_whatever_its_rows() -> None:
+    options = ConsumerOptions(
+        bootstrap_servers="unused",
+        topic=TOPIC,
+        dead_letter_topic="dead",
+        group_id="g",
+        batch_max_records=10_000,
+        roll_max_records=200_000,
+        roll_interval_seconds=5.0,
+        roll_max_bytes=1 << 20,
+    )
+
+    def due(rows: int, size: int) -> bool:
+        return range_is_due(
+            options,
+            buffered_rows=rows,
+            buffered_records=rows,
+            buffered_bytes=size,
+            age_seconds=0.1,
+            caught_up=False,
+        )
+
+    assert due(1_000, 1 << 20)  # few rows, wide ones
+    assert not due(1_000, (1 << 20) - 1)
+
+
+def test_the_buffer_counts_the_bytes_of_the_range_it_hands_over(
+    context: PipelineContext, records: list[RawRecord]
+) -> None:
+    pipeline = PartitionPipeline(TOPIC, 0, dataclasses.replace(context, state=StateFolder()))
+    pipeline.process(records[:1_000])
+    after_one = pipeline.buffered_bytes
+    pipeline.process(records[1_000:2_000])
+    buffered = pipeline.buffered_bytes
+    pending = pipeline.take_range()
+    assert pending is not None
+    # What the cut is decided on is what the range holds in memory.
+    assert 0 < after_one < buffered == pending.identifiable.nbytes + pending.facts.nbytes
+    assert pipeline.buffered_bytes == 0
+    pipeline.close()

@@ -66,9 +66,15 @@ _IDENTITY: Final = b"identity"
 _APPLIED: Final = b"applied"
 _KEY_IDS: Final = b"key_ids"
 _FORMAT: Final = 1
-# Memory RocksDB may use for one worker, whatever the number of partitions and keys.
-BLOCK_CACHE_BYTES: Final = 32 << 20
-WRITE_BUFFER_BYTES: Final = 64 << 20
+# Memory RocksDB may use for one worker, whatever the number of partitions and keys, sized
+# so that it is reached within the first minute at full rate rather than creeping up for
+# several horizons (bench/README.md, "Dedup soak": 32 + 64 MiB took the whole run to fill and
+# were most of the soak's growth). The cache serves only the lookups the in-memory filters
+# cannot rule out (~1.5 % of keys, random ones: no locality to cache); a database flushes
+# its memtables every MEMTABLE_BYTES of keys (atomic flush: all its column families at once).
+BLOCK_CACHE_BYTES: Final = 8 << 20
+WRITE_BUFFER_BYTES: Final = 32 << 20
+MEMTABLE_BYTES: Final = 4 << 20
 # Long enough for a worker that was frozen (SIGSTOP, a swapped-out VM) past its session to
 # wake, learn it lost the partition and close the store; short of the worker's poll interval
 # (10 min), after which the group would give the waiting worker's partitions away too.
@@ -115,7 +121,7 @@ class StoreResources:
         table.set_cache_index_and_filter_blocks(True)
         options.set_block_based_table_factory(table)
         options.set_write_buffer_manager(self.write_buffers)
-        options.set_write_buffer_size(16 << 20)
+        options.set_write_buffer_size(MEMTABLE_BYTES)
         options.set_max_write_buffer_number(2)
         options.set_max_background_jobs(2)
         options.set_keep_log_file_num(2)
