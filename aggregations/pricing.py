@@ -29,6 +29,7 @@ from decimal import ROUND_CEILING, ROUND_HALF_EVEN, Decimal
 from typing import Final, Literal
 
 import duckdb
+import msgspec
 import pyarrow as pa
 
 from aggregations.manifest import read_manifest
@@ -69,6 +70,7 @@ __all__ = [
 
 _PERIOD: Final = re.compile(r"^(\d{4})-(\d{2})$")
 _ONE: Final = Decimal(1)
+_ZERO: Final = Decimal(0)
 
 InvoiceStatus = Literal["final", "draft"]
 
@@ -91,8 +93,10 @@ class MeterNotPublishedError(SieveError):
     exit_code = 4
 
 
-@dataclass(frozen=True)
-class InvoiceLine:
+class InvoiceLine(msgspec.Struct, frozen=True):
+    """One priced line (a msgspec struct: a month of a thousand accounts builds thousands,
+    and a frozen dataclass costs several times more to build)."""
+
     account_id: str
     metric: str
     unit: str  # the plan's billing unit: "1,000 requests", "GB"
@@ -258,17 +262,35 @@ def to_units(metered: Decimal, price: MetricPrice, rounding: QuantityRounding) -
 
 
 def _metered(usage: pa.Table, plan: PricePlan) -> dict[str, dict[str, Decimal]]:
-    """Per account, per plan metric: the period's usage as metered (exact)."""
+    """Per account, per plan metric: the period's usage as metered (exact).
+
+    Folded per account in Arrow first (a month of a thousand accounts is 30,000 rows; as
+    Python Decimals, half a second): meters are integers or decimals, whose sums Arrow
+    computes exactly once decimals are widened to 38 digits, so only one value per account
+    and metric becomes a Decimal.
+    """
+    columns: dict[str, pa.ChunkedArray] = {"account_id": usage.column("account_id")}
+    for price in plan.metrics:
+        column = usage.column(price.metric)
+        if pa.types.is_decimal(column.type):
+            column = column.cast(pa.decimal128(38, column.type.scale))
+        elif not pa.types.is_integer(column.type):
+            raise TypeError(f"meter {price.metric} is {column.type}: not an exact type")
+        columns[price.metric] = column
+    folded = (
+        pa.table(columns)
+        .group_by("account_id")
+        .aggregate([(price.metric, price.aggregate) for price in plan.metrics])
+    )
     out: dict[str, dict[str, Decimal]] = {}
-    rows = usage.to_pylist()
-    for row in rows:
-        account = out.setdefault(row["account_id"], {p.metric: Decimal(0) for p in plan.metrics})
-        for price in plan.metrics:
-            value = Decimal(row[price.metric])
-            current = account[price.metric]
-            account[price.metric] = (
-                current + value if price.aggregate == "sum" else max(current, value)
-            )
+    for row in folded.to_pylist():
+        out[row["account_id"]] = {
+            # A max never goes below zero, as the fold from Decimal(0) it replaces.
+            price.metric: max(Decimal(row[f"{price.metric}_{price.aggregate}"]), _ZERO)
+            if price.aggregate == "max"
+            else Decimal(row[f"{price.metric}_{price.aggregate}"])
+            for price in plan.metrics
+        }
     return out
 
 

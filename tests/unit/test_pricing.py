@@ -8,10 +8,14 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from aggregations.meters import default_meters, parse_meters
 from aggregations.pricing import (
+    PricePlan,
     PricePlanError,
+    _metered,
     invoice,
     load_plan,
     parse_plan,
@@ -278,3 +282,54 @@ def test_an_unknown_quantity_rounding_names_its_line() -> None:
     with pytest.raises(PricePlanError) as caught:
         parse_plan('quantity_rounding = "down"\n' + PLAN, "plan.toml")
     assert (caught.value.key, caught.value.line) == ("quantity_rounding", 1)
+
+
+def _folded_row_by_row(usage: pa.Table, plan: PricePlan) -> dict[str, dict[str, Decimal]]:
+    """The definition: every day's value as a Decimal, summed (or maxed) per account."""
+    out: dict[str, dict[str, Decimal]] = {}
+    for row in usage.to_pylist():
+        account = out.setdefault(row["account_id"], {p.metric: Decimal(0) for p in plan.metrics})
+        for price in plan.metrics:
+            value = Decimal(row[price.metric])
+            current = account[price.metric]
+            account[price.metric] = (
+                current + value if price.aggregate == "sum" else max(current, value)
+            )
+    return out
+
+
+_BIG = 10**17  # near DECIMAL(18, 6)'s and BIGINT's limits: a month of them overflows neither
+
+
+@settings(max_examples=60)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["A", "B", "C"]),
+            st.integers(0, _BIG),
+            st.integers(0, _BIG),
+            st.integers(0, 10_000),
+            st.decimals(0, Decimal(_BIG) / 10**6, places=6),
+        ),
+        max_size=40,
+    )
+)
+def test_usage_folded_per_account_in_arrow_equals_the_decimal_fold(
+    days: list[tuple[str, int, int, int, Decimal]],
+) -> None:
+    plan = parse_plan(PLAN + '\n[metrics.session_seconds]\nincluded = "0"\nunit_price = "0.001"\n')
+    rows = [
+        {
+            "account_id": account,
+            "requests": requests,
+            "download_bytes": downloaded,
+            "active_users": users,
+            "session_seconds": seconds,
+        }
+        for account, requests, downloaded, users, seconds in days
+    ]
+    usage = _usage(rows or [{"account_id": "A"}]).slice(0, len(rows))
+    decimal = pa.field("session_seconds", pa.decimal128(18, 6))  # the meter's published type
+    index = usage.schema.get_field_index("session_seconds")
+    usage = usage.cast(usage.schema.set(index, decimal))
+    assert _metered(usage, plan) == _folded_row_by_row(usage, plan)
