@@ -20,14 +20,12 @@ import pytest
 from schemas.commits import CommitMarker
 from schemas.events import ConsentChange, Event, Request, encode
 from streams.encryption import ParquetEncryption
-from streams.enrich.geo import make_geolocator
-from streams.enrich.useragent import UserAgentParser
 from streams.privacy.keyring import Keyring
-from streams.privacy.retention import load_policy
 from streams.storage import open_data_root
 from streams.worker.pipeline import PartitionPipeline, PendingRange, PipelineContext, RawRecord
 from streams.worker.sink import RangeWriter, recover_partition
 from streams.worker.state.folder import StateFolder
+from tests.fixtures.pipeline_context import default_context
 
 TOPIC = "raw"
 NOW = datetime(2026, 11, 20, 12, tzinfo=UTC)
@@ -43,16 +41,7 @@ def keyring() -> Keyring:
 
 @pytest.fixture
 def context(keyring: Keyring) -> PipelineContext:
-    return PipelineContext(
-        keyring=keyring,
-        policy=load_policy(None),
-        user_agents=UserAgentParser(),
-        geolocator=make_geolocator(None),
-        honour_dnt=True,
-        honour_gpc=True,
-        dedup_horizon_seconds=24 * 3600,
-        worker_version="test",
-    )
+    return default_context(keyring)
 
 
 def request(occurred_at: datetime, user: str = "u1", event_id: str | None = None) -> Request:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -197,16 +198,22 @@ def test_metrics_render_every_counter() -> None:
 # --- when a range is cut ---------------------------------------------------------------------
 
 
+def _roll_options(**overrides: Any) -> ConsumerOptions:
+    """Options of a worker that rolls at 200k records or 5 s (the settings' defaults)."""
+    defaults: dict[str, Any] = {
+        "bootstrap_servers": "unused",
+        "topic": TOPIC,
+        "dead_letter_topic": "dead",
+        "group_id": "g",
+        "batch_max_records": 10_000,
+        "roll_max_records": 200_000,
+        "roll_interval_seconds": 5.0,
+    }
+    return ConsumerOptions(**(defaults | overrides))
+
+
 def test_a_range_is_cut_when_big_old_or_caught_up_with_a_batch() -> None:
-    options = ConsumerOptions(
-        bootstrap_servers="unused",
-        topic=TOPIC,
-        dead_letter_topic="dead",
-        group_id="g",
-        batch_max_records=10_000,
-        roll_max_records=200_000,
-        roll_interval_seconds=5.0,
-    )
+    options = _roll_options()
 
     def due(rows: int, records: int, age: float, caught_up: bool) -> bool:
         return range_is_due(
@@ -226,16 +233,7 @@ def test_a_range_is_cut_when_big_old_or_caught_up_with_a_batch() -> None:
 
 
 def test_a_range_is_cut_when_its_buffer_reaches_its_bytes_whatever_its_rows() -> None:
-    options = ConsumerOptions(
-        bootstrap_servers="unused",
-        topic=TOPIC,
-        dead_letter_topic="dead",
-        group_id="g",
-        batch_max_records=10_000,
-        roll_max_records=200_000,
-        roll_interval_seconds=5.0,
-        roll_max_bytes=1 << 20,
-    )
+    options = _roll_options(roll_max_bytes=1 << 20)
 
     def due(rows: int, size: int) -> bool:
         return range_is_due(
