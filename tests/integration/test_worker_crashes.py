@@ -145,3 +145,42 @@ def test_two_workers_one_killed_midway(kafka: KafkaBroker, tmp_path: Path) -> No
     opened = open_data_root(str(setup.data_root), create=True)
     filesystem, root = opened.fs, opened.path
     assert {m.partition for m in iter_markers(filesystem, root, setup.raw_topic)} == {0, 1, 2, 3}
+
+
+def test_ranges_cut_by_bytes_through_sigkills_lose_and_repeat_nothing(
+    kafka: KafkaBroker, tmp_path: Path
+) -> None:
+    """The byte cap (SIEVE_ROLL_MAX_BYTES) far below a batch: every batch is its own range,
+    cut by bytes, and the traffic's resends straddle range boundaries; kills land between."""
+    chunk = 20_000
+    setup, truth = prepared(kafka, tmp_path, chunk, partitions=2, seed=23)
+    setup.extra_env.update(SIEVE_BATCH_MAX_RECORDS="1000", SIEVE_ROLL_MAX_BYTES="65536")
+    seed = random.randrange(1 << 30)
+    moments = random.Random(seed)
+    print(f"kill moments drawn with seed {seed}")
+    worker = WorkerProcess(setup, "bytes-0").start()
+    try:
+        for kill in range(2):
+            before = setup.committed_raw()
+            wait_until(
+                lambda before=before: setup.committed_raw() > before,  # type: ignore[misc]
+                timeout=120,
+                what="progress after a restart",
+                workers=[worker],
+            )
+            _pause(moments.uniform(0.0, 0.5), worker)
+            worker.kill()
+            worker = WorkerProcess(setup, f"bytes-{kill + 1}").start()
+        wait_until(
+            drained(setup, chunk),
+            DRAIN_TIMEOUT_S,
+            f"{chunk} records committed",
+            workers=[worker],
+        )
+    finally:
+        worker.stop()
+    opened = open_data_root(str(setup.data_root))
+    ranges = sum(1 for _ in iter_markers(opened.fs, opened.path, setup.raw_topic))
+    # Cut by bytes: at least a range per fetched batch, far more than the timer would make.
+    assert ranges >= chunk // 1_000
+    assert_exactly_once(setup, Counter(truth.by_kind), chunk)
