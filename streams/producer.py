@@ -286,12 +286,7 @@ class EventProducer:
             self.topic,
             self.rebuilds,
         )
-        threading.Thread(
-            target=_close_when_expired,
-            args=(stale, self._delivery_timeout_s + 5.0),
-            name="sieve-stale-producer-close",
-            daemon=True,
-        ).start()
+        _close_in_background(stale, self._delivery_timeout_s + 5.0)
 
     # -- flushing and closing ------------------------------------------------------------------
 
@@ -318,7 +313,9 @@ class EventProducer:
             producer.close(timeout=timeout)
         except KafkaTimeoutError as late:
             # kafka-python flushes before closing and gives up on the first record still
-            # pending; the process is ending, so say so once rather than with a traceback.
+            # pending, leaving its network thread running; finish the close once they have
+            # expired, and say so once rather than with a traceback.
+            _close_in_background(producer, self._delivery_timeout_s + 5.0)
             raise TransientError(
                 f"records still not delivered to Kafka after {timeout} s; closing anyway"
             ) from late
@@ -335,11 +332,26 @@ class EventProducer:
         self.close()
 
 
-def _close_when_expired(producer: Any, timeout: float) -> None:
-    # A stuck producer cannot be closed at once: kafka-python's close() flushes first and
-    # raises at its timeout while a record is pending. Every pending record expires within
-    # the delivery timeout, so waiting that long closes it for good.
-    try:
-        producer.close(timeout=timeout)
-    except KafkaError:
-        log.warning("a replaced Kafka producer did not close within %.0f s", timeout)
+def _close_in_background(producer: Any, timeout: float) -> None:
+    threading.Thread(
+        target=_close_for_good,
+        args=(producer, timeout),
+        name="sieve-stale-producer-close",
+        daemon=True,
+    ).start()
+
+
+def _close_for_good(producer: Any, timeout: float) -> None:
+    # kafka-python's close() flushes first and, while a record is pending at its timeout,
+    # raises without stopping its network thread or closing its sockets. Every pending
+    # record completes or expires within the delivery timeout, so a close that waits that
+    # long ends it; while the broker stays away, try again rather than leak the thread.
+    warned = False
+    while True:
+        try:
+            producer.close(timeout=timeout)
+            return
+        except KafkaError:
+            if not warned:
+                log.warning("a Kafka producer did not close within %.0f s; retrying", timeout)
+                warned = True
