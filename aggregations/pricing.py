@@ -343,8 +343,9 @@ def _exact(column: pa.ChunkedArray, aggregate: str) -> list[Decimal]:
 
 
 def _integers(column: pa.ChunkedArray, aggregate: str) -> npt.NDArray[np.int64] | None:
-    """An integer meter's values as int64 (the vectorised pricing's input), else None."""
-    if not pa.types.is_integer(column.type):
+    """A signed integer meter's values as int64 (the vectorised pricing's input), else None
+    (an unsigned sum past 2**63 would wrap in int64: priced from its Decimals instead)."""
+    if not pa.types.is_signed_integer(column.type):
         return None
     values = column.to_numpy().astype(np.int64)
     return np.maximum(values, 0) if aggregate == "max" else values

@@ -176,3 +176,12 @@ def test_allowance_and_tiers_cut_at_their_bounds() -> None:
         ("300-", 1, 0, 1, Decimal("0.12")),  # 0.125: half-even to the cent
     ]
     assert bands(303)[-1][-1] == Decimal("0.38")  # 0.375 -> 0.38 (even)
+
+
+def test_an_unsigned_sum_past_int64_is_priced_exactly() -> None:
+    price = _flat("0", "0.01")
+    plan = PricePlan("EUR", Decimal("0.01"), (price,))
+    usage = pa.table({"account_id": ["A", "A"], "m0": pa.array([2**63 - 5] * 2, pa.uint64())})
+    (line,) = invoice(usage, plan, "2026-11").lines
+    assert line.metered == 2 * (2**63 - 5) and line.used == -(-int(line.metered) // 1000)
+    assert invoice(usage, plan, "2026-11") == invoice_line_by_line(usage, plan, "2026-11")
