@@ -25,20 +25,27 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from decimal import ROUND_CEILING, ROUND_HALF_EVEN, Decimal
+from decimal import Decimal
 from typing import Final, Literal
 
 import duckdb
-import msgspec
+import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 
+from aggregations.invoice_lines import (
+    InvoiceLine,
+    MetricLines,
+    metric_lines,
+    reference_lines,
+    to_units,
+)
 from aggregations.manifest import read_manifest
 from aggregations.price_plan import (
     DEFAULT_PLAN,
     MetricPrice,
     PricePlan,
     PricePlanError,
-    QuantityRounding,
     Tier,
     load_plan,
     parse_plan,
@@ -60,16 +67,17 @@ __all__ = [
     "PricePlanError",
     "Tier",
     "invoice",
+    "invoice_line_by_line",
     "load_plan",
     "parse_plan",
     "period_bounds",
     "period_usage",
     "price_period",
     "published_watermark",
+    "to_units",
 ]
 
 _PERIOD: Final = re.compile(r"^(\d{4})-(\d{2})$")
-_ONE: Final = Decimal(1)
 _ZERO: Final = Decimal(0)
 
 InvoiceStatus = Literal["final", "draft"]
@@ -91,25 +99,6 @@ class MeterNotPublishedError(SieveError):
     """The plan prices a meter that no publish run has metered yet."""
 
     exit_code = 4
-
-
-class InvoiceLine(msgspec.Struct, frozen=True):
-    """One priced line (a msgspec struct: a month of a thousand accounts builds thousands,
-    and a frozen dataclass costs several times more to build)."""
-
-    account_id: str
-    metric: str
-    unit: str  # the plan's billing unit: "1,000 requests", "GB"
-    # The band of the usage this line prices, in billing units: "0-100", "100-" or "" (flat).
-    band: str
-    metered: Decimal  # the period's usage as metered (requests, bytes, ...)
-    used: Decimal  # the same in billing units, rounded as the plan says
-    allowance: Decimal  # the plan's included units per period (of the metric)
-    quantity: Decimal  # used units that fall in this band
-    included: Decimal  # of which free (the part of the allowance used here)
-    billable: Decimal  # quantity - included
-    unit_price: Decimal
-    amount: Decimal  # billable * unit_price, rounded half-even to the quantum
 
 
 @dataclass(frozen=True)
@@ -168,9 +157,13 @@ def period_usage(
     period: str,
     meters: Sequence[str],
     account_id: str | None = None,
+    *,
+    ordered: bool = True,
 ) -> pa.Table:
     """The ``metering_daily`` rows (current values of ``meters``) of the period, from the
-    catalog. A meter the views do not have (never published) is an error that says so."""
+    catalog, by account and date unless ``ordered`` is false (an invoice folds them per
+    account whatever their order, and sorting a month of a thousand accounts doubles the
+    read). A meter the views do not have (never published) is an error that says so."""
     start, end = period_bounds(period)
     published = {row[0] for row in connection.execute("DESCRIBE metering_daily").fetchall()}
     missing = [meter for meter in meters if meter not in published]
@@ -184,7 +177,7 @@ def period_usage(
         f"""
         SELECT date, account_id, {columns} FROM metering_daily
         WHERE date >= ? AND date < ? AND (CAST(? AS VARCHAR) IS NULL OR account_id = ?)
-        ORDER BY account_id, date
+        {"ORDER BY account_id, date" if ordered else ""}
         """,  # noqa: S608 - constant column list; the bounds and account are parameters
         params=[start, end, account_id, account_id],
     ).to_arrow_table()
@@ -216,7 +209,8 @@ def price_period(
             f" {_duration(grace)} after its end, once later events arrive or `sieve publish"
             " --close-through` says the input is complete); --draft prices what there is"
         )
-    usage = period_usage(connection, period, [price.metric for price in plan.metrics], account_id)
+    metrics = [price.metric for price in plan.metrics]
+    usage = period_usage(connection, period, metrics, account_id, ordered=False)
     if account_id is not None and usage.num_rows == 0 and not _known(connection, account_id):
         raise NoMeteringError(f"unknown account {account_id!r}: no metering published for it")
     if usage.num_rows == 0:
@@ -238,36 +232,87 @@ def invoice(
 ) -> Invoice:
     """Invoice lines (per account, per plan metric, per reached tier) and totals (pure).
 
-    ``usage`` holds ``metering_daily`` rows of the period (see :func:`period_usage`).
+    ``usage`` holds ``metering_daily`` rows of the period (see :func:`period_usage`). Each
+    metric is priced for every account in one pass (:func:`metric_lines`): the same lines
+    as :func:`invoice_line_by_line`, the definition.
     """
+    folded = _folded(usage, plan)
+    accounts = folded.column("account_id").to_pylist()
+    priced = []
+    for price in plan.metrics:
+        column = folded.column(price.metric)
+        metered = _exact(column, price.aggregate)
+        priced.append(
+            metric_lines(accounts, metered, price, plan, _integers(column, price.aggregate))
+        )
+    every = [line for of_metric in priced for line in of_metric.lines]
+    account = np.concatenate([p.account for p in priced])
+    metric = np.concatenate([np.full(len(p.lines), i) for i, p in enumerate(priced)])
+    band = np.concatenate([p.band for p in priced])
+    order = np.lexsort((band, metric, account))  # the last key sorts first
+    lines = tuple(every[k] for k in order.tolist())
+    amounts = _account_totals(lines, accounts, account[order], priced, plan.amount_quantum)
+    totals = tuple(
+        InvoiceTotal(a, plan.currency, amount) for a, amount in zip(accounts, amounts, strict=True)
+    )
+    return Invoice(period, plan.currency, lines, totals, status, covered_through)
+
+
+def _account_totals(
+    lines: tuple[InvoiceLine, ...],
+    accounts: list[str],
+    account: npt.NDArray[np.int64],
+    priced: list[MetricLines],
+    quantum: Decimal,
+) -> list[Decimal]:
+    """Each account's total: the sum of its lines' amounts from Decimal(0), in integer
+    quanta when every line has them (exactly that sum, with its exponent)."""
+    quanta = [p.quanta for p in priced]
+    exponent = quantum.as_tuple().exponent
+    if all(q is not None for q in quanta) and isinstance(exponent, int):
+        every = np.concatenate([q for q in quanta if q is not None])
+        if not len(every) or int(every.sum()) < 2**62:
+            sums = np.zeros(len(accounts), np.int64)
+            np.add.at(sums, np.concatenate([p.account for p in priced]), every)
+            # Decimal(0) + amounts of exponent e has exponent min(0, e).
+            if exponent <= 0:
+                return [Decimal(f"{s}E{exponent}") for s in sums.tolist()]
+            return [Decimal(s * 10**exponent) for s in sums.tolist()]
+    totals = [Decimal(0)] * len(accounts)
+    for line, index in zip(lines, account.tolist(), strict=True):
+        totals[index] += line.amount
+    return totals
+
+
+def invoice_line_by_line(
+    usage: pa.Table,
+    plan: PricePlan,
+    period: str,
+    *,
+    status: InvoiceStatus = "final",
+    covered_through: date | None = None,
+) -> Invoice:
+    """:func:`invoice` priced line by line in Decimal arithmetic (pure): the reference its
+    tests and the benchmark compare it with."""
     metered = _metered(usage, plan)
     lines: list[InvoiceLine] = []
     totals: list[InvoiceTotal] = []
     for account in sorted(metered):
         of_account: list[InvoiceLine] = []
         for price in plan.metrics:
-            of_account.extend(_lines(account, price, metered[account][price.metric], plan))
+            of_account.extend(reference_lines(account, price, metered[account][price.metric], plan))
         lines.extend(of_account)
         total = sum((line.amount for line in of_account), Decimal(0))
         totals.append(InvoiceTotal(account, plan.currency, total))
     return Invoice(period, plan.currency, tuple(lines), tuple(totals), status, covered_through)
 
 
-def to_units(metered: Decimal, price: MetricPrice, rounding: QuantityRounding) -> Decimal:
-    """Metered usage in billing units, rounded as the plan says (pure)."""
-    units = metered / price.unit_size
-    if rounding == "exact":
-        return units
-    return units.quantize(_ONE, rounding=ROUND_CEILING if rounding == "up" else ROUND_HALF_EVEN)
+def _folded(usage: pa.Table, plan: PricePlan) -> pa.Table:
+    """Per account (in ``sorted`` order), per plan metric: the period's usage as metered.
 
-
-def _metered(usage: pa.Table, plan: PricePlan) -> dict[str, dict[str, Decimal]]:
-    """Per account, per plan metric: the period's usage as metered (exact).
-
-    Folded per account in Arrow first (a month of a thousand accounts is 30,000 rows; as
-    Python Decimals, half a second): meters are integers or decimals, whose sums Arrow
-    computes exactly once decimals are widened to 38 digits, so only one value per account
-    and metric becomes a Decimal.
+    Folded in Arrow (a month of a thousand accounts is 30,000 rows; as Python Decimals,
+    half a second): meters are integers or decimals, whose sums Arrow computes exactly once
+    decimals are widened to 38 digits. Columns ``account_id`` and the plan's metrics.
     """
     columns: dict[str, pa.ChunkedArray] = {"account_id": usage.column("account_id")}
     for price in plan.metrics:
@@ -282,59 +327,40 @@ def _metered(usage: pa.Table, plan: PricePlan) -> dict[str, dict[str, Decimal]]:
         .group_by("account_id")
         .aggregate([(price.metric, price.aggregate) for price in plan.metrics])
     )
-    out: dict[str, dict[str, Decimal]] = {}
-    for row in folded.to_pylist():
-        out[row["account_id"]] = {
-            # A max never goes below zero, as the fold from Decimal(0) it replaces.
-            price.metric: max(Decimal(row[f"{price.metric}_{price.aggregate}"]), _ZERO)
-            if price.aggregate == "max"
-            else Decimal(row[f"{price.metric}_{price.aggregate}"])
-            for price in plan.metrics
+    # Byte order of UTF-8 is code point order: the order ``sorted`` gives the accounts.
+    folded = folded.sort_by("account_id")
+    names = [f"{price.metric}_{price.aggregate}" for price in plan.metrics]
+    return pa.table(
+        [folded.column("account_id"), *(folded.column(name) for name in names)],
+        names=["account_id", *(price.metric for price in plan.metrics)],
+    )
+
+
+def _exact(column: pa.ChunkedArray, aggregate: str) -> list[Decimal]:
+    values = [Decimal(value) for value in column.to_pylist()]
+    # A max never goes below zero, as the fold from Decimal(0) it replaces.
+    return [max(value, _ZERO) for value in values] if aggregate == "max" else values
+
+
+def _integers(column: pa.ChunkedArray, aggregate: str) -> npt.NDArray[np.int64] | None:
+    """A signed integer meter's values as int64 (the vectorised pricing's input), else None
+    (an unsigned sum past 2**63 would wrap in int64: priced from its Decimals instead)."""
+    if not pa.types.is_signed_integer(column.type):
+        return None
+    values = column.to_numpy().astype(np.int64)
+    return np.maximum(values, 0) if aggregate == "max" else values
+
+
+def _metered(usage: pa.Table, plan: PricePlan) -> dict[str, dict[str, Decimal]]:
+    """Per account, per plan metric: the period's usage as metered (exact)."""
+    folded = _folded(usage, plan)
+    by_metric = [_exact(folded.column(p.metric), p.aggregate) for p in plan.metrics]
+    return {
+        account: {
+            price.metric: values[i] for price, values in zip(plan.metrics, by_metric, strict=True)
         }
-    return out
-
-
-def _band(low: Decimal, high: Decimal | None) -> str:
-    return f"{low.normalize():f}-{'' if high is None else f'{high.normalize():f}'}"
-
-
-def _lines(
-    account: str, price: MetricPrice, metered: Decimal, plan: PricePlan
-) -> list[InvoiceLine]:
-    used = to_units(metered, price, plan.quantity_rounding)
-    lines = []
-    low = Decimal(0)
-    for index, tier in enumerate(price.tiers):
-        high = tier.up_to
-        in_band = max(Decimal(0), (used if high is None else min(used, high)) - low)
-        if index > 0 and in_band == 0:
-            break
-        free = max(Decimal(0), min(used, price.included) - low) if index == 0 else Decimal(0)
-        free = min(free, in_band)
-        billable = in_band - free
-        amount = (billable * tier.unit_price).quantize(
-            plan.amount_quantum, rounding=ROUND_HALF_EVEN
-        )
-        lines.append(
-            InvoiceLine(
-                account_id=account,
-                metric=price.metric,
-                unit=price.unit,
-                band="" if len(price.tiers) == 1 else _band(low, high),
-                metered=metered,
-                used=used,
-                allowance=price.included,
-                quantity=in_band,
-                included=free,
-                billable=billable,
-                unit_price=tier.unit_price,
-                amount=amount,
-            )
-        )
-        if high is None:
-            break
-        low = high
-    return lines
+        for i, account in enumerate(folded.column("account_id").to_pylist())
+    }
 
 
 def _known(connection: duckdb.DuckDBPyConnection, account_id: str) -> bool:

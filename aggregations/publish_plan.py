@@ -74,6 +74,23 @@ def run_id(
     return f"{mark:%Y%m%dT%H}Z-{hasher.hexdigest()[:16]}"
 
 
+def run_watermark(
+    max_hour: datetime | None,
+    now: datetime,
+    grace: timedelta,
+    close_through: datetime | None,
+    previous: datetime | None,
+) -> datetime | None:
+    """The run's watermark (module docstring) from the latest event hour of the facts, the
+    clock, the operator's ``close_through`` and the ``previous`` run's watermark (pure)."""
+    mark = watermark(max_hour, now)
+    if mark is not None and close_through is not None:
+        mark = max(mark, min(close_through, now) + grace)
+    if mark is not None and previous is not None:
+        mark = max(mark, previous)
+    return mark
+
+
 def plan_run(
     manifest: Manifest,
     ranges: Sequence[CommittedRange],
@@ -90,11 +107,7 @@ def plan_run(
     new = tuple(new_ranges(manifest, ranges))
     known = [h for h in (manifest.max_event_hour, new_max_hour) if h is not None]
     max_hour = max(known) if known else None
-    mark = watermark(max_hour, now)
-    if mark is not None and close_through is not None:
-        mark = max(mark, min(close_through, now) + grace)
-    if mark is not None and manifest.watermark is not None:
-        mark = max(mark, manifest.watermark)
+    mark = run_watermark(max_hour, now, grace, close_through, manifest.watermark)
     touched = tuple(sorted(set(days_of_new)))
     days = tuple(sorted(set(manifest.days) | set(touched)))
     definitions: Mapping[str, str] = manifest.definitions

@@ -24,8 +24,9 @@ other. The published metering is checked complete (every account-hour and accoun
    invoice needs from ``metering_daily`` (``pricing.period_usage``, what ``sieve pricing``
    reads) against the same rows computed from the month's fact files in DuckDB with the
    meters' own SQL; both must be equal, and so must ``pricing.invoice`` of each. Pricing a
-   month is reading its usage plus ``pricing.invoice`` of it (target: <= 100 ms a month).
-   Median of ``--repeat`` rounds.
+   month is reading its usage plus ``pricing.invoice`` of it (target: <= 100 ms a month);
+   ``pricing.invoice_line_by_line`` (the Decimal reference it replaced) is timed in the same
+   rounds for the ratio, and must give the same invoice. Median of ``--repeat`` rounds.
 """
 
 from __future__ import annotations
@@ -54,7 +55,14 @@ from rich.table import Table
 from aggregations.catalog import open_catalog
 from aggregations.engine import connect
 from aggregations.meters import Meter, default_meters
-from aggregations.pricing import Invoice, PricePlan, invoice, load_plan, period_bounds
+from aggregations.pricing import (
+    Invoice,
+    PricePlan,
+    invoice,
+    invoice_line_by_line,
+    load_plan,
+    period_bounds,
+)
 from aggregations.pricing import period_usage as catalog_period_usage
 from aggregations.storage import facts_day, resolve_root
 from bench.agg_synth import END, NEXT_HOURS, Writer, make_population
@@ -93,7 +101,8 @@ def publish_in_child(
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
     )
     if done.returncode != 0:
-        raise RuntimeError(f"publish failed:\n{done.stderr}")
+        # A negative code is a signal (e.g. -9: the kernel's OOM killer, with no stderr).
+        raise RuntimeError(f"publish failed (exit code {done.returncode}):\n{done.stderr}")
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
 
@@ -248,6 +257,8 @@ class PricingRun:
     metering_seconds: list[float] = field(default_factory=list)  # per repeat, all periods
     facts_seconds: list[float] = field(default_factory=list)
     invoice_seconds: list[float] = field(default_factory=list)  # per repeat, all periods
+    # The same invoices priced line by line in Decimal (the reference), in the same rounds.
+    reference_seconds: list[float] = field(default_factory=list)
 
     @property
     def ratio(self) -> float:
@@ -265,20 +276,24 @@ def compare_pricing(
     run = PricingRun(len(periods), 0)
     try:
         for round_number in range(repeat):
-            metering_total = facts_total = invoice_total = 0.0
+            metering_total = facts_total = invoice_total = reference_total = 0.0
             for period in periods:
-                usage = partial(catalog_period_usage, catalog, period, names)
+                # As `sieve pricing` reads it (pricing.price_period): in no particular order.
+                usage = partial(catalog_period_usage, catalog, period, names, ordered=False)
                 published, seconds = _timed(usage)
                 metering_total += seconds
                 computed, seconds = _timed(partial(facts_period_usage, direct, files, period))
                 facts_total += seconds
                 _, seconds = _timed(partial(invoice, published, plan, period))
                 invoice_total += seconds
+                _, seconds = _timed(partial(invoice_line_by_line, published, plan, period))
+                reference_total += seconds
                 if round_number == 0:
                     _check_same_answer(published, computed, plan, period)
                     run.usage_rows += published.num_rows
             run.metering_seconds.append(metering_total)
             run.invoice_seconds.append(invoice_total)
+            run.reference_seconds.append(reference_total)
             run.facts_seconds.append(facts_total)
     finally:
         catalog.close()
@@ -292,11 +307,15 @@ def _check_same_answer(
     if published.num_rows == 0:
         raise DifferentAnswersError(f"{period}: no metering_daily rows (nothing published?)")
     columns = ["date", "account_id", *(m.name for m in METERS)]
+    order = [("account_id", "ascending"), ("date", "ascending")]
+    published, computed = published.sort_by(order), computed.sort_by(order)
     if published.select(columns).to_pylist() != computed.select(columns).to_pylist():
         raise DifferentAnswersError(f"{period}: metering_daily and the facts give other usage")
     ours: Invoice = invoice(published, plan, period)
     if ours != invoice(computed, plan, period):
         raise DifferentAnswersError(f"{period}: the invoices differ")
+    if ours != invoice_line_by_line(published, plan, period):
+        raise DifferentAnswersError(f"{period}: column-wise and line-by-line invoices differ")
 
 
 # --- the command -------------------------------------------------------------------------------
@@ -435,6 +454,7 @@ def main(
         metering_s = statistics.median(pricing.metering_seconds)
         facts_s = statistics.median(pricing.facts_seconds)
         invoice_s = statistics.median(pricing.invoice_seconds)
+        reference_s = statistics.median(pricing.reference_seconds)
         priced_s = statistics.median(
             m + i for m, i in zip(pricing.metering_seconds, pricing.invoice_seconds, strict=True)
         )
@@ -446,6 +466,9 @@ def main(
                       f"{metering_s / pricing.periods * 1000:.0f} ms")  # fmt: skip
         table.add_row("pricing.invoice of that usage", f"{invoice_s:.3f}",
                       f"{invoice_s / pricing.periods * 1000:.0f} ms")  # fmt: skip
+        table.add_row("  line by line (the reference, not used)", f"{reference_s:.3f}",
+                      f"{reference_s / pricing.periods * 1000:.0f} ms"
+                      f" ({reference_s / invoice_s:.1f}x pricing.invoice)")  # fmt: skip
         table.add_row("[bold]pricing a month: both[/]", f"{priced_s:.3f}",
                       f"{priced_s / pricing.periods * 1000:.0f} ms (<= 100 ms)")  # fmt: skip
         table.add_row("facts (DuckDB on the files)", f"{facts_s:.3f}",
