@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import time
 from collections import Counter
@@ -54,6 +55,7 @@ from aggregations.render import render, render_invoice, table_rows
 from aggregations.reports import run_report
 from aggregations.storage import resolve_root
 from streams.broker.control import LocalBroker
+from streams.demo.cpu import CpuLedger
 from streams.demo.worker import (
     CLIENT_ID,
     DemoError,
@@ -157,22 +159,38 @@ class DemoResult:
 # --- progress --------------------------------------------------------------------------------
 
 
+# Names in the CPU table (streams.demo.cpu): what each step's own time and reaped child are.
+OWN_OTHER: Final = "sieve demo: the other steps"
+OWN_GENERATION: Final = "sieve demo: traffic model"
+OWN_WAITING: Final = "sieve demo: waiting on commit markers"
+OWN_PUBLISH: Final = "sieve demo: publishing"
+BROKER_TOOLS: Final = "Maven and the storage format (first start only)"
+PRODUCER: Final = "producer child (aiokafka, generation)"
+WORKER: Final = "worker"
+BROKER: Final = "Kafka broker (JVM: GC and compiler threads too)"
+
+
 class Timeline:
-    """One status line per step: a spinner while it runs, then ✓ or ✗ with its duration."""
+    """One status line per step: a spinner while it runs, then ✓ or ✗ with its duration
+    and the CPU seconds all the demo's processes took meanwhile (:attr:`cpu`)."""
 
     def __init__(self, console: Console) -> None:
         self.console = console
+        self.cpu = CpuLedger()
         self.began = time.monotonic()
         self.current = "starting"
         self.detail = ""  # set by the step's body: shown after the title
         self.notes: list[str] = []  # set by the step's body: one indented line each
 
     @contextlib.contextmanager
-    def step(self, title: str, *, spinner: bool = True) -> Iterator[Any]:
+    def step(
+        self, title: str, *, spinner: bool = True, own: str = OWN_OTHER, reaps: str | None = None
+    ) -> Iterator[Any]:
         """Run one step. Yields the spinner (``.update(text)``), or None for a step that
-        draws its own progress bar (rich shows one live display at a time)."""
+        draws its own progress bar (rich shows one live display at a time). This process's
+        CPU time in the step is credited to ``own``, the child it reaps to ``reaps``."""
         self.current, self.detail, self.notes = title, "", []
-        started = time.monotonic()
+        started, cpu_before = time.monotonic(), self.cpu.read()
         try:
             if spinner:
                 with self.console.status(escape(title)) as status:
@@ -182,8 +200,10 @@ class Timeline:
         except BaseException:
             self.console.print(f"[red]✗[/] {escape(title)} [dim]({self._since(started)})")
             raise
+        cpu = self.cpu.settle(cpu_before, own, reaps)
         detail = f": {escape(self.detail)}" if self.detail else ""
-        self.console.print(f"[green]✓[/] {escape(title)}{detail} [dim]({self._since(started)})")
+        since = f"{self._since(started)}, CPU {cpu:.1f} s"
+        self.console.print(f"[green]✓[/] {escape(title)}{detail} [dim]({since})")
         for note in self.notes:
             self.console.print(f"    {note}", markup=False, highlight=False)
 
@@ -319,9 +339,11 @@ def _start_broker(settings: Settings, timeline: Timeline) -> tuple[str, LocalBro
     """Start the local broker; return its address and the broker to stop at the end, or
     None when it was already running (someone else's: left alone)."""
     local = LocalBroker(settings.broker_dir, settings.broker_port, settings.broker_controller_port)
-    with timeline.step("Starting the local Kafka broker") as spinner:
+    with timeline.step("Starting the local Kafka broker", reaps=BROKER_TOOLS) as spinner:
         was_running = local.running_pid() is not None
         status = local.start(BROKER_START_TIMEOUT_S, progress=spinner.update)
+        if not was_running and status.pid is not None:  # someone else's is not the demo's
+            timeline.cpu.watch(BROKER, status.pid)
         timeline.detail = f"Kafka {status.version} at {status.bootstrap_servers}" + (
             " (already running: left running)" if was_running else ""
         )
@@ -329,7 +351,7 @@ def _start_broker(settings: Settings, timeline: Timeline) -> tuple[str, LocalBro
 
 
 def _stop_broker(local: LocalBroker, timeline: Timeline) -> None:
-    with timeline.step("Stopping the broker"):
+    with timeline.step("Stopping the broker", reaps=BROKER):
         local.stop()
 
 
@@ -362,6 +384,7 @@ def _start_worker(
     with timeline.step("Starting a worker"):
         env = worker_environment(settings, keyring_file)
         worker = WorkerProcess(env, settings.work_dir / WORKER_LOG)
+        timeline.cpu.watch(WORKER, worker.process.pid)
         running.callback(_stop_worker, worker, timeline)
         timeline.detail = f"pid {worker.process.pid}, log {worker.log_path}"
     return worker
@@ -370,7 +393,7 @@ def _start_worker(
 def _stop_worker(worker: WorkerProcess, timeline: Timeline) -> None:
     if not worker.alive():
         return
-    with timeline.step("Stopping the worker"):
+    with timeline.step("Stopping the worker", reaps=WORKER):
         code = worker.stop()
         timeline.detail = "clean" if code == 0 else f"exit code {code} (log: {worker.log_path})"
 
@@ -392,7 +415,8 @@ def _generate(
         seed=options.seed,
         accounts=options.accounts,
     )
-    with timeline.step(f"Generating {options.events:,} records", spinner=False):
+    generating = f"Generating {options.events:,} records"
+    with timeline.step(generating, spinner=False, own=OWN_GENERATION, reaps=PRODUCER):
         report = generate_to_topic(
             config,
             settings.bootstrap_servers,
@@ -409,7 +433,7 @@ def _generate(
 
 
 def _publish(settings: Settings, month: Month, now: datetime, timeline: Timeline) -> PublishReport:
-    with timeline.step("Publishing metering and differentially private analytics"):
+    with timeline.step("Publishing metering and differentially private analytics", own=OWN_PUBLISH):
         published = publish(
             settings.data_root,
             now=now,
@@ -510,7 +534,8 @@ def run_demo(
             keyring_file = _prepare(settings, month, timeline)
             worker = _start_worker(settings, keyring_file, timeline, running)
             truth = _generate(settings, options, month, now, timeline, worker)
-            with timeline.step("Processing: every record committed", spinner=False):
+            processing = "Processing: every record committed"
+            with timeline.step(processing, spinner=False, own=OWN_WAITING):
                 wait_until_ready(
                     settings.bootstrap_servers, settings.consumer_group, worker, console
                 )
@@ -527,6 +552,7 @@ def run_demo(
         raise DemoError(f"{timeline.current} failed: {type(error).__name__}: {error}") from error
     result = DemoResult(month, truth, counts, dead, published, bill, page, catalog)
     _print_result(console, result, settings, reports)
+    console.print(timeline.cpu.table(os.cpu_count() or 1))
     console.print(f"[green]Demo finished in {time.monotonic() - timeline.began:.0f} s")
     return result
 
