@@ -1,9 +1,9 @@
 """``sieve demo``: the whole pipeline, end to end, on a month of realistic traffic.
 
-Broker -> topics -> keys -> one worker (a real ``sieve worker`` subprocess) -> generated
-traffic for the previous full UTC month -> every record committed -> publish -> the month's
-invoice, analytics, counts, dashboard and catalog. :func:`run_demo` is the core (tests call
-it with their own settings, broker and clock); :func:`demo_command` is the edge.
+Broker -> topics -> keys -> workers (real ``sieve worker`` subprocesses, a core each) ->
+generated traffic for the previous full UTC month -> every record committed -> publish ->
+the month's invoice, analytics, counts, dashboard and catalog. :func:`run_demo` is the core
+(tests call it with their own settings, broker and clock); :func:`demo_command` is the edge.
 
 Contracts:
 
@@ -13,7 +13,7 @@ Contracts:
   the end of the raw topic before the worker starts, so records of an earlier (perhaps
   interrupted) run are never counted again. Same seed, events, accounts and month: the same
   records and the same invoice.
-- Cleanup: what the demo started (the worker, the broker) is stopped on success, on any
+- Cleanup: what the demo started (the workers, the broker) is stopped on success, on any
   error and on Ctrl-C or SIGTERM; a broker that was already running, one given with
   ``--bootstrap``, or one kept with ``--keep-broker`` is left running.
 - Keys: a key file is made in the work folder (mode 0600) only when SIEVE_KEYRING_FILE is
@@ -60,6 +60,8 @@ from streams.demo.worker import (
     CLIENT_ID,
     DemoError,
     WorkerProcess,
+    check_all,
+    stop_all,
     wait_until_committed,
     wait_until_ready,
     worker_environment,
@@ -83,6 +85,12 @@ from streams.topics import ensure_topics_from_settings
 # records/s beside the worker, the worker 18 s behind it, publish 6 s, the rest 8 s).
 DEFAULT_EVENTS: Final = 1_200_000
 DEFAULT_ACCOUNTS: Final = 8
+# A core for generation and the broker, the others for workers (sharing the raw topic's six
+# partitions; all start before generation, so the group's one rebalance comes first). On
+# this 2-core machine that is one worker: two took 83.6 CPU s where one took 62-66 (each
+# pays its start, its per-batch and per-range costs), and the demo's floor is its CPU
+# seconds over the cores.
+DEFAULT_WORKERS: Final = max(1, min((os.cpu_count() or 1) - 1, 6))
 # Traffic keeps flowing this long past the month's end (plus the grace period), as real
 # traffic would: then event time alone moves the watermark past the month's last hour and
 # day, closing them for the invoice whatever the clock says. Six hours makes an empty
@@ -105,6 +113,7 @@ class DemoOptions:
 
     events: int = DEFAULT_EVENTS
     accounts: int = DEFAULT_ACCOUNTS
+    workers: int = DEFAULT_WORKERS
     seed: int = 1
     keep_broker: bool = False
     bootstrap: str | None = None  # use this broker instead of starting the local one
@@ -166,7 +175,7 @@ OWN_WAITING: Final = "sieve demo: waiting on commit markers"
 OWN_PUBLISH: Final = "sieve demo: publishing"
 BROKER_TOOLS: Final = "Maven and the storage format (first start only)"
 PRODUCER: Final = "producer child (aiokafka, generation)"
-WORKER: Final = "worker"
+WORKERS: Final = "workers"
 BROKER: Final = "Kafka broker (JVM: GC and compiler threads too)"
 
 
@@ -374,28 +383,46 @@ def _prepare(settings: Settings, month: Month, timeline: Timeline) -> Path:
     return keyring_file
 
 
-def _start_worker(
-    settings: Settings, keyring_file: Path, timeline: Timeline, running: contextlib.ExitStack
-) -> WorkerProcess:
-    """Start the worker without waiting for it to join its group: generation runs while
-    it starts (its imports and group join took 4-8 s, a core left to the generator), and
-    checks all along that it is alive. Records sent before it joins wait in the topic:
-    the group's position was fixed before either started."""
-    with timeline.step("Starting a worker"):
-        env = worker_environment(settings, keyring_file)
-        worker = WorkerProcess(env, settings.work_dir / WORKER_LOG)
-        timeline.cpu.watch(WORKER, worker.process.pid)
-        running.callback(_stop_worker, worker, timeline)
-        timeline.detail = f"pid {worker.process.pid}, log {worker.log_path}"
-    return worker
+def _worker_log(settings: Settings, index: int) -> Path:
+    name = WORKER_LOG if index == 0 else WORKER_LOG.replace(".log", f"-{index + 1}.log")
+    return settings.work_dir / name
 
 
-def _stop_worker(worker: WorkerProcess, timeline: Timeline) -> None:
-    if not worker.alive():
+def _start_workers(
+    settings: Settings,
+    keyring_file: Path,
+    count: int,
+    timeline: Timeline,
+    running: contextlib.ExitStack,
+) -> list[WorkerProcess]:
+    """Start the workers without waiting for them to join their group: generation runs
+    while they start (imports and group join took 4-8 s), and checks all along that they
+    are alive. Records sent before they join wait in the topic: the group's position was
+    fixed before any started."""
+    with timeline.step("Starting the workers" if count > 1 else "Starting a worker"):
+        workers = []
+        for index in range(count):
+            env = worker_environment(settings, keyring_file, index)
+            worker = WorkerProcess(env, _worker_log(settings, index))
+            timeline.cpu.watch(WORKERS, worker.process.pid)
+            workers.append(worker)
+        running.callback(_stop_workers, workers, timeline)
+        timeline.detail = ", ".join(f"pid {w.process.pid}" for w in workers)
+        timeline.notes = [f"log: {worker.log_path}" for worker in workers]
+    return workers
+
+
+def _stop_workers(workers: list[WorkerProcess], timeline: Timeline) -> None:
+    if not any(worker.alive() for worker in workers):
         return
-    with timeline.step("Stopping the worker", reaps=WORKER):
-        code = worker.stop()
-        timeline.detail = "clean" if code == 0 else f"exit code {code} (log: {worker.log_path})"
+    with timeline.step(
+        "Stopping the workers" if len(workers) > 1 else "Stopping the worker", reaps=WORKERS
+    ):
+        codes = stop_all(workers)
+        timeline.detail = ", ".join(
+            "clean" if code == 0 else f"exit code {code} (log: {worker.log_path})"
+            for worker, code in zip(workers, codes, strict=True)
+        )
 
 
 def _generate(
@@ -404,7 +431,7 @@ def _generate(
     month: Month,
     now: datetime,
     timeline: Timeline,
-    worker: WorkerProcess,
+    workers: list[WorkerProcess],
 ) -> GroundTruth:
     end = month.traffic_end(now, settings.grace_period)
     config = TrafficConfig(
@@ -422,7 +449,7 @@ def _generate(
             settings.bootstrap_servers,
             settings.raw_topic,
             console=timeline.console,
-            check=lambda: worker.check(timeline.console, "the traffic was generated"),
+            check=lambda: check_all(workers, timeline.console, "the traffic was generated"),
         )
         timeline.detail = f"{report.records_per_s:,.0f}/s into {settings.raw_topic}"
         timeline.notes = [
@@ -532,15 +559,15 @@ def run_demo(
                     running.callback(_stop_broker, started, timeline)
             settings = _absolute(settings, bootstrap)
             keyring_file = _prepare(settings, month, timeline)
-            worker = _start_worker(settings, keyring_file, timeline, running)
-            truth = _generate(settings, options, month, now, timeline, worker)
+            workers = _start_workers(settings, keyring_file, options.workers, timeline, running)
+            truth = _generate(settings, options, month, now, timeline, workers)
             processing = "Processing: every record committed"
             with timeline.step(processing, spinner=False, own=OWN_WAITING):
                 wait_until_ready(
-                    settings.bootstrap_servers, settings.consumer_group, worker, console
+                    settings.bootstrap_servers, settings.consumer_group, workers, console
                 )
                 counts, dead = wait_until_committed(
-                    settings, options.events, worker, console, options.stall_timeout_s
+                    settings, options.events, workers, console, options.stall_timeout_s
                 )
                 timeline.detail = f"{counts['raw']:,} records, {counts['accepted']:,} accepted"
         published = _publish(settings, month, now, timeline)
@@ -608,6 +635,13 @@ def _console() -> Console:
     help="Customer accounts in the traffic.",
 )
 @click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=DEFAULT_WORKERS,
+    show_default=True,
+    help="`sieve worker` processes sharing the raw topic's partitions (default: cores - 1).",
+)
+@click.option(
     "--seed",
     type=int,
     default=1,
@@ -630,22 +664,24 @@ def _console() -> Console:
 def demo_command(
     events: int,
     accounts: int,
+    workers: int,
     seed: int,
     keep_broker: bool,
     bootstrap: str | None,
     timeout: float,
 ) -> None:
-    """Run the whole pipeline end to end: the local broker, topics, keys, a worker, a month
+    """Run the whole pipeline end to end: the local broker, topics, keys, workers, a month
     of generated traffic for a few accounts, publishing; then last month's invoice,
     analytics, the record counts, the dashboard and the analysts' catalog.
 
     Every run starts from an empty SIEVE_DATA_ROOT: the demo replaces the data of its own
     earlier run and refuses a data root it did not make. SIEVE_WORK_DIR holds the broker,
-    the key file the demo makes (unless SIEVE_KEYRING_FILE is set) and the worker's log.
+    the key file the demo makes (unless SIEVE_KEYRING_FILE is set) and the workers' logs.
     """
     options = DemoOptions(
         events=events,
         accounts=accounts,
+        workers=workers,
         seed=seed,
         keep_broker=keep_broker,
         bootstrap=bootstrap,

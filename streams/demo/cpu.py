@@ -78,25 +78,27 @@ class CpuLedger:
     exists) is credited at once: it is part of what ``sieve demo`` costs."""
 
     by_process: dict[str, float] = field(default_factory=dict)  # in the order first credited
-    running: dict[str, int] = field(default_factory=dict)  # name -> pid, counted via /proc
+    # name -> the pids of its children still running, counted via /proc until reaped
+    running: dict[str, list[int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.credit(OWN_STARTUP, _own_s())
 
     def read(self) -> Reading:
-        running = sum(running_cpu_s(pid) for pid in self.running.values())
+        running = sum(running_cpu_s(pid) for pids in self.running.values() for pid in pids)
         return Reading(_own_s(), _reaped_s(), running)
 
     def credit(self, name: str, seconds: float) -> None:
         self.by_process[name] = self.by_process.get(name, 0.0) + seconds
 
     def watch(self, name: str, pid: int) -> None:
-        """Count the child ``pid`` while it runs; the step that reaps it names it too."""
-        self.running[name] = pid
+        """Count the child ``pid`` while it runs, under ``name`` (several children may share
+        one); the step that reaps them names it too."""
+        self.running.setdefault(name, []).append(pid)
 
     def settle(self, before: Reading, own: str, reaps: str | None) -> float:
         """Credit what happened since ``before``: this process's time to ``own``, the
-        children reaped meanwhile to ``reaps`` (one child: the step's), and stop counting
+        children reaped meanwhile to ``reaps`` (the step's children), and stop counting
         ``reaps`` as running. Returns the CPU seconds of the interval, every process."""
         if reaps is not None:
             self.running.pop(reaps, None)
