@@ -56,6 +56,7 @@ from aggregations.reports import run_report
 from aggregations.storage import resolve_root
 from streams.broker.control import LocalBroker
 from streams.demo.cpu import CpuLedger
+from streams.demo.priority import at_lower_priority
 from streams.demo.worker import (
     CLIENT_ID,
     DemoError,
@@ -444,12 +445,14 @@ def _generate(
     )
     generating = f"Generating {options.events:,} records"
     with timeline.step(generating, spinner=False, own=OWN_GENERATION, reaps=PRODUCER):
-        report = generate_to_topic(
-            config,
-            settings.bootstrap_servers,
-            settings.raw_topic,
-            console=timeline.console,
-            check=lambda: check_all(workers, timeline.console, "the traffic was generated"),
+        report = at_lower_priority(
+            lambda: generate_to_topic(
+                config,
+                settings.bootstrap_servers,
+                settings.raw_topic,
+                console=timeline.console,
+                check=lambda: check_all(workers, timeline.console, "the traffic was generated"),
+            )
         )
         timeline.detail = f"{report.records_per_s:,.0f}/s into {settings.raw_topic}"
         timeline.notes = [
