@@ -76,14 +76,12 @@ from streams.privacy.keyring import Keyring, write_new_keyring
 from streams.settings import Settings, reads_settings
 from streams.topics import ensure_topics_from_settings
 
-# The worker sets the demo's pace: alone it does ~22,000-28,000 events/s, so 1.2 M records
-# are ~50 s of its core, and every CPU-second generation takes is shared with it. So the
-# traffic model is kept cheap (~15 CPU us per record, measured on this 2-core machine at a
-# load average of 7-9: 1.3-1.5x less than before; bench/generate_throughput.py), records go
-# out through aiokafka batches in a child process (streams/generate/topic_sink.py, ~2 us
-# per record there), and generation starts while the worker starts. A fresh clone took
-# 95 s in all before those cuts (load average 1-2.5: broker 6 s, generation 57 s at 21,000
-# records/s beside the worker, the worker 18 s behind it, publish 6 s, the rest 8 s).
+# The worker sets the demo's pace. What each process costs, in CPU seconds (the table the
+# demo prints at its end; 2-core machine, load average 4-9 from other work, 2026-12-03):
+# the worker 62-72, the traffic model 29-33 (here; ~15 us per record), the producer child
+# 7.5-8.5, the broker 18-19 (37.6 before its JVM flags, streams/broker/control.py),
+# publishing 7.4-8.2, the rest ~6: ~140 in all, so at least ~70 s on 2 cores. Generation runs
+# ahead at a lower CPU priority (streams.demo.priority) so that the worker keeps a core.
 DEFAULT_EVENTS: Final = 1_200_000
 DEFAULT_ACCOUNTS: Final = 8
 # A core for generation and the broker, the others for workers (sharing the raw topic's six
@@ -414,8 +412,8 @@ def _start_workers(
 
 
 def _stop_workers(workers: list[WorkerProcess], timeline: Timeline) -> None:
-    if not any(worker.alive() for worker in workers):
-        return
+    # Also when they have exited already (asked to while publishing): the step reaps them,
+    # which credits their CPU to them, and reports how they exited.
     with timeline.step(
         "Stopping the workers" if len(workers) > 1 else "Stopping the worker", reaps=WORKERS
     ):
@@ -554,7 +552,7 @@ def run_demo(
         f" {options.seed}, invoice month {month.name}"
     )
     try:
-        with contextlib.ExitStack() as running:  # leaving it stops the worker, then the broker
+        with contextlib.ExitStack() as running:  # leaving it stops the workers, then the broker
             bootstrap = options.bootstrap
             if bootstrap is None:
                 bootstrap, started = _start_broker(settings, timeline)
@@ -573,9 +571,14 @@ def run_demo(
                     settings, options.events, workers, console, options.stall_timeout_s
                 )
                 timeline.detail = f"{counts['raw']:,} records, {counts['accepted']:,} accepted"
-        published = _publish(settings, month, now, timeline)
-        bill, reports = _price_and_analyse(settings, month, timeline)
-        page, catalog = _write_outputs(settings, now, timeline)
+            # Everything is committed: the workers shut down (2-3 s each, mostly waiting)
+            # while publishing reads the committed files; the broker stays up until they
+            # have exited (they commit their last offsets on the way out).
+            for worker in workers:
+                worker.terminate()
+            published = _publish(settings, month, now, timeline)
+            bill, reports = _price_and_analyse(settings, month, timeline)
+            page, catalog = _write_outputs(settings, now, timeline)
     except (SieveError, KeyboardInterrupt):
         raise
     except Exception as error:  # one clear line naming the step; the cause stays chained

@@ -69,6 +69,7 @@ class WorkerProcess:
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
         self.log_path = log_path
+        self._terminated = False
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("wb") as log:  # this run's log only: an old one would mislead
             self.process = subprocess.Popen(
@@ -89,8 +90,10 @@ class WorkerProcess:
         return self.wait_stopped(timeout_s)
 
     def terminate(self) -> None:
-        """Ask it to stop (SIGTERM: faust flushes and commits); see :meth:`wait_stopped`."""
-        if self.alive():
+        """Ask it to stop (SIGTERM: faust flushes and commits), once: a second SIGTERM
+        during its shutdown is not asked for. See :meth:`wait_stopped`."""
+        if self.alive() and not self._terminated:
+            self._terminated = True
             os.killpg(self.process.pid, signal.SIGTERM)
 
     def wait_stopped(self, timeout_s: float = WORKER_STOP_TIMEOUT_S) -> int | None:
