@@ -151,7 +151,7 @@ def test_demo_invoice_is_sieve_pricing_and_counts_add_up(
         producer.flush(30)
     again, printed_again = _run(settings, kafka, workers=2)
     assert "Stopping the workers: clean, clean" in printed_again
-    assert (Path(settings.work_dir) / "demo-worker-2.log").stat().st_size > 0
+    assert (Path(settings.work_dir) / "demo-worker-2.log").is_file()  # its own log
     assert "emptied: it held the previous demo's data" in printed_again
     # At least the leftovers: more if the first worker was stopped before its last Kafka
     # commit (its commit markers, not Kafka's offsets, are the truth of what it finished).
