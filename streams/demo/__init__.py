@@ -78,8 +78,8 @@ from streams.topics import ensure_topics_from_settings
 
 # The worker sets the demo's pace. What each process costs, in CPU seconds (the table the
 # demo prints at its end; 2-core machine, load average 4-9 from other work, 2026-12-03):
-# the worker 62-72, the traffic model 29-33 (here; ~15 us per record), the producer child
-# 7.5-8.5, the broker 18-19 (37.6 before its JVM flags, streams/broker/control.py),
+# the worker 62-73, the traffic model 29-33 (here; ~15 us per record), the producer child
+# 7.5-8.5, the broker 18-20 (37.6 before its JVM flags, streams/broker/control.py),
 # publishing 7.4-8.2, the rest ~6: ~140 in all, so at least ~70 s on 2 cores. Generation runs
 # ahead at a lower CPU priority (streams.demo.priority) so that the worker keeps a core.
 DEFAULT_EVENTS: Final = 1_200_000
