@@ -1,9 +1,9 @@
 """``sieve demo``: the whole pipeline, end to end, on a month of realistic traffic.
 
-Broker -> topics -> keys -> one worker (a real ``sieve worker`` subprocess) -> generated
-traffic for the previous full UTC month -> every record committed -> publish -> the month's
-invoice, analytics, counts, dashboard and catalog. :func:`run_demo` is the core (tests call
-it with their own settings, broker and clock); :func:`demo_command` is the edge.
+Broker -> topics -> keys -> workers (real ``sieve worker`` subprocesses, a core each) ->
+generated traffic for the previous full UTC month -> every record committed -> publish ->
+the month's invoice, analytics, counts, dashboard and catalog. :func:`run_demo` is the core
+(tests call it with their own settings, broker and clock); :func:`demo_command` is the edge.
 
 Contracts:
 
@@ -13,7 +13,7 @@ Contracts:
   the end of the raw topic before the worker starts, so records of an earlier (perhaps
   interrupted) run are never counted again. Same seed, events, accounts and month: the same
   records and the same invoice.
-- Cleanup: what the demo started (the worker, the broker) is stopped on success, on any
+- Cleanup: what the demo started (the workers, the broker) is stopped on success, on any
   error and on Ctrl-C or SIGTERM; a broker that was already running, one given with
   ``--bootstrap``, or one kept with ``--keep-broker`` is left running.
 - Keys: a key file is made in the work folder (mode 0600) only when SIEVE_KEYRING_FILE is
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import time
 from collections import Counter
@@ -54,10 +55,14 @@ from aggregations.render import render, render_invoice, table_rows
 from aggregations.reports import run_report
 from aggregations.storage import resolve_root
 from streams.broker.control import LocalBroker
+from streams.demo.cpu import CpuLedger
+from streams.demo.priority import at_lower_priority
 from streams.demo.worker import (
     CLIENT_ID,
     DemoError,
     WorkerProcess,
+    check_all,
+    stop_all,
     wait_until_committed,
     wait_until_ready,
     worker_environment,
@@ -71,16 +76,20 @@ from streams.privacy.keyring import Keyring, write_new_keyring
 from streams.settings import Settings, reads_settings
 from streams.topics import ensure_topics_from_settings
 
-# The worker sets the demo's pace: alone it does ~22,000-28,000 events/s, so 1.2 M records
-# are ~50 s of its core, and every CPU-second generation takes is shared with it. So the
-# traffic model is kept cheap (~15 CPU us per record, measured on this 2-core machine at a
-# load average of 7-9: 1.3-1.5x less than before; bench/generate_throughput.py), records go
-# out through aiokafka batches in a child process (streams/generate/topic_sink.py, ~2 us
-# per record there), and generation starts while the worker starts. A fresh clone took
-# 95 s in all before those cuts (load average 1-2.5: broker 6 s, generation 57 s at 21,000
-# records/s beside the worker, the worker 18 s behind it, publish 6 s, the rest 8 s).
+# The worker sets the demo's pace. What each process costs, in CPU seconds (the table the
+# demo prints at its end; 2-core machine, load average 4-9 from other work, 2026-12-03):
+# the worker 62-73, the traffic model 29-33 (here; ~15 us per record), the producer child
+# 7.5-8.5, the broker 18-20 (37.6 before its JVM flags, streams/broker/control.py),
+# publishing 7.4-8.2, the rest ~6: ~140 in all, so at least ~70 s on 2 cores. Generation runs
+# ahead at a lower CPU priority (streams.demo.priority) so that the worker keeps a core.
 DEFAULT_EVENTS: Final = 1_200_000
 DEFAULT_ACCOUNTS: Final = 8
+# A core for generation and the broker, the others for workers (sharing the raw topic's six
+# partitions; all start before generation, so the group's one rebalance comes first). On
+# this 2-core machine that is one worker: two took 83.6 CPU s where one took 62-66 (each
+# pays its start, its per-batch and per-range costs), and the demo's floor is its CPU
+# seconds over the cores.
+DEFAULT_WORKERS: Final = max(1, min((os.cpu_count() or 1) - 1, 6))
 # Traffic keeps flowing this long past the month's end (plus the grace period), as real
 # traffic would: then event time alone moves the watermark past the month's last hour and
 # day, closing them for the invoice whatever the clock says. Six hours makes an empty
@@ -103,6 +112,7 @@ class DemoOptions:
 
     events: int = DEFAULT_EVENTS
     accounts: int = DEFAULT_ACCOUNTS
+    workers: int = DEFAULT_WORKERS
     seed: int = 1
     keep_broker: bool = False
     bootstrap: str | None = None  # use this broker instead of starting the local one
@@ -157,22 +167,38 @@ class DemoResult:
 # --- progress --------------------------------------------------------------------------------
 
 
+# Names in the CPU table (streams.demo.cpu): what each step's own time and reaped child are.
+OWN_OTHER: Final = "sieve demo: the other steps"
+OWN_GENERATION: Final = "sieve demo: traffic model"
+OWN_WAITING: Final = "sieve demo: waiting on commit markers"
+OWN_PUBLISH: Final = "sieve demo: publishing"
+BROKER_TOOLS: Final = "Maven and the storage format (first start only)"
+PRODUCER: Final = "producer child (aiokafka, generation)"
+WORKERS: Final = "workers"
+BROKER: Final = "Kafka broker (JVM: GC and compiler threads too)"
+
+
 class Timeline:
-    """One status line per step: a spinner while it runs, then ✓ or ✗ with its duration."""
+    """One status line per step: a spinner while it runs, then ✓ or ✗ with its duration
+    and the CPU seconds all the demo's processes took meanwhile (:attr:`cpu`)."""
 
     def __init__(self, console: Console) -> None:
         self.console = console
+        self.cpu = CpuLedger()
         self.began = time.monotonic()
         self.current = "starting"
         self.detail = ""  # set by the step's body: shown after the title
         self.notes: list[str] = []  # set by the step's body: one indented line each
 
     @contextlib.contextmanager
-    def step(self, title: str, *, spinner: bool = True) -> Iterator[Any]:
+    def step(
+        self, title: str, *, spinner: bool = True, own: str = OWN_OTHER, reaps: str | None = None
+    ) -> Iterator[Any]:
         """Run one step. Yields the spinner (``.update(text)``), or None for a step that
-        draws its own progress bar (rich shows one live display at a time)."""
+        draws its own progress bar (rich shows one live display at a time). This process's
+        CPU time in the step is credited to ``own``, the child it reaps to ``reaps``."""
         self.current, self.detail, self.notes = title, "", []
-        started = time.monotonic()
+        started, cpu_before = time.monotonic(), self.cpu.read()
         try:
             if spinner:
                 with self.console.status(escape(title)) as status:
@@ -182,8 +208,10 @@ class Timeline:
         except BaseException:
             self.console.print(f"[red]✗[/] {escape(title)} [dim]({self._since(started)})")
             raise
+        cpu = self.cpu.settle(cpu_before, own, reaps)
         detail = f": {escape(self.detail)}" if self.detail else ""
-        self.console.print(f"[green]✓[/] {escape(title)}{detail} [dim]({self._since(started)})")
+        since = f"{self._since(started)}, CPU {cpu:.1f} s"
+        self.console.print(f"[green]✓[/] {escape(title)}{detail} [dim]({since})")
         for note in self.notes:
             self.console.print(f"    {note}", markup=False, highlight=False)
 
@@ -319,9 +347,11 @@ def _start_broker(settings: Settings, timeline: Timeline) -> tuple[str, LocalBro
     """Start the local broker; return its address and the broker to stop at the end, or
     None when it was already running (someone else's: left alone)."""
     local = LocalBroker(settings.broker_dir, settings.broker_port, settings.broker_controller_port)
-    with timeline.step("Starting the local Kafka broker") as spinner:
+    with timeline.step("Starting the local Kafka broker", reaps=BROKER_TOOLS) as spinner:
         was_running = local.running_pid() is not None
         status = local.start(BROKER_START_TIMEOUT_S, progress=spinner.update)
+        if not was_running and status.pid is not None:  # someone else's is not the demo's
+            timeline.cpu.watch(BROKER, status.pid)
         timeline.detail = f"Kafka {status.version} at {status.bootstrap_servers}" + (
             " (already running: left running)" if was_running else ""
         )
@@ -329,7 +359,7 @@ def _start_broker(settings: Settings, timeline: Timeline) -> tuple[str, LocalBro
 
 
 def _stop_broker(local: LocalBroker, timeline: Timeline) -> None:
-    with timeline.step("Stopping the broker"):
+    with timeline.step("Stopping the broker", reaps=BROKER):
         local.stop()
 
 
@@ -352,27 +382,46 @@ def _prepare(settings: Settings, month: Month, timeline: Timeline) -> Path:
     return keyring_file
 
 
-def _start_worker(
-    settings: Settings, keyring_file: Path, timeline: Timeline, running: contextlib.ExitStack
-) -> WorkerProcess:
-    """Start the worker without waiting for it to join its group: generation runs while
-    it starts (its imports and group join took 4-8 s, a core left to the generator), and
-    checks all along that it is alive. Records sent before it joins wait in the topic:
-    the group's position was fixed before either started."""
-    with timeline.step("Starting a worker"):
-        env = worker_environment(settings, keyring_file)
-        worker = WorkerProcess(env, settings.work_dir / WORKER_LOG)
-        running.callback(_stop_worker, worker, timeline)
-        timeline.detail = f"pid {worker.process.pid}, log {worker.log_path}"
-    return worker
+def _worker_log(settings: Settings, index: int) -> Path:
+    name = WORKER_LOG if index == 0 else WORKER_LOG.replace(".log", f"-{index + 1}.log")
+    return settings.work_dir / name
 
 
-def _stop_worker(worker: WorkerProcess, timeline: Timeline) -> None:
-    if not worker.alive():
-        return
-    with timeline.step("Stopping the worker"):
-        code = worker.stop()
-        timeline.detail = "clean" if code == 0 else f"exit code {code} (log: {worker.log_path})"
+def _start_workers(
+    settings: Settings,
+    keyring_file: Path,
+    count: int,
+    timeline: Timeline,
+    running: contextlib.ExitStack,
+) -> list[WorkerProcess]:
+    """Start the workers without waiting for them to join their group: generation runs
+    while they start (imports and group join took 4-8 s), and checks all along that they
+    are alive. Records sent before they join wait in the topic: the group's position was
+    fixed before any started."""
+    with timeline.step("Starting the workers" if count > 1 else "Starting a worker"):
+        workers = []
+        for index in range(count):
+            env = worker_environment(settings, keyring_file, index)
+            worker = WorkerProcess(env, _worker_log(settings, index))
+            timeline.cpu.watch(WORKERS, worker.process.pid)
+            workers.append(worker)
+        running.callback(_stop_workers, workers, timeline)
+        timeline.detail = ", ".join(f"pid {w.process.pid}" for w in workers)
+        timeline.notes = [f"log: {worker.log_path}" for worker in workers]
+    return workers
+
+
+def _stop_workers(workers: list[WorkerProcess], timeline: Timeline) -> None:
+    # Also when they have exited already (asked to while publishing): the step reaps them,
+    # which credits their CPU to them, and reports how they exited.
+    with timeline.step(
+        "Stopping the workers" if len(workers) > 1 else "Stopping the worker", reaps=WORKERS
+    ):
+        codes = stop_all(workers)
+        timeline.detail = ", ".join(
+            "clean" if code == 0 else f"exit code {code} (log: {worker.log_path})"
+            for worker, code in zip(workers, codes, strict=True)
+        )
 
 
 def _generate(
@@ -381,7 +430,7 @@ def _generate(
     month: Month,
     now: datetime,
     timeline: Timeline,
-    worker: WorkerProcess,
+    workers: list[WorkerProcess],
 ) -> GroundTruth:
     end = month.traffic_end(now, settings.grace_period)
     config = TrafficConfig(
@@ -392,13 +441,16 @@ def _generate(
         seed=options.seed,
         accounts=options.accounts,
     )
-    with timeline.step(f"Generating {options.events:,} records", spinner=False):
-        report = generate_to_topic(
-            config,
-            settings.bootstrap_servers,
-            settings.raw_topic,
-            console=timeline.console,
-            check=lambda: worker.check(timeline.console, "the traffic was generated"),
+    generating = f"Generating {options.events:,} records"
+    with timeline.step(generating, spinner=False, own=OWN_GENERATION, reaps=PRODUCER):
+        report = at_lower_priority(
+            lambda: generate_to_topic(
+                config,
+                settings.bootstrap_servers,
+                settings.raw_topic,
+                console=timeline.console,
+                check=lambda: check_all(workers, timeline.console, "the traffic was generated"),
+            )
         )
         timeline.detail = f"{report.records_per_s:,.0f}/s into {settings.raw_topic}"
         timeline.notes = [
@@ -409,7 +461,7 @@ def _generate(
 
 
 def _publish(settings: Settings, month: Month, now: datetime, timeline: Timeline) -> PublishReport:
-    with timeline.step("Publishing metering and differentially private analytics"):
+    with timeline.step("Publishing metering and differentially private analytics", own=OWN_PUBLISH):
         published = publish(
             settings.data_root,
             now=now,
@@ -500,7 +552,7 @@ def run_demo(
         f" {options.seed}, invoice month {month.name}"
     )
     try:
-        with contextlib.ExitStack() as running:  # leaving it stops the worker, then the broker
+        with contextlib.ExitStack() as running:  # leaving it stops the workers, then the broker
             bootstrap = options.bootstrap
             if bootstrap is None:
                 bootstrap, started = _start_broker(settings, timeline)
@@ -508,25 +560,32 @@ def run_demo(
                     running.callback(_stop_broker, started, timeline)
             settings = _absolute(settings, bootstrap)
             keyring_file = _prepare(settings, month, timeline)
-            worker = _start_worker(settings, keyring_file, timeline, running)
-            truth = _generate(settings, options, month, now, timeline, worker)
-            with timeline.step("Processing: every record committed", spinner=False):
+            workers = _start_workers(settings, keyring_file, options.workers, timeline, running)
+            truth = _generate(settings, options, month, now, timeline, workers)
+            processing = "Processing: every record committed"
+            with timeline.step(processing, spinner=False, own=OWN_WAITING):
                 wait_until_ready(
-                    settings.bootstrap_servers, settings.consumer_group, worker, console
+                    settings.bootstrap_servers, settings.consumer_group, workers, console
                 )
                 counts, dead = wait_until_committed(
-                    settings, options.events, worker, console, options.stall_timeout_s
+                    settings, options.events, workers, console, options.stall_timeout_s
                 )
                 timeline.detail = f"{counts['raw']:,} records, {counts['accepted']:,} accepted"
-        published = _publish(settings, month, now, timeline)
-        bill, reports = _price_and_analyse(settings, month, timeline)
-        page, catalog = _write_outputs(settings, now, timeline)
+            # Everything is committed: the workers shut down (2-3 s each, mostly waiting)
+            # while publishing reads the committed files; the broker stays up until they
+            # have exited (they commit their last offsets on the way out).
+            for worker in workers:
+                worker.terminate()
+            published = _publish(settings, month, now, timeline)
+            bill, reports = _price_and_analyse(settings, month, timeline)
+            page, catalog = _write_outputs(settings, now, timeline)
     except (SieveError, KeyboardInterrupt):
         raise
     except Exception as error:  # one clear line naming the step; the cause stays chained
         raise DemoError(f"{timeline.current} failed: {type(error).__name__}: {error}") from error
     result = DemoResult(month, truth, counts, dead, published, bill, page, catalog)
     _print_result(console, result, settings, reports)
+    console.print(timeline.cpu.table(os.cpu_count() or 1))
     console.print(f"[green]Demo finished in {time.monotonic() - timeline.began:.0f} s")
     return result
 
@@ -582,6 +641,13 @@ def _console() -> Console:
     help="Customer accounts in the traffic.",
 )
 @click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=DEFAULT_WORKERS,
+    show_default=True,
+    help="`sieve worker` processes sharing the raw topic's partitions (default: cores - 1).",
+)
+@click.option(
     "--seed",
     type=int,
     default=1,
@@ -604,22 +670,24 @@ def _console() -> Console:
 def demo_command(
     events: int,
     accounts: int,
+    workers: int,
     seed: int,
     keep_broker: bool,
     bootstrap: str | None,
     timeout: float,
 ) -> None:
-    """Run the whole pipeline end to end: the local broker, topics, keys, a worker, a month
+    """Run the whole pipeline end to end: the local broker, topics, keys, workers, a month
     of generated traffic for a few accounts, publishing; then last month's invoice,
     analytics, the record counts, the dashboard and the analysts' catalog.
 
     Every run starts from an empty SIEVE_DATA_ROOT: the demo replaces the data of its own
     earlier run and refuses a data root it did not make. SIEVE_WORK_DIR holds the broker,
-    the key file the demo makes (unless SIEVE_KEYRING_FILE is set) and the worker's log.
+    the key file the demo makes (unless SIEVE_KEYRING_FILE is set) and the workers' logs.
     """
     options = DemoOptions(
         events=events,
         accounts=accounts,
+        workers=workers,
         seed=seed,
         keep_broker=keep_broker,
         bootstrap=bootstrap,

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Final
@@ -41,18 +42,24 @@ def _env_value(value: object) -> str:
     return str(value)
 
 
-def worker_environment(settings: Settings, keyring_file: Path) -> dict[str, str]:
+def worker_environment(settings: Settings, keyring_file: Path, index: int = 0) -> dict[str, str]:
     """This process's environment with every SIEVE_* variable taken from ``settings``: the
-    worker sees exactly the demo's configuration, whatever the shell held."""
+    worker sees exactly the demo's configuration, whatever the shell held. Worker ``index``
+    > 0 (a second worker beside the first) gets its own state folder and metrics port."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
     for name in Settings.model_fields:
         value = getattr(settings, name)
         if value is not None:
             env[f"{ENV_PREFIX}{name.upper()}"] = _env_value(value)
     env[f"{ENV_PREFIX}KEYRING_FILE"] = str(keyring_file)
-    if "metrics_port" not in settings.model_fields_set:
+    if index or "metrics_port" not in settings.model_fields_set:
         # The default port may be another worker's (one running beside the demo).
         env[f"{ENV_PREFIX}METRICS_PORT"] = str(free_ports(1)[0])
+    if index:
+        # A cache of the committed ranges per partition (rebuilt from them when missing):
+        # two processes must not open one partition's store at once.
+        state = settings.state_dir or settings.work_dir / "state"
+        env[f"{ENV_PREFIX}STATE_DIR"] = f"{state}-{index + 1}"
     return env
 
 
@@ -62,6 +69,7 @@ class WorkerProcess:
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
         self.log_path = log_path
+        self._terminated = False
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("wb") as log:  # this run's log only: an old one would mislead
             self.process = subprocess.Popen(
@@ -78,13 +86,23 @@ class WorkerProcess:
 
     def stop(self, timeout_s: float = WORKER_STOP_TIMEOUT_S) -> int | None:
         """SIGTERM (faust flushes and commits), SIGKILL after ``timeout_s``; the exit code."""
-        if self.alive():
+        self.terminate()
+        return self.wait_stopped(timeout_s)
+
+    def terminate(self) -> None:
+        """Ask it to stop (SIGTERM: faust flushes and commits), once: a second SIGTERM
+        during its shutdown is not asked for. See :meth:`wait_stopped`."""
+        if self.alive() and not self._terminated:
+            self._terminated = True
             os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=30)
+
+    def wait_stopped(self, timeout_s: float = WORKER_STOP_TIMEOUT_S) -> int | None:
+        """Wait for it to exit after :meth:`terminate`, SIGKILL after ``timeout_s``."""
+        try:
+            self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
         return self.process.returncode
 
     def failed(self, problem: str, console: Console) -> DemoError:
@@ -99,34 +117,54 @@ class WorkerProcess:
             raise self.failed(f"the worker exited (code {code}) while {doing}", console)
 
 
+def stop_all(workers: Sequence[WorkerProcess]) -> list[int | None]:
+    """Stop ``workers`` together (each commits what it buffered meanwhile); their exit codes."""
+    for worker in workers:
+        worker.terminate()
+    return [worker.wait_stopped() for worker in workers]
+
+
+def check_all(workers: Sequence[WorkerProcess], console: Console, doing: str) -> None:
+    for worker in workers:
+        worker.check(console, doing)
+
+
 def wait_until_ready(
-    bootstrap_servers: str, group: str, worker: WorkerProcess, console: Console
+    bootstrap_servers: str, group: str, workers: Sequence[WorkerProcess], console: Console
 ) -> None:
-    """Return once ``group`` is stable with a member. Not needed for correctness (the
-    group's position is fixed, the worker catches up), but a worker that never joins fails
-    here with that reason rather than later as a stall. (One that exits is caught sooner:
-    the demo checks it while generating.)"""
+    """Return once ``group`` is stable with a member per worker. Not needed for correctness
+    (the group's position is fixed, the workers catch up), but a worker that never joins
+    fails here with that reason rather than later as a stall. (One that exits is caught
+    sooner: the demo checks them while generating.)"""
     admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id=CLIENT_ID)
     try:
         deadline = time.monotonic() + WORKER_START_TIMEOUT_S
         while True:
             described = admin.describe_groups([group])[group]
-            if described["group_state"] == "Stable" and described["members"]:
+            members = len(described["members"])
+            if described["group_state"] == "Stable" and members >= len(workers):
                 return
-            worker.check(console, "starting")
+            check_all(workers, console, "starting")
             if time.monotonic() > deadline:
                 timeout = f"{WORKER_START_TIMEOUT_S:.0f} s"
-                raise worker.failed(f"the worker did not join {group} in {timeout}", console)
+                problem = (
+                    f"{len(workers) - members} of the workers did not join {group} in {timeout}"
+                )
+                raise workers[0].failed(problem, console)
             time.sleep(POLL_S)
     finally:
         admin.close()
 
 
 def wait_until_committed(
-    settings: Settings, records: int, worker: WorkerProcess, console: Console, stall_s: float
+    settings: Settings,
+    records: int,
+    workers: Sequence[WorkerProcess],
+    console: Console,
+    stall_s: float,
 ) -> tuple[Counter[str], Counter[str]]:
     """Poll the commit markers until ``records`` raw records are committed; return the
-    totals and the dead letters by reason. Fails when the worker exits or commits nothing
+    totals and the dead letters by reason. Fails when a worker exits or they commit nothing
     for ``stall_s`` seconds."""
     columns = (TextColumn("[bold]process"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as progress:
@@ -140,8 +178,8 @@ def wait_until_committed(
                 return totals, dead
             if raw != last_raw:
                 last_raw, last_change = raw, time.monotonic()
-            worker.check(console, f"{raw:,} of {records:,} records were committed")
+            check_all(workers, console, f"{raw:,} of {records:,} records were committed")
             if time.monotonic() - last_change > stall_s:
-                problem = f"the worker committed nothing for {stall_s:.0f} s"
-                raise worker.failed(f"{problem} ({raw:,} of {records:,} records)", console)
+                problem = f"the workers committed nothing for {stall_s:.0f} s"
+                raise workers[0].failed(f"{problem} ({raw:,} of {records:,} records)", console)
             time.sleep(POLL_S)

@@ -56,11 +56,13 @@ def _settings(kafka: KafkaBroker, topic_factory: TopicFactory, root: Path) -> Se
     )
 
 
-def _run(settings: Settings, kafka: KafkaBroker) -> tuple[DemoResult, str]:
+def _run(settings: Settings, kafka: KafkaBroker, workers: int = 1) -> tuple[DemoResult, str]:
     out = io.StringIO()
     # As wide as `sieve pricing` prints when not on a terminal, so the tables match.
     console = Console(file=out, width=100_000)
-    options = DemoOptions(events=EVENTS, bootstrap=kafka.bootstrap_servers, stall_timeout_s=120)
+    options = DemoOptions(
+        events=EVENTS, workers=workers, bootstrap=kafka.bootstrap_servers, stall_timeout_s=120
+    )
     result = run_demo(settings, options, now=NOW, console=console)
     return result, out.getvalue()
 
@@ -141,12 +143,15 @@ def test_demo_invoice_is_sieve_pricing_and_counts_add_up(
     assert not [key for key in _key_material(keyring_file) if key in printed]
 
     # An interrupted run left records nobody consumed; then the demo runs again on the
-    # same topics, group and data root: fresh data, the leftovers skipped, same numbers.
+    # same topics, group and data root: fresh data, the leftovers skipped, same numbers;
+    # with two workers sharing the partitions this time (a machine of three cores or more).
     with EventProducer(kafka.bootstrap_servers, settings.raw_topic) as producer:
         for n in range(LEFTOVERS):
             producer.send_raw(b"acct-leftover", f"leftover {n}".encode())
         producer.flush(30)
-    again, printed_again = _run(settings, kafka)
+    again, printed_again = _run(settings, kafka, workers=2)
+    assert "Stopping the workers: clean, clean" in printed_again
+    assert (Path(settings.work_dir) / "demo-worker-2.log").is_file()  # its own log
     assert "emptied: it held the previous demo's data" in printed_again
     # At least the leftovers: more if the first worker was stopped before its last Kafka
     # commit (its commit markers, not Kafka's offsets, are the truth of what it finished).
