@@ -139,12 +139,16 @@ def changes(
         SELECT {keys}, sum(value) AS value FROM published
         WHERE meter IN (SELECT meter FROM current_meters) GROUP BY ALL;
         CREATE OR REPLACE TEMP TABLE published_windows AS SELECT DISTINCT {window} FROM published;
-        CREATE OR REPLACE TEMP TABLE recomputed_windows AS SELECT DISTINCT {window} FROM recomputed;
+        CREATE OR REPLACE TEMP TABLE published_days AS
+        SELECT DISTINCT grain, date FROM published_windows;
+        CREATE OR REPLACE TEMP TABLE recomputed_windows AS
+        SELECT DISTINCT {window} FROM recomputed SEMI JOIN published_days USING (grain, date);
         CREATE OR REPLACE TEMP TABLE changes AS
         WITH joined AS (
             SELECT {", ".join(f"coalesce(r.{c}, c.{c}) AS {c}" for c in KEY)},
                    r.value AS recomputed, c.value AS published
-            FROM recomputed r FULL JOIN current c ON {_same("r", "c", KEY)}
+            FROM (SELECT * FROM recomputed SEMI JOIN published_days USING (grain, date)) r
+            FULL JOIN current c ON {_same("r", "c", KEY)}
         ), marked AS (
             SELECT j.*, p.grain IS NOT NULL AS window_published,
                    w.grain IS NOT NULL AS window_has_facts
@@ -160,17 +164,23 @@ def changes(
         WHERE window_has_facts AND (
             coalesce(recomputed, 0) <> coalesce(published, 0)
             OR (published IS NULL AND NOT window_published))
+        UNION ALL
+        -- A grain and date with nothing published (every date of a first publish): each row
+        -- is a base row as it is, no join needed (what the query above gives it).
+        SELECT {keys}, value, false, false FROM recomputed
+        ANTI JOIN published_days USING (grain, date)
         """  # noqa: S608 - constant fragments and checked identifiers
     )
     counts = {
         grain: (int(new), int(fixed))
         for grain, new, fixed in connection.execute(
             """
-            SELECT grain,
-                   count(DISTINCT (date, hour, account_id)) FILTER (WHERE NOT window_published),
-                   count(DISTINCT (date, hour, account_id)) FILTER (WHERE is_correction)
-            FROM changes GROUP BY grain
-            """
+            SELECT grain, count(*) FILTER (WHERE NOT window_published),
+                   count(*) FILTER (WHERE is_correction)
+            FROM (SELECT DISTINCT grain, date, hour, account_id, window_published, is_correction
+                  FROM changes)
+            GROUP BY grain
+            """  # a window is one row, or two when it corrects some meters and not new ones
         ).fetchall()
     }
     hours, days = counts.get("hour", (0, 0)), counts.get("day", (0, 0))
