@@ -343,7 +343,7 @@ def draw_noise(batches: Sequence[tuple[BoundedBatch, float]], bounds: Bounds) ->
     dims = domains()
     if len(batches) < 2:
         return [release_bounded(batch, rho, bounds, dims) for batch, rho in batches]
-    workers = min(len(batches), len(os.sched_getaffinity(0)))
+    workers = min(len(batches), os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sieve-dp") as pool:
         return list(pool.map(lambda item: release_bounded(item[0], item[1], bounds, dims), batches))
 
