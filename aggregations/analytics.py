@@ -17,7 +17,9 @@ would release: a day not in play has no due slot unreleased and no new facts.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
@@ -25,11 +27,11 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from aggregations.dp.bounding import Bounds, bound_days, empty_batch
+from aggregations.dp.bounding import BoundedBatch, Bounds, bound_days, empty_batch
 from aggregations.dp.budget import Budget, check
 from aggregations.dp.domains import domains
 from aggregations.dp.ledger import LEDGER_DIR, Entry, batch_names, entry_of, spent_rho
-from aggregations.dp.release import Cell, release_bounded
+from aggregations.dp.release import Cell, Release, release_bounded
 from aggregations.schemas import ANALYTICS, ANALYTICS_DIR
 from aggregations.storage import Root
 from schemas.commits import file_offsets
@@ -293,12 +295,19 @@ def release(
     budget, bounds = privacy.budget, privacy.bounds
     dims = domains()
     bounded = bound_days(connection, source, [s.day for s in due], dims, bounds)
+    noisy = draw_noise(
+        [
+            (
+                bounded.get(s.day) or empty_batch(s.day, dims),
+                budget.rho * sum(budget.share(slot) for slot in s.slots),
+            )
+            for s in due
+        ],
+        bounds,
+    )
     batches: list[AnalyticsBatch] = []
     refused: list[Refusal] = []
-    for scheduled in due:
-        share = sum(budget.share(slot) for slot in scheduled.slots)
-        of_day = bounded.get(scheduled.day) or empty_batch(scheduled.day, dims)
-        released = release_bounded(of_day, budget.rho * share, bounds, dims)
+    for scheduled, released in zip(due, noisy, strict=True):
         verdict = check(budget, spent_rho(ledger.get(scheduled.day, [])), released.rho)
         batch = scheduled.slots[0]
         if verdict.refusal is not None:
@@ -320,6 +329,23 @@ def release(
         )
         batches.append(AnalyticsBatch(entry, cells_table(released.cells, entry, now)))
     return Released(tuple(batches), tuple(refused))
+
+
+def draw_noise(batches: Sequence[tuple[BoundedBatch, float]], bounds: Bounds) -> list[Release]:
+    """Each bounded batch released for its rho (:func:`aggregations.dp.release.
+    release_bounded`), in order, several batches at a time.
+
+    OpenDP's exact samplers are most of a release's time and run in its native library,
+    which ctypes calls without holding the GIL: batches drawn in threads use every core.
+    Each batch is still its own invocation of its own measurement, so what it spends and
+    how its numbers are distributed do not change; the accountant checks the results in
+    order afterwards, as before (a refused batch's draws are never used)."""
+    dims = domains()
+    if len(batches) < 2:
+        return [release_bounded(batch, rho, bounds, dims) for batch, rho in batches]
+    workers = min(len(batches), os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sieve-dp") as pool:
+        return list(pool.map(lambda item: release_bounded(item[0], item[1], bounds, dims), batches))
 
 
 def cells_table(cells: tuple[Cell, ...], entry: Entry, published_at: datetime) -> pa.Table:

@@ -28,7 +28,7 @@ import duckdb
 import pyarrow as pa
 
 from aggregations.engine import connect
-from aggregations.meters import Meter
+from aggregations.meters import MAX_DECIMALS, Meter
 from aggregations.schemas import METERING_VALUE_TYPE
 
 _ANY = "__any_usage"
@@ -42,38 +42,112 @@ def _same(left: str, right: str, columns: Sequence[str]) -> str:
     return " AND ".join(f"{left}.{c} IS NOT DISTINCT FROM {right}.{c}" for c in columns)
 
 
-def _grouped(meters: Sequence[Meter], dimension: str | None) -> str:
-    """Hour and day rows of ``meters`` over ``metered_facts``, grouped by window and account
-    (and ``dimension``), in the wide shape (one column per meter)."""
-    values = ", ".join(f"{m.value_sql()} AS {m.name}" for m in meters)
+def _tables(part: int, meters: Sequence[Meter], dimension: str | None) -> list[str]:
+    """The statements of one part's pass over ``metered_facts``: ``hourly_<part>``, every
+    additive meter (count, sum, max) per hour and account (and ``dimension``: column
+    ``__dimension``), and per unique_count meter ``i`` the distinct values it counts per hour
+    and account, ``distinct_<part>_<i>``.
+
+    A count distinct inside the one GROUP BY makes DuckDB copy the facts and group them
+    twice more (per hour, then per day); the distinct values per hour are one grouping, and
+    both a day's values and the additive day totals come from these smaller tables."""
+    dim = [f'"{dimension}" AS __dimension'] if dimension is not None else []
+    additive = [
+        f"count(*) FILTER (WHERE {m.filter_sql()}) AS __p{i}"
+        if m.aggregation == "count"
+        else f"{m.aggregation}({m.operand_sql()}) FILTER (WHERE {m.filter_sql()}) AS __p{i}"
+        for i, m in enumerate(meters)
+        if m.aggregation != "unique_count"
+    ]
+    statements = [
+        f"""CREATE OR REPLACE TEMP TABLE hourly_{part} AS
+            SELECT occurred_hour, account_id, {", ".join([*dim, *additive, "count(*) AS __rows"])}
+            FROM metered_facts GROUP BY ALL"""  # noqa: S608 - checked identifiers, constants
+    ]
+    for i, m in enumerate(meters):
+        if m.aggregation == "unique_count":
+            statements.append(
+                f"""CREATE OR REPLACE TEMP TABLE distinct_{part}_{i} AS
+                    SELECT DISTINCT occurred_hour, account_id, {"".join(d + ", " for d in dim)}
+                           {m.column_sql()} AS __value
+                    FROM metered_facts
+                    WHERE ({m.filter_sql()}) AND {m.column_sql()} IS NOT NULL"""  # noqa: S608
+            )
+    return statements
+
+
+def _grouped(part: int, meters: Sequence[Meter], dimension: str | None) -> str:
+    """Hour and day rows of ``meters`` from the tables of :func:`_tables`, grouped by window
+    and account (and ``dimension``), in the wide shape (one column per meter)."""
     usage = " OR ".join(f"{m.name} <> 0" for m in meters)
+    keys = ["account_id"] + (["__dimension"] if dimension is not None else [])
     if dimension is None:
-        group, name, value = "", "CAST(NULL AS VARCHAR)", "CAST(NULL AS VARCHAR)"
+        name, value = "CAST(NULL AS VARCHAR)", "CAST(NULL AS VARCHAR)"
     else:
-        group, name, value = f', "{dimension}"', f"'{dimension}'", f'CAST("{dimension}" AS VARCHAR)'
-    labels = f"account_id, {name} AS dimension, {value} AS dimension_value, {values}"
-    hours = f"""
-        SELECT 'hour' AS grain, CAST(occurred_hour AS DATE) AS date, occurred_hour AS hour,
-               {labels}
-        FROM metered_facts WHERE occurred_hour <= $last_hour
-        GROUP BY occurred_hour, account_id{group}
-    """  # noqa: S608 - meter and column names are checked identifiers, the rest constants
-    days = f"""
-        SELECT 'day' AS grain, CAST(occurred_hour AS DATE) AS date,
-               CAST(NULL AS TIMESTAMPTZ) AS hour, {labels}
-        FROM metered_facts WHERE CAST(occurred_hour AS DATE) <= $last_day
-        GROUP BY CAST(occurred_hour AS DATE), account_id{group}
+        name, value = f"'{dimension}'", "CAST(w.__dimension AS VARCHAR)"
+
+    def rows(window: str, windows: str, distinct: str) -> str:
+        values, joins = [], []
+        for i, m in enumerate(meters):
+            if m.aggregation == "unique_count":
+                values.append(f"coalesce(d{i}.__count, 0)")
+                on = _same("w", f"d{i}", [window, *keys])
+                joins.append(f"LEFT JOIN ({distinct.format(i=i)}) d{i} ON {on}")
+            else:
+                values.append(f"coalesce(w.__p{i}, 0)")
+        columns = ", ".join(
+            f"CAST({v} AS DECIMAL(38, {MAX_DECIMALS})) AS {m.name}"
+            for v, m in zip(values, meters, strict=True)
+        )
+        return f"""
+            SELECT w.account_id, {name} AS dimension, {value} AS dimension_value, w.{window},
+                   {columns}
+            FROM ({windows}) w {" ".join(joins)}
+        """  # noqa: S608 - checked identifiers, constants
+
+    group = ", ".join(keys)
+    hours = rows(
+        "occurred_hour",
+        f"SELECT * FROM hourly_{part} WHERE occurred_hour <= $last_hour",  # noqa: S608
+        f"""SELECT occurred_hour, {group}, count(*) AS __count FROM distinct_{part}_{{i}}
+            WHERE occurred_hour <= $last_hour GROUP BY ALL""",  # noqa: S608
+    )
+    day_totals = ", ".join(
+        f"{'max' if m.aggregation == 'max' else 'sum'}(__p{i}) AS __p{i}"
+        for i, m in enumerate(meters)
+        if m.aggregation != "unique_count"
+    )
+    days = rows(
+        "day",
+        f"""SELECT CAST(occurred_hour AS DATE) AS day, {group}, {day_totals}
+            FROM hourly_{part} WHERE CAST(occurred_hour AS DATE) <= $last_day
+            GROUP BY ALL""",  # noqa: S608
+        f"""SELECT day, {group}, count(*) AS __count FROM (
+                SELECT DISTINCT CAST(occurred_hour AS DATE) AS day, {group}, __value
+                FROM distinct_{part}_{{i}} WHERE CAST(occurred_hour AS DATE) <= $last_day)
+            GROUP BY ALL""",  # noqa: S608
+    )
+    labels = "account_id, dimension, dimension_value"
+    others = ", ".join(m.name for m in meters)
+    return f"""
+        SELECT *, ({usage}) AS {_ANY} FROM (
+            SELECT 'hour' AS grain, CAST(occurred_hour AS DATE) AS date,
+                   occurred_hour AS hour, {labels}, {others} FROM ({hours})
+            UNION ALL
+            SELECT 'day' AS grain, day AS date, CAST(NULL AS TIMESTAMPTZ) AS hour, {labels},
+                   {others} FROM ({days})
+        )
     """  # noqa: S608
-    return f"SELECT *, ({usage}) AS {_ANY} FROM ({hours} UNION ALL {days})"  # noqa: S608
 
 
-def _long(meters: Sequence[Meter], dimension: str | None) -> str:
+def _long(part: int, meters: Sequence[Meter], dimension: str | None) -> str:
     names = ", ".join(m.name for m in meters)
     # Totals keep one zero row per account-window with no usage at all (its row of zeros).
     presence = f" OR (meter = '{meters[0].name}' AND NOT {_ANY})" if dimension is None else ""
     return f"""
         SELECT {", ".join(KEY)}, CAST(value AS {_decimal()}) AS value
-        FROM (UNPIVOT ({_grouped(meters, dimension)}) ON {names} INTO NAME meter VALUE value)
+        FROM (UNPIVOT ({_grouped(part, meters, dimension)}) ON {names}
+              INTO NAME meter VALUE value)
         WHERE value <> 0{presence}
     """  # noqa: S608
 
@@ -99,13 +173,23 @@ def recompute(
         WHERE CAST(occurred_hour AS DATE) IN (SELECT day FROM recompute_days)
         """
     )
-    parts = [_long(meters, None)]
-    for dimension in sorted({d for m in meters for d in m.group_by}):
-        parts.append(_long([m for m in meters if dimension in m.group_by], dimension))
+    groupings: list[tuple[str | None, list[Meter]]] = [(None, list(meters))]
+    for breakdown in sorted({d for m in meters for d in m.group_by}):
+        groupings.append((breakdown, [m for m in meters if breakdown in m.group_by]))
+    temporary = []
+    for part, (dimension, of_part) in enumerate(groupings):
+        for statement in _tables(part, of_part, dimension):
+            connection.execute(statement)
+        temporary.append(f"hourly_{part}")
+        temporary += [f"distinct_{part}_{i}" for i, m in enumerate(of_part)
+                      if m.aggregation == "unique_count"]  # fmt: skip
+    parts = [_long(part, of_part, dimension) for part, (dimension, of_part) in enumerate(groupings)]
     connection.execute(
         f"CREATE OR REPLACE TEMP TABLE recomputed AS {' UNION ALL '.join(parts)}",
         {"last_hour": last_hour, "last_day": last_day},
     )
+    for name in temporary:
+        connection.execute(f"DROP TABLE {name}")
 
 
 @dataclass(frozen=True)
@@ -139,12 +223,16 @@ def changes(
         SELECT {keys}, sum(value) AS value FROM published
         WHERE meter IN (SELECT meter FROM current_meters) GROUP BY ALL;
         CREATE OR REPLACE TEMP TABLE published_windows AS SELECT DISTINCT {window} FROM published;
-        CREATE OR REPLACE TEMP TABLE recomputed_windows AS SELECT DISTINCT {window} FROM recomputed;
+        CREATE OR REPLACE TEMP TABLE published_days AS
+        SELECT DISTINCT grain, date FROM published_windows;
+        CREATE OR REPLACE TEMP TABLE recomputed_windows AS
+        SELECT DISTINCT {window} FROM recomputed SEMI JOIN published_days USING (grain, date);
         CREATE OR REPLACE TEMP TABLE changes AS
         WITH joined AS (
             SELECT {", ".join(f"coalesce(r.{c}, c.{c}) AS {c}" for c in KEY)},
                    r.value AS recomputed, c.value AS published
-            FROM recomputed r FULL JOIN current c ON {_same("r", "c", KEY)}
+            FROM (SELECT * FROM recomputed SEMI JOIN published_days USING (grain, date)) r
+            FULL JOIN current c ON {_same("r", "c", KEY)}
         ), marked AS (
             SELECT j.*, p.grain IS NOT NULL AS window_published,
                    w.grain IS NOT NULL AS window_has_facts
@@ -160,17 +248,23 @@ def changes(
         WHERE window_has_facts AND (
             coalesce(recomputed, 0) <> coalesce(published, 0)
             OR (published IS NULL AND NOT window_published))
+        UNION ALL
+        -- A grain and date with nothing published (every date of a first publish): each row
+        -- is a base row as it is, no join needed (what the query above gives it).
+        SELECT {keys}, value, false, false FROM recomputed
+        ANTI JOIN published_days USING (grain, date)
         """  # noqa: S608 - constant fragments and checked identifiers
     )
     counts = {
         grain: (int(new), int(fixed))
         for grain, new, fixed in connection.execute(
             """
-            SELECT grain,
-                   count(DISTINCT (date, hour, account_id)) FILTER (WHERE NOT window_published),
-                   count(DISTINCT (date, hour, account_id)) FILTER (WHERE is_correction)
-            FROM changes GROUP BY grain
-            """
+            SELECT grain, count(*) FILTER (WHERE NOT window_published),
+                   count(*) FILTER (WHERE is_correction)
+            FROM (SELECT DISTINCT grain, date, hour, account_id, window_published, is_correction
+                  FROM changes)
+            GROUP BY grain
+            """  # a window is one row, or two when it corrects some meters and not new ones
         ).fetchall()
     }
     hours, days = counts.get("hour", (0, 0)), counts.get("day", (0, 0))

@@ -108,18 +108,27 @@ class Meter:
 
     def value_sql(self) -> str:
         """The aggregate of one group of ``facts`` rows, as DECIMAL(38, 6)."""
-        where = f" FILTER (WHERE {_event_filter(self.events)})" if self.events else ""
-        column = _column_sql(self.column)
+        where = f" FILTER (WHERE {self.filter_sql()})" if self.events else ""
         if self.aggregation == "count":
             value = f"count(*){where}"
         elif self.aggregation == "unique_count":
-            value = f"count(DISTINCT {column}){where}"
+            value = f"count(DISTINCT {self.column_sql()}){where}"
         else:
-            operand = (
-                column if self.decimals == 0 else f"CAST({column} AS DECIMAL(18, {self.decimals}))"
-            )
-            value = f"coalesce({self.aggregation}({operand}){where}, 0)"
+            value = f"coalesce({self.aggregation}({self.operand_sql()}){where}, 0)"
         return f"CAST({value} AS DECIMAL(38, {MAX_DECIMALS}))"
+
+    def filter_sql(self) -> str:
+        """SQL true for the facts rows the meter counts over ("TRUE": every event)."""
+        return _event_filter(self.events) if self.events else "TRUE"
+
+    def column_sql(self) -> str:
+        """SQL reading the meter's property (what a sum, max or unique_count reads)."""
+        return _column_sql(self.column)
+
+    def operand_sql(self) -> str:
+        """What a sum or max aggregates: the property, rounded to ``decimals`` first."""
+        column = self.column_sql()
+        return column if self.decimals == 0 else f"CAST({column} AS DECIMAL(18, {self.decimals}))"
 
     def to_record(self) -> dict[str, Any]:
         """The meter as plain data (the publish manifest keeps what it published)."""

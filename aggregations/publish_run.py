@@ -177,9 +177,9 @@ def meter_days(run: Run, connection: duckdb.DuckDBPyConnection, days: list[date]
             SEMI JOIN (SELECT DISTINCT grain, date FROM changes) USING (grain, date)
             UNION ALL BY NAME
             SELECT *, $run AS publish_run, $mark AS watermark, $now AS published_at, 1 AS part,
-                   row_number() OVER (ORDER BY {", ".join(metering.KEY)}) AS ordinal
+                   0 AS ordinal
             FROM changes
-        ) ORDER BY grain, date, part, ordinal
+        ) ORDER BY grain, date, part, ordinal, {", ".join(metering.KEY[2:])}
         """,  # noqa: S608 - column names are constants
         params={"run": plan.run, "mark": plan.mark, "now": run.now},
     ).to_arrow_table()
@@ -187,7 +187,14 @@ def meter_days(run: Run, connection: duckdb.DuckDBPyConnection, days: list[date]
     rewritten = conform(table, METERING)
     write_days(run, rewritten)
     write_totals(run, connection, rewritten)
-    for name in ("recomputed", "current", "published_windows", "recomputed_windows", "changes"):
+    for name in (
+        "recomputed",
+        "current",
+        "published_windows",
+        "published_days",
+        "recomputed_windows",
+        "changes",
+    ):
         connection.execute(f"DROP TABLE IF EXISTS {name}")
 
 

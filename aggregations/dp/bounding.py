@@ -42,6 +42,8 @@ from aggregations.dp.domains import Domain
 from aggregations.engine import connect
 
 HOURS = 24
+# Ranks a unit's values by events then index as one number (_histograms): above any domain's size.
+_RANK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -112,7 +114,9 @@ def bound_days(
     the view or table ``source`` (rows of other days are ignored), in one set of queries.
 
     Units with at most ``events_per_unit`` events keep them all; only the others are ranked
-    by ``event_key`` (a sort of the heavy units' events, not of the whole batch).
+    by ``event_key`` (a sort of the heavy units' events, not of the whole batch). A kept
+    event names its unit by a number (one per day and unit): every histogram groups by unit,
+    and a number groups several times faster than a key of 64 characters.
     """
     connection.register("bound_days", pa.table({"day": pa.array(sorted(days), pa.date32())}))
     dimensions = ", ".join(f'"{d}"' for d in domains)
@@ -126,14 +130,14 @@ def bound_days(
                {dimensions}
         FROM {source} WHERE CAST(occurred_hour AS DATE) IN (SELECT day FROM bound_days);
         CREATE OR REPLACE TEMP TABLE unit_sizes AS
-        SELECT day, unit, count(*) AS n FROM unit_facts GROUP BY ALL;
+        SELECT day, unit, count(*) AS n, row_number() OVER () AS id FROM unit_facts GROUP BY ALL;
         CREATE OR REPLACE TEMP TABLE kept AS
-        SELECT * EXCLUDE (event_key) FROM unit_facts
-        SEMI JOIN (SELECT day, unit FROM unit_sizes WHERE n <= $cap) USING (day, unit)
-        UNION ALL
-        SELECT * EXCLUDE (event_key) FROM (
+        SELECT * EXCLUDE (event_key, unit, id), id AS unit FROM unit_facts
+        JOIN (SELECT day, unit, id FROM unit_sizes WHERE n <= $cap) USING (day, unit)
+        UNION ALL BY NAME
+        SELECT * EXCLUDE (event_key, unit, id), id AS unit FROM (
             SELECT * FROM unit_facts
-            SEMI JOIN (SELECT day, unit FROM unit_sizes WHERE n > $cap) USING (day, unit))
+            JOIN (SELECT day, unit, id FROM unit_sizes WHERE n > $cap) USING (day, unit))
         QUALIFY row_number() OVER (PARTITION BY day, unit ORDER BY event_key) <= $cap;
         """,  # noqa: S608 - the source and dimensions are constants of the caller
         {"cap": bounds.events_per_unit},
@@ -211,14 +215,25 @@ def _histograms(
         events[day][idx] = int(count)
     people = {day: [0] * size for day in days}
     # A unit counts under its values_per_unit values with most events (ties: the first).
-    for day, idx, count in connection.execute(
-        """
-        SELECT day, idx, count(*) FROM (
+    if bounds.values_per_unit == 1:
+        # Its top value by one aggregate, not a sort of every unit's values: c * _RANK - idx
+        # orders by events, then by index (a domain has fewer than _RANK values).
+        if size >= _RANK:
+            raise ValueError(f"{dimension}: a domain too large to rank its values")
+        top = f"""
+            SELECT day, arg_max(idx, c * {_RANK} - idx) AS idx FROM unit_values
+            GROUP BY day, unit
+        """  # noqa: S608 - an int constant
+        params: list[int] = []
+    else:
+        top = """
             SELECT day, idx FROM unit_values
             QUALIFY row_number() OVER (PARTITION BY day, unit ORDER BY c DESC, idx) <= ?
-        ) GROUP BY ALL
-        """,
-        [bounds.values_per_unit],
+        """
+        params = [bounds.values_per_unit]
+    for day, idx, count in connection.execute(
+        f"SELECT day, idx, count(*) FROM ({top}) GROUP BY ALL",  # noqa: S608 - constants
+        params,
     ).fetchall():
         people[day][idx] = int(count)
     return (
