@@ -92,6 +92,9 @@ class Meter:
     invoice_unit: str  # what invoices count and price ("1,000 requests", "GB")
     invoice_unit_size: Decimal  # metered values in one invoice unit
     description: str = ""
+    # A sum or max of a fractional property: each value is rounded to ``decimals`` places
+    # first, also at 0 places, so that the sum is exact whatever the order of the rows.
+    fractional: bool = False
 
     @property
     def sql_type(self) -> str:
@@ -104,6 +107,10 @@ class Meter:
         definition changes is metered again over the whole history."""
         what = [list(self.events), self.aggregation, self.column, self.decimals]
         what.append(list(self.group_by))
+        if self.fractional and self.decimals == 0:
+            # Once summed as floats: such a meter's published values are metered again. No
+            # other meter's digest changes (decimals > 0 has always meant fractional).
+            what.append("rounded")
         return hashlib.sha256(json.dumps(what).encode()).hexdigest()[:16]
 
     def value_sql(self) -> str:
@@ -128,7 +135,9 @@ class Meter:
     def operand_sql(self) -> str:
         """What a sum or max aggregates: the property, rounded to ``decimals`` first."""
         column = self.column_sql()
-        return column if self.decimals == 0 else f"CAST({column} AS DECIMAL(18, {self.decimals}))"
+        if self.decimals == 0 and not self.fractional:
+            return column  # an integer property: exact as it is
+        return f"CAST({column} AS DECIMAL(18, {self.decimals}))"
 
     def to_record(self) -> dict[str, Any]:
         """The meter as plain data (the publish manifest keeps what it published)."""
@@ -143,6 +152,7 @@ class Meter:
             "invoice_unit": self.invoice_unit,
             "invoice_unit_size": format(self.invoice_unit_size, "f"),
             "description": self.description,
+            "fractional": self.fractional,
         }
 
     @classmethod
@@ -158,6 +168,8 @@ class Meter:
             invoice_unit=record["invoice_unit"],
             invoice_unit_size=Decimal(record["invoice_unit_size"]),
             description=record.get("description", ""),
+            # Older manifests: places after the point have always meant a fractional property.
+            fractional=bool(record.get("fractional", int(record["decimals"]) > 0)),
         )
 
 
@@ -186,6 +198,13 @@ def _column_sql(column: str | None) -> str:
 
 
 # --- loading -------------------------------------------------------------------------------
+
+
+def _is_fractional(aggregation: str, field: pa.Field | None) -> bool:
+    """A sum or max of a float or decimal property."""
+    if aggregation not in ("sum", "max") or field is None:
+        return False
+    return pa.types.is_floating(field.type) or pa.types.is_decimal(field.type)
 
 
 class _Reader:
@@ -233,9 +252,8 @@ class _Reader:
     def decimals(
         self, name: str, raw: dict[str, Any], aggregation: str, field: pa.Field | None
     ) -> int:
-        floating = field is not None and pa.types.is_floating(field.type)
         declared = field is not None and pa.types.is_decimal(field.type)
-        fractional = aggregation in ("sum", "max") and (floating or declared)
+        fractional = _is_fractional(aggregation, field)
         if "decimals" not in raw:
             if fractional and declared:
                 return min(field.type.scale, MAX_DECIMALS)  # type: ignore[union-attr]
@@ -290,6 +308,7 @@ class _Reader:
             invoice_unit=self.string(name, raw, "invoice_unit", unit),
             invoice_unit_size=size,
             description=self.string(name, raw, "description", name) if "description" in raw else "",
+            fractional=_is_fractional(aggregation, field),
         )
 
     def property(self, name: str, raw: dict[str, Any], aggregation: str) -> pa.Field | None:

@@ -10,13 +10,14 @@ from decimal import Decimal
 from importlib import resources
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 import pytest
 from click.testing import CliRunner
 
 from aggregations.catalog import open_catalog
 from aggregations.commands import pricing_command, publish_command
-from aggregations.meters import MetersError, default_meters, parse_meters
+from aggregations.meters import Meter, MetersError, default_meters, parse_meters
 from aggregations.publish import publish
 from schemas.arrow import FACTS
 from tests.fixtures.facts import DEFAULT_PRIVACY, fact, facts_table, write_committed_facts
@@ -128,6 +129,29 @@ def test_meters_are_checked_against_the_facts_schema_they_are_given() -> None:
     grown = FACTS.append(pa.field("amount", pa.float64()))
     (revenue,) = parse_meters(text, facts=grown)
     assert (revenue.column, revenue.decimals, revenue.sql_type) == ("amount", 3, "DECIMAL(18, 3)")
+
+
+def test_a_whole_number_sum_of_a_float_property_rounds_each_value_whatever_the_order() -> None:
+    # Summed as floats, 1e16 + 1 - 1e16 is 0 or 1 depending on the order of the rows.
+    text = (
+        '[meters.revenue]\nevent = "payment"\naggregation = "sum"\nproperty = "amount"\n'
+        "decimals = 0\n"
+    )
+    (revenue,) = parse_meters(text, facts=FACTS.append(pa.field("amount", pa.float64())))
+    assert revenue.sql_type == "BIGINT"
+    assert Meter.from_record(revenue.to_record()) == revenue
+    orders = ([1e16, 1.0, -1e16], [1e16, -1e16, 1.0], [1.0, 1e16, -1e16])
+    assert {_sum_of(revenue, amounts) for amounts in orders} == {Decimal(1)}
+    # Each value is rounded before the sum: 0.6 three times is 3, not round(1.8) = 2.
+    assert _sum_of(revenue, [0.6, 0.6, 0.6]) == Decimal(3)
+
+
+def _sum_of(meter: Meter, amounts: list[float]) -> object:
+    connection = duckdb.connect()
+    payments = pa.table({"type": ["payment"] * len(amounts), "amount": amounts})
+    connection.register("payments", payments)
+    (value,) = connection.sql(f"SELECT {meter.value_sql()} FROM payments").fetchall()
+    return value[0]
 
 
 # --- a meter by TOML alone -----------------------------------------------------------------------
