@@ -95,7 +95,7 @@ def generate_facts(count: int, accounts: int, days: int, seed: int) -> pa.Table:
         pipeline.process(records[first : first + BATCH])
     pending = pipeline.take_range()
     assert pending is not None
-    return pending.facts
+    return pending.tables["facts"]
 
 
 def by_day(facts: pa.Table) -> dict[date, pa.Table]:

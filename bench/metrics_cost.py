@@ -41,9 +41,7 @@ from streams.privacy.retention import load_policy
 from streams.worker.metrics import WorkerMetrics
 from streams.worker.pipeline import PartitionPipeline, PipelineContext
 
-NO_COUNTS = RangeCounts(
-    raw=0, accepted=0, duplicates=0, dead_lettered={}, identifiable={}, facts=0, bytes_written=0
-)
+NO_COUNTS = RangeCounts(raw=0, accepted=0, duplicates=0, dead_lettered={})
 
 
 def pipeline_seconds(context: PipelineContext, records: list[ConsumerRecord], batch: int) -> float:

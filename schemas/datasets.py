@@ -50,6 +50,9 @@ class Dataset:
     date_column: str  # the column whose UTC date is the ``date`` key
     encrypted: bool  # Parquet modular encryption with the keyring's active key
     retention: Retention
+    # The column whose values break the dataset's rows down in a range's commit marker
+    # (schemas.commits.OutputCounts.by); None: the marker counts its rows only.
+    count_by: str | None = None
 
     @property
     def version(self) -> str:
@@ -98,6 +101,7 @@ IDENTIFIABLE_DATASET: Final = Dataset(
     date_column="occurred_at",
     encrypted=True,
     retention=Retention.PER_PERSON,
+    count_by="retention_class",
 )
 FACTS_DATASET: Final = Dataset(
     name="facts",

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Final
 
-from schemas.commits import CommitMarker, CoveredRange, RangeCounts
+from schemas.commits import CommitMarker, CoveredRange, OutputCounts, RangeCounts
 from schemas.datasets import dataset_of
 
 COMPACTED_PREFIX: Final = "compacted+"
@@ -217,25 +217,27 @@ def collapse(ranges: Sequence[CoveredRange], gone: Collection[str]) -> list[Cove
 
 
 def sum_counts(counts: Iterable[RangeCounts]) -> RangeCounts:
-    raw = accepted = duplicates = facts = written = 0
+    raw = accepted = duplicates = written = 0
     dead: dict[str, int] = {}
-    identifiable: dict[str, int] = {}
+    rows: dict[str, int] = {}
+    by: dict[str, dict[str, int]] = {}
     for c in counts:
         raw += c.raw
         accepted += c.accepted
         duplicates += c.duplicates
-        facts += c.facts
         written += c.bytes_written
         for reason, n in c.dead_lettered.items():
             dead[reason] = dead.get(reason, 0) + n
-        for cls, n in c.identifiable.items():
-            identifiable[cls] = identifiable.get(cls, 0) + n
+        for name, output in c.outputs.items():
+            rows[name] = rows.get(name, 0) + output.rows
+            into = by.setdefault(name, {})
+            for value, n in output.by.items():
+                into[value] = into.get(value, 0) + n
     return RangeCounts(
         raw,
         accepted,
         duplicates,
         dict(sorted(dead.items())),
-        dict(sorted(identifiable.items())),
-        facts,
-        written,
+        outputs={name: OutputCounts(n, dict(sorted(by[name].items()))) for name, n in rows.items()},
+        bytes_written=written,
     )

@@ -14,17 +14,19 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
-from schemas import arrow as schemas_arrow
+from schemas import datasets
 from schemas.bounds import DEFAULT_TIME_BOUNDS, TimeBounds
-from schemas.commits import CommitMarker, RangeCounts
+from schemas.commits import CommitMarker, OutputCounts, RangeCounts
+from schemas.datasets import Dataset
 from schemas.decode import Rejection
 from streams.enrich.geo import GeoLocator
 from streams.enrich.referrer import ReferrerClassifier
@@ -106,8 +108,8 @@ class PendingRange:
 
     first_offset: int
     last_offset: int
-    identifiable: pa.Table
-    facts: pa.Table
+    # Every declared dataset's rows (schemas.datasets.WORKER_DATASETS), by dataset name.
+    tables: Mapping[str, pa.Table]
     counts: RangeCounts
     watermark: str | None
     consent_changes: list[tuple[str, str]]
@@ -119,14 +121,15 @@ class PendingRange:
 class _Buffer:
     first_offset: int | None = None
     last_offset: int | None = None
-    identifiable: list[pa.Table] = field(default_factory=list)
-    facts: list[pa.Table] = field(default_factory=list)
+    # By dataset name, every declared one: the tables the batches' split built.
+    tables: dict[str, list[pa.Table]] = field(
+        default_factory=lambda: {dataset.name: [] for dataset in datasets.WORKER_DATASETS}
+    )
+    rows: Counter[str] = field(default_factory=Counter)  # by dataset name
     raw: int = 0
     accepted: int = 0
     duplicates: int = 0
     dead_lettered: Counter[str] = field(default_factory=Counter)
-    identifiable_by_class: Counter[str] = field(default_factory=Counter)
-    fact_rows: int = 0
     arrow_bytes: int = 0  # of the tables above: what the buffer holds in memory
     properties_dropped: int = 0
     consent_changes: list[tuple[str, str]] = field(default_factory=list)
@@ -372,11 +375,11 @@ class PartitionPipeline:
         buffer.accepted += outcome.accepted
         buffer.duplicates += outcome.duplicates
         buffer.dead_lettered.update(outcome.dead_lettered)
-        buffer.identifiable.extend(outcome.identifiable)
-        buffer.facts.extend(outcome.facts)
-        buffer.fact_rows += sum(table.num_rows for table in outcome.facts)
-        buffer.arrow_bytes += sum(t.nbytes for t in (*outcome.identifiable, *outcome.facts))
-        buffer.identifiable_by_class.update(outcome.identifiable_by_class)
+        for tables in outcome.tables:
+            for name, table in tables.items():
+                buffer.tables[name].append(table)
+                buffer.rows[name] += table.num_rows
+                buffer.arrow_bytes += table.nbytes
         buffer.properties_dropped += outcome.properties_dropped
         buffer.consent_changes.extend(outcome.consent_changes)
         self.next_offset = records[-1].offset + 1
@@ -387,7 +390,8 @@ class PartitionPipeline:
 
     @property
     def buffered_rows(self) -> int:
-        return self._buffer.fact_rows
+        """The rows of the buffer's largest dataset (the facts: one row per accepted event)."""
+        return max(self._buffer.rows.values(), default=0)
 
     @property
     def buffered_bytes(self) -> int:
@@ -408,18 +412,18 @@ class PartitionPipeline:
             if self._watermark is not None
             else None
         )
+        declared = datasets.WORKER_DATASETS
+        tables = {d.name: _concat(buffer.tables[d.name], d.schema) for d in declared}
         return PendingRange(
             first_offset=buffer.first_offset,
             last_offset=buffer.last_offset,
-            identifiable=_concat(buffer.identifiable, schemas_arrow.IDENTIFIABLE),
-            facts=_concat(buffer.facts, schemas_arrow.FACTS),
+            tables=tables,
             counts=RangeCounts(
                 raw=buffer.raw,
                 accepted=buffer.accepted,
                 duplicates=buffer.duplicates,
                 dead_lettered=dict(buffer.dead_lettered),
-                identifiable=dict(buffer.identifiable_by_class),
-                facts=buffer.fact_rows,
+                outputs={d.name: _output_counts(d, tables[d.name]) for d in declared},
                 bytes_written=0,
                 properties_dropped=buffer.properties_dropped,
             ),
@@ -441,6 +445,14 @@ class PartitionPipeline:
                 " with message.timestamp.type=LogAppendTime for exact dedup.",
                 self.topic,
             )
+
+
+def _output_counts(dataset: Dataset, table: pa.Table) -> OutputCounts:
+    if dataset.count_by is None or not table.num_rows:
+        return OutputCounts(table.num_rows)
+    counted = pc.value_counts(table[dataset.count_by])  # in order of first appearance
+    values, counts = counted.field("values").to_pylist(), counted.field("counts").to_pylist()
+    return OutputCounts(table.num_rows, dict(zip(values, counts, strict=True)))
 
 
 def _concat(tables: list[pa.Table], schema: pa.Schema) -> pa.Table:

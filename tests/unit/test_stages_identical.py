@@ -152,11 +152,13 @@ def test_stages_write_what_the_previous_pipeline_wrote(
         assert now.counts == was.counts
         assert now.watermark == was.watermark
         assert now.consent_changes == was.consent_changes
-        assert now.identifiable.equals(was.identifiable, check_metadata=True)
-        assert now.facts.drop_columns(["referrer_class"]).equals(
-            was.facts.drop_columns(["referrer_class"]), check_metadata=True
+        assert now.tables["identifiable"].equals(was.tables["identifiable"], check_metadata=True)
+        assert (
+            now.tables["facts"]
+            .drop_columns(["referrer_class"])
+            .equals(was.tables["facts"].drop_columns(["referrer_class"]), check_metadata=True)
         )
-        assert was.facts["referrer_class"].null_count == was.facts.num_rows
+        assert was.tables["facts"]["referrer_class"].null_count == was.tables["facts"].num_rows
         assert now.dedup_log is not None and was.dedup_log is not None
         assert now.dedup_log.event_keys == was.dedup_log.event_keys
         assert np.array_equal(now.dedup_log.arrivals, was.dedup_log.arrivals)
@@ -166,7 +168,7 @@ def test_stages_write_what_the_previous_pipeline_wrote(
     assert total.duplicates > 0 and total.dead_lettered
     assert new_ranges[0].consent_changes
     assert all(r.counts.properties_dropped for r in new_ranges)  # custom events were there
-    facts = pa.concat_tables([r.facts for r in new_ranges])
+    facts = pa.concat_tables([r.tables["facts"] for r in new_ranges])
     assert facts.num_rows == sum(r.counts.accepted for r in new_ranges)
 
 
@@ -197,4 +199,4 @@ def test_consent_in_columns_decides_what_the_replay_decides(
         return
     assert now.consent_changes == was.consent_changes
     assert now.counts == was.counts
-    assert now.identifiable.equals(was.identifiable)
+    assert now.tables["identifiable"].equals(was.tables["identifiable"])
