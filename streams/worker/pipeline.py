@@ -28,12 +28,13 @@ from schemas.bounds import DEFAULT_TIME_BOUNDS, TimeBounds
 from schemas.commits import CommitMarker, OutputCounts, RangeCounts
 from schemas.datasets import Dataset
 from schemas.decode import Rejection
-from streams.enrich.geo import GeoLocator
+from streams.enrich.geo import GeoLocator, make_geolocator
 from streams.enrich.referrer import ReferrerClassifier
 from streams.enrich.useragent import UserAgentParser
 from streams.privacy.keyring import Keyring
 from streams.privacy.pseudonymize import event_keys
-from streams.privacy.retention import RetentionPolicy
+from streams.privacy.retention import RetentionPolicy, load_policy
+from streams.settings import Settings
 from streams.worker.deadletter import PROCESSING_ERROR, DeadLetter, dead_letter
 from streams.worker.dedup import Deduplicator
 from streams.worker.stages import DECODE, STAGES, Outcome, Step, decode
@@ -100,6 +101,35 @@ class PipelineContext:
     # The referrer classes of the facts (streams.enrich.referrer); the service's own hosts
     # make a referrer "internal".
     referrers: ReferrerClassifier = field(default_factory=ReferrerClassifier)
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, keyring: Keyring, *, worker_version: str, state: StateFolder
+    ) -> PipelineContext:
+        """The context a worker runs with: the policy file, GeoIP database, consent signals,
+        dedup horizon and time bounds of ``settings``, with the loaded ``keyring``.
+
+        The one place a context is built from configuration (the worker, the benchmarks and
+        the tests' default context), so a new stage's setting is read here once. ``state``:
+        the worker's ``StateFolder(settings.state_folder)``; a temporary ``StateFolder()``
+        for benchmarks and tests.
+        """
+        return cls(
+            keyring=keyring,
+            policy=load_policy(settings.policy_file),
+            user_agents=UserAgentParser(),
+            geolocator=make_geolocator(settings.geoip_database),
+            honour_dnt=settings.honour_dnt,
+            honour_gpc=settings.honour_gpc,
+            dedup_horizon_seconds=int(settings.dedup_horizon.total_seconds()),
+            worker_version=worker_version,
+            time_bounds=TimeBounds(
+                max_ahead=settings.event_max_ahead,
+                max_behind=settings.event_max_behind,
+                backfill_max_behind=settings.backfill_max_behind,
+            ),
+            state=state,
+        )
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,6 @@ from hypothesis import strategies as st
 
 from bench.legacy_pipeline import LegacyPartitionPipeline
 from schemas.events import Event, encode
-from streams.enrich.geo import make_geolocator
 from streams.enrich.useragent import UserAgentInfo, UserAgentParser
 from streams.privacy.keyring import Keyring
 from streams.privacy.retention import parse_policy, policy_text
@@ -33,6 +32,7 @@ from streams.worker.deadletter import DeadLetter
 from streams.worker.pipeline import PartitionPipeline, PendingRange, PipelineContext, RawRecord
 from streams.worker.state.folder import StateFolder
 from tests.fixtures.consent_events import batch_events
+from tests.fixtures.pipeline_context import default_context
 from tests.fixtures.pipeline_truth import TRAFFIC_ARRIVAL_MS, traffic_config
 
 POISON_UA = "PoisonAgent/6.6"
@@ -60,15 +60,10 @@ properties = { genre = "dimension", seconds = "metric", email = "identifiable" }
 
 @pytest.fixture(scope="module")
 def context() -> PipelineContext:
-    return PipelineContext(
-        keyring=Keyring.generate(),
+    # The worker's own context, with custom events declared in its policy.
+    return replace(
+        default_context(Keyring.generate()),
         policy=parse_policy(policy_text(None)[0] + _DECLARED),
-        user_agents=UserAgentParser(),
-        geolocator=make_geolocator(None),
-        honour_dnt=True,
-        honour_gpc=True,
-        dedup_horizon_seconds=24 * 3600,
-        worker_version="test",
     )
 
 
