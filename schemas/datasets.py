@@ -10,6 +10,8 @@ subject tools reach every dataset whose retention is per person (:data:`PERSONAL
 A dataset's files live at ``<folder>/<key>=<value>/.../<stem>.parquet`` (hive partitioning,
 :attr:`Dataset.partition_keys` in folder order). The key ``date`` is the UTC date of the
 dataset's :attr:`Dataset.date_column`; every other key is a column of the same name.
+
+The dead letters are a topic, not files: :data:`DEAD_LETTERS` (schemas.topic_datasets).
 """
 
 from __future__ import annotations
@@ -23,6 +25,20 @@ from typing import Final
 import pyarrow as pa
 
 from schemas.arrow import FACTS, IDENTIFIABLE
+from schemas.topic_datasets import DEAD_LETTERS, TopicDataset
+
+__all__ = [  # the topic dataset is declared apart: settings read it without pyarrow
+    "DATE_KEY",
+    "DEAD_LETTERS",
+    "FACTS_DATASET",
+    "IDENTIFIABLE_DATASET",
+    "PERSONAL_DATASETS",
+    "WORKER_DATASETS",
+    "Dataset",
+    "Retention",
+    "TopicDataset",
+    "dataset_of",
+]
 
 DATE_KEY: Final = "date"
 

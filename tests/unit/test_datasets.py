@@ -19,6 +19,7 @@ from schemas import datasets
 from schemas.arrow import IDENTIFIABLE
 from schemas.commits import OutputCounts, decode_marker, read_markers
 from schemas.datasets import (
+    DEAD_LETTERS,
     FACTS_DATASET,
     IDENTIFIABLE_DATASET,
     PERSONAL_DATASETS,
@@ -26,13 +27,17 @@ from schemas.datasets import (
     Dataset,
     dataset_of,
 )
+from schemas.decode import Rejection
 from streams.compaction.plan import is_merged
 from streams.privacy.keyring import Keyring
 from streams.privacy.split import TABLE_BUILDERS
+from streams.settings import Settings
 from streams.subject import identifiable_store
 from streams.subject.erasure import erase_subject
 from streams.subject.identifiable_store import list_files, read_rows
-from streams.worker import sink
+from streams.topics import dead_letter_topic_spec
+from streams.worker import deadletter, sink
+from streams.worker.deadletter import dead_letter
 from streams.worker.pipeline import PartitionPipeline, RawRecord
 from streams.worker.sink import RangeWriter
 from tests.fixtures.facts import fact, facts_table
@@ -292,3 +297,33 @@ def test_a_marker_written_before_the_declarations_reads_as_counts_per_dataset() 
         "bytes_written",
         "properties_dropped",
     }
+
+
+def test_the_dead_letter_topic_is_declared_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    def letter() -> list[str]:
+        made = dead_letter(
+            Rejection(0, "invalid_json", "$", "not JSON"),
+            value=b"{",
+            original_headers=[("trace", b"1")],
+            topic="raw",
+            partition=2,
+            offset=7,
+            worker_version="v",
+        )
+        return [name for name, _ in made.headers]
+
+    assert letter() == [*DEAD_LETTERS.headers, "trace"]
+    renamed = dataclasses.replace(
+        DEAD_LETTERS, headers=tuple(h.replace("sieve.", "sieve.v2.") for h in DEAD_LETTERS.headers)
+    )
+    monkeypatch.setattr(deadletter, "DEAD_LETTERS", renamed)
+    assert letter()[:-1] == list(renamed.headers)
+
+    settings = Settings.model_construct()
+    assert settings.dead_letter_topic == DEAD_LETTERS.default_topic
+    assert settings.dead_letter_retention_hours == DEAD_LETTERS.default_retention_hours
+    spec = dead_letter_topic_spec(
+        settings.dead_letter_topic, 3, DEAD_LETTERS.default_retention_hours
+    )
+    assert spec.configs["cleanup.policy"] == DEAD_LETTERS.cleanup_policy
+    assert spec.configs["retention.ms"] == str(DEAD_LETTERS.default_retention_hours * 3_600_000)
