@@ -69,6 +69,18 @@ class Dataset:
     # The column whose values break the dataset's rows down in a range's commit marker
     # (schemas.commits.OutputCounts.by); None: the marker counts its rows only.
     count_by: str | None = None
+    # What the subject tools (streams.subject) read of a personal dataset: the columns that
+    # name the person a row is about (account, then user: a null user is the account's
+    # own row), and the column of each row's expiry (null: until its account ends).
+    subject_columns: tuple[str, str] | None = None
+    expiry_column: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.personal and (self.subject_columns is None or self.expiry_column is None):
+            raise ValueError(
+                f"dataset {self.name!r}: a per-person dataset declares its subject and expiry"
+                " columns (the subject tools find and expire a person's rows by them)"
+            )
 
     @property
     def version(self) -> str:
@@ -118,6 +130,8 @@ IDENTIFIABLE_DATASET: Final = Dataset(
     encrypted=True,
     retention=Retention.PER_PERSON,
     count_by="retention_class",
+    subject_columns=("account_id", "user_id"),
+    expiry_column="expires_at",
 )
 FACTS_DATASET: Final = Dataset(
     name="facts",

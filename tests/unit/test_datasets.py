@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import msgspec
@@ -28,13 +28,13 @@ from schemas.datasets import (
     dataset_of,
 )
 from schemas.decode import Rejection
-from streams.compaction.plan import is_merged
+from streams.compaction.plan import file_day, is_merged
 from streams.privacy.keyring import Keyring
 from streams.privacy.split import TABLE_BUILDERS
 from streams.settings import Settings
 from streams.subject import identifiable_store
 from streams.subject.erasure import erase_subject
-from streams.subject.identifiable_store import list_files, read_rows
+from streams.subject.identifiable_store import Subject, list_files, read_rows, subject_mask
 from streams.topics import dead_letter_topic_spec
 from streams.worker import deadletter, sink
 from streams.worker.deadletter import dead_letter
@@ -327,3 +327,33 @@ def test_the_dead_letter_topic_is_declared_once(monkeypatch: pytest.MonkeyPatch)
     )
     assert spec.configs["cleanup.policy"] == DEAD_LETTERS.cleanup_policy
     assert spec.configs["retention.ms"] == str(DEAD_LETTERS.default_retention_hours * 3_600_000)
+
+
+def test_the_subject_tools_read_the_declared_columns() -> None:
+    for dataset in PERSONAL_DATASETS:
+        assert dataset.subject_columns is not None and dataset.expiry_column is not None
+        assert {*dataset.subject_columns, dataset.expiry_column} <= set(dataset.schema.names)
+    with pytest.raises(ValueError, match="subject and expiry"):
+        dataclasses.replace(IDENTIFIABLE_DATASET, name="careless", subject_columns=None)
+    rows = pa.table({"who": ["acct-1", "acct-2"], "user": ["u", None]})
+    renamed = dataclasses.replace(IDENTIFIABLE_DATASET, subject_columns=("who", "user"))
+    assert subject_mask(rows, Subject("acct-1"), renamed).to_pylist() == [True, False]
+    assert subject_mask(rows, Subject("acct-2", "u"), renamed).to_pylist() == [False, False]
+
+
+def test_compaction_reads_a_file_day_from_the_declared_layout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    by_type = dataclasses.replace(
+        FACTS_DATASET, name="by_type", folder="by_type", partition_keys=("type", "date")
+    )
+    undated = dataclasses.replace(
+        FACTS_DATASET, name="undated", folder="undated", partition_keys=("type",)
+    )
+    _declare(monkeypatch, by_type, undated)
+    assert file_day("by_type/type=request/date=2026-10-30/raw+0+0-9.parquet") == date(2026, 10, 30)
+    assert file_day("facts/date=2026-10-31/compacted+raw+0+0-9-c1.parquet") == date(2026, 10, 31)
+    assert file_day("undated/type=request/raw+0+0-9.parquet") is None
+    # Not the dataset's layout: the path says nothing (only the sink writes these folders).
+    assert file_day("facts/region=eu/date=2026-10-30/raw+0+0-9.parquet") is None
+    assert file_day("_dedup/raw/0/raw+0+0-9.parquet") is None

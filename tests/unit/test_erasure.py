@@ -10,6 +10,7 @@ import pyarrow.fs as pafs
 
 from schemas.arrow import FACTS, IDENTIFIABLE
 from schemas.commits import OutputCounts, RangeCounts
+from schemas.datasets import IDENTIFIABLE_DATASET
 from streams.privacy.retention import load_policy
 from streams.subject.erasure import erase_subject, erasure_mask, legal_hold_classes
 from streams.subject.identifiable_store import Subject, list_files
@@ -151,9 +152,19 @@ def test_erasure_mask_is_pure_and_exact() -> None:
     held = legal_hold_classes(POLICY)
     assert held == frozenset({"billing"})
     person = Subject("acct-1", "user-1")
-    assert erasure_mask(rows, person, held).to_pylist() == [True, False, False, False]
-    assert erasure_mask(rows, person, frozenset()).to_pylist() == [True, True, False, False]
-    assert erasure_mask(rows, Subject("acct-1"), frozenset()).to_pylist() == [
+    assert erasure_mask(rows, person, held, IDENTIFIABLE_DATASET).to_pylist() == [
+        True,
+        False,
+        False,
+        False,
+    ]
+    assert erasure_mask(rows, person, frozenset(), IDENTIFIABLE_DATASET).to_pylist() == [
+        True,
+        True,
+        False,
+        False,
+    ]
+    assert erasure_mask(rows, Subject("acct-1"), frozenset(), IDENTIFIABLE_DATASET).to_pylist() == [
         True,
         True,
         True,
