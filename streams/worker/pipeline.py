@@ -155,7 +155,6 @@ class _Buffer:
     tables: dict[str, list[pa.Table]] = field(
         default_factory=lambda: {dataset.name: [] for dataset in datasets.WORKER_DATASETS}
     )
-    rows: Counter[str] = field(default_factory=Counter)  # by dataset name
     raw: int = 0
     accepted: int = 0
     duplicates: int = 0
@@ -408,7 +407,6 @@ class PartitionPipeline:
         for tables in outcome.tables:
             for name, table in tables.items():
                 buffer.tables[name].append(table)
-                buffer.rows[name] += table.num_rows
                 buffer.arrow_bytes += table.nbytes
         buffer.properties_dropped += outcome.properties_dropped
         buffer.consent_changes.extend(outcome.consent_changes)
@@ -420,8 +418,9 @@ class PartitionPipeline:
 
     @property
     def buffered_rows(self) -> int:
-        """The rows of the buffer's largest dataset (the facts: one row per accepted event)."""
-        return max(self._buffer.rows.values(), default=0)
+        """The accepted events buffered (what ``roll_max_records`` counts): one fact row
+        each, whereas an event may make two identifiable records."""
+        return self._buffer.accepted
 
     @property
     def buffered_bytes(self) -> int:

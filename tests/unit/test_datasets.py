@@ -184,7 +184,7 @@ def test_publish_lays_out_every_published_declaration(
     ]
 
 
-def _event(event_id: str, kind: str) -> bytes:
+def _event(event_id: str, kind: str, **fields: object) -> bytes:
     specific = {"page_view": {"path": "/"}, "request": {"path": "/api"}, "login": {}}[kind]
     return json.dumps(
         {
@@ -195,6 +195,7 @@ def _event(event_id: str, kind: str) -> bytes:
             "account_id": "acct-1",
             "user_id": "user-1",
             **specific,
+            **fields,
         }
     ).encode()
 
@@ -213,12 +214,17 @@ def test_a_new_declaration_flows_through_the_buffer_the_writer_and_the_marker(
     # Its table builder, registered where the split's builders are (the facts' rows again).
     monkeypatch.setitem(TABLE_BUILDERS, "facts_by_type", TABLE_BUILDERS["facts"])
     kinds = ["page_view", "request", "page_view", "login"]
-    values = [_event(f"e{i}", kind) for i, kind in enumerate(kinds)]
+    # The login carries an IP address: its own record and a traffic record holding the IP.
+    values = [_event(f"e{i}", kind) for i, kind in enumerate(kinds[:-1])]
+    values.append(_event("e3", "login", ip="192.0.2.1"))
     pipeline = PartitionPipeline("raw", 0, default_context(Keyring.generate()))
     arrival = 1_793_361_600_000  # 2026-10-30T12:00Z
     assert pipeline.process([RawRecord(i, arrival, v) for i, v in enumerate(values)]) == []
+    # What roll_max_records counts: accepted events, whatever the datasets' rows.
+    assert pipeline.buffered_rows == len(kinds)
     pending = pipeline.take_range()
     assert pending is not None
+    assert pending.tables["identifiable"].num_rows > len(kinds)
 
     assert list(pending.tables) == ["identifiable", "facts", "facts_by_type"]
     assert pending.tables["facts_by_type"].num_rows == len(kinds)
