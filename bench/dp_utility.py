@@ -52,13 +52,11 @@ from aggregations.dp.mechanisms import opendp_library
 from aggregations.dp.release import Release, release_batch
 from aggregations.engine import connect
 from aggregations.schemas import DIMENSIONS
-from streams.enrich.geo import make_geolocator
-from streams.enrich.useragent import UserAgentParser
 from streams.generate import TrafficConfig, TrafficModel, load_user_agents
 from streams.privacy.keyring import Keyring
-from streams.privacy.retention import load_policy
 from streams.settings import Settings
 from streams.worker.pipeline import PartitionPipeline, PipelineContext, RawRecord
+from streams.worker.state.folder import StateFolder
 
 END: Final = datetime(2026, 11, 1, tzinfo=UTC)
 BATCH: Final = 10_000
@@ -80,22 +78,15 @@ def generate_facts(count: int, accounts: int, days: int, seed: int) -> pa.Table:
         RawRecord(offset, arrival_ms, record.value)
         for offset, record in enumerate(TrafficModel(config))
     ]
-    context = PipelineContext(
-        keyring=Keyring.generate(),
-        policy=load_policy(None),
-        user_agents=UserAgentParser(),
-        geolocator=make_geolocator(None),
-        honour_dnt=True,
-        honour_gpc=True,
-        dedup_horizon_seconds=24 * 3600,
-        worker_version="bench",
+    context = PipelineContext.from_settings(
+        Settings.model_construct(), Keyring.generate(), worker_version="bench", state=StateFolder()
     )
     pipeline = PartitionPipeline("bench.raw", 0, context)
     for first in range(0, len(records), BATCH):
         pipeline.process(records[first : first + BATCH])
     pending = pipeline.take_range()
     assert pending is not None
-    return pending.facts
+    return pending.tables["facts"]
 
 
 def by_day(facts: pa.Table) -> dict[date, pa.Table]:

@@ -16,7 +16,6 @@ once nobody needs the numbers.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -140,13 +139,8 @@ class LegacyPartitionPipeline(PartitionPipeline):
                 event_keys_of_events=keys,
             )
             outcome.accepted = len(events)
-            outcome.identifiable.append(result.identifiable)
-            outcome.facts.append(result.facts)
+            outcome.tables.append(result.tables)
             outcome.properties_dropped = result.properties_dropped
-            if result.identifiable.num_rows:
-                outcome.identifiable_by_class.update(
-                    Counter(result.identifiable["retention_class"].to_pylist())
-                )
             return outcome
         except MemoryError:
             raise  # the process, not a record: stop the worker with nothing committed

@@ -38,13 +38,12 @@ from bench.worker_throughput import PERIOD_END
 from schemas.decode import decode_batch
 from schemas.events import Event
 from schemas.validate import schema_problems
-from streams.enrich.geo import make_geolocator
-from streams.enrich.useragent import UserAgentParser
 from streams.generate import TrafficConfig, TrafficModel, load_user_agents
 from streams.generate.malformed import corrupt
 from streams.privacy.keyring import Keyring
-from streams.privacy.retention import load_policy
+from streams.settings import Settings
 from streams.worker.pipeline import PartitionPipeline, PipelineContext, RawRecord
+from streams.worker.state.folder import StateFolder
 
 TARGET = 3.0
 ARRIVAL_MS = int(PERIOD_END.timestamp() * 1000)
@@ -160,15 +159,8 @@ def main(events: int, batch: int, repeat: int, seed: int) -> None:
     bad = malformed_values(valid, seed)
     assert not decode_batch(good, [ARRIVAL_MS] * len(good), None).rejections
     assert all(e is None for e in decode_batch(bad, [ARRIVAL_MS] * len(bad), None).events)
-    context = PipelineContext(
-        keyring=Keyring.generate(),
-        policy=load_policy(None),
-        user_agents=UserAgentParser(),
-        geolocator=make_geolocator(None),
-        honour_dnt=True,
-        honour_gpc=True,
-        dedup_horizon_seconds=24 * 3600,
-        worker_version="bench",
+    context = PipelineContext.from_settings(
+        Settings.model_construct(), Keyring.generate(), worker_version="bench", state=StateFolder()
     )
     gc.collect()
     gc.freeze()  # as the worker does at start

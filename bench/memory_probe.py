@@ -125,9 +125,9 @@ class Probe:
                 {
                     "range": partition,
                     "staged_from": round(started, 3),
-                    "rows": pending.facts.num_rows,
-                    "arrow_bytes": pending.identifiable.nbytes + pending.facts.nbytes,
-                    "identifiable_bytes": pending.identifiable.nbytes,
+                    "rows": pending.tables["facts"].num_rows,
+                    "arrow_bytes": sum(t.nbytes for t in pending.tables.values()),
+                    "identifiable_bytes": pending.tables["identifiable"].nbytes,
                 }
             )
             return staged

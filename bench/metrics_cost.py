@@ -34,16 +34,14 @@ from rich.table import Table
 
 from bench.worker_throughput import PERIOD_END, generate
 from schemas.commits import RangeCounts
-from streams.enrich.geo import make_geolocator
 from streams.enrich.useragent import UserAgentParser
 from streams.privacy.keyring import Keyring
-from streams.privacy.retention import load_policy
+from streams.settings import Settings
 from streams.worker.metrics import WorkerMetrics
 from streams.worker.pipeline import PartitionPipeline, PipelineContext
+from streams.worker.state.folder import StateFolder
 
-NO_COUNTS = RangeCounts(
-    raw=0, accepted=0, duplicates=0, dead_lettered={}, identifiable={}, facts=0, bytes_written=0
-)
+NO_COUNTS = RangeCounts(raw=0, accepted=0, duplicates=0, dead_lettered={})
 
 
 def pipeline_seconds(context: PipelineContext, records: list[ConsumerRecord], batch: int) -> float:
@@ -88,15 +86,8 @@ def main(events: int, batch: int, range_records: int, repeat: int, seed: int) ->
         for offset, (key, value) in enumerate(pairs)
     ]
     keyring = Keyring.generate()
-    context = PipelineContext(
-        keyring=keyring,
-        policy=load_policy(None),
-        user_agents=UserAgentParser(),
-        geolocator=make_geolocator(None),
-        honour_dnt=True,
-        honour_gpc=True,
-        dedup_horizon_seconds=24 * 3600,
-        worker_version="bench",
+    context = PipelineContext.from_settings(
+        Settings.model_construct(), keyring, worker_version="bench", state=StateFolder()
     )
     gc.collect()
     gc.freeze()  # as the worker does at start

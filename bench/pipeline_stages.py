@@ -47,7 +47,7 @@ from streams.enrich.geo import make_geolocator
 from streams.enrich.referrer import ReferrerClassifier
 from streams.enrich.useragent import UserAgentParser
 from streams.privacy.keyring import Keyring
-from streams.privacy.retention import load_policy
+from streams.settings import Settings
 from streams.storage import open_data_root
 from streams.worker.dedup import Deduplicator
 from streams.worker.pipeline import PartitionPipeline, PipelineContext, RawRecord
@@ -160,15 +160,8 @@ def main(events: int, batch: int, repeat: int, seed: int) -> None:
     arrival_ms = int((PERIOD_END + timedelta(hours=1)).timestamp() * 1000)
     records = [RawRecord(offset, arrival_ms, v) for offset, v in enumerate(values)]
     keyring = Keyring.generate()
-    context = PipelineContext(
-        keyring=keyring,
-        policy=load_policy(None),
-        user_agents=UserAgentParser(),
-        geolocator=make_geolocator(None),
-        honour_dnt=True,
-        honour_gpc=True,
-        dedup_horizon_seconds=24 * 3600,
-        worker_version="bench",
+    context = PipelineContext.from_settings(
+        Settings.model_construct(), keyring, worker_version="bench", state=StateFolder()
     )
     gc.collect()
     gc.freeze()

@@ -39,21 +39,72 @@ _LISTINGS: Final = 5  # a listing that raced a compaction is taken again (read_m
 _MARKER_NAME = re.compile(r"^(\d{20})-(\d{20})(?:-g(\d+))?(?:-c(\d+))?\.json$")
 
 
-# omit_defaults: a range without dropped properties writes the marker it always wrote, so
-# workers of the previous version still read the markers of most ranges.
+class OutputCounts(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """The rows a range wrote into one dataset (schemas.datasets)."""
+
+    rows: int
+    # Rows by the value of the dataset's ``count_by`` column (identifiable: by retention
+    # class); empty for a dataset that declares none.
+    by: dict[str, int] = msgspec.field(default_factory=dict)
+
+
+# omit_defaults: a range without dropped properties writes no ``properties_dropped`` key.
 class RangeCounts(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
-    """What became of each raw message of the range: raw = accepted + duplicates + dead-lettered."""
+    """What became of each raw message of the range: raw = accepted + duplicates + dead-lettered,
+    and the rows it wrote into each declared dataset."""
 
     raw: int
     accepted: int
     duplicates: int
     dead_lettered: dict[str, int]  # by reason code
-    identifiable: dict[str, int]  # records by retention class
-    facts: int
-    bytes_written: int
+    # By dataset name, every dataset the worker declares (schemas.datasets.WORKER_DATASETS)
+    # when the range was written. Optional on the wire: markers written before the
+    # declarations carry ``identifiable`` and ``facts`` instead (decode_marker reads them in).
+    outputs: dict[str, OutputCounts] = msgspec.field(default_factory=dict)
+    bytes_written: int = 0
     # Properties of custom events the policy does not let through (undeclared or declared
     # dropped), kept nowhere: the collector drops them first, so these came another way.
     properties_dropped: int = 0
+    # The two keys of a marker written before the declarations (records by retention class,
+    # fact rows); never written now. Read through :func:`upgrade_counts` only.
+    legacy_identifiable: dict[str, int] = msgspec.field(default_factory=dict, name="identifiable")
+    legacy_facts: int = msgspec.field(default=0, name="facts")
+
+    def rows(self, dataset: str) -> int:
+        """The rows the range wrote into ``dataset`` (0: none, or not declared then)."""
+        counts = self.outputs.get(dataset)
+        return 0 if counts is None else counts.rows
+
+    def rows_by(self, dataset: str) -> dict[str, int]:
+        """``dataset``'s rows by the value of its ``count_by`` column."""
+        counts = self.outputs.get(dataset)
+        return {} if counts is None else counts.by
+
+
+# The names the two datasets of a marker written before the declarations had (and have).
+_LEGACY_IDENTIFIABLE: Final = "identifiable"
+_LEGACY_FACTS: Final = "facts"
+
+
+def upgrade_counts(counts: RangeCounts) -> RangeCounts:
+    """``counts`` with a marker's pre-declaration keys read into ``outputs`` (as is when it
+    has ``outputs``): readers see one shape, whichever version wrote the marker.
+
+    A marker written since the declarations lists every declared dataset in ``outputs``,
+    an empty range too; one without any was written before them and carried both old keys.
+    """
+    if counts.outputs:
+        return counts
+    by_class = counts.legacy_identifiable
+    return msgspec.structs.replace(
+        counts,
+        outputs={
+            _LEGACY_IDENTIFIABLE: OutputCounts(sum(by_class.values()), dict(by_class)),
+            _LEGACY_FACTS: OutputCounts(counts.legacy_facts),
+        },
+        legacy_identifiable={},
+        legacy_facts=0,
+    )
 
 
 class CoveredRange(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -103,7 +154,7 @@ def expand_marker(marker: CommitMarker) -> list[CommitMarker]:
     (what the worker's state rebuild reads); a range marker as itself."""
     if not marker.compaction:
         return [marker]
-    empty = RangeCounts(0, 0, 0, {}, {}, 0, 0)
+    empty = RangeCounts(0, 0, 0, {})
     return [
         CommitMarker(
             topic=marker.topic,
@@ -175,7 +226,11 @@ def encode_marker(marker: CommitMarker) -> bytes:
 
 
 def decode_marker(data: bytes) -> CommitMarker:
-    return msgspec.json.decode(data, type=CommitMarker)
+    """A marker of any version, its counts in today's shape (:func:`upgrade_counts`)."""
+    marker = msgspec.json.decode(data, type=CommitMarker)
+    if marker.counts.outputs:
+        return marker
+    return msgspec.structs.replace(marker, counts=upgrade_counts(marker.counts))
 
 
 def resolve_markers(

@@ -10,6 +10,8 @@ subject tools reach every dataset whose retention is per person (:data:`PERSONAL
 A dataset's files live at ``<folder>/<key>=<value>/.../<stem>.parquet`` (hive partitioning,
 :attr:`Dataset.partition_keys` in folder order). The key ``date`` is the UTC date of the
 dataset's :attr:`Dataset.date_column`; every other key is a column of the same name.
+
+The dead letters are a topic, not files: :data:`DEAD_LETTERS` (schemas.topic_datasets).
 """
 
 from __future__ import annotations
@@ -23,6 +25,20 @@ from typing import Final
 import pyarrow as pa
 
 from schemas.arrow import FACTS, IDENTIFIABLE
+from schemas.topic_datasets import DEAD_LETTERS, TopicDataset
+
+__all__ = [  # the topic dataset is declared apart: settings read it without pyarrow
+    "DATE_KEY",
+    "DEAD_LETTERS",
+    "FACTS_DATASET",
+    "IDENTIFIABLE_DATASET",
+    "PERSONAL_DATASETS",
+    "WORKER_DATASETS",
+    "Dataset",
+    "Retention",
+    "TopicDataset",
+    "dataset_of",
+]
 
 DATE_KEY: Final = "date"
 
@@ -50,6 +66,21 @@ class Dataset:
     date_column: str  # the column whose UTC date is the ``date`` key
     encrypted: bool  # Parquet modular encryption with the keyring's active key
     retention: Retention
+    # The column whose values break the dataset's rows down in a range's commit marker
+    # (schemas.commits.OutputCounts.by); None: the marker counts its rows only.
+    count_by: str | None = None
+    # What the subject tools (streams.subject) read of a personal dataset: the columns that
+    # name the person a row is about (account, then user: a null user is the account's
+    # own row), and the column of each row's expiry (null: until its account ends).
+    subject_columns: tuple[str, str] | None = None
+    expiry_column: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.personal and (self.subject_columns is None or self.expiry_column is None):
+            raise ValueError(
+                f"dataset {self.name!r}: a per-person dataset declares its subject and expiry"
+                " columns (the subject tools find and expire a person's rows by them)"
+            )
 
     @property
     def version(self) -> str:
@@ -98,6 +129,9 @@ IDENTIFIABLE_DATASET: Final = Dataset(
     date_column="occurred_at",
     encrypted=True,
     retention=Retention.PER_PERSON,
+    count_by="retention_class",
+    subject_columns=("account_id", "user_id"),
+    expiry_column="expires_at",
 )
 FACTS_DATASET: Final = Dataset(
     name="facts",

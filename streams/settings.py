@@ -22,6 +22,7 @@ from schemas.events import (
     DEFAULT_EVENT_MAX_AHEAD,
     DEFAULT_EVENT_MAX_BEHIND,
 )
+from schemas.topic_datasets import DEAD_LETTERS
 from streams.origins import check_origins  # the collector's own rule
 
 if TYPE_CHECKING:
@@ -59,10 +60,12 @@ class Settings(BaseSettings):
         72, description="Retention of the raw topic (it holds raw personal data: keep it short)."
     )
     dead_letter_topic: str = Field(
-        "sieve.dead-letter", description="Topic of rejected raw messages with error headers."
+        DEAD_LETTERS.default_topic,
+        description="Topic of rejected raw messages with error headers.",
     )
     dead_letter_retention_hours: int = Field(
-        168, description="Retention of the dead-letter topic (treated as identifiable data)."
+        DEAD_LETTERS.default_retention_hours,
+        description="Retention of the dead-letter topic (treated as identifiable data).",
     )
     consumer_group: str = Field("sieve-worker", description="Consumer group of the workers.")
 

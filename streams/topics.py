@@ -13,6 +13,7 @@ from typing import cast
 
 import click
 
+from schemas.topic_datasets import DEAD_LETTERS
 from streams.errors import ConfigurationError, TransientError
 from streams.settings import Settings, reads_settings
 
@@ -61,7 +62,7 @@ def dead_letter_topic_spec(name: str, partitions: int, retention_hours: int) -> 
     earlier copy under the same key, a tombstone erases one, and everything still goes
     after ``retention_hours`` (it may hold personal data).
     """
-    configs = {"cleanup.policy": "compact,delete", **_retention_configs(retention_hours)}
+    configs = {"cleanup.policy": DEAD_LETTERS.cleanup_policy, **_retention_configs(retention_hours)}
     return TopicSpec(name, partitions, configs)
 
 

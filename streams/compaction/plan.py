@@ -2,27 +2,29 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Final
 
-from schemas.commits import CommitMarker, CoveredRange, RangeCounts
-from schemas.datasets import dataset_of
+from schemas.commits import CommitMarker, CoveredRange, OutputCounts, RangeCounts
+from schemas.datasets import DATE_KEY, dataset_of
 
 COMPACTED_PREFIX: Final = "compacted+"
 # The worker's dedup logs (streams.worker.state.range_log.LOG_DIR); compaction is core and
 # imports no worker module.
 _LOG_PREFIX: Final = "_dedup/"
-_DAY: Final = re.compile(r"(?:^|/)date=(\d{4}-\d{2}-\d{2})/")
 
 Interval = tuple[int, int]
 
 
 def file_day(relative: str) -> date | None:
-    match = _DAY.search(relative)
-    return None if match is None else date.fromisoformat(match.group(1))
+    """The ``date`` partition of a file of a declared dataset (its declared layout); None
+    for a dedup log, or a dataset partitioned by no date."""
+    dataset = dataset_of(relative)
+    values = None if dataset is None else dataset.partition_of(relative)
+    day = None if values is None else values.get(DATE_KEY)
+    return None if day is None else date.fromisoformat(day)
 
 
 def marker_days(marker: CommitMarker) -> set[date]:
@@ -217,25 +219,27 @@ def collapse(ranges: Sequence[CoveredRange], gone: Collection[str]) -> list[Cove
 
 
 def sum_counts(counts: Iterable[RangeCounts]) -> RangeCounts:
-    raw = accepted = duplicates = facts = written = 0
+    raw = accepted = duplicates = written = 0
     dead: dict[str, int] = {}
-    identifiable: dict[str, int] = {}
+    rows: dict[str, int] = {}
+    by: dict[str, dict[str, int]] = {}
     for c in counts:
         raw += c.raw
         accepted += c.accepted
         duplicates += c.duplicates
-        facts += c.facts
         written += c.bytes_written
         for reason, n in c.dead_lettered.items():
             dead[reason] = dead.get(reason, 0) + n
-        for cls, n in c.identifiable.items():
-            identifiable[cls] = identifiable.get(cls, 0) + n
+        for name, output in c.outputs.items():
+            rows[name] = rows.get(name, 0) + output.rows
+            into = by.setdefault(name, {})
+            for value, n in output.by.items():
+                into[value] = into.get(value, 0) + n
     return RangeCounts(
         raw,
         accepted,
         duplicates,
         dict(sorted(dead.items())),
-        dict(sorted(identifiable.items())),
-        facts,
-        written,
+        outputs={name: OutputCounts(n, dict(sorted(by[name].items()))) for name, n in rows.items()},
+        bytes_written=written,
     )

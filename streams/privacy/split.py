@@ -1,4 +1,6 @@
-"""The identifiable / anonymized split of one batch: a pure function returning both tables.
+"""The identifiable / anonymized split of one batch: a pure function returning a table per
+declared dataset (schemas.datasets.WORKER_DATASETS), each built by the function
+:data:`TABLE_BUILDERS` registers under the dataset's name.
 
 - **facts**: one row per event, whether or not consent allows identifiable records (the
   anonymized fact is always counted). Only the account, coarse time (hour), coarse
@@ -63,8 +65,10 @@ import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from schemas.arrow import FACTS, IDENTIFIABLE, conform
+from schemas import datasets
+from schemas.arrow import FACTS, conform
 from schemas.columnar_decode import TYPE_CODES
+from schemas.datasets import FACTS_DATASET, IDENTIFIABLE_DATASET
 from schemas.events import (
     EVENT_TYPES,
     Download,
@@ -172,10 +176,10 @@ _ENRICHMENT_TYPES: Final = {
 
 @dataclass(frozen=True, slots=True)
 class SplitResult:
-    """Both outputs of one batch, conformed to their dataset schemas."""
+    """Every output of one batch, conformed to its dataset's schema."""
 
-    identifiable: pa.Table  # schemas.arrow.IDENTIFIABLE
-    facts: pa.Table  # schemas.arrow.FACTS
+    # By dataset name, every one of schemas.datasets.WORKER_DATASETS, in their order.
+    tables: Mapping[str, pa.Table]
     # Properties of custom events kept nowhere (undeclared by the policy, or declared
     # dropped): the collector drops them first, so only a direct producer's can be here.
     properties_dropped: int = 0
@@ -283,11 +287,26 @@ def split_columns(
         **{f"dimensions.{name}": column for name, column in columns.dimensions.items()},
     )
     customs = CustomSplit.of(columns.events, columns.type_codes, policy.custom_events)
-    return SplitResult(
-        identifiable=_identifiable(columns, partition, policy, customs),
-        facts=_facts(columns, keyring, customs),
-        properties_dropped=customs.dropped,
-    )
+    inputs = SplitInputs(columns, partition, policy, keyring, customs)
+    tables = {}
+    for dataset in datasets.WORKER_DATASETS:
+        build = TABLE_BUILDERS.get(dataset.name)
+        if build is None:
+            raise LookupError(f"dataset {dataset.name!r} is declared, but no table builder is")
+        # conform: a column no builder or stage computed is an error, never a silent null.
+        tables[dataset.name] = conform(build(inputs), dataset.schema)
+    return SplitResult(tables=tables, properties_dropped=customs.dropped)
+
+
+@dataclass(frozen=True, slots=True)
+class SplitInputs:
+    """What a dataset's table builder reads of one batch."""
+
+    columns: SplitColumns
+    partition: int  # the input partition
+    policy: RetentionPolicy
+    keyring: Keyring
+    customs: CustomSplit  # the policy's custom events of the batch
 
 
 def _column(events: Sequence[Event], name: str, arrow_type: pa.DataType) -> pa.Array:
@@ -315,7 +334,8 @@ def geolocation(geos: Sequence[Geo | None]) -> dict[str, pa.Array]:
     }
 
 
-def _facts(columns: SplitColumns, keyring: Keyring, customs: CustomSplit) -> pa.Table:
+def _facts(inputs: SplitInputs) -> pa.Table:
+    columns, keyring, customs = inputs.columns, inputs.keyring, inputs.customs
     events = columns.events
     codes = columns.type_codes.to_pylist()
     # Floored as UTC wall-clock time: the same instants, without the time zone lookups
@@ -348,8 +368,7 @@ def _facts(columns: SplitColumns, keyring: Keyring, customs: CustomSplit) -> pa.
         "unit_key": pc.coalesce(subjects, _userless_unit_keys(columns, days, keyring)),
         **customs.facts_columns(len(events)),
     }
-    # conform: a dimension no stage computed is an error, never a silent null column.
-    return conform(pa.table(table), FACTS)
+    return pa.table(table)
 
 
 def _subject_keys(
@@ -499,9 +518,8 @@ class _Records:
         )
 
 
-def _identifiable(
-    columns: SplitColumns, partition: int, policy: RetentionPolicy, customs: CustomSplit
-) -> pa.Table:
+def _identifiable(inputs: SplitInputs) -> pa.Table:
+    columns, policy, customs = inputs.columns, inputs.policy, inputs.customs
     events = columns.events
     classes = _Classes.of(policy)
     records = _Records.of(columns, classes, customs)
@@ -545,10 +563,19 @@ def _identifiable(
             pc.coalesce(geolocation["country"], columns.dimensions["country"]), policy
         ).take(rows),
         "policy_version": pa.repeat(pa.scalar(policy.version, pa.string()), record_count),
-        "source_partition": pa.repeat(pa.scalar(partition, pa.int32()), record_count),
+        "source_partition": pa.repeat(pa.scalar(inputs.partition, pa.int32()), record_count),
         "source_offset": columns.offsets.take(rows),
     }
-    return conform(pa.table(table), IDENTIFIABLE)
+    return pa.table(table)
+
+
+TableBuilder = Callable[[SplitInputs], pa.Table]
+# The function that builds each declared dataset's table of a batch, by dataset name (a new
+# worker dataset: its declaration in schemas.datasets, and its builder here).
+TABLE_BUILDERS: Final[dict[str, TableBuilder]] = {
+    IDENTIFIABLE_DATASET.name: _identifiable,
+    FACTS_DATASET.name: _facts,
+}
 
 
 def _regions(countries: pa.Array, policy: RetentionPolicy) -> pa.Array:

@@ -46,6 +46,7 @@ from schemas.arrow import IDENTIFIABLE
 from streams.encryption import ParquetEncryption
 from streams.errors import ConfigurationError, TransientError
 from streams.subject.identifiable_store import (
+    IdentifiableFile,
     Subject,
     list_files,
     read_in_flight,
@@ -120,16 +121,16 @@ class SubjectTables:
                 rows = read_rows(self._filesystem, file, self._encryption)
             except FileNotFoundError:
                 continue  # deleted since it was listed (a sweep, or a worker's recovery)
-            yield from self._matching(rows)
+            yield from self._matching(rows, file)
         for file in listing.in_flight:
             in_flight = read_in_flight(self._filesystem, file, self._encryption)
             if in_flight is None:
                 self.in_flight_unreadable.append(file.relative_path)
             else:
-                yield from self._matching(in_flight)
+                yield from self._matching(in_flight, file)
 
-    def _matching(self, rows: pa.Table) -> Iterator[pa.Table]:
-        matching = rows.filter(subject_mask(rows, self._subject))
+    def _matching(self, rows: pa.Table, file: IdentifiableFile) -> Iterator[pa.Table]:
+        matching = rows.filter(subject_mask(rows, self._subject, file.dataset))
         if matching.num_rows:
             yield matching
 

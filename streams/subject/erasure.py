@@ -44,11 +44,13 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from functools import partial
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
+from schemas.datasets import Dataset
 from streams.encryption import ParquetEncryption
 from streams.errors import TransientError
 from streams.privacy.retention import RetentionPolicy
@@ -142,17 +144,18 @@ def erase_subject(
                 filesystem,
                 file,
                 encryption,
-                lambda rows: erasure_mask(rows, subject, held),
+                partial(erasure_mask, subject=subject, held=held, dataset=file.dataset),
                 dry_run=dry_run,
             )
             removed.update(result.removed_rows["retention_class"].to_pylist())
-            retained.update(_held_rows(result.rows, subject, held)["retention_class"].to_pylist())
+            held_rows = _held_rows(result.rows, subject, held, file.dataset)
+            retained.update(held_rows["retention_class"].to_pylist())
             rewritten += result.outcome == "rewritten"
             deleted += result.outcome == "deleted"
     not_erased = tuple(
         file.relative_path
         for file in listing.in_flight
-        if _may_hold(read_in_flight(filesystem, file, encryption), subject, held)
+        if _may_hold(read_in_flight(filesystem, file, encryption), subject, held, file.dataset)
     )
     tombstoned = None
     if dead_letters is not None:
@@ -170,9 +173,12 @@ def erase_subject(
     )
 
 
-def erasure_mask(rows: pa.Table, subject: Subject, held: frozenset[str]) -> pa.BooleanArray:
-    """Rows to erase (pure): the subject's rows outside the legally held classes."""
-    mask = subject_mask(rows, subject)
+def erasure_mask(
+    rows: pa.Table, subject: Subject, held: frozenset[str], dataset: Dataset
+) -> pa.BooleanArray:
+    """Rows of ``dataset`` to erase (pure): the subject's rows outside the legally held
+    classes."""
+    mask = subject_mask(rows, subject, dataset)
     if held:
         in_held = pc.is_in(rows["retention_class"], value_set=pa.array(sorted(held), pa.string()))
         mask = pc.and_(mask, pc.invert(in_held))
@@ -225,14 +231,20 @@ def _produce_tombstones(source: DeadLetterTopic, letters: list[DeadLetterRecord]
         producer.close(timeout=source.timeout_seconds)
 
 
-def _may_hold(rows: pa.Table | None, subject: Subject, held: frozenset[str]) -> bool:
+def _may_hold(
+    rows: pa.Table | None, subject: Subject, held: frozenset[str], dataset: Dataset
+) -> bool:
     if rows is None:
         return True  # not readable (yet): it may
-    return bool(pc.any(erasure_mask(rows, subject, held)).as_py()) if rows.num_rows else False
+    if not rows.num_rows:
+        return False
+    return bool(pc.any(erasure_mask(rows, subject, held, dataset)).as_py())
 
 
-def _held_rows(rows: pa.Table, subject: Subject, held: frozenset[str]) -> pa.Table:
+def _held_rows(
+    rows: pa.Table, subject: Subject, held: frozenset[str], dataset: Dataset
+) -> pa.Table:
     if not held or rows.num_rows == 0:
         return rows.slice(0, 0)
     in_held = pc.is_in(rows["retention_class"], value_set=pa.array(sorted(held), pa.string()))
-    return rows.filter(pc.and_(subject_mask(rows, subject), in_held))
+    return rows.filter(pc.and_(subject_mask(rows, subject, dataset), in_held))

@@ -53,7 +53,7 @@ import pyarrow.parquet as pq
 from cryptography.exceptions import InvalidTag
 
 from schemas.arrow import IDENTIFIABLE, conform
-from schemas.datasets import DATE_KEY, PERSONAL_DATASETS, dataset_of
+from schemas.datasets import DATE_KEY, PERSONAL_DATASETS, Dataset, dataset_of
 from streams.encryption import ParquetEncryption
 from streams.errors import SieveError
 from streams.storage import TMP_INFIX, walk_files, write_parquet_atomic
@@ -110,6 +110,7 @@ class IdentifiableFile:
 
     path: str  # in the filesystem
     relative_path: str  # to the data root
+    dataset: Dataset  # the declared dataset it belongs to (its folder)
     # From the hive path; None when the path does not follow the layout (then only the rows
     # themselves can tell).
     retention_class: str | None
@@ -194,11 +195,14 @@ def remove_leftovers(filesystem: pafs.FileSystem, listing: Listing) -> int:
 def _described(info: pafs.FileInfo, relative: str, layout_path: str) -> IdentifiableFile:
     # ``layout_path``: the path the hive layout is read from (a temporary file's final name).
     dataset = dataset_of(layout_path)
-    values = (dataset.partition_of(layout_path) if dataset is not None else None) or {}
+    if dataset is None:  # list_files walks the declared folders only
+        raise ValueError(f"{relative} is in no declared dataset")
+    values = dataset.partition_of(layout_path) or {}
     day = values.get(DATE_KEY)
     return IdentifiableFile(
         path=info.path,
         relative_path=relative,
+        dataset=dataset,
         retention_class=values.get("retention_class"),
         region=values.get("region"),
         date=None if day is None else date.fromisoformat(day),
@@ -248,9 +252,10 @@ def expiry_bounds(
         parquet = pq.ParquetFile(source, decryption_properties=encryption.decryption_properties())
         metadata = parquet.metadata
     schema = metadata.schema.to_arrow_schema()
-    if "expires_at" not in schema.names:
+    expiry = file.dataset.expiry_column
+    if expiry is None or expiry not in schema.names:
         return None
-    column = schema.get_field_index("expires_at")
+    column = schema.get_field_index(expiry)
     nulls = 0
     earliest: datetime | None = None
     latest: datetime | None = None
@@ -329,6 +334,7 @@ def refresh(filesystem: pafs.FileSystem, file: IdentifiableFile) -> Identifiable
     return IdentifiableFile(
         path=file.path,
         relative_path=file.relative_path,
+        dataset=file.dataset,
         retention_class=file.retention_class,
         region=file.region,
         date=file.date,
@@ -337,11 +343,15 @@ def refresh(filesystem: pafs.FileSystem, file: IdentifiableFile) -> Identifiable
     )
 
 
-def subject_mask(rows: pa.Table, subject: Subject) -> pa.BooleanArray:
-    """Rows about ``subject``: its account's rows, or only its user's when it names one."""
-    mask = pc.equal(rows["account_id"], subject.account_id)
+def subject_mask(rows: pa.Table, subject: Subject, dataset: Dataset) -> pa.BooleanArray:
+    """Rows of ``dataset`` about ``subject``: its account's rows, or only its user's when it
+    names one (the dataset's declared subject columns)."""
+    if dataset.subject_columns is None:
+        raise ValueError(f"dataset {dataset.name!r} declares no subject columns")
+    account, user = dataset.subject_columns
+    mask = pc.equal(rows[account], subject.account_id)
     if subject.user_id is not None:
-        mask = pc.and_(mask, pc.equal(rows["user_id"], subject.user_id))
+        mask = pc.and_(mask, pc.equal(rows[user], subject.user_id))
     # A null user id compared with a user id is null: "not this person", never "unknown".
     return _as_mask(pc.fill_null(mask, False), rows.num_rows)
 

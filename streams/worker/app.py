@@ -13,13 +13,9 @@ from importlib.metadata import version as package_version
 import faust
 from mode import Service
 
-from schemas.bounds import TimeBounds
 from streams.encryption import ParquetEncryption
-from streams.enrich.geo import make_geolocator
-from streams.enrich.useragent import UserAgentParser
 from streams.monitoring.exposition import METRICS_PATH, render
 from streams.privacy.keyring import Keyring
-from streams.privacy.retention import load_policy
 from streams.settings import Settings
 from streams.storage import open_data_root
 from streams.worker.metrics import WorkerMetrics
@@ -64,21 +60,8 @@ def build_service(
     data_root = open_data_root(settings.data_root, create=True)
     filesystem, root = data_root.fs, data_root.path
     version = sieve_version()
-    context = PipelineContext(
-        keyring=keyring,
-        policy=load_policy(settings.policy_file),
-        user_agents=UserAgentParser(),
-        geolocator=make_geolocator(settings.geoip_database),
-        honour_dnt=settings.honour_dnt,
-        honour_gpc=settings.honour_gpc,
-        dedup_horizon_seconds=int(settings.dedup_horizon.total_seconds()),
-        worker_version=version,
-        time_bounds=TimeBounds(
-            max_ahead=settings.event_max_ahead,
-            max_behind=settings.event_max_behind,
-            backfill_max_behind=settings.backfill_max_behind,
-        ),
-        state=StateFolder(settings.state_folder),
+    context = PipelineContext.from_settings(
+        settings, keyring, worker_version=version, state=StateFolder(settings.state_folder)
     )
     encryption = ParquetEncryption(*keyring.encryption_keys())
     options = ConsumerOptions(

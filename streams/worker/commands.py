@@ -10,6 +10,7 @@ import click
 from rich.console import Console
 
 from schemas.commits import iter_markers, range_count
+from schemas.datasets import FACTS_DATASET, IDENTIFIABLE_DATASET
 from streams.errors import ConfigurationError
 from streams.settings import Settings, reads_settings
 from streams.storage import open_data_root
@@ -87,13 +88,13 @@ def committed_totals(
             raw=counts.raw,
             accepted=counts.accepted,
             duplicates=counts.duplicates,
-            facts=counts.facts,
+            facts=counts.rows(FACTS_DATASET.name),
             bytes_written=counts.bytes_written,
         )
         if counts.properties_dropped:
             totals["properties_dropped"] += counts.properties_dropped
         dead.update(counts.dead_lettered)
-        identifiable.update(counts.identifiable)
+        identifiable.update(counts.rows_by(IDENTIFIABLE_DATASET.name))
     return totals, dead, identifiable, ranges
 
 

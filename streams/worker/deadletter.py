@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from schemas.datasets import DEAD_LETTERS
 from schemas.decode import Rejection
 from schemas.events import BACKFILL_HEADER
 
@@ -52,15 +53,17 @@ def dead_letter(
     worker_version: str,
 ) -> DeadLetter:
     """The dead letter of one rejected message; its original headers are kept after ours."""
-    headers = [
-        (HEADER_PREFIX + "error.code", rejection.code.encode()),
-        (HEADER_PREFIX + "error.field", rejection.field.encode()),
-        (HEADER_PREFIX + "error.reason", rejection.reason.encode()),
-        (HEADER_PREFIX + "source.topic", topic.encode()),
-        (HEADER_PREFIX + "source.partition", str(partition).encode()),
-        (HEADER_PREFIX + "source.offset", str(offset).encode()),
-        (HEADER_PREFIX + "worker.version", worker_version.encode()),
-    ]
+    ours = (
+        rejection.code,
+        rejection.field,
+        rejection.reason,
+        topic,
+        str(partition),
+        str(offset),
+        worker_version,
+    )
+    # In the declaration's order (schemas.datasets.DEAD_LETTERS.headers).
+    headers = [(name, v.encode()) for name, v in zip(DEAD_LETTERS.headers, ours, strict=True)]
     # A client's own "sieve.*" headers could pass for ours (error, source), so they go; the
     # backfill mark is the one a client may set, and it tells a replayed record from a live
     # one (its time window differs: schemas.bounds).

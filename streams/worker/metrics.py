@@ -27,6 +27,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import Collector
 
 from schemas.commits import RangeCounts
+from schemas.datasets import FACTS_DATASET, IDENTIFIABLE_DATASET
 from streams.monitoring.buckets import BucketCounts
 from streams.monitoring.exposition import render
 
@@ -103,8 +104,8 @@ class WorkerMetrics:
         self.accepted += counts.accepted
         self.duplicates += counts.duplicates
         self.dead_lettered.update(counts.dead_lettered)
-        self.identifiable.update(counts.identifiable)
-        self.facts += counts.facts
+        self.identifiable.update(counts.rows_by(IDENTIFIABLE_DATASET.name))
+        self.facts += counts.rows(FACTS_DATASET.name)
         self.bytes_written += counts.bytes_written
         self.properties_dropped += counts.properties_dropped
         self.ranges_committed += 1

@@ -14,24 +14,27 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
-from schemas import arrow as schemas_arrow
+from schemas import datasets
 from schemas.bounds import DEFAULT_TIME_BOUNDS, TimeBounds
-from schemas.commits import CommitMarker, RangeCounts
+from schemas.commits import CommitMarker, OutputCounts, RangeCounts
+from schemas.datasets import Dataset
 from schemas.decode import Rejection
-from streams.enrich.geo import GeoLocator
+from streams.enrich.geo import GeoLocator, make_geolocator
 from streams.enrich.referrer import ReferrerClassifier
 from streams.enrich.useragent import UserAgentParser
 from streams.privacy.keyring import Keyring
 from streams.privacy.pseudonymize import event_keys
-from streams.privacy.retention import RetentionPolicy
+from streams.privacy.retention import RetentionPolicy, load_policy
+from streams.settings import Settings
 from streams.worker.deadletter import PROCESSING_ERROR, DeadLetter, dead_letter
 from streams.worker.dedup import Deduplicator
 from streams.worker.stages import DECODE, STAGES, Outcome, Step, decode
@@ -99,6 +102,35 @@ class PipelineContext:
     # make a referrer "internal".
     referrers: ReferrerClassifier = field(default_factory=ReferrerClassifier)
 
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, keyring: Keyring, *, worker_version: str, state: StateFolder
+    ) -> PipelineContext:
+        """The context a worker runs with: the policy file, GeoIP database, consent signals,
+        dedup horizon and time bounds of ``settings``, with the loaded ``keyring``.
+
+        The one place a context is built from configuration (the worker, the benchmarks and
+        the tests' default context), so a new stage's setting is read here once. ``state``:
+        the worker's ``StateFolder(settings.state_folder)``; a temporary ``StateFolder()``
+        for benchmarks and tests.
+        """
+        return cls(
+            keyring=keyring,
+            policy=load_policy(settings.policy_file),
+            user_agents=UserAgentParser(),
+            geolocator=make_geolocator(settings.geoip_database),
+            honour_dnt=settings.honour_dnt,
+            honour_gpc=settings.honour_gpc,
+            dedup_horizon_seconds=int(settings.dedup_horizon.total_seconds()),
+            worker_version=worker_version,
+            time_bounds=TimeBounds(
+                max_ahead=settings.event_max_ahead,
+                max_behind=settings.event_max_behind,
+                backfill_max_behind=settings.backfill_max_behind,
+            ),
+            state=state,
+        )
+
 
 @dataclass(frozen=True)
 class PendingRange:
@@ -106,8 +138,8 @@ class PendingRange:
 
     first_offset: int
     last_offset: int
-    identifiable: pa.Table
-    facts: pa.Table
+    # Every declared dataset's rows (schemas.datasets.WORKER_DATASETS), by dataset name.
+    tables: Mapping[str, pa.Table]
     counts: RangeCounts
     watermark: str | None
     consent_changes: list[tuple[str, str]]
@@ -119,14 +151,14 @@ class PendingRange:
 class _Buffer:
     first_offset: int | None = None
     last_offset: int | None = None
-    identifiable: list[pa.Table] = field(default_factory=list)
-    facts: list[pa.Table] = field(default_factory=list)
+    # By dataset name, every declared one: the tables the batches' split built.
+    tables: dict[str, list[pa.Table]] = field(
+        default_factory=lambda: {dataset.name: [] for dataset in datasets.WORKER_DATASETS}
+    )
     raw: int = 0
     accepted: int = 0
     duplicates: int = 0
     dead_lettered: Counter[str] = field(default_factory=Counter)
-    identifiable_by_class: Counter[str] = field(default_factory=Counter)
-    fact_rows: int = 0
     arrow_bytes: int = 0  # of the tables above: what the buffer holds in memory
     properties_dropped: int = 0
     consent_changes: list[tuple[str, str]] = field(default_factory=list)
@@ -372,11 +404,10 @@ class PartitionPipeline:
         buffer.accepted += outcome.accepted
         buffer.duplicates += outcome.duplicates
         buffer.dead_lettered.update(outcome.dead_lettered)
-        buffer.identifiable.extend(outcome.identifiable)
-        buffer.facts.extend(outcome.facts)
-        buffer.fact_rows += sum(table.num_rows for table in outcome.facts)
-        buffer.arrow_bytes += sum(t.nbytes for t in (*outcome.identifiable, *outcome.facts))
-        buffer.identifiable_by_class.update(outcome.identifiable_by_class)
+        for tables in outcome.tables:
+            for name, table in tables.items():
+                buffer.tables[name].append(table)
+                buffer.arrow_bytes += table.nbytes
         buffer.properties_dropped += outcome.properties_dropped
         buffer.consent_changes.extend(outcome.consent_changes)
         self.next_offset = records[-1].offset + 1
@@ -387,7 +418,9 @@ class PartitionPipeline:
 
     @property
     def buffered_rows(self) -> int:
-        return self._buffer.fact_rows
+        """The accepted events buffered (what ``roll_max_records`` counts): one fact row
+        each, whereas an event may make two identifiable records."""
+        return self._buffer.accepted
 
     @property
     def buffered_bytes(self) -> int:
@@ -408,18 +441,18 @@ class PartitionPipeline:
             if self._watermark is not None
             else None
         )
+        declared = datasets.WORKER_DATASETS
+        tables = {d.name: _concat(buffer.tables[d.name], d.schema) for d in declared}
         return PendingRange(
             first_offset=buffer.first_offset,
             last_offset=buffer.last_offset,
-            identifiable=_concat(buffer.identifiable, schemas_arrow.IDENTIFIABLE),
-            facts=_concat(buffer.facts, schemas_arrow.FACTS),
+            tables=tables,
             counts=RangeCounts(
                 raw=buffer.raw,
                 accepted=buffer.accepted,
                 duplicates=buffer.duplicates,
                 dead_lettered=dict(buffer.dead_lettered),
-                identifiable=dict(buffer.identifiable_by_class),
-                facts=buffer.fact_rows,
+                outputs={d.name: _output_counts(d, tables[d.name]) for d in declared},
                 bytes_written=0,
                 properties_dropped=buffer.properties_dropped,
             ),
@@ -441,6 +474,14 @@ class PartitionPipeline:
                 " with message.timestamp.type=LogAppendTime for exact dedup.",
                 self.topic,
             )
+
+
+def _output_counts(dataset: Dataset, table: pa.Table) -> OutputCounts:
+    if dataset.count_by is None or not table.num_rows:
+        return OutputCounts(table.num_rows)
+    counted = pc.value_counts(table[dataset.count_by])  # in order of first appearance
+    values, counts = counted.field("values").to_pylist(), counted.field("counts").to_pylist()
+    return OutputCounts(table.num_rows, dict(zip(values, counts, strict=True)))
 
 
 def _concat(tables: list[pa.Table], schema: pa.Schema) -> pa.Table:

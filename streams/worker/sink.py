@@ -25,10 +25,12 @@ from dataclasses import dataclass
 from datetime import date
 from typing import TYPE_CHECKING
 
+import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
+from schemas import datasets
 from schemas.arrow import conform
 from schemas.commits import (
     CommitMarker,
@@ -40,7 +42,7 @@ from schemas.commits import (
     read_markers,
     resolve_markers,
 )
-from schemas.datasets import DATE_KEY, FACTS_DATASET, IDENTIFIABLE_DATASET, WORKER_DATASETS
+from schemas.datasets import DATE_KEY
 from streams.encryption import ParquetEncryption
 from streams.storage import (
     StagedFile,
@@ -80,7 +82,7 @@ def plan_outputs(
     :data:`schemas.datasets.WORKER_DATASETS`), one file per partition its rows fall in."""
     stem = output_stem(topic, partition, first_offset, last_offset, generation)
     planned: list[PlannedFile] = []
-    for dataset in WORKER_DATASETS:
+    for dataset in datasets.WORKER_DATASETS:
         table = tables[dataset.name]
         if not table.num_rows:
             continue
@@ -178,8 +180,7 @@ class RangeWriter:
             partition=partition,
             first_offset=pending.first_offset,
             last_offset=pending.last_offset,
-            identifiable=pending.identifiable,
-            facts=pending.facts,
+            tables=pending.tables,
             counts=pending.counts,
             watermark=pending.watermark,
             consent_changes=pending.consent_changes,
@@ -195,8 +196,7 @@ class RangeWriter:
         partition: int,
         first_offset: int,
         last_offset: int,
-        identifiable: pa.Table,
-        facts: pa.Table,
+        tables: Mapping[str, pa.Table],
         counts: RangeCounts,
         watermark: str | None,
         consent_changes: list[tuple[str, str]],
@@ -213,8 +213,7 @@ class RangeWriter:
                 partition=partition,
                 first_offset=first_offset,
                 last_offset=last_offset,
-                identifiable=identifiable,
-                facts=facts,
+                tables=tables,
                 counts=counts,
                 watermark=watermark,
                 consent_changes=consent_changes,
@@ -229,8 +228,7 @@ class RangeWriter:
         partition: int,
         first_offset: int,
         last_offset: int,
-        identifiable: pa.Table,
-        facts: pa.Table,
+        tables: Mapping[str, pa.Table],
         counts: RangeCounts,
         watermark: str | None,
         consent_changes: list[tuple[str, str]],
@@ -240,12 +238,15 @@ class RangeWriter:
     ) -> StagedRange:
         """Write every file of the range into place and its marker under a temporary name.
 
-        Nothing counts yet: the files are listed by no marker. Idempotent for the same
-        inputs (same names, same bytes). A failed write leaves none of the range's files.
+        ``tables``: the range's rows of every declared dataset, by dataset name. Nothing
+        counts yet: the files are listed by no marker. Idempotent for the same inputs (same
+        names, same bytes). A failed write leaves none of the range's files.
         """
-        given = {IDENTIFIABLE_DATASET.name: identifiable, FACTS_DATASET.name: facts}
-        tables = {d.name: conform(given[d.name], d.schema) for d in WORKER_DATASETS}
-        planned = plan_outputs(topic, partition, first_offset, last_offset, tables, generation)
+        missing = [d.name for d in datasets.WORKER_DATASETS if d.name not in tables]
+        if missing:
+            raise ValueError(f"the range has no table for the declared datasets {missing}")
+        conformed = {d.name: conform(tables[d.name], d.schema) for d in datasets.WORKER_DATASETS}
+        planned = plan_outputs(topic, partition, first_offset, last_offset, conformed, generation)
         if dedup_log is not None:
             stem = output_stem(topic, partition, first_offset, last_offset, generation)
             planned.append(PlannedFile(log_path(topic, partition, stem), dedup_log, False))
@@ -267,16 +268,7 @@ class RangeWriter:
             first_offset=first_offset,
             last_offset=last_offset,
             files=[file.relative_path for file in planned],
-            counts=RangeCounts(
-                raw=counts.raw,
-                accepted=counts.accepted,
-                duplicates=counts.duplicates,
-                dead_lettered=counts.dead_lettered,
-                identifiable=counts.identifiable,
-                facts=counts.facts,
-                bytes_written=bytes_written,
-                properties_dropped=counts.properties_dropped,
-            ),
+            counts=msgspec.structs.replace(counts, bytes_written=bytes_written),
             watermark=watermark,
             consent_changes=consent_changes,
             sieve_version=self._version,
@@ -403,7 +395,7 @@ def recover_partition(
     for marker in superseded:
         remove(f"{root}/{path_of(marker)}")
     folders = [
-        *(dataset.folder for dataset in WORKER_DATASETS),
+        *(dataset.folder for dataset in datasets.WORKER_DATASETS),
         f"{LOG_DIR}/{topic}/{partition}",
         f"_commits/{topic}/{partition}",
     ]

@@ -66,9 +66,8 @@ class Outcome:
     dead_lettered: Counter[str] = field(default_factory=Counter)
     duplicates: int = 0
     accepted: int = 0
-    identifiable: list[pa.Table] = field(default_factory=list)
-    facts: list[pa.Table] = field(default_factory=list)
-    identifiable_by_class: Counter[str] = field(default_factory=Counter)
+    # Each split's tables by dataset name (streams.privacy.split.SplitResult.tables).
+    tables: list[Mapping[str, pa.Table]] = field(default_factory=list)
     properties_dropped: int = 0  # of custom events, kept nowhere (SplitResult)
     # Consent changes in order: a later part decides with them applied after the store's.
     consent_changes: list[StateChange] = field(default_factory=list)
@@ -91,9 +90,7 @@ class Outcome:
             dead_lettered=self.dead_lettered + later.dead_lettered,
             duplicates=self.duplicates + later.duplicates,
             accepted=self.accepted + later.accepted,
-            identifiable=self.identifiable + later.identifiable,
-            facts=self.facts + later.facts,
-            identifiable_by_class=self.identifiable_by_class + later.identifiable_by_class,
+            tables=self.tables + later.tables,
             properties_dropped=self.properties_dropped + later.properties_dropped,
             consent_changes=self.consent_changes + later.consent_changes,
             pending=later.pending if later.pending is not None else self.pending,
@@ -328,7 +325,7 @@ def referrers(batch: Batch, step: Step) -> Batch:
 
 
 def split(batch: Batch, step: Step) -> Batch:
-    """Both output tables of the batch (streams.privacy.split)."""
+    """Every declared dataset's table of the batch (streams.privacy.split)."""
     context, outcome = step.context, step.outcome
     result = split_columns(
         SplitColumns(
@@ -353,13 +350,8 @@ def split(batch: Batch, step: Step) -> Batch:
         keyring=context.keyring,
     )
     outcome.accepted = len(batch)
-    outcome.identifiable.append(result.identifiable)
-    outcome.facts.append(result.facts)
+    outcome.tables.append(result.tables)
     outcome.properties_dropped = result.properties_dropped
-    if result.identifiable.num_rows:
-        outcome.identifiable_by_class.update(
-            Counter(result.identifiable["retention_class"].to_pylist())
-        )
     return batch
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from schemas.commits import (
     CommitMarker,
+    OutputCounts,
     RangeCounts,
     read_markers,
     resolve_markers,
@@ -135,7 +136,7 @@ def _marker(first: int, last: int, day: str = "2024-03-01", **fields: object) ->
         "first_offset": first,
         "last_offset": last,
         "files": [f"facts/date={day}/{TOPIC}+0+{first}-{last}.parquet"],
-        "counts": RangeCounts(1, 1, 0, {}, {}, 1, 0),
+        "counts": RangeCounts(1, 1, 0, {}, {"facts": OutputCounts(1)}),
         "watermark": None,
         "consent_changes": [],
         "sieve_version": "test",

@@ -69,7 +69,9 @@ def test_declared_properties_go_where_the_policy_says() -> None:
         {"genre": "drama", "seconds": 42, "email": "a@b.example", "title": "t", "extra": 1},
     )
     result = split_of([played, custom("Undeclared", {"genre": "x"}, 1), page])
-    facts = result.facts.select(["type", "event_name", "dimensions", "metrics"]).to_pylist()
+    facts = (
+        result.tables["facts"].select(["type", "event_name", "dimensions", "metrics"]).to_pylist()
+    )
     assert facts == [
         {
             "type": "custom",
@@ -84,7 +86,7 @@ def test_declared_properties_go_where_the_policy_says() -> None:
     assert result.properties_dropped == 3
     records = {
         (row["source_offset"], row["retention_class"]): msgspec.json.decode(row["properties"])
-        for row in result.identifiable.to_pylist()
+        for row in result.tables["identifiable"].to_pylist()
     }
     assert records[(0, "traffic")] == {
         "name": "Video Played",
@@ -112,7 +114,7 @@ def test_an_undeclared_property_reaches_no_output(name: str, value: str) -> None
         custom("Undeclared", {name: value, "genre": value}, 2),
     ]
     result = split_of(events)
-    written = _parquet_bytes(result.facts) + _parquet_bytes(result.identifiable)
+    written = _parquet_bytes(result.tables["facts"]) + _parquet_bytes(result.tables["identifiable"])
     assert name.encode() not in written
     assert value.encode() not in written
     assert b"drama" in written  # what is declared is there to be found
@@ -125,10 +127,10 @@ def test_a_range_without_dropped_properties_writes_the_marker_counts_it_always_w
         "accepted": 3,
         "duplicates": 0,
         "dead_lettered": {},
-        "identifiable": {},
-        "facts": 3,
+        "outputs": {"identifiable": {"rows": 0}, "facts": {"rows": 3}},
         "bytes_written": 10,
     }
-    assert msgspec.json.decode(msgspec.json.encode(RangeCounts(**plain))) == plain
-    dropped = RangeCounts(**plain, properties_dropped=2)
+    typed = msgspec.convert(plain, RangeCounts)
+    assert msgspec.json.decode(msgspec.json.encode(typed)) == plain
+    dropped = msgspec.structs.replace(typed, properties_dropped=2)
     assert msgspec.json.decode(msgspec.json.encode(dropped), type=RangeCounts) == dropped

@@ -139,9 +139,9 @@ def test_an_opt_out_comes_back_from_the_store_after_a_restart(
     again.restore(filesystem, root, markers)
     later = [(request(NOW, "u1"), NOW_MS + SECOND), (request(NOW, "u2"), NOW_MS + SECOND)]
     pending = run(again, records(later, start=2))
-    kept = set(pending.identifiable["event_id"].to_pylist())
+    kept = set(pending.tables["identifiable"]["event_id"].to_pylist())
     assert kept == {later[1][0].event_id}, "u1 opted out; u2 did not"
-    assert pending.facts.num_rows == 2
+    assert pending.tables["facts"].num_rows == 2
 
 
 def test_producer_timestamps_are_used_with_one_warning_per_worker(

@@ -153,7 +153,7 @@ class Partition:
                 first_offset=self.range_first,
                 last_offset=last_offset,
                 files=[path],
-                counts=RangeCounts(0, 0, 0, {}, {}, 0, 0),
+                counts=RangeCounts(0, 0, 0, {}),
                 watermark=None,
                 consent_changes=[],
                 sieve_version="test",

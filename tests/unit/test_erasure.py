@@ -9,7 +9,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from schemas.arrow import FACTS, IDENTIFIABLE
-from schemas.commits import RangeCounts
+from schemas.commits import OutputCounts, RangeCounts
+from schemas.datasets import IDENTIFIABLE_DATASET
 from streams.privacy.retention import load_policy
 from streams.subject.erasure import erase_subject, erasure_mask, legal_hold_classes
 from streams.subject.identifiable_store import Subject, list_files
@@ -117,15 +118,13 @@ def test_files_written_by_the_worker_sink_are_erased(tmp_path: Path) -> None:
         partition=3,
         first_offset=10,
         last_offset=11,
-        identifiable=rows,
-        facts=FACTS.empty_table(),
+        tables={"identifiable": rows, "facts": FACTS.empty_table()},
         counts=RangeCounts(
             raw=2,
             accepted=2,
             duplicates=0,
             dead_lettered={},
-            identifiable={"traffic": 2},
-            facts=0,
+            outputs={"identifiable": OutputCounts(2, {"traffic": 2}), "facts": OutputCounts(0)},
             bytes_written=0,
         ),
         watermark=None,
@@ -153,9 +152,19 @@ def test_erasure_mask_is_pure_and_exact() -> None:
     held = legal_hold_classes(POLICY)
     assert held == frozenset({"billing"})
     person = Subject("acct-1", "user-1")
-    assert erasure_mask(rows, person, held).to_pylist() == [True, False, False, False]
-    assert erasure_mask(rows, person, frozenset()).to_pylist() == [True, True, False, False]
-    assert erasure_mask(rows, Subject("acct-1"), frozenset()).to_pylist() == [
+    assert erasure_mask(rows, person, held, IDENTIFIABLE_DATASET).to_pylist() == [
+        True,
+        False,
+        False,
+        False,
+    ]
+    assert erasure_mask(rows, person, frozenset(), IDENTIFIABLE_DATASET).to_pylist() == [
+        True,
+        True,
+        False,
+        False,
+    ]
+    assert erasure_mask(rows, Subject("acct-1"), frozenset(), IDENTIFIABLE_DATASET).to_pylist() == [
         True,
         True,
         True,

@@ -30,9 +30,7 @@ from schemas.commits import (
 from streams.worker.sink import recover_partition, resume_point
 
 TOPIC = "raw"
-COUNTS = RangeCounts(
-    raw=0, accepted=0, duplicates=0, dead_lettered={}, identifiable={}, facts=0, bytes_written=0
-)
+COUNTS = RangeCounts(raw=0, accepted=0, duplicates=0, dead_lettered={})
 
 
 def _marker(first: int, last: int, generation: int, partition: int = 1) -> CommitMarker:

@@ -122,7 +122,7 @@ def test_poison_values_are_dead_lettered_and_every_good_event_is_accepted(
     assert counts.duplicates == kinds["duplicate"]
     assert sum(counts.dead_lettered.values()) == len(poison) == len(letters)
     assert counts.raw == counts.accepted + counts.duplicates + sum(counts.dead_lettered.values())
-    assert pending.facts.num_rows == kinds["event"]
+    assert pending.tables["facts"].num_rows == kinds["event"]
     assert sorted(letter.value for letter in letters) == sorted(poison)
     for letter in letters:
         headers = dict(letter.headers)
@@ -230,12 +230,12 @@ def test_a_stage_raising_on_one_record_dead_letters_that_record_only(
     assert pending.counts.dead_lettered == {PROCESSING_ERROR: len(poison)}
     assert pending.counts.accepted == expected.counts.accepted == kinds["event"]
     assert pending.counts.duplicates == expected.counts.duplicates
-    assert pending.counts.identifiable == expected.counts.identifiable
-    columns = [c for c in expected.facts.column_names if c != "offset"]
+    assert pending.counts.outputs == expected.counts.outputs
+    columns = [c for c in expected.tables["facts"].column_names if c != "offset"]
     assert (
-        _sorted_facts([pending.facts])
+        _sorted_facts([pending.tables["facts"]])
         .select(columns)
-        .equals(_sorted_facts([expected.facts]).select(columns))
+        .equals(_sorted_facts([expected.tables["facts"]]).select(columns))
     )
 
 

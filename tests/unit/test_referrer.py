@@ -105,7 +105,7 @@ def test_the_worker_writes_the_class_and_never_the_referrer() -> None:
     pending = pipeline.take_range()
 
     assert pending is not None
-    facts = pending.facts
+    facts = pending.tables["facts"]
     assert facts["referrer_class"].to_pylist() == [
         "search",
         "internal",

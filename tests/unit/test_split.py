@@ -255,7 +255,7 @@ def _example_batch(
 
 @given(batches())
 def test_one_fact_per_event_with_the_facts_schema(batch: Batch) -> None:
-    facts = batch.split().facts
+    facts = batch.split().tables["facts"]
     assert facts.schema.equals(FACTS, check_metadata=True)
     assert facts.num_rows == len(batch.events)
     assert facts["type"].to_pylist() == [_tag(e) for e in batch.events]
@@ -280,7 +280,7 @@ def test_facts_hold_no_ip_user_agent_user_session_or_geo_values(batch: Batch) ->
     }
     # Nor may the planted prefixes alone (a truncated value is still a leak) in any text.
     prefixes = {"user-", "sess-", "UA-", "city-", "region-", "10.", "2001:db8"}
-    facts = batch.split().facts
+    facts = batch.split().tables["facts"]
     for column in facts.columns:
         cells = [str(value) for value in column.to_pylist()]
         searched = planted | prefixes if pa.types.is_string(column.type) else planted
@@ -291,7 +291,7 @@ def test_facts_hold_no_ip_user_agent_user_session_or_geo_values(batch: Batch) ->
 
 @given(batches())
 def test_fact_columns_carry_the_coarse_measures(batch: Batch) -> None:
-    facts = batch.split().facts
+    facts = batch.split().tables["facts"]
     hours = [_utc(e.occurred_at).replace(minute=0, second=0, microsecond=0) for e in batch.events]
     assert facts["occurred_hour"].to_pylist() == hours
     expected_bytes = [
@@ -338,7 +338,7 @@ _subject_events = st.builds(
 
 @given(st.lists(_subject_events, max_size=30))
 def test_subject_keys_of_repeated_people_are_those_of_subject_keys(events: list[Event]) -> None:
-    facts = _example_batch(events).split().facts
+    facts = _example_batch(events).split().tables["facts"]
     assert facts["subject_key"].to_pylist() == subject_keys(
         [e.account_id for e in events],
         [e.user_id for e in events],
@@ -350,8 +350,8 @@ def test_subject_keys_of_repeated_people_are_those_of_subject_keys(events: list[
 def test_facts_ignore_consent() -> None:
     batch = _example_batch([_request(ip="10.0.0.1"), _view()], keep=[False, False])
     result = batch.split()
-    assert result.facts.num_rows == 2
-    assert result.identifiable.num_rows == 0
+    assert result.tables["facts"].num_rows == 2
+    assert result.tables["identifiable"].num_rows == 0
 
 
 # --- identifiable ----------------------------------------------------------------------------
@@ -359,7 +359,7 @@ def test_facts_ignore_consent() -> None:
 
 @given(batches())
 def test_identifiable_records_are_exactly_those_policy_and_consent_allow(batch: Batch) -> None:
-    identifiable = batch.split().identifiable
+    identifiable = batch.split().tables["identifiable"]
     assert identifiable.schema.equals(IDENTIFIABLE, check_metadata=True)
     got = Counter(
         zip(
@@ -374,7 +374,7 @@ def test_identifiable_records_are_exactly_those_policy_and_consent_allow(batch: 
 @given(batches())
 def test_ip_and_user_agent_live_only_in_traffic_records(batch: Batch) -> None:
     by_offset = dict(zip(batch.offsets, batch.events, strict=True))
-    for row in _rows(batch.split().identifiable):
+    for row in _rows(batch.split().tables["identifiable"]):
         event = by_offset[row["source_offset"]]
         if row["retention_class"] != TRAFFIC:
             assert row["ip"] is None and row["user_agent"] is None
@@ -390,7 +390,7 @@ def test_ip_and_user_agent_live_only_in_traffic_records(batch: Batch) -> None:
 @given(batches())
 def test_every_record_carries_its_events_envelope(batch: Batch) -> None:
     position = {offset: i for i, offset in enumerate(batch.offsets)}
-    for row in _rows(batch.split().identifiable):
+    for row in _rows(batch.split().tables["identifiable"]):
         i = position[row["source_offset"]]
         event = batch.events[i]
         assert row["event_id"] == event.event_id
@@ -409,7 +409,7 @@ def test_every_record_carries_its_events_envelope(batch: Batch) -> None:
 @given(batches())
 def test_own_class_records_hold_geo_and_canonical_properties(batch: Batch) -> None:
     by_offset = dict(zip(batch.offsets, batch.events, strict=True))
-    for row in _rows(batch.split().identifiable):
+    for row in _rows(batch.split().tables["identifiable"]):
         event = by_offset[row["source_offset"]]
         if row["retention_class"] != POLICY.class_of(_tag(event)).name:
             continue
@@ -435,7 +435,7 @@ def test_expiry_is_the_class_period_after_the_event_or_null_when_account_bound(
     batch: Batch,
 ) -> None:
     by_offset = dict(zip(batch.offsets, batch.events, strict=True))
-    for row in _rows(batch.split().identifiable):
+    for row in _rows(batch.split().tables["identifiable"]):
         cls = POLICY.classes[row["retention_class"]]
         event = by_offset[row["source_offset"]]
         if cls.account_bound:
@@ -450,21 +450,21 @@ def test_expiry_counts_from_arrival_when_the_event_claims_a_later_time() -> None
     future = datetime(2090, 1, 1, tzinfo=UTC)
     arrived = datetime(2024, 1, 1, tzinfo=UTC)
     batch = _example_batch([_request(ip="10.0.0.1", occurred_at=future)], received=[arrived])
-    (row,) = _rows(batch.split().identifiable)
+    (row,) = _rows(batch.split().tables["identifiable"])
     assert row["expires_at"] == arrived + timedelta(days=30)
 
 
 def test_a_record_without_kafka_timestamp_expires_from_event_time() -> None:
     batch = _example_batch([_request(ip="10.0.0.1")])
     batch.received_at_ms = [-1]
-    (row,) = _rows(batch.split().identifiable)
+    (row,) = _rows(batch.split().tables["identifiable"])
     assert row["expires_at"] == T0 + timedelta(days=30)
 
 
 @given(batches())
 def test_region_follows_client_geo_country_else_the_ip_country(batch: Batch) -> None:
     position = {offset: i for i, offset in enumerate(batch.offsets)}
-    for row in _rows(batch.split().identifiable):
+    for row in _rows(batch.split().tables["identifiable"]):
         i = position[row["source_offset"]]
         geo = batch.events[i].geo
         country = (
@@ -489,7 +489,7 @@ def test_region_follows_client_geo_country_else_the_ip_country(batch: Batch) -> 
 def test_region_examples(geo_country: str | None, ip_country: str, region: str) -> None:
     event = _view(geo=Geo(country=geo_country, city="Paris"))
     batch = _example_batch([event], countries=[ip_country])
-    assert batch.split().identifiable["region"].to_pylist() == [region]
+    assert batch.split().tables["identifiable"]["region"].to_pylist() == [region]
 
 
 # --- examples of the record table ------------------------------------------------------------
@@ -499,7 +499,7 @@ def test_activity_event_with_ip_yields_an_activity_record_and_a_traffic_record()
     batch = _example_batch(
         [_view(ip="10.1.2.3", user_agent="Mozilla/5.0 UA-x", geo=Geo(city="Oslo"))]
     )
-    rows = _rows(batch.split().identifiable)
+    rows = _rows(batch.split().tables["identifiable"])
     assert [(r["retention_class"], r["ip"], r["user_agent"], r["geo_city"]) for r in rows] == [
         ("activity", None, None, "Oslo"),
         ("traffic", "10.1.2.3", "Mozilla/5.0 UA-x", None),
@@ -510,14 +510,14 @@ def test_activity_event_with_ip_yields_an_activity_record_and_a_traffic_record()
 
 def test_request_yields_one_traffic_record_with_its_properties() -> None:
     batch = _example_batch([_request(ip="10.0.0.9")])
-    (row,) = _rows(batch.split().identifiable)
+    (row,) = _rows(batch.split().tables["identifiable"])
     assert (row["retention_class"], row["ip"]) == ("traffic", "10.0.0.9")
     assert msgspec.json.decode(row["properties"])["path"] == "/api"
 
 
 def test_event_without_ip_or_ua_yields_no_traffic_record() -> None:
     batch = _example_batch([_view()])
-    assert batch.split().identifiable["retention_class"].to_pylist() == ["activity"]
+    assert batch.split().tables["identifiable"]["retention_class"].to_pylist() == ["activity"]
 
 
 def test_payment_is_kept_for_billing_after_opt_out_but_not_its_ip() -> None:
@@ -528,7 +528,7 @@ def test_payment_is_kept_for_billing_after_opt_out_but_not_its_ip() -> None:
         provider_reference="ch_1",
         **_envelope(ip="10.0.0.7", user_agent="UA-pay"),
     )
-    rows = _rows(_example_batch([payment], keep=[False]).split().identifiable)
+    rows = _rows(_example_batch([payment], keep=[False]).split().tables["identifiable"])
     assert [(r["retention_class"], r["ip"], r["expires_at"] is not None) for r in rows] == [
         ("billing", None, True)
     ]
@@ -543,7 +543,7 @@ def test_payment_is_kept_for_billing_after_opt_out_but_not_its_ip() -> None:
     ],
 )
 def test_consent_and_lifecycle_records_are_proof_kept_without_ip(event: Event) -> None:
-    rows = _rows(_example_batch([event], keep=[False]).split().identifiable)
+    rows = _rows(_example_batch([event], keep=[False]).split().tables["identifiable"])
     assert [(r["retention_class"], r["ip"], r["user_agent"], r["expires_at"]) for r in rows] == [
         ("account", None, None, None)
     ]
@@ -551,13 +551,13 @@ def test_consent_and_lifecycle_records_are_proof_kept_without_ip(event: Event) -
 
 def test_kept_consent_event_also_yields_its_traffic_record() -> None:
     event = ConsentChange(choice="opt_in", **_envelope(ip="10.0.0.5"))
-    rows = _rows(_example_batch([event], keep=[True]).split().identifiable)
+    rows = _rows(_example_batch([event], keep=[True]).split().tables["identifiable"])
     assert [r["retention_class"] for r in rows] == ["account", "traffic"]
 
 
 def test_rows_come_in_event_order_then_detached_traffic_records() -> None:
     events: list[Event] = [_view(ip="10.0.0.1"), _request(ip="10.0.0.2"), _view(ip="10.0.0.3")]
-    rows = _rows(_example_batch(events).split().identifiable)
+    rows = _rows(_example_batch(events).split().tables["identifiable"])
     assert [(r["source_offset"], r["retention_class"]) for r in rows] == [
         (100, "activity"),
         (101, "traffic"),
@@ -594,17 +594,17 @@ def contract_batches(draw: st.DrawFn) -> Batch:
 @given(contract_batches())
 def test_every_valid_event_splits_by_the_rules(batch: Batch) -> None:
     result = batch.split()
-    assert result.facts.num_rows == len(batch.events)
+    assert result.tables["facts"].num_rows == len(batch.events)
     rows = Counter(
         zip(
-            result.identifiable["source_offset"].to_pylist(),
-            result.identifiable["retention_class"].to_pylist(),
+            result.tables["identifiable"]["source_offset"].to_pylist(),
+            result.tables["identifiable"]["retention_class"].to_pylist(),
             strict=True,
         )
     )
     assert rows == _expected_rows(batch)
     again = batch.split()
-    assert result.identifiable.equals(again.identifiable) and result.facts.equals(again.facts)
+    assert all(result.tables[name].equals(again.tables[name]) for name in ("identifiable", "facts"))
 
 
 @given(contract_batches())
@@ -613,7 +613,7 @@ def test_properties_are_the_sorted_key_json_of_the_type_specific_fields(batch: B
     # text must stay exactly the sorted-key encoding (escapes, number formats, nulls).
     canonical = msgspec.json.Encoder(order="sorted")
     by_offset = dict(zip(batch.offsets, batch.events, strict=True))
-    for row in _rows(batch.split().identifiable):
+    for row in _rows(batch.split().tables["identifiable"]):
         event = by_offset[row["source_offset"]]
         if row["retention_class"] != POLICY.class_of(_tag(event)).name:
             continue
@@ -630,21 +630,22 @@ def test_same_input_gives_equal_tables(batch: Batch) -> None:
     first = batch.split()
     # A keyring loaded again from the same file is a different object with the same keys.
     second = batch.split(Keyring.from_json(KEYRING.to_json()))
-    assert first.identifiable.equals(second.identifiable, check_metadata=True)
-    assert first.facts.equals(second.facts, check_metadata=True)
+    assert first.tables["identifiable"].equals(second.tables["identifiable"], check_metadata=True)
+    assert first.tables["facts"].equals(second.tables["facts"], check_metadata=True)
 
 
 def test_another_key_changes_every_pseudonym() -> None:
     batch = _example_batch([_view(user_id="user-1")])
-    mine, theirs = batch.split().facts, batch.split(Keyring.generate()).facts
+    mine, theirs = batch.split().tables["facts"], batch.split(Keyring.generate()).tables["facts"]
     assert mine["event_key"].to_pylist() != theirs["event_key"].to_pylist()
     assert mine["subject_key"].to_pylist() != theirs["subject_key"].to_pylist()
 
 
 def test_empty_batch_gives_empty_tables_with_the_schemas() -> None:
     result = _example_batch([]).split()
-    assert result.identifiable.num_rows == result.facts.num_rows == 0
-    assert result.identifiable.schema.equals(IDENTIFIABLE) and result.facts.schema.equals(FACTS)
+    assert result.tables["identifiable"].num_rows == result.tables["facts"].num_rows == 0
+    assert result.tables["identifiable"].schema.equals(IDENTIFIABLE)
+    assert result.tables["facts"].schema.equals(FACTS)
 
 
 def test_misaligned_inputs_are_rejected_naming_them() -> None:

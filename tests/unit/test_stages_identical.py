@@ -25,7 +25,6 @@ from hypothesis import strategies as st
 
 from bench.legacy_pipeline import LegacyPartitionPipeline
 from schemas.events import Event, encode
-from streams.enrich.geo import make_geolocator
 from streams.enrich.useragent import UserAgentInfo, UserAgentParser
 from streams.privacy.keyring import Keyring
 from streams.privacy.retention import parse_policy, policy_text
@@ -33,6 +32,7 @@ from streams.worker.deadletter import DeadLetter
 from streams.worker.pipeline import PartitionPipeline, PendingRange, PipelineContext, RawRecord
 from streams.worker.state.folder import StateFolder
 from tests.fixtures.consent_events import batch_events
+from tests.fixtures.pipeline_context import default_context
 from tests.fixtures.pipeline_truth import TRAFFIC_ARRIVAL_MS, traffic_config
 
 POISON_UA = "PoisonAgent/6.6"
@@ -60,15 +60,10 @@ properties = { genre = "dimension", seconds = "metric", email = "identifiable" }
 
 @pytest.fixture(scope="module")
 def context() -> PipelineContext:
-    return PipelineContext(
-        keyring=Keyring.generate(),
+    # The worker's own context, with custom events declared in its policy.
+    return replace(
+        default_context(Keyring.generate()),
         policy=parse_policy(policy_text(None)[0] + _DECLARED),
-        user_agents=UserAgentParser(),
-        geolocator=make_geolocator(None),
-        honour_dnt=True,
-        honour_gpc=True,
-        dedup_horizon_seconds=24 * 3600,
-        worker_version="test",
     )
 
 
@@ -152,11 +147,13 @@ def test_stages_write_what_the_previous_pipeline_wrote(
         assert now.counts == was.counts
         assert now.watermark == was.watermark
         assert now.consent_changes == was.consent_changes
-        assert now.identifiable.equals(was.identifiable, check_metadata=True)
-        assert now.facts.drop_columns(["referrer_class"]).equals(
-            was.facts.drop_columns(["referrer_class"]), check_metadata=True
+        assert now.tables["identifiable"].equals(was.tables["identifiable"], check_metadata=True)
+        assert (
+            now.tables["facts"]
+            .drop_columns(["referrer_class"])
+            .equals(was.tables["facts"].drop_columns(["referrer_class"]), check_metadata=True)
         )
-        assert was.facts["referrer_class"].null_count == was.facts.num_rows
+        assert was.tables["facts"]["referrer_class"].null_count == was.tables["facts"].num_rows
         assert now.dedup_log is not None and was.dedup_log is not None
         assert now.dedup_log.event_keys == was.dedup_log.event_keys
         assert np.array_equal(now.dedup_log.arrivals, was.dedup_log.arrivals)
@@ -166,7 +163,7 @@ def test_stages_write_what_the_previous_pipeline_wrote(
     assert total.duplicates > 0 and total.dead_lettered
     assert new_ranges[0].consent_changes
     assert all(r.counts.properties_dropped for r in new_ranges)  # custom events were there
-    facts = pa.concat_tables([r.facts for r in new_ranges])
+    facts = pa.concat_tables([r.tables["facts"] for r in new_ranges])
     assert facts.num_rows == sum(r.counts.accepted for r in new_ranges)
 
 
@@ -197,4 +194,4 @@ def test_consent_in_columns_decides_what_the_replay_decides(
         return
     assert now.consent_changes == was.consent_changes
     assert now.counts == was.counts
-    assert now.identifiable.equals(was.identifiable)
+    assert now.tables["identifiable"].equals(was.tables["identifiable"])

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from schemas.commits import RangeCounts
+from schemas.commits import OutputCounts, RangeCounts
 from streams.settings import Settings
 from streams.worker.metrics import WorkerMetrics
 from streams.worker.run import status_reporter
@@ -56,8 +56,7 @@ def busy_metrics() -> WorkerMetrics:
             accepted=11_000,
             duplicates=990,
             dead_lettered={"invalid_json": 7, "too_far_ahead": 3},
-            identifiable={},
-            facts=11_000,
+            outputs={"identifiable": OutputCounts(0), "facts": OutputCounts(11_000)},
             bytes_written=1,
         )
     )

@@ -44,7 +44,7 @@ def _facts(events: list[Event]) -> pa.Table:
         ),
         policy=load_policy(None),
         keyring=KEYRING,
-    ).facts
+    ).tables["facts"]
 
 
 def _expected(prefix: bytes, account: str, value: str, day: date) -> str:

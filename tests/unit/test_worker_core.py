@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from schemas.commits import RangeCounts, iter_markers
+from schemas.commits import OutputCounts, RangeCounts, iter_markers
 from streams.encryption import ParquetEncryption
 from streams.privacy.keyring import Keyring
 from streams.storage import open_data_root
@@ -184,8 +184,7 @@ def test_metrics_render_every_counter() -> None:
             accepted=7,
             duplicates=2,
             dead_lettered={"invalid_json": 1},
-            identifiable={"traffic": 5},
-            facts=7,
+            outputs={"identifiable": OutputCounts(5, {"traffic": 5}), "facts": OutputCounts(7)},
             bytes_written=100,
         )
     )
@@ -260,6 +259,6 @@ def test_the_buffer_counts_the_bytes_of_the_range_it_hands_over(
     pending = pipeline.take_range()
     assert pending is not None
     # What the cut is decided on is what the range holds in memory.
-    assert 0 < after_one < buffered == pending.identifiable.nbytes + pending.facts.nbytes
+    assert 0 < after_one < buffered == sum(table.nbytes for table in pending.tables.values())
     assert pipeline.buffered_bytes == 0
     pipeline.close()

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from schemas.commits import RangeCounts
+from schemas.commits import OutputCounts, RangeCounts
 from streams.monitoring.buckets import BucketCounts
 from streams.worker.metrics import END_TO_END_LAG_BUCKETS, WorkerMetrics
 from streams.worker.pipeline import RawRecord
@@ -41,8 +41,10 @@ def counts(raw: int, *, dead: dict[str, int] | None = None, duplicates: int = 0)
         accepted=accepted,
         duplicates=duplicates,
         dead_lettered=dead,
-        identifiable={"traffic": accepted},
-        facts=accepted,
+        outputs={
+            "identifiable": OutputCounts(accepted, {"traffic": accepted}),
+            "facts": OutputCounts(accepted),
+        },
         bytes_written=1000,
     )
 
