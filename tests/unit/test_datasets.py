@@ -4,7 +4,6 @@ the declarations instead of naming datasets (issue 11, item 2)."""
 from __future__ import annotations
 
 import dataclasses
-import json
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -43,6 +42,7 @@ from streams.worker.sink import RangeWriter
 from tests.fixtures.facts import fact, facts_table
 from tests.fixtures.identifiable import FS, POLICY, new_encryption, record, write_identifiable
 from tests.fixtures.pipeline_context import default_context
+from tests.fixtures.raw_events import raw_event
 
 DAY = datetime(2026, 10, 30, 9, tzinfo=UTC)
 
@@ -185,19 +185,7 @@ def test_publish_lays_out_every_published_declaration(
 
 
 def _event(event_id: str, kind: str, **fields: object) -> bytes:
-    specific = {"page_view": {"path": "/"}, "request": {"path": "/api"}, "login": {}}[kind]
-    return json.dumps(
-        {
-            "schema_version": 1,
-            "type": kind,
-            "event_id": event_id,
-            "occurred_at": "2026-10-30T12:00:00Z",
-            "account_id": "acct-1",
-            "user_id": "user-1",
-            **specific,
-            **fields,
-        }
-    ).encode()
+    return raw_event(event_id, kind, **{"user_id": "user-1", **fields})
 
 
 def test_a_new_declaration_flows_through_the_buffer_the_writer_and_the_marker(

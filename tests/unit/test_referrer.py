@@ -3,7 +3,6 @@ that keeps the class, never the URL or its host."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 
 import pytest
@@ -17,6 +16,7 @@ from streams.privacy.retention import load_policy
 from streams.worker.pipeline import PartitionPipeline, PipelineContext, RawRecord
 from streams.worker.stages import STAGES
 from streams.worker.state.folder import StateFolder
+from tests.fixtures.raw_events import raw_event
 
 CLASSIFIER = ReferrerClassifier(["console.example.com"])
 
@@ -64,19 +64,7 @@ def test_referrer_is_a_declared_stage_before_the_split() -> None:
     assert FACTS.field("referrer_class").nullable
 
 
-def _event(event_id: str, kind: str, **fields: object) -> bytes:
-    specific = {"page_view": {"path": "/"}, "request": {"path": "/api"}, "login": {}}[kind]
-    return json.dumps(
-        {
-            "schema_version": 1,
-            "type": kind,
-            "event_id": event_id,
-            "occurred_at": "2026-10-30T12:00:00Z",
-            "account_id": "acct-1",
-            **specific,
-            **fields,
-        }
-    ).encode()
+_event = raw_event
 
 
 def test_the_worker_writes_the_class_and_never_the_referrer() -> None:
