@@ -137,9 +137,8 @@ def test_a_fault_storm_loses_and_doubles_nothing(tmp_path: Path) -> None:
         finally:
             for worker in storm.workers:
                 worker.stop()
-    assert all(w.process is not None and w.process.returncode == 0 for w in storm.workers), [
-        w.log_tail() for w in storm.workers
-    ]
+    unclean = [w for w in storm.workers if w.process is None or w.process.returncode != 0]
+    assert not unclean, "\n\n".join(w.exit_report() for w in unclean)
     assert_exactly_once(setup, storm.by_kind, storm.produced)
     opened = open_data_root(str(setup.data_root), create=True)
     filesystem, root = opened.fs, opened.path
