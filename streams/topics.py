@@ -15,6 +15,7 @@ import click
 
 from schemas.topic_datasets import DEAD_LETTERS
 from streams.errors import ConfigurationError, TransientError
+from streams.kafka_clients import admin_client
 from streams.settings import Settings, reads_settings
 
 HOUR_MS = 3_600_000
@@ -92,13 +93,12 @@ def create_topics(
     ``TransientError`` when the broker is unreachable and ``ConfigurationError`` when it
     rejects a spec (a bad config name or value).
     """
-    from kafka import KafkaAdminClient  # imported late: `sieve --help` stays fast
     from kafka.errors import KafkaError, for_code
 
     specs = list(specs)
     timeout_ms = int(timeout_s * 1000)
     try:
-        admin = KafkaAdminClient(
+        admin = admin_client(
             bootstrap_servers=bootstrap_servers,
             client_id="sieve-topics",
             bootstrap_timeout_ms=timeout_ms,
@@ -212,13 +212,12 @@ def prepare_dead_letter_topic(
     ``TransientError`` when no broker answers and ``ConfigurationError`` when the broker
     refuses to create the topic or to describe it (the worker must not start then).
     """
-    from kafka import KafkaAdminClient
     from kafka.admin import ConfigResource, ConfigResourceType
     from kafka.errors import KafkaError
 
     timeout_ms = int(timeout_s * 1000)
     try:
-        admin = KafkaAdminClient(
+        admin = admin_client(
             bootstrap_servers=bootstrap_servers,
             client_id="sieve-worker-start",
             bootstrap_timeout_ms=timeout_ms,

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from streams.errors import ConfigurationError, SieveError
+from streams.kafka_clients import admin_client
 
 POM = Path(__file__).with_name("pom.xml")
 LOOPBACK = "127.0.0.1"
@@ -115,11 +116,9 @@ def broker_version(lib_dir: Path) -> str:
 def answers_metadata(bootstrap_servers: str, timeout_s: float = 2.0) -> bool:
     """True iff a broker at ``bootstrap_servers`` answered a metadata request in time and
     lists at least one broker (an unfenced broker can serve clients)."""
-    from kafka import KafkaAdminClient  # kafka-python is slow to import; only pay when probing
-
     timeout_ms = max(100, int(timeout_s * 1000))
     try:
-        admin = KafkaAdminClient(
+        admin = admin_client(
             bootstrap_servers=bootstrap_servers,
             client_id="sieve-broker-probe",
             bootstrap_timeout_ms=timeout_ms,

@@ -38,7 +38,7 @@ from typing import Any, Final
 import click
 import duckdb
 import pyarrow.fs as pafs
-from kafka import KafkaConsumer, TopicPartition
+from kafka import TopicPartition
 from kafka.errors import CommitFailedError
 from kafka.structs import OffsetAndMetadata
 from rich.console import Console
@@ -72,6 +72,7 @@ from streams.generate.commands import generate_to_topic
 from streams.generate.model import TrafficConfig
 from streams.generate.records import GroundTruth
 from streams.generate.user_agents import load_user_agents
+from streams.kafka_clients import kafka_consumer
 from streams.privacy.keyring import Keyring, write_new_keyring
 from streams.settings import Settings, reads_settings
 from streams.topics import ensure_topics_from_settings
@@ -263,7 +264,7 @@ def start_group_at_end(bootstrap_servers: str, group: str, topic: str) -> int:
     A consumer rather than the admin client: it waits out the group coordinator's start on
     a fresh broker (the first group creates the offsets topic).
     """
-    consumer = KafkaConsumer(
+    consumer = kafka_consumer(
         bootstrap_servers=bootstrap_servers,
         group_id=group,
         client_id=CLIENT_ID,

@@ -13,12 +13,12 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Final
 
-from kafka import KafkaAdminClient
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from streams.broker.control import free_ports
 from streams.errors import SieveError
+from streams.kafka_clients import admin_client
 from streams.settings import ENV_PREFIX, Settings
 from streams.worker.commands import committed_totals
 
@@ -136,7 +136,7 @@ def wait_until_ready(
     (the group's position is fixed, the workers catch up), but a worker that never joins
     fails here with that reason rather than later as a stall. (One that exits is caught
     sooner: the demo checks them while generating.)"""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id=CLIENT_ID)
+    admin = admin_client(bootstrap_servers=bootstrap_servers, client_id=CLIENT_ID)
     try:
         deadline = time.monotonic() + WORKER_START_TIMEOUT_S
         while True:

@@ -45,6 +45,7 @@ import pyarrow.fs as pafs
 from schemas.arrow import IDENTIFIABLE
 from streams.encryption import ParquetEncryption
 from streams.errors import ConfigurationError, TransientError
+from streams.kafka_clients import kafka_consumer
 from streams.subject.identifiable_store import (
     IdentifiableFile,
     Subject,
@@ -256,11 +257,11 @@ def read_dead_letters(source: DeadLetterTopic) -> list[DeadLetterRecord]:
     Raises :class:`ConfigurationError` if the topic does not exist, :class:`TransientError`
     if the broker cannot be reached or the read does not finish within the timeout.
     """
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import TopicPartition
     from kafka.errors import KafkaError
 
     try:
-        consumer = KafkaConsumer(
+        consumer = kafka_consumer(
             bootstrap_servers=source.bootstrap_servers,
             group_id=None,
             enable_auto_commit=False,

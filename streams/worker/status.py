@@ -19,6 +19,7 @@ from typing import Any, Final
 from rich.table import Table
 
 from streams.errors import TransientError
+from streams.kafka_clients import kafka_consumer
 
 # The whole lag query: TCP probe, bootstrap, metadata and offsets. With the interpreter's
 # start and the markers' read, `sieve status` stays under 5 s on a loaded machine.
@@ -81,12 +82,12 @@ def _accepts_connections(server: str, deadline: float) -> bool:
 def _lag_from_kafka(
     bootstrap_servers: str, group: str, topic: str, deadline: float
 ) -> dict[int, int]:
-    from kafka import KafkaConsumer, TopicPartition  # imported late: kafka-python is slow to load
+    from kafka import TopicPartition  # imported late: kafka-python is slow to load
 
     def left_ms() -> int:
         return max(100, int((deadline - time.monotonic()) * 1000))
 
-    consumer = KafkaConsumer(
+    consumer = kafka_consumer(
         bootstrap_servers=bootstrap_servers,
         group_id=group,
         client_id=CLIENT_ID,
