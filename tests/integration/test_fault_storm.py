@@ -137,6 +137,8 @@ def test_a_fault_storm_loses_and_doubles_nothing(tmp_path: Path) -> None:
         finally:
             for worker in storm.workers:
                 worker.stop()
+    for worker in storm.workers:
+        print(f"{worker.name}: {worker.stop_report}")
     unclean = [w for w in storm.workers if w.process is None or w.process.returncode != 0]
     assert not unclean, "\n\n".join(w.exit_report() for w in unclean)
     assert_exactly_once(setup, storm.by_kind, storm.produced)
