@@ -15,10 +15,12 @@ late: ``sieve --help`` stays fast.
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 if TYPE_CHECKING:
     from kafka import KafkaAdminClient, KafkaConsumer
+
+Client = TypeVar("Client")
 
 # How long a failed constructor's IO thread is given to finish its current poll.
 STOP_TIMEOUT_MS: Final = 2000
@@ -28,32 +30,26 @@ def admin_client(**config: Any) -> KafkaAdminClient:
     """``KafkaAdminClient(**config)``; no thread left running if it raises."""
     from kafka import KafkaAdminClient
 
-    class _StoppedOnFailure(KafkaAdminClient):
-        def __init__(self, **configs: Any) -> None:
-            try:
-                super().__init__(**configs)
-            except BaseException:
-                _stop_io(self)
-                raise
-
-    client: KafkaAdminClient = _StoppedOnFailure(**config)
-    return client
+    return _constructed(KafkaAdminClient, (), config)
 
 
 def kafka_consumer(*topics: str, **config: Any) -> KafkaConsumer:
     """``KafkaConsumer(*topics, **config)``; no thread left running if it raises."""
     from kafka import KafkaConsumer
 
-    class _StoppedOnFailure(KafkaConsumer):
-        def __init__(self, *names: str, **configs: Any) -> None:
-            try:
-                super().__init__(*names, **configs)
-            except BaseException:
-                _stop_io(self)
-                raise
+    return _constructed(KafkaConsumer, topics, config)
 
-    consumer: KafkaConsumer = _StoppedOnFailure(*topics, **config)
-    return consumer
+
+def _constructed(cls: type[Client], args: tuple[str, ...], config: dict[str, Any]) -> Client:
+    # Allocated first and initialised apart, so that a constructor that raises still leaves
+    # us the half-built client whose thread must be stopped.
+    client = cls.__new__(cls)
+    try:
+        client.__init__(*args, **config)  # type: ignore[misc]
+    except BaseException:
+        _stop_io(client)
+        raise
+    return client
 
 
 def _stop_io(half_built: object) -> None:
