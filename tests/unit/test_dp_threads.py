@@ -8,9 +8,10 @@ smaller than two independent draws allow. Here one bounded batch is released in 
 calls of one batch (the one-by-one path, the reference). The cells looked at are those that
 are one OpenDP draw each, published as drawn: the day's people total and the events and
 people of every event type (a whole domain, always published; every true count is 16
-standard deviations above zero, so clipping at zero never happens in practice). The noise of
-such a cell is the discrete Gaussian of its measurement's scale (``build_mechanism``), whose
-probabilities are computed exactly here. Per path, over every group and cell:
+standard deviations above zero: a draw clipped at zero has a probability below 1e-50). The
+noise of such a cell is the discrete Gaussian of its measurement's scale
+(``build_mechanism``), whose probabilities are computed exactly here. Per path, over every
+group and cell:
 
 - **equal pairs**: how many of the 28 pairs of a group publish the same number, against
   the probability that two independent draws are equal (sum of p(k)^2);
@@ -27,8 +28,11 @@ average over all pairs is at most that of an average over 4 disjoint pairs (Jens
 inequality over the ways to split the group into disjoint pairs). So Chernoff's bound
 P(T >= t) <= exp(-s t) E[exp(s T)], with the exact distribution of one draw, bounds the
 probability of a false failure of each check by :data:`ALPHA` (1e-8); the file runs 14
-checks on real draws: a false failure has a probability below 1.4e-7. A negative control
-reuses one draw for every batch of a call and must fail.
+checks on real draws (7 a path: equal pairs too many; each other statistic too small or
+too large): a false failure has a probability below 1.4e-7. With 16 groups of 8, a check
+fails when the variance of the differences is below 78 % or above 125 % of 2 sigma^2, or
+equal pairs are 1.57 times too many. A negative control reuses one draw for every batch of
+a call and must fail.
 """
 
 from __future__ import annotations
