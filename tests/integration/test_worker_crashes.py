@@ -23,6 +23,7 @@ from tests.fixtures.kafka import KafkaBroker
 from tests.fixtures.pipeline_truth import traffic_config
 from tests.fixtures.worker_harness import (
     WorkerProcess,
+    WorkerSetup,
     assert_exactly_once,
     committed_offsets,
     drained,
@@ -40,24 +41,12 @@ def test_five_random_sigkills_lose_and_repeat_nothing(kafka: KafkaBroker, tmp_pa
     # Small fetches and ranges: many commits per second, so kills land mid-write as often as
     # mid-fetch.
     setup.extra_env.update(SIEVE_BATCH_MAX_RECORDS="2000", SIEVE_ROLL_MAX_RECORDS="5000")
-    seed = random.randrange(1 << 30)
-    moments = random.Random(seed)
-    print(f"kill moments drawn with seed {seed}")
+    moments = _kill_moments()
     kills = 0
     worker = WorkerProcess(setup, "worker-0").start()
     try:
         while kills < 5:
-            before = setup.committed_raw()
-            # A random moment after the worker has made progress since its restart, so every
-            # kill lands in the middle of real work (fetching, transforming, writing, committing).
-            wait_until(
-                lambda before=before: setup.committed_raw() > before,  # type: ignore[misc]
-                timeout=120,
-                what="progress after a restart",
-                workers=[worker],
-            )
-            _pause(moments.uniform(0.0, 0.5), worker)
-            worker.kill()
+            _kill_after_progress(setup, worker, moments)
             kills += 1
             # However fast the machine, every restart must find work left: top the input up
             # while the worker is dead. A new seed gives new event ids (and their own
@@ -83,6 +72,28 @@ def test_five_random_sigkills_lose_and_repeat_nothing(kafka: KafkaBroker, tmp_pa
         worker.stop()
     assert kills == 5
     assert_exactly_once(setup, by_kind, produced)
+
+
+def _kill_moments() -> random.Random:
+    """The random kill moments of a test, from a seed it prints (to replay a failing run)."""
+    seed = random.randrange(1 << 30)
+    print(f"kill moments drawn with seed {seed}")
+    return random.Random(seed)
+
+
+def _kill_after_progress(setup: WorkerSetup, worker: WorkerProcess, moments: random.Random) -> None:
+    """SIGKILL ``worker`` at a random moment after it has made progress since its start, so
+    every kill lands in the middle of real work (fetching, transforming, writing,
+    committing); fail if it dies on its own before."""
+    before = setup.committed_raw()
+    wait_until(
+        lambda: setup.committed_raw() > before,
+        timeout=120,
+        what="progress after a restart",
+        workers=[worker],
+    )
+    _pause(moments.uniform(0.0, 0.5), worker)
+    worker.kill()
 
 
 def _pause(seconds: float, worker: WorkerProcess) -> None:
@@ -155,21 +166,11 @@ def test_ranges_cut_by_bytes_through_sigkills_lose_and_repeat_nothing(
     chunk = 20_000
     setup, truth = prepared(kafka, tmp_path, chunk, partitions=2, seed=23)
     setup.extra_env.update(SIEVE_BATCH_MAX_RECORDS="1000", SIEVE_ROLL_MAX_BYTES="65536")
-    seed = random.randrange(1 << 30)
-    moments = random.Random(seed)
-    print(f"kill moments drawn with seed {seed}")
+    moments = _kill_moments()
     worker = WorkerProcess(setup, "bytes-0").start()
     try:
         for kill in range(2):
-            before = setup.committed_raw()
-            wait_until(
-                lambda before=before: setup.committed_raw() > before,  # type: ignore[misc]
-                timeout=120,
-                what="progress after a restart",
-                workers=[worker],
-            )
-            _pause(moments.uniform(0.0, 0.5), worker)
-            worker.kill()
+            _kill_after_progress(setup, worker, moments)
             worker = WorkerProcess(setup, f"bytes-{kill + 1}").start()
         wait_until(
             drained(setup, chunk),

@@ -8,14 +8,11 @@ from dataclasses import replace
 import pytest
 
 from schemas.arrow import FACTS
-from streams.enrich.geo import make_geolocator
 from streams.enrich.referrer import ReferrerClassifier
-from streams.enrich.useragent import UserAgentParser
 from streams.privacy.keyring import Keyring
-from streams.privacy.retention import load_policy
-from streams.worker.pipeline import PartitionPipeline, PipelineContext, RawRecord
+from streams.worker.pipeline import PartitionPipeline, RawRecord
 from streams.worker.stages import STAGES
-from streams.worker.state.folder import StateFolder
+from tests.fixtures.pipeline_context import default_context
 from tests.fixtures.raw_events import raw_event
 
 CLASSIFIER = ReferrerClassifier(["console.example.com"])
@@ -76,17 +73,7 @@ def test_the_worker_writes_the_class_and_never_the_referrer() -> None:
     }
     values = [_event(eid, "page_view", referrer=url) for eid, url in referrers.items()]
     values += [_event("e5", "request"), _event("e6", "login")]
-    context = PipelineContext(
-        keyring=Keyring.generate(),
-        policy=load_policy(None),
-        user_agents=UserAgentParser(),
-        geolocator=make_geolocator(None),
-        honour_dnt=True,
-        honour_gpc=True,
-        dedup_horizon_seconds=86400,
-        worker_version="test",
-    )
-    context = replace(context, state=StateFolder(), referrers=CLASSIFIER)
+    context = replace(default_context(Keyring.generate()), referrers=CLASSIFIER)
     pipeline = PartitionPipeline("raw", 0, context)
     arrival = 1_793_361_600_000  # 2026-10-30T12:00Z
     assert pipeline.process([RawRecord(i, arrival, v) for i, v in enumerate(values)]) == []
