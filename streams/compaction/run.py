@@ -256,12 +256,14 @@ def _apply(
 ) -> None:
     marker = plan.marker
     # The intent names every file this compaction writes, before the first is written: a
-    # kill before the marker leaves files nobody lists, and the next sweep finds them here.
-    _write_atomic(
-        filesystem,
-        f"{root}/{_intent_relative(marker.topic, marker.partition)}",
-        msgspec.json.encode(sorted(plan.merged)),
-    )
+    # kill before the marker leaves files nobody lists, and the next sweep finds them here
+    # (none to write, none to name: the marker alone replaces the ranges).
+    if plan.merged:
+        _write_atomic(
+            filesystem,
+            f"{root}/{_intent_relative(marker.topic, marker.partition)}",
+            msgspec.json.encode(sorted(plan.merged)),
+        )
     for target, sources in sorted(plan.merged.items()):
         dataset = dataset_of(target)
         if dataset is None:  # plan.is_merged merges declared datasets only
@@ -281,7 +283,8 @@ def _apply(
                 report.files_merged += _remove(filesystem, f"{root}/{relative}")
     for replaced in plan.replaced:
         _remove(filesystem, f"{root}/{path_of(replaced)}")
-    _remove(filesystem, f"{root}/{_intent_relative(marker.topic, marker.partition)}")
+    if plan.merged:
+        _remove(filesystem, f"{root}/{_intent_relative(marker.topic, marker.partition)}")
 
 
 def _read_all(
