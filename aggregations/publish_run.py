@@ -6,7 +6,6 @@ name and renamed, under a name of the run; none is listed anywhere until the run
 
 from __future__ import annotations
 
-import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +28,7 @@ from aggregations.analytics import (
     schedule,
 )
 from aggregations.dp import ledger
-from aggregations.engine import connect
+from aggregations.engine import connect, second_connection
 from aggregations.manifest import (
     GRAINS,
     Manifest,
@@ -164,27 +163,25 @@ def meter_beside_release(
     spill: str,
 ) -> set[date]:
     """:func:`meter_days` and :func:`release_days` of a chunk that fits half the memory
-    budget, their queries side by side (two connections, half the memory limit each), so a
-    small run (a day more) uses both cores instead of one query's worth of them.
+    budget, their queries side by side (two connections to one database, under its one
+    memory limit), so a small run (a day more) uses both cores instead of one query's worth.
 
     Only the release's queries and noise run in the other thread (:func:`draw_release`, no
     write and no change to ``run``); its ledger records and published copies are written
     after the metering files, as one after the other would, so a crash leaves what it left.
     """
-    half = max(1, memory_limit_mb // 2)
-    folders = [os.path.join(spill, name) for name in ("meter", "release")]
-    for folder in folders:
-        os.makedirs(folder, exist_ok=True)  # DuckDB's spill files: one folder per database
-    meter_connection = connect(memory_limit_mb=half, temp_directory=folders[0])
-    release_connection = connect(memory_limit_mb=half, temp_directory=folders[1])
+    meter_connection = connect(memory_limit_mb=memory_limit_mb, temp_directory=spill)
     try:
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sieve-release") as pool:
-            drawn = pool.submit(draw_release, run, release_connection, to_release, entries)
-            meter_days(run, meter_connection, metered)
-        released = drawn.result()
+        release_connection = second_connection(meter_connection)
+        try:
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sieve-release") as pool:
+                drawn = pool.submit(draw_release, run, release_connection, to_release, entries)
+                meter_days(run, meter_connection, metered)
+            released = drawn.result()
+        finally:
+            release_connection.close()
     finally:
         meter_connection.close()
-        release_connection.close()
     return write_release(run, to_release, released)
 
 
