@@ -1,7 +1,10 @@
 """One publish run's work (aggregations/publish.py plans it and commits it): the days to
 meter again and the analytics batches due, worked through in chunks of days, each chunk in
-one DuckDB connection over the facts' Parquet files. Every file is written to a temporary
-name and renamed, under a name of the run; none is listed anywhere until the run's manifest.
+one DuckDB database over the facts' Parquet files (a chunk of at most half the memory
+budget, such as a day more, meters in one connection while its batches are drawn in
+another: :func:`meter_beside_release`). Every file is written to a temporary name and
+renamed, under a name of the run; none is listed anywhere until the run's manifest, so a
+group of them is written side by side (streams.storage.write_concurrently).
 """
 
 from __future__ import annotations
