@@ -28,3 +28,12 @@ def connect(
     if temp_directory is not None:
         connection.execute("SET temp_directory = ?", [temp_directory])
     return connection
+
+
+def second_connection(connection: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    """Another connection to ``connection``'s database, for a second thread: its own
+    temporary tables, views and session (UTC, as above), the same memory limit and
+    temporary folder (the database's). A new database would cost tens of milliseconds."""
+    second = connection.cursor()
+    second.execute("SET TimeZone = 'UTC'")
+    return second

@@ -36,6 +36,7 @@ _ANY = "__any_usage"
 # null-safe comparisons below.
 KEY = ("grain", "date", "hour", "account_id", "meter", "dimension", "dimension_value")
 WINDOW = ("grain", "date", "hour", "account_id")
+_HOURS = ("grain", "date", "hour")  # a window of every account (hour null: a day)
 
 
 def _same(left: str, right: str, columns: Sequence[str]) -> str:
@@ -223,15 +224,16 @@ def changes(
         SELECT {keys}, sum(value) AS value FROM published
         WHERE meter IN (SELECT meter FROM current_meters) GROUP BY ALL;
         CREATE OR REPLACE TEMP TABLE published_windows AS SELECT DISTINCT {window} FROM published;
-        CREATE OR REPLACE TEMP TABLE published_days AS
-        SELECT DISTINCT grain, date FROM published_windows;
-        CREATE OR REPLACE TEMP TABLE recomputed_windows AS
-        SELECT DISTINCT {window} FROM recomputed SEMI JOIN published_days USING (grain, date);
+        CREATE OR REPLACE TEMP TABLE published_hours AS
+        SELECT DISTINCT grain, date, hour FROM published_windows;
+        CREATE OR REPLACE TEMP TABLE compared AS
+        SELECT * FROM recomputed r SEMI JOIN published_hours p ON {_same("r", "p", _HOURS)};
+        CREATE OR REPLACE TEMP TABLE recomputed_windows AS SELECT DISTINCT {window} FROM compared;
         CREATE OR REPLACE TEMP TABLE changes AS
         WITH joined AS (
             SELECT {", ".join(f"coalesce(r.{c}, c.{c}) AS {c}" for c in KEY)},
                    r.value AS recomputed, c.value AS published
-            FROM (SELECT * FROM recomputed SEMI JOIN published_days USING (grain, date)) r
+            FROM compared r
             FULL JOIN current c ON {_same("r", "c", KEY)}
         ), marked AS (
             SELECT j.*, p.grain IS NOT NULL AS window_published,
@@ -249,10 +251,11 @@ def changes(
             coalesce(recomputed, 0) <> coalesce(published, 0)
             OR (published IS NULL AND NOT window_published))
         UNION ALL
-        -- A grain and date with nothing published (every date of a first publish): each row
-        -- is a base row as it is, no join needed (what the query above gives it).
-        SELECT {keys}, value, false, false FROM recomputed
-        ANTI JOIN published_days USING (grain, date)
+        -- A window (grain, date and hour) with nothing published for any account: every
+        -- date of a first publish, and a day's hours that closed since the last run. Each
+        -- row is a base row as it is, no join needed (what the query above gives it).
+        SELECT {keys}, value, false, false FROM recomputed r
+        ANTI JOIN published_hours p ON {_same("r", "p", _HOURS)}
         """  # noqa: S608 - constant fragments and checked identifiers
     )
     counts = {

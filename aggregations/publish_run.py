@@ -1,24 +1,37 @@
 """One publish run's work (aggregations/publish.py plans it and commits it): the days to
 meter again and the analytics batches due, worked through in chunks of days, each chunk in
-one DuckDB connection over the facts' Parquet files. Every file is written to a temporary
-name and renamed, under a name of the run; none is listed anywhere until the run's manifest.
+one DuckDB database over the facts' Parquet files (a chunk of at most half the memory
+budget, such as a day more, meters in one connection while its batches are drawn in
+another: :func:`meter_beside_release`). Every file is written to a temporary name and
+renamed, under a name of the run; none is listed anywhere until the run's manifest, so a
+group of them is written side by side (streams.storage.write_concurrently).
 """
 
 from __future__ import annotations
 
 import tempfile
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from functools import partial
 
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from aggregations import metering, metering_totals
-from aggregations.analytics import DayFacts, Privacy, Refusal, Scheduled, release, schedule
+from aggregations.analytics import (
+    DayFacts,
+    Privacy,
+    Refusal,
+    Released,
+    Scheduled,
+    release,
+    schedule,
+)
 from aggregations.dp import ledger
-from aggregations.engine import connect
+from aggregations.engine import connect, second_connection
 from aggregations.manifest import (
     GRAINS,
     Manifest,
@@ -39,6 +52,7 @@ from aggregations.storage import (
 )
 from aggregations.windows import last_closed_day, last_closed_hour
 from schemas.arrow import conform
+from streams.storage import write_concurrently
 
 # Memory per fact of a chunk (DuckDB's tables of facts, bounding and long rows, and the Arrow
 # rows of the day files written): a chunk holds at most memory_limit_mb * 1 MB / this many
@@ -126,16 +140,52 @@ def work(
     refused_days: set[date] = set()
     with tempfile.TemporaryDirectory(prefix="sieve-publish-") as spill:
         for group in chunks(work_days, size, budget):
+            metered = [d for d in group if d in plan.metering_days]
+            to_release = [due[d] for d in group if d in due]
+            if metered and to_release and 2 * sum(size[d] for d in group) <= budget:
+                refused_days |= meter_beside_release(
+                    run, metered, to_release, entries, memory_limit_mb, spill
+                )
+                continue
             connection = connect(memory_limit_mb=memory_limit_mb, temp_directory=spill)
             try:
-                meter_days(run, connection, [d for d in group if d in plan.metering_days])
-                refused_days |= release_days(
-                    run, connection, [due[d] for d in group if d in due], entries
-                )
+                meter_days(run, connection, metered)
+                refused_days |= release_days(run, connection, to_release, entries)
             finally:
                 connection.close()
     waiting = (set(manifest.waiting_days) - set(in_play)) | set(plan_due.waiting_days)
     return waiting, manifest.unreleased_facts + plan_due.unreleased_facts, refused_days
+
+
+def meter_beside_release(
+    run: Run,
+    metered: list[date],
+    to_release: list[Scheduled],
+    entries: Mapping[date, list[ledger.Entry]],
+    memory_limit_mb: int,
+    spill: str,
+) -> set[date]:
+    """:func:`meter_days` and :func:`release_days` of a chunk that fits half the memory
+    budget, their queries side by side (two connections to one database, under its one
+    memory limit), so a small run (a day more) uses both cores instead of one query's worth.
+
+    Only the release's queries and noise run in the other thread (:func:`draw_release`, no
+    write and no change to ``run``); its ledger records and published copies are written
+    after the metering files, as one after the other would, so a crash leaves what it left.
+    """
+    meter_connection = connect(memory_limit_mb=memory_limit_mb, temp_directory=spill)
+    try:
+        release_connection = second_connection(meter_connection)
+        try:
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sieve-release") as pool:
+                drawn = pool.submit(draw_release, run, release_connection, to_release, entries)
+                meter_days(run, meter_connection, metered)
+            released = drawn.result()
+        finally:
+            release_connection.close()
+    finally:
+        meter_connection.close()
+    return write_release(run, to_release, released)
 
 
 def day_facts(run: Run, day: date) -> DayFacts:
@@ -191,7 +241,8 @@ def meter_days(run: Run, connection: duckdb.DuckDBPyConnection, days: list[date]
         "recomputed",
         "current",
         "published_windows",
-        "published_days",
+        "published_hours",
+        "compared",
         "recomputed_windows",
         "changes",
     ):
@@ -219,16 +270,26 @@ def write_days(run: Run, table: pa.Table) -> None:
         table["grain"], pc.cast(table["date"], pa.string()), "/"
     ).combine_chunks()
     encoded = pc.run_end_encode(keys)
+    files: dict[str, pa.Table] = {}
     start = 0
     for end, key in zip(encoded.run_ends.to_pylist(), encoded.values.to_pylist(), strict=True):
         grain, day = key.split("/")
         name = metering_path(grain, date.fromisoformat(day), run_id)
-        write_parquet_atomic(run.root, name, table.slice(start, end - start))
+        files[name] = table.slice(start, end - start)
         previous = run.metering_files.get(key)
         if previous is not None and previous != name:
             run.retired.append(previous)
         run.metering_files[key] = name
         start = end
+    write_files(run.root, files)
+
+
+def write_files(root: Root, files: Mapping[str, pa.Table]) -> None:
+    """Write a run's files side by side (streams.storage.write_concurrently): none is listed
+    anywhere until the run's manifest, which is written after they all are."""
+    write_concurrently(
+        [partial(write_parquet_atomic, root, name, table) for name, table in files.items()]
+    )
 
 
 def write_totals(run: Run, connection: duckdb.DuckDBPyConnection, rewritten: pa.Table) -> None:
@@ -243,14 +304,16 @@ def write_totals(run: Run, connection: duckdb.DuckDBPyConnection, rewritten: pa.
         {m.name: m.sql_type for m in run.meters},
         run.root.join,
     )
+    files: dict[str, pa.Table] = {}
     for month, table in months.items():
         name = metering_totals.totals_path(month, run_id)
-        write_parquet_atomic(run.root, name, table)
+        files[name] = table
         key = metering_totals.totals_key(month)
         previous = run.metering_files.get(key)
         if previous is not None and previous != name:
             run.retired.append(previous)
         run.metering_files[key] = name
+    write_files(run.root, files)
 
 
 def release_days(
@@ -262,15 +325,35 @@ def release_days(
     """Release the due batches of a chunk: ledger first, then the published copy."""
     if not due:
         return set()
-    plan = run.plan
-    assert plan.run is not None
+    return write_release(run, due, draw_release(run, connection, due, entries))
+
+
+def draw_release(
+    run: Run,
+    connection: duckdb.DuckDBPyConnection,
+    due: list[Scheduled],
+    entries: Mapping[date, list[ledger.Entry]],
+) -> Released:
+    """The due batches bounded and noised (aggregations.analytics.release): no write, and
+    ``run`` is only read (:func:`meter_beside_release` runs it beside the metering)."""
+    assert run.plan.run is not None
     covered = [name for scheduled in due for name in scheduled.covered_files]
-    run.facts_read += run.rows(covered)
     register_facts(connection, run.root, covered, "batch_facts")
-    released = release(connection, "batch_facts", entries, due, run.privacy, plan.run, run.now)
+    return release(connection, "batch_facts", entries, due, run.privacy, run.plan.run, run.now)
+
+
+def write_release(run: Run, due: list[Scheduled], released: Released) -> set[date]:
+    """Record the released batches in the ledger, then publish them; the refused days."""
+    run.facts_read += run.rows([name for scheduled in due for name in scheduled.covered_files])
+    # Every batch recorded before any is published (each batch's record before its copy is
+    # what matters: a copy without a record would be a release the accountant never saw).
+    write_concurrently(
+        [partial(ledger.record, run.root, batch.entry, batch.table) for batch in released.batches]
+    )
+    write_concurrently(
+        [partial(ledger.publish_recorded, run.root, batch.entry) for batch in released.batches]
+    )
     for batch in released.batches:
-        ledger.record(run.root, batch.entry, batch.table)
-        ledger.publish_recorded(run.root, batch.entry)
         run.batches.append(batch.entry)
         run.analytics_rows += batch.table.num_rows
     run.refused.extend(released.refused)

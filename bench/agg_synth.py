@@ -22,6 +22,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from itertools import pairwise
 from pathlib import Path
 from typing import Final
 
@@ -224,8 +225,9 @@ class Writer:
     offsets: list[int] = field(default_factory=lambda: [0] * PARTITIONS)
     files: int = 0
 
-    def write(self, start: datetime, end: datetime) -> int:
-        """Commit the facts of [start, end) as one range per partition; their number."""
+    def write(self, start: datetime, end: datetime, pieces: int = 1) -> int:
+        """Commit the facts of [start, end) as ``pieces`` ranges per partition, one after the
+        other, each of an equal span of time; their number."""
         parts: dict[int, list[pa.Table]] = {p: [] for p in range(PARTITIONS)}
         day = start.date()
         while datetime(day.year, day.month, day.day, tzinfo=UTC) < end:
@@ -243,18 +245,25 @@ class Writer:
                 )
             day += timedelta(days=1)
         written = 0
+        bounds = [start + (end - start) * i / pieces for i in range(pieces)] + [end]
         for partition, tables in parts.items():
             part = pa.concat_tables(tables)
-            if part.num_rows == 0:
-                continue
-            write_committed_facts(
-                self.data_root,
-                part,
-                first_offset=self.offsets[partition],
-                topic=TOPIC,
-                partition=partition,
-            )
-            self.offsets[partition] += part.num_rows
-            self.files += 1
-            written += part.num_rows
+            hours = part["occurred_hour"]
+            for low, high in pairwise(bounds):
+                piece = part.filter(
+                    pc.and_(pc.greater_equal(hours, pa.scalar(low, hours.type)),
+                            pc.less(hours, pa.scalar(high, hours.type)))
+                )  # fmt: skip
+                if piece.num_rows == 0:
+                    continue
+                write_committed_facts(
+                    self.data_root,
+                    piece,
+                    first_offset=self.offsets[partition],
+                    topic=TOPIC,
+                    partition=partition,
+                )
+                self.offsets[partition] += piece.num_rows
+                self.files += 1
+                written += piece.num_rows
         return written

@@ -5,7 +5,8 @@ against the same answer from the facts.
 
 For each ``--days`` N (all in one run, so the ratios compare like with like), in a data root
 of its own (facts synthesized by :mod:`bench.agg_synth`, N days ending 2026-11-01 plus the
-first two hours of the next day, which close the last one):
+first two hours of the next day, which close the last one; ``--ranges-per-day`` ranges a day
+and partition, so that compaction has ranges to merge):
 
 1. **first publish** of the whole history;
 2. **compaction**: publish again at the same clock as ``sieve publish`` does, compacting the
@@ -153,16 +154,21 @@ def run_history(
     seed: int,
     memory_mb: int,
     console: Console,
+    ranges_per_day: int = 1,
 ) -> History:
     data_root = workdir / f"days-{days}"
     writer = Writer(data_root, make_population(accounts, seed), rate, seed)
     first_day = END - timedelta(days=days)
 
     def synthesize() -> int:
-        # A range per day and partition, as a worker rolling its files would commit them
-        # (fewer than a worker's: compaction will merge a closed day's ranges).
+        # ``ranges_per_day`` ranges a day and partition, as a worker rolling its files would
+        # commit them (fewer than a worker's): compaction has a closed day's ranges to merge.
+        # With one a day, every folder would hold one file, which compaction carries as it
+        # is: the bench would time no merge at all.
         written = sum(
-            writer.write(first_day + timedelta(days=d), first_day + timedelta(days=d + 1))
+            writer.write(
+                first_day + timedelta(days=d), first_day + timedelta(days=d + 1), ranges_per_day
+            )
             for d in range(days)
         )
         return written + writer.write(END, END + timedelta(hours=NEXT_HOURS))
@@ -192,7 +198,7 @@ def run_history(
     day_runs = []
     for later in range(ONE_MORE_DAY_RUNS):
         next_day = END + timedelta(hours=NEXT_HOURS, days=later)
-        writer.write(next_day, next_day + timedelta(days=1))
+        writer.write(next_day, next_day + timedelta(days=1), ranges_per_day)
         day_runs.append(
             publish_in_child(data_root, now + timedelta(days=later + 1), memory_mb, compact=True)
         )
@@ -203,6 +209,7 @@ def run_history(
 
 NOTHING_NEW_RUNS = 5
 ONE_MORE_DAY_RUNS = 3
+RANGES_PER_DAY = 4
 
 
 def _markers(data_root: Path) -> int:
@@ -419,6 +426,13 @@ def print_histories(histories: list[History], console: Console) -> None:
 @click.option("--memory-mb", default=1024, show_default=True, help="SIEVE_PUBLISH_MEMORY_MB.")
 @click.option("--seed", default=1, show_default=True)
 @click.option(
+    "--ranges-per-day",
+    default=RANGES_PER_DAY,
+    show_default=True,
+    type=click.IntRange(1, 24),
+    help="Committed ranges per day and partition (a worker commits many more).",
+)
+@click.option(
     "--workdir",
     type=click.Path(file_okay=False, path_type=Path),
     help="Keep the data roots here (default: a temporary folder, removed at the end).",
@@ -430,14 +444,16 @@ def main(
     repeat: int,
     memory_mb: int,
     seed: int,
+    ranges_per_day: int,
     workdir: Path | None,
 ) -> None:
     """What publish costs as history grows, and pricing from metering vs from the facts."""
     console = Console(soft_wrap=True)
     console.print(
         f"[bold]bench.aggregations[/]: {accounts:,} accounts x {', '.join(map(str, day_counts))}"
-        f" days, rate {rate}, seed {seed}; {platform.python_implementation()}"
-        f" {platform.python_version()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f},"
+        f" days, rate {rate}, seed {seed}, {ranges_per_day} ranges a day;"
+        f" {platform.python_implementation()} {platform.python_version()},"
+        f" {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f},"
         f" DuckDB {duckdb.__version__}, pyarrow {pa.__version__}"
     )
     with tempfile.TemporaryDirectory(prefix="sieve-bench-agg-") as temporary:
@@ -445,7 +461,7 @@ def main(
         if workdir is not None and any(workdir.glob("days-*")):
             raise click.UsageError(f"{workdir} already holds data roots")
         histories = [
-            run_history(base, accounts, days, rate, seed, memory_mb, console)
+            run_history(base, accounts, days, rate, seed, memory_mb, console, ranges_per_day)
             for days in sorted(set(day_counts))
         ]
         print_histories(histories, console)

@@ -25,7 +25,8 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Final, TypeVar
@@ -35,6 +36,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 TMP_INFIX: Final = ".tmp-"
+# Writes of one group in flight at once (write_concurrently): enough for the journal to
+# commit their syncs together, few enough not to matter on a small machine.
+_CONCURRENT_WRITES: Final = 8
 
 _T = TypeVar("_T")
 
@@ -166,6 +170,28 @@ def write_parquet_atomic(
     write_atomic(
         filesystem, final, write, infix=infix, durable=durable, before_rename=before_rename
     )
+
+
+def write_concurrently(writes: Sequence[Callable[[], object]]) -> None:
+    """Run independent writes side by side (each a :func:`write_atomic`, durable, or a
+    sequence of them in its own order) and return once every one has returned; the first
+    error is raised after all have ended.
+
+    For files no reader sees until a later commit point (a run's manifest, a compaction's
+    marker) and whose order among the callables does not matter: each file is still whole or
+    absent after a crash, and all are durable before the caller goes on. Their syncs overlap,
+    so the file system's journal commits them together: one after the other, each sync waits
+    for a commit of its own, which on a busy disk is most of a small write's time.
+    """
+    if len(writes) < 2:
+        for write in writes:
+            write()
+        return
+    workers = min(len(writes), _CONCURRENT_WRITES)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sieve-write") as pool:
+        futures = [pool.submit(write) for write in writes]
+    for future in futures:
+        future.result()
 
 
 def write_private_atomic(path: Path, write: Callable[[IO[str]], _T], *, replace: bool = True) -> _T:

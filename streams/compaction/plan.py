@@ -148,6 +148,13 @@ def plan_compaction(
                 merged.setdefault(path.rsplit("/", 1)[0], []).append(path)
             else:
                 kept.append(path)
+    for folder, paths in list(merged.items()):
+        if len(paths) == 1 and not _encrypted(paths[0]):
+            # Alone in its folder: merged, it would be the same rows under another name (an
+            # encrypted one is written again, under the active key). It stays as it is; a
+            # later compaction merges it with the folder's next ranges.
+            kept.append(paths[0])
+            del merged[folder]
     targets = {f"{folder}/{name}": tuple(paths) for folder, paths in merged.items()}
     marker = CommitMarker(
         topic=first.topic,
@@ -165,6 +172,11 @@ def plan_compaction(
         ranges=[r for m in span for r in covered_ranges(m)],
     )
     return Compaction(tuple(span), marker, targets)
+
+
+def _encrypted(relative: str) -> bool:
+    dataset = dataset_of(relative)
+    return dataset is not None and dataset.encrypted
 
 
 def covered_ranges(marker: CommitMarker) -> list[CoveredRange]:

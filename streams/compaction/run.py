@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from functools import partial
 from typing import Final
 
 import msgspec
@@ -33,7 +34,13 @@ from streams.compaction.plan import (
     spans,
 )
 from streams.encryption import ParquetEncryption
-from streams.storage import TMP_INFIX, remove_quietly, write_atomic, write_parquet_atomic
+from streams.storage import (
+    TMP_INFIX,
+    remove_quietly,
+    write_atomic,
+    write_concurrently,
+    write_parquet_atomic,
+)
 
 INTENT_DIR: Final = "_compaction"
 _ROW_GROUP_ROWS: Final = 128 * 1024
@@ -61,9 +68,11 @@ def compact(
 ) -> CompactionReport:
     """Compact every partition of every topic under ``root`` (see :func:`.plan.spans` for
     what qualifies). ``encryption``: merge identifiable files too (else they are carried)."""
-    report = CompactionReport()
-    for topic, partition in partitions(filesystem, root):
-        compact_partition(
+    found = partitions(filesystem, root)
+    reports = [CompactionReport() for _ in found]
+    work = [
+        partial(
+            compact_partition,
             filesystem,
             root,
             topic,
@@ -75,7 +84,30 @@ def compact(
             sieve_version=sieve_version,
             report=report,
         )
-    return report
+        for (topic, partition), report in zip(found, reports, strict=True)
+    ]
+    if encryption is None:
+        # Partitions share no marker, intent or file: each is compacted in its own order,
+        # side by side, so that their reads, writes and syncs overlap. Not with the keyring:
+        # its encryption objects are not shared between threads.
+        write_concurrently(work)
+    else:
+        for compaction in work:
+            compaction()
+    return merged_report(reports)
+
+
+def merged_report(reports: Sequence[CompactionReport]) -> CompactionReport:
+    """The partitions' reports as one (in partition order)."""
+    total = CompactionReport()
+    for report in reports:
+        total.compactions += report.compactions
+        total.ranges_replaced += report.ranges_replaced
+        total.files_merged += report.files_merged
+        total.files_written += report.files_written
+        total.swept += report.swept
+        total.partitions.extend(report.partitions)
+    return total
 
 
 def compact_published(
@@ -224,12 +256,14 @@ def _apply(
 ) -> None:
     marker = plan.marker
     # The intent names every file this compaction writes, before the first is written: a
-    # kill before the marker leaves files nobody lists, and the next sweep finds them here.
-    _write_atomic(
-        filesystem,
-        f"{root}/{_intent_relative(marker.topic, marker.partition)}",
-        msgspec.json.encode(sorted(plan.merged)),
-    )
+    # kill before the marker leaves files nobody lists, and the next sweep finds them here
+    # (none to write, none to name: the marker alone replaces the ranges).
+    if plan.merged:
+        _write_atomic(
+            filesystem,
+            f"{root}/{_intent_relative(marker.topic, marker.partition)}",
+            msgspec.json.encode(sorted(plan.merged)),
+        )
     for target, sources in sorted(plan.merged.items()):
         dataset = dataset_of(target)
         if dataset is None:  # plan.is_merged merges declared datasets only
@@ -249,7 +283,8 @@ def _apply(
                 report.files_merged += _remove(filesystem, f"{root}/{relative}")
     for replaced in plan.replaced:
         _remove(filesystem, f"{root}/{path_of(replaced)}")
-    _remove(filesystem, f"{root}/{_intent_relative(marker.topic, marker.partition)}")
+    if plan.merged:
+        _remove(filesystem, f"{root}/{_intent_relative(marker.topic, marker.partition)}")
 
 
 def _read_all(

@@ -3,9 +3,10 @@ compaction may cover, and how its marker ranks against fencing."""
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+import msgspec
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
@@ -14,14 +15,16 @@ from schemas.commits import (
     CommitMarker,
     OutputCounts,
     RangeCounts,
+    committed_files,
     read_markers,
     resolve_markers,
 )
-from streams.compaction.plan import spans
+from streams.compaction.plan import plan_compaction, spans
 from streams.encryption import ParquetEncryption
 from streams.privacy.keyring import Keyring, write_new_keyring
 from tests.fixtures.compaction_data import TOPIC, views, write_history
 from tests.fixtures.compaction_data import compact_all as _compact
+from tests.fixtures.facts import fact, facts_table, write_committed_facts
 
 
 @pytest.fixture
@@ -213,3 +216,56 @@ def test_ranges_whose_dedup_logs_are_gone_collapse_into_one() -> None:
         (40, 49, "_dedup/t/0/4.parquet", 1),
     ]
     assert collapsed[0].consent_changes == [("c0", "opt_out"), ("c1", "opt_out"), ("c2", "opt_out")]
+
+
+def test_a_file_alone_in_its_folder_is_kept_as_it_is_then_merged_with_the_next() -> None:
+    alone = _marker(0, 9)
+    alone = msgspec.structs.replace(
+        alone, files=[*alone.files, f"facts/date=2024-02-29/{TOPIC}+0+0-9.parquet"]
+    )
+    span = [alone, _marker(10, 19)]
+    plan = plan_compaction(span, 1, identifiable=False, sieve_version="test")
+    # 2024-03-01 has a file of each range: merged; 2024-02-29 one: carried by its name.
+    assert list(plan.merged.values()) == [
+        (
+            f"facts/date=2024-03-01/{TOPIC}+0+0-9.parquet",
+            f"facts/date=2024-03-01/{TOPIC}+0+10-19.parquet",
+        )
+    ]
+    assert f"facts/date=2024-02-29/{TOPIC}+0+0-9.parquet" in plan.marker.files
+    # The next compaction merges it with the folder's next range, and keeps the merged file.
+    later = _marker(20, 29, day="2024-02-29")
+    again = plan_compaction([plan.marker, later], 2, identifiable=False, sieve_version="test")
+    assert list(again.merged.values()) == [
+        (
+            f"facts/date=2024-02-29/{TOPIC}+0+0-9.parquet",
+            f"facts/date=2024-02-29/{TOPIC}+0+20-29.parquet",
+        )
+    ]
+    assert set(plan.merged) <= set(again.marker.files)
+    # An encrypted file alone is written again all the same (under the active key).
+    personal = "identifiable/retention_class=r/region=eu/date=2024-03-01/x+0+0-9.parquet"
+    lone = msgspec.structs.replace(_marker(0, 9), files=[personal])
+    assert list(
+        plan_compaction([lone, _marker(10, 19, day="2024-03-02")], 1, True, "t").merged.values()
+    ) == [(personal,)]
+
+
+def test_a_compaction_of_lone_files_writes_no_file_and_changes_no_view(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    # One range a day, each day's facts in one range: every folder holds one file.
+    for number in range(3):
+        day = datetime(2024, 3, 1 + number, tzinfo=UTC)
+        rows = [fact(day + timedelta(hours=h), event_key=f"{number}-{h}") for h in range(3)]
+        write_committed_facts(root, facts_table(rows), first_offset=3 * number, topic=TOPIC)
+    filesystem = pafs.LocalFileSystem()
+    before = {path: (root / path).read_bytes() for path in committed_files(filesystem, str(root))}
+
+    report = _compact(root, None)
+
+    assert (report.compactions, report.ranges_replaced, report.files_written) == (1, 2, 0)
+    after = committed_files(filesystem, str(root))
+    assert sorted(after) == sorted(before)  # the same files, none written again
+    assert all((root / path).read_bytes() == data for path, data in before.items())
+    assert [m.compaction for m in read_markers(filesystem, str(root))] == [1, 0]
+    assert not list(root.rglob("*.tmp-*")) and not (root / "_compaction").exists()
