@@ -8,7 +8,8 @@ reconnecting and logging a "Connection lost" error now and then, and every retry
 worker stopped later exits with those threads still writing to its log.
 
 :func:`admin_client` and :func:`kafka_consumer` construct the same clients and, when the
-constructor raises, stop the IO thread it started before re-raising. kafka-python is imported
+constructor raises, stop the IO thread it started before re-raising; they also cap the
+reconnect backoff (:data:`RECONNECT_BACKOFF_MAX_MS`). kafka-python is imported
 late: ``sieve --help`` stays fast.
 """
 
@@ -22,6 +23,10 @@ if TYPE_CHECKING:
 
 Client = TypeVar("Client")
 
+# kafka-python doubles its reconnect backoff up to 30 s: a client started while its broker
+# was away (a worker waiting for it) noticed its return up to 30 s late. One second is
+# plenty for clients that live for one request or a few.
+RECONNECT_BACKOFF_MAX_MS: Final = 1000
 # How long a failed constructor's IO thread is given to finish its current poll.
 STOP_TIMEOUT_MS: Final = 2000
 
@@ -43,6 +48,7 @@ def kafka_consumer(*topics: str, **config: Any) -> KafkaConsumer:
 def _constructed(cls: type[Client], args: tuple[str, ...], config: dict[str, Any]) -> Client:
     # Allocated first and initialised apart, so that a constructor that raises still leaves
     # us the half-built client whose thread must be stopped.
+    config = {"reconnect_backoff_max_ms": RECONNECT_BACKOFF_MAX_MS, **config}
     client = cls.__new__(cls)
     try:
         client.__init__(*args, **config)  # type: ignore[misc]

@@ -7,6 +7,7 @@ a module of its own so that importing the command line does not import faust.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any, TextIO
@@ -39,6 +40,7 @@ def run_worker(
 
     # Before faust starts: its own clients give up on a broker that is not there yet.
     what = f"Kafka at {settings.bootstrap_servers}"
+    stop_cleanly_on_sigterm()
     dead_letter = wait_for_broker(prepare, what=what, report=report)
     if dead_letter.created:
         report(f"created the dead-letter topic {settings.dead_letter_topic} (it was missing)")
@@ -66,8 +68,16 @@ def run_worker(
         # only clean restart of faust (its loop is closed, its threads stopped); exec keeps
         # the pid, so a supervisor sees one worker that waited.
         report("the broker went away while the worker was starting; starting again once it is back")
+        stop_cleanly_on_sigterm()  # faust's loop, now closed, took its own handler with it
         wait_for_broker(prepare, what=what, report=report)
         os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])  # noqa: S606 - this very command
+
+
+def stop_cleanly_on_sigterm() -> None:
+    """SIGTERM exits 0 while the worker waits for its broker (faust installs its own handler
+    once it runs). Nothing is consumed or buffered then, so a stop is clean: without this, a
+    worker stopped while it waited died of the signal, which a supervisor reads as a crash."""
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(0))
 
 
 def status_reporter(

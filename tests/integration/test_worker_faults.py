@@ -17,6 +17,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType
 
 from schemas.commits import iter_markers
+from streams.broker.control import free_ports
 from streams.generate.commands import generate_to_topic
 from streams.storage import open_data_root
 from streams.topics import TopicSpec, create_topics
@@ -255,3 +256,21 @@ def test_a_full_disk_is_waited_out_without_losing_the_partitions(
 
 def _later(days: int) -> datetime:
     return datetime(2026, 11, 1, tzinfo=UTC) + timedelta(days=days)
+
+
+def test_a_worker_stopped_while_it_waits_for_its_broker_exits_cleanly(tmp_path: Path) -> None:
+    # Nobody listens at this address: the worker waits for its broker, then is stopped. It
+    # has consumed nothing, so the stop is clean (exit 0), not a death by SIGTERM.
+    away = f"127.0.0.1:{free_ports(1)[0]}"
+    setup = WorkerSetup(away, "raw.never", "dead.never", tmp_path, "g-never")
+    worker = WorkerProcess(setup, "waiting").start()
+    try:
+        wait_until(
+            lambda: "waiting for the broker" in worker.log_tail(),
+            60,
+            "the worker waiting for its broker",
+            workers=[worker],
+        )
+    finally:
+        worker.stop(timeout=30)
+    assert worker.process is not None and worker.process.returncode == 0, worker.exit_report()
