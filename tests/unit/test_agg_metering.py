@@ -12,7 +12,7 @@ from aggregations.engine import connect
 from aggregations.metering import Changes, changes, recompute, usage, wide
 from aggregations.meters import default_meters
 from aggregations.schemas import METERING
-from tests.fixtures.facts import fact, facts_table
+from tests.fixtures.facts import fact, facts_table, usage_facts
 
 H10 = datetime(2026, 11, 1, 10, tzinfo=UTC)
 H11 = H10 + timedelta(hours=1)
@@ -171,19 +171,7 @@ _types = st.sampled_from(["request", "page_view", "login", "logout", "upload", "
     )
 )
 def test_hours_add_up_to_days_except_active_users(events) -> None:  # type: ignore[no-untyped-def]
-    table = facts_table(
-        [
-            fact(
-                H10.replace(hour=0) + timedelta(hours=h),
-                type=t,
-                subject_key=f"p{p}",
-                bytes=b,
-                session_seconds=b / 1000,
-                account_id=a,
-            )
-            for h, t, p, b, a in events
-        ]
-    )
+    table = usage_facts(H10.replace(hour=0), events)
     hourly = hourly_usage(table, FAR)
     daily = daily_usage(table, date(2030, 1, 1))
     for day in daily:

@@ -17,7 +17,7 @@ from aggregations.engine import connect
 from aggregations.metering import KEY, WINDOW, changes, recompute
 from aggregations.meters import default_meters
 from aggregations.schemas import METERING
-from tests.fixtures.facts import fact, facts_table
+from tests.fixtures.facts import usage_facts
 
 START = datetime(2026, 11, 1, tzinfo=UTC)
 FAR = datetime(2030, 1, 1, tzinfo=UTC)
@@ -110,17 +110,7 @@ def test_changes_are_the_contracts_key_by_key(
     new_meters: set[str],
 ) -> None:
     def table(rows: list[tuple[int, str, int, int, str]]) -> pa.Table:
-        return facts_table(
-            fact(
-                START + timedelta(hours=hour),
-                type=kind,
-                subject_key=f"p{person}",
-                bytes=size,
-                session_seconds=size / 1000,
-                account_id=account,
-            )
-            for hour, kind, person, size, account in rows
-        )
+        return usage_facts(START, rows)
 
     # An earlier run saw ``first`` and closed the hours through ``published_through`` (and
     # the first day if that hour is past it): some windows published, the others not.
