@@ -272,7 +272,10 @@ class PartitionPipeline:
 
     def close(self) -> None:
         """Release the partition's store (another worker process may open it next); its
-        dedup filters are saved, so whoever opens it next need not rebuild them."""
+        dedup filters are saved, so whoever opens it next need not rebuild them. Closing
+        again does nothing (the store may belong to the partition's next pipeline by then)."""
+        if self._closed:
+            return
         if self._dedup is not None:
             self._dedup.save_filters()
         self._context.state.close_partition(self.topic, self.partition)

@@ -120,6 +120,7 @@ class RawTopicService(Service):
         self._letters: dict[int, list[SentLetter]] = {}  # dead letters of the open range
         self._opened_at: dict[int, float] = {}
         self._writes: dict[int, asyncio.Future[None]] = {}  # the range in flight, per partition
+        self._processing: PartitionPipeline | None = None  # whose batch is on a thread now
         self.committer = RangeCommitter(
             options.topic, writer, metrics, drop=self._drop, pause=self._set_paused
         )
@@ -210,7 +211,18 @@ class RawTopicService(Service):
     async def _process(self, partition: int, messages: list[Any]) -> None:
         started = time.perf_counter()
         pipeline = self.pipelines[partition]
-        letters = await asyncio.to_thread(pipeline.process, messages)
+        self._processing = pipeline
+        try:
+            letters = await asyncio.to_thread(pipeline.process, messages)
+        finally:
+            self._processing = None
+            if self.pipelines.get(partition) is not pipeline:
+                # A refused commit of its range in flight dropped the partition while this
+                # batch was processed (the committer does not take the lock): the store
+                # closes now that no thread uses it.
+                pipeline.close()
+        if self.pipelines.get(partition) is not pipeline:
+            return  # the partition is another worker's now: the batch goes with it
         if letters:
             assert self._sender is not None
             try:
@@ -362,8 +374,10 @@ class RawTopicService(Service):
             return  # already dropped, or recovered anew since
         del self.pipelines[partition]
         # Releases the partition's state store (and saves its filters) for whoever is
-        # assigned the partition next, in this process or another one.
-        pipeline.close()
+        # assigned the partition next, in this process or another one; if a batch of it is
+        # being processed on a thread, that batch's end closes it (_process).
+        if pipeline is not self._processing:
+            pipeline.close()
         self._membership.pop(partition, None)
         self._letters.pop(partition, None)
         self._opened_at.pop(partition, None)

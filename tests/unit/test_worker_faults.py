@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -279,6 +280,51 @@ def test_a_refused_commit_abandons_the_range_and_drops_the_partition(
     assert harness.files() == []  # the range's files and its staged marker are gone
     assert 0 not in harness.service.pipelines
     assert harness.metrics.raw == 0
+
+
+def test_a_commit_refused_while_the_next_batch_is_processed_drops_that_batch_too(
+    harness: _Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The committer drops a fenced partition without the service's lock, so the drop can
+    land while the consume loop processes the partition's next batch on a thread. Its store
+    must close only once that batch is done (closing it under the batch crashed a worker of
+    the fault storm: "the pipeline was closed"), and the batch goes with the partition."""
+    from streams.generate.model import TrafficModel
+
+    pipeline, service = harness.pipeline, harness.service
+    batch = [
+        RawRecord(300 + i, TRAFFIC_ARRIVAL_MS + 300 + i, r.value)
+        for i, r in enumerate(TrafficModel(traffic_config(100, seed=5)))
+    ]
+    processing, release = threading.Event(), threading.Event()
+    real_process, real_close = pipeline.process, pipeline.close
+    closed_after_the_batch: list[bool] = []
+
+    def process(records: Any) -> Any:
+        processing.set()
+        assert release.wait(10)
+        return real_process(records)
+
+    def close() -> None:
+        closed_after_the_batch.append(release.is_set())
+        real_close()
+
+    monkeypatch.setattr(pipeline, "process", process)
+    monkeypatch.setattr(pipeline, "close", close)
+    processed_before = harness.metrics.processed
+
+    async def run() -> None:
+        batch_on_its_thread = asyncio.create_task(service._process(0, batch))
+        assert await asyncio.to_thread(processing.wait, 10)
+        service._drop(0, pipeline)  # what a refused commit does (RangeCommitter._abandoned)
+        release.set()
+        await batch_on_its_thread
+
+    asyncio.run(run())
+
+    assert closed_after_the_batch == [True]
+    assert 0 not in service.pipelines and 0 not in service._opened_at
+    assert harness.metrics.processed == processed_before  # the batch was not counted in
 
 
 @pytest.mark.parametrize("still_ours", [False, True])
