@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 import faust
 
@@ -70,14 +70,30 @@ def run_worker(
         report("the broker went away while the worker was starting; starting again once it is back")
         stop_cleanly_on_sigterm()  # faust's loop, now closed, took its own handler with it
         wait_for_broker(prepare, what=what, report=report)
-        os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])  # noqa: S606 - this very command
+        restart_in_place([sys.executable, *sys.orig_argv[1:]])  # this very command
 
 
 def stop_cleanly_on_sigterm() -> None:
     """SIGTERM exits 0 while the worker waits for its broker (faust installs its own handler
     once it runs). Nothing is consumed or buffered then, so a stop is clean: without this, a
-    worker stopped while it waited died of the signal, which a supervisor reads as a crash."""
+    worker stopped while it waited died of the signal, which a supervisor reads as a crash.
+    A SIGTERM held back by :func:`restart_in_place` is taken now."""
     signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(0))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+
+
+def restart_in_place(argv: list[str]) -> NoReturn:
+    """Replace this process by ``argv``; exec keeps the pid, so a supervisor sees one worker.
+
+    SIGTERM stays blocked through the exec (a signal mask survives it) until the new process
+    installs its handler (:func:`stop_cleanly_on_sigterm`): a stop that lands while the new
+    interpreter starts is then a clean exit, not a death by the signal.
+    """
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        os.execv(argv[0], argv)  # noqa: S606 - the caller's own command
+    finally:  # only reached if the exec failed
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
 
 
 def status_reporter(
