@@ -155,6 +155,18 @@ class Settings(BaseSettings):
         description="The same bound for records marked as a backfill (Kafka header"
         " sieve.backfill: 1, which `sieve replay` sets): 50 years, so any old log replays.",
     )
+    internal_referrer_hosts: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="The service's own hosts, comma separated (example.com also covers its"
+        " subdomains): a referrer on one of them is classed internal in the facts, not other.",
+    )
+
+    @field_validator("internal_referrer_hosts", mode="before")
+    @classmethod
+    def _hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [host.strip() for host in value.split(",") if host.strip()]
+        return value
 
     # --- collector ------------------------------------------------------------------------
     collector_host: str = Field("127.0.0.1", description="Address the HTTP collector binds.")

@@ -43,6 +43,7 @@ from streams.storage import open_data_root
     "event_max_ahead",
     "event_max_behind",
     "backfill_max_behind",
+    "internal_referrer_hosts",
 )
 @click.command("worker")
 @click.option("--loglevel", default="warning", show_default=True, help="faust/mode log level.")

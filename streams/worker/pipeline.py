@@ -129,6 +129,7 @@ class PipelineContext:
                 backfill_max_behind=settings.backfill_max_behind,
             ),
             state=state,
+            referrers=ReferrerClassifier(settings.internal_referrer_hosts),
         )
 
 

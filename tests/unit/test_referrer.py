@@ -94,3 +94,23 @@ def test_the_worker_writes_the_class_and_never_the_referrer() -> None:
         host = url.split("/")[2]
         assert not any(url in cell or host in cell for cell in cells)
     assert not any("secret-query" in cell for cell in cells)
+
+
+def test_the_services_own_hosts_are_configured_in_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from streams.settings import Settings
+    from streams.worker.pipeline import PipelineContext
+    from streams.worker.state.folder import StateFolder
+
+    monkeypatch.setenv("SIEVE_INTERNAL_REFERRER_HOSTS", " console.example.com, Example.NET ,")
+    settings = Settings()
+    context = PipelineContext.from_settings(
+        settings, Keyring.generate(), worker_version="test", state=StateFolder()
+    )
+
+    assert settings.internal_referrer_hosts == ("console.example.com", "Example.NET")
+    classify = context.referrers.classify
+    assert classify("https://console.example.com/private") == "internal"
+    assert classify("https://eu.example.net/") == "internal"  # a subdomain of one
+    assert classify("https://example.com/") == "other"
