@@ -12,8 +12,10 @@ again and starts afresh (streams.worker.commands).
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
 from streams.errors import TransientError
@@ -35,6 +37,32 @@ def wait_for_broker(
 ) -> T:
     """``attempt()`` until it does not raise TransientError; ``report`` gets one line when
     waiting starts and one when it ends. Any other error is raised at once."""
+    with _kafka_python_silenced():
+        return _wait(attempt, what, report, sleep, clock, backoff)
+
+
+@contextlib.contextmanager
+def _kafka_python_silenced() -> Iterator[None]:
+    # kafka-python logs each failed connection at ERROR and each backoff at WARNING: several
+    # lines a second while the broker is away, once faust has configured logging (the wait
+    # before a restart). The wait reports its start and its end itself.
+    logger = logging.getLogger("kafka")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _wait(
+    attempt: Callable[[], T],
+    what: str,
+    report: Callable[[str], None],
+    sleep: Callable[[float], None],
+    clock: Callable[[], float],
+    backoff: Sequence[float],
+) -> T:
     failures = 0
     started = 0.0
     while True:

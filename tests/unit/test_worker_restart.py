@@ -10,11 +10,14 @@ it go on: it must exit 0.
 
 from __future__ import annotations
 
+import logging
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 RESTARTED = """
 import pathlib, sys, time
@@ -59,3 +62,43 @@ def test_a_sigterm_while_the_restarted_worker_starts_is_a_clean_exit(tmp_path: P
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def test_waiting_for_the_broker_logs_its_start_and_end_not_each_retry(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Before a self-restart the worker waits with faust's logging in place: kafka-python
+    logged each refused connection and each backoff (about four lines a second of outage)."""
+    from kafka.errors import KafkaError
+
+    from streams.broker.control import free_ports
+    from streams.errors import TransientError
+    from streams.kafka_clients import admin_client
+    from streams.worker.startup import wait_for_broker
+
+    nobody_listens = free_ports(1)[0]
+    attempts: list[int] = []
+
+    def attempt() -> str:
+        attempts.append(1)
+        if len(attempts) == 3:
+            return "answered"
+        try:
+            admin_client(
+                bootstrap_servers=f"127.0.0.1:{nobody_listens}", bootstrap_timeout_ms=1_000
+            )
+        except KafkaError as away:
+            raise TransientError(f"no broker ({type(away).__name__})") from away
+        raise AssertionError("a broker answered on a port nobody listens on")
+
+    reported: list[str] = []
+    with caplog.at_level(logging.DEBUG):  # as verbose as faust's --loglevel debug
+        result = wait_for_broker(
+            attempt, what="Kafka", report=reported.append, sleep=lambda _s: None
+        )
+
+    assert result == "answered" and len(attempts) == 3
+    assert len(reported) == 2  # waiting, then answered
+    from_kafka_python = [r for r in caplog.records if r.name.split(".")[0] == "kafka"]
+    assert from_kafka_python == []
+    assert logging.getLogger("kafka").level == logging.NOTSET  # put back after the wait
