@@ -69,6 +69,16 @@ class RangeCommitter:
     def shutdown(self) -> None:
         self._thread.shutdown(wait=True)
 
+    async def wait_idle(self) -> None:
+        """Wait until the writer thread has done every job handed to it so far.
+
+        Cancelling a write (a revocation or a stop that could not wait for it) does not
+        stop its job on the thread (staging its files, publishing its marker, its keys going
+        into the store): no one may close that partition's store or recover its files
+        before the job ends. The thread takes jobs in order, so a no-op runs after them.
+        """
+        await asyncio.get_running_loop().run_in_executor(self._thread, _nothing)
+
     async def commit(
         self,
         consumer: AIOKafkaConsumer,
@@ -196,6 +206,10 @@ def _apply_committed(
     pipeline.range_committed(pending, marker)
     # After every range, so RSS follows what the worker holds (streams.worker.memory).
     release_free_memory()
+
+
+def _nothing() -> None:
+    return None
 
 
 async def _still_ours(

@@ -296,7 +296,11 @@ class RawTopicService(Service):
         if pipeline is None:
             return
         # One range in flight per partition: its marker and offset commit must come first.
-        await self._finish_write(partition, settle=wait)
+        if not await self._finish_write(partition, settle=wait):
+            # Given up on (a stop, a revocation): the ranges after it must not be committed
+            # either (a marker after a gap, keys the store cannot take); the partition is
+            # dropped and its next owner processes them again.
+            return
         if self.pipelines.get(partition) is not pipeline:
             return  # the group took the partition away meanwhile (a refused commit)
         pending = pipeline.take_range()
@@ -336,16 +340,16 @@ class RawTopicService(Service):
             if write.done() and not write.cancelled() and write.exception() is not None:
                 write.result()
 
-    async def _finish_write(self, partition: int, *, settle: bool = False) -> None:
+    async def _finish_write(self, partition: int, *, settle: bool = False) -> bool:
         """Wait for the partition's range in flight. ``settle`` (a stop, a revocation):
         abandon it after SETTLE_TIMEOUT_S (a broker away, a full disk) rather than hold up
-        the stop or the group's rebalance."""
+        the stop or the group's rebalance, and return False then."""
         write = self._writes.pop(partition, None)
         if write is None:
-            return
+            return True
         if not settle:
             await write  # a failed write raises here and stops the worker, nothing committed
-            return
+            return True
         timeout = 0.0 if self.committer.disk_full_since is not None else SETTLE_TIMEOUT_S
         try:
             await asyncio.wait_for(write, timeout)
@@ -356,6 +360,11 @@ class RawTopicService(Service):
                 partition,
                 timeout,
             )
+            # Its job on the writer thread, if any, runs on: the caller drops the partition
+            # next (closing its store), and may recover it again at once.
+            await self.committer.wait_idle()
+            return False
+        return True
 
     def _set_paused(self, paused: bool) -> None:
         # Paused partitions return nothing, but the consumer keeps polling: the group does

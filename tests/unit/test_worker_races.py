@@ -8,17 +8,186 @@ test below pins one such interleaving and says what it broke.
 
 from __future__ import annotations
 
+import asyncio
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+from aiokafka import TopicPartition
+
+import streams.worker.committer as committer_module
+import streams.worker.service as service_module
+from schemas.commits import read_markers
+from streams.privacy.keyring import Keyring
 from streams.worker.fencing import Membership
+from streams.worker.pipeline import PipelineContext, RawRecord
 from streams.worker.state.consent import ConsentTracker
 from streams.worker.state.folder import StateFolder
-from streams.worker.state.store import AppliedRange, StoreUpdate
-from tests.unit.test_worker_faults import TOPIC
+from streams.worker.state.store import AppliedRange, PartitionStore, StoreUpdate
+from tests.fixtures.pipeline_context import default_context
+from tests.fixtures.pipeline_truth import TRAFFIC_ARRIVAL_MS, traffic_config
+from tests.unit.test_worker_faults import TOPIC, _Harness
 
 MEMBERSHIP = Membership(7, "m-7")
+
+
+@pytest.fixture(scope="module")
+def keyring() -> Keyring:
+    return Keyring.generate()
+
+
+@pytest.fixture
+def context(keyring: Keyring) -> Iterator[PipelineContext]:
+    # One state folder per test: a test's stores are not another test's.
+    context = default_context(keyring)
+    yield context
+    context.state.close()
+
+
+@pytest.fixture
+def harness(tmp_path: Path, keyring: Keyring, context: PipelineContext) -> _Harness:
+    harness = _Harness(tmp_path, keyring, context)
+    harness.service._membership[0] = MEMBERSHIP
+    return harness
+
+
+def _batch(first_offset: int, count: int, seed: int) -> list[RawRecord]:
+    from streams.generate.model import TrafficModel
+
+    return [
+        RawRecord(first_offset + i, TRAFFIC_ARRIVAL_MS + first_offset + i, r.value)
+        for i, r in enumerate(TrafficModel(traffic_config(count, seed=seed)))
+    ]
+
+
+def _accepting_commits() -> Any:
+    async def commit(consumer: Any, tp: Any, offset: int, membership: Membership) -> None:
+        return None
+
+    return commit
+
+
+def test_a_revocation_that_gives_up_on_a_write_closes_the_store_after_its_writer_thread_job(
+    harness: _Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Interleaving: a range's marker is published and its keys are going into the store on
+    the writer thread (``_apply_committed``) when a revocation's wait for it runs out
+    (SETTLE_TIMEOUT_S). Cancelling the write does not stop the thread; the revocation then
+    dropped the partition and closed its pipeline and store under that job. Broke: the
+    committed range's keys never reached the store (the job failed on the closed pipeline,
+    silently: its future was cancelled), and a store was closed while a thread wrote it."""
+    monkeypatch.setattr(committer_module, "commit_fenced", _accepting_commits())
+    monkeypatch.setattr(service_module, "SETTLE_TIMEOUT_S", 0.0)
+    service, pipeline = harness.service, harness.pipeline
+    applying, release = threading.Event(), threading.Event()
+    real_range_committed, real_close = pipeline.range_committed, pipeline.close
+    errors: list[BaseException] = []
+    closed_after_the_job: list[bool] = []
+
+    def range_committed(pending: Any, marker: Any) -> None:
+        applying.set()
+        assert release.wait(10)
+        try:
+            real_range_committed(pending, marker)
+        except BaseException as error:  # lost with the cancelled write's future otherwise
+            errors.append(error)
+            raise
+
+    def close() -> None:
+        closed_after_the_job.append(not applying.is_set() or release.is_set())
+        real_close()
+
+    monkeypatch.setattr(pipeline, "range_committed", range_committed)
+    monkeypatch.setattr(pipeline, "close", close)
+    service._opened_at[0] = 0.0
+
+    async def run() -> None:
+        await service._flush(0, wait=False)
+        assert await asyncio.to_thread(applying.wait, 10)
+        waiting_for_the_thread = asyncio.Event()
+        real_wait_idle = getattr(service.committer, "wait_idle", None)
+
+        async def wait_idle() -> None:
+            waiting_for_the_thread.set()
+            assert real_wait_idle is not None
+            await real_wait_idle()
+
+        monkeypatch.setattr(service.committer, "wait_idle", wait_idle, raising=False)
+        revoked = asyncio.ensure_future(service.on_revoked([TopicPartition(TOPIC, 0)]))
+        waiting = asyncio.ensure_future(waiting_for_the_thread.wait())
+        # The revocation either finishes under the held job (the race) or waits for it.
+        await asyncio.wait({revoked, waiting}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+        waiting.cancel()
+        release.set()
+        await revoked
+        await asyncio.to_thread(service.committer.shutdown)  # the held job has ended
+
+    asyncio.run(run())
+
+    assert closed_after_the_job == [True]
+    assert errors == []
+    assert 0 not in service.pipelines
+    [marker] = read_markers(harness.filesystem, harness.base, TOPIC)
+    store = _reopened(harness)
+    assert store.applied is not None and store.applied.last_offset == marker.last_offset == 299
+
+
+def _reopened(harness: _Harness) -> PartitionStore:
+    """The partition's store as its next pipeline in this process opens it (the harness's
+    pipeline was never restored: its store is the one a pipeline opens without a root)."""
+    context = harness.service.context
+    return context.state.open(
+        TOPIC,
+        0,
+        identity=f"LocalFileSystem:(none)/{TOPIC}",
+        horizon_ms=context.dedup_horizon_seconds * 1000,
+    )
+
+
+def test_no_range_is_committed_after_one_a_revocation_gave_up_on(
+    harness: _Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Interleaving: range 300-399 waits for its offset commit (a broker away) when the
+    partition is revoked; the revocation gives up on it (SETTLE_TIMEOUT_S) and, with the
+    next batch 400-499 buffered, cut that range and committed it. Broke: a marker after a
+    gap, and the revocation crashed the worker: the committed range's keys cannot go into a
+    store still at 299 ("does not follow the last one held")."""
+    monkeypatch.setattr(service_module, "SETTLE_TIMEOUT_S", 0.0)
+    service, pipeline = harness.service, harness.pipeline
+    committing_range_300 = asyncio.Event()
+    offsets: list[int] = []
+
+    async def commit(consumer: Any, tp: Any, offset: int, membership: Membership) -> None:
+        offsets.append(offset)
+        if offset != 400:
+            return
+        committing_range_300.set()
+        try:
+            await asyncio.Event().wait()  # the broker never answers
+        finally:
+            # The revocation gave up on this one at once; a later wait would not time out.
+            monkeypatch.setattr(service_module, "SETTLE_TIMEOUT_S", 10.0)
+
+    monkeypatch.setattr(committer_module, "commit_fenced", commit)
+    harness.write(harness.send_letters())  # 0-299 committed, in the store
+
+    async def run() -> None:
+        pipeline.process(_batch(300, 100, seed=5))
+        service._opened_at[0] = 0.0
+        await service._flush(0, wait=False)
+        await committing_range_300.wait()
+        pipeline.process(_batch(400, 100, seed=6))
+        await service.on_revoked([TopicPartition(TOPIC, 0)])
+        await asyncio.to_thread(service.committer.shutdown)
+
+    asyncio.run(run())
+
+    assert offsets == [300, 400]  # nothing after the range given up on
+    assert [m.last_offset for m in read_markers(harness.filesystem, harness.base, TOPIC)] == [299]
+    assert 0 not in service.pipelines
+    assert _reopened(harness).applied.last_offset == 299  # type: ignore[union-attr]
 
 
 def test_consent_read_while_the_writer_thread_applies_a_range_sees_its_changes(
