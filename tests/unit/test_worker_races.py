@@ -9,9 +9,11 @@ test below pins one such interleaving and says what it broke.
 from __future__ import annotations
 
 import asyncio
+import errno
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -28,7 +30,7 @@ from streams.worker.state.folder import StateFolder
 from streams.worker.state.store import AppliedRange, PartitionStore, StoreUpdate
 from tests.fixtures.pipeline_context import default_context
 from tests.fixtures.pipeline_truth import TRAFFIC_ARRIVAL_MS, traffic_config
-from tests.unit.test_worker_faults import TOPIC, _Harness
+from tests.unit.test_worker_faults import TOPIC, _Consumer, _Harness
 
 MEMBERSHIP = Membership(7, "m-7")
 
@@ -245,3 +247,67 @@ def _no_arrivals() -> Any:
     import numpy as np
 
     return np.empty(0, np.int64)
+
+
+class _GroupConsumer(_Consumer):
+    """The consumer calls an assignment makes (generation, log start, position)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+        async def fetch_committed_offsets(partitions: Any) -> dict[Any, Any]:
+            return {}
+
+        self._coordinator = SimpleNamespace(
+            generation=8, member_id="m-8", fetch_committed_offsets=fetch_committed_offsets
+        )
+        self.positions: dict[Any, int] = {}
+
+    async def beginning_offsets(self, partitions: list[Any]) -> dict[Any, int]:
+        return dict.fromkeys(partitions, 0)
+
+    def seek(self, tp: Any, offset: int) -> None:
+        self.positions[tp] = offset
+
+
+def test_a_revocation_that_gives_up_on_a_range_waiting_for_a_full_disk_resumes_consumption(
+    harness: _Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Interleaving: a range waits for a full disk (consumption paused, the write retried
+    with backoff) when its partition is revoked; the revocation gives up on it at once.
+    Broke: only that write could ever say the disk took writes again, so the worker stayed
+    "disk full" for good: every partition assigned next was paused on assignment, no range
+    was ever cut to try the disk again, and the worker polled forever without consuming."""
+    monkeypatch.setattr(committer_module, "commit_fenced", _accepting_commits())
+    monkeypatch.setattr(committer_module, "BACKOFF_S", (3600.0,))  # waiting when revoked
+    service, consumer = harness.service, _GroupConsumer()
+    service._consumer = consumer  # type: ignore[assignment]
+
+    def stage_range(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(harness.writer, "stage_range", stage_range)
+    real_pause = service.committer._pause
+    paused_for_the_disk = asyncio.Event()
+
+    def pause(paused: bool) -> None:
+        real_pause(paused)
+        if paused:
+            paused_for_the_disk.set()
+
+    monkeypatch.setattr(service.committer, "_pause", pause)
+    tp = TopicPartition(TOPIC, 0)
+    service._opened_at[0] = 0.0
+
+    async def run() -> None:
+        await service._flush(0, wait=False)
+        await paused_for_the_disk.wait()
+        await service.on_revoked([tp])
+        await service.on_assigned([tp])  # the disk has room again meanwhile
+        await asyncio.to_thread(service.committer.shutdown)
+
+    asyncio.run(run())
+
+    assert service.committer.disk_full_since is None
+    assert consumer.paused == set()  # consuming again: the next range tries the disk
+    assert consumer.positions == {tp: 0} and 0 in service.pipelines
