@@ -232,6 +232,8 @@ class RawTopicService(Service):
                 # the range must never be committed (a restart replays it).
                 pipeline.broken = True
                 raise
+            if self.pipelines.get(partition) is not pipeline:
+                return  # dropped while its letters were sent (a refused commit): as above
             self._letters.setdefault(partition, []).extend(sent)
         self._opened_at.setdefault(partition, time.monotonic())
         self.metrics.batch_processed(partition, messages, time.perf_counter() - started)

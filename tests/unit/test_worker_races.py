@@ -311,3 +311,31 @@ def test_a_revocation_that_gives_up_on_a_range_waiting_for_a_full_disk_resumes_c
     assert service.committer.disk_full_since is None
     assert consumer.paused == set()  # consuming again: the next range tries the disk
     assert consumer.positions == {tp: 0} and 0 in service.pipelines
+
+
+def test_a_partition_dropped_while_a_batch_s_dead_letters_are_sent_keeps_nothing_of_it(
+    harness: _Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Interleaving: a batch is processed and its dead letters are being sent (the loop
+    awaits the producer) when a refused commit of the range in flight drops the partition.
+    Broke: the batch was booked for the dropped partition anyway: its letters and open-range
+    age kept in the service, its records counted as processed, and their arrivals held by
+    the metrics (as if waiting to be committed) for a partition this worker no longer has."""
+    service, pipeline = harness.service, harness.pipeline
+    real_send = harness.sender.send
+    processed_before = harness.metrics.processed
+
+    async def send(letters: Any) -> Any:
+        service._drop(0, pipeline)  # what a refused commit does (RangeCommitter._abandoned)
+        return await real_send(letters)
+
+    monkeypatch.setattr(harness.sender, "send", send)
+    batch = _batch(300, 200, seed=7)
+    batch[0] = RawRecord(300, batch[0].timestamp, b"{not json")  # a dead letter for sure
+
+    asyncio.run(service._process(0, batch))
+
+    assert harness.producer.sent  # the letters went (the next owner sends them again)
+    assert 0 not in service._letters and 0 not in service._opened_at
+    assert harness.metrics.processed == processed_before
+    assert 0 not in harness.metrics._arrivals
