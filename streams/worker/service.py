@@ -485,6 +485,10 @@ class RawTopicService(Service):
                 position = await consumer.position(tp)
             except KafkaError:
                 continue
+            if tp.partition not in self.pipelines:
+                # Dropped (and its lag forgotten), maybe while the broker answered: the lag of a
+                # partition this worker does not process is not its to report.
+                continue
             self.metrics.lag[tp.partition] = max(0, highwater - position)
 
 

@@ -339,3 +339,28 @@ def test_a_partition_dropped_while_a_batch_s_dead_letters_are_sent_keeps_nothing
     assert 0 not in service._letters and 0 not in service._opened_at
     assert harness.metrics.processed == processed_before
     assert 0 not in harness.metrics._arrivals
+
+
+def test_a_partition_dropped_while_its_lag_is_read_reports_no_lag(harness: _Harness) -> None:
+    """Interleaving: the lag timer awaits a partition's position from the broker when a
+    refused commit (or a revocation) drops the partition. Broke: the lag was written after
+    the drop had forgotten it, so the worker reported lag for a partition it no longer has,
+    until the group gave that partition back to it (maybe never)."""
+    service, pipeline = harness.service, harness.pipeline
+    tp = TopicPartition(TOPIC, 0)
+
+    class LagConsumer(_Consumer):
+        def assignment(self) -> set[Any]:
+            return {tp}
+
+        def highwater(self, tp: Any) -> int:
+            return 1_000
+
+        async def position(self, tp: Any) -> int:
+            service._drop(0, pipeline)  # while the broker answers
+            return 300
+
+    service._consumer = LagConsumer()  # type: ignore[assignment]
+    asyncio.run(service.refresh_lag())
+
+    assert 0 not in harness.metrics.lag
