@@ -364,3 +364,42 @@ def test_a_partition_dropped_while_its_lag_is_read_reports_no_lag(harness: _Harn
     asyncio.run(service.refresh_lag())
 
     assert 0 not in harness.metrics.lag
+
+
+def test_the_consume_loop_stops_waiting_for_a_range_once_the_disk_fills(
+    harness: _Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Interleaving: the next range of a partition is due, so the consume loop waits (holding
+    the service's lock) for the range in flight, which then meets a full disk. Broke: the
+    loop waited for the disk: it stopped polling (the group evicts a worker that stops
+    polling, the very thing pausing for a full disk is for) and held the lock, so a
+    revocation could not proceed either, for as long as the disk stayed full."""
+    monkeypatch.setattr(committer_module, "commit_fenced", _accepting_commits())
+    monkeypatch.setattr(committer_module, "BACKOFF_S", (3600.0,))
+    service, pipeline = harness.service, harness.pipeline
+    staging, full = threading.Event(), threading.Event()
+
+    def stage_range(*args: Any, **kwargs: Any) -> Any:
+        staging.set()
+        assert full.wait(10)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(harness.writer, "stage_range", stage_range)
+    service._opened_at[0] = 0.0
+
+    async def run() -> None:
+        await service._flush(0, wait=False)  # 0-299 in flight
+        assert await asyncio.to_thread(staging.wait, 10)
+        pipeline.process(_batch(300, 100, seed=5))
+        service._opened_at[0] = 1.0
+        next_range = asyncio.ensure_future(service._flush(0, wait=False))
+        full.set()  # the range in flight meets the full disk
+        await asyncio.wait_for(next_range, 10)
+        assert service.committer.disk_full_since is not None
+        assert not service._writes[0].done()  # still waiting for the disk
+        assert pipeline.buffered_records == 100  # not cut: cut once the disk takes writes
+        assert service._opened_at[0] == 1.0  # so still due
+        service._writes.pop(0).cancel()
+        await asyncio.to_thread(service.committer.shutdown)
+
+    asyncio.run(run())
