@@ -441,9 +441,10 @@ class RawTopicService(Service):
         ours = [tp for tp in assigned if tp.topic == self.options.topic]
         log_starts = await self._log_starts(ours)
         for tp in ours:
-            if tp.partition in self.pipelines:  # never after an eager revocation; be safe
+            stale = self.pipelines.get(tp.partition)
+            if stale is not None:  # never after an eager revocation; be safe
                 await self._finish_write(tp.partition, settle=True)
-                self._drop(tp.partition, self.pipelines[tp.partition])
+                self._drop(tp.partition, stale)  # unless its range's refusal dropped it
             log_start = log_starts[tp]
             recovered = await asyncio.to_thread(
                 recover_partition, self.filesystem, self.root, tp.topic, tp.partition, log_start

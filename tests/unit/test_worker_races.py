@@ -403,3 +403,35 @@ def test_the_consume_loop_stops_waiting_for_a_range_once_the_disk_fills(
         await asyncio.to_thread(service.committer.shutdown)
 
     asyncio.run(run())
+
+
+def test_an_assignment_of_a_partition_whose_range_in_flight_is_refused_recovers_it(
+    harness: _Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Interleaving: a partition is assigned while it still has a pipeline and a range in
+    flight (an assignment with no revocation before it: not aiokafka's eager protocol, the
+    service guards against it all the same); the assignment waits for that range, whose
+    commit the group refuses, and the refusal drops the partition meanwhile. Broke: the
+    assignment then dropped the pipeline it had looked up before the wait (KeyError), and
+    the worker crashed instead of recovering the partition."""
+    from streams.worker.fencing import FencedError
+
+    async def commit(consumer: Any, tp: Any, offset: int, membership: Membership) -> None:
+        raise FencedError("the group moved on")
+
+    monkeypatch.setattr(committer_module, "commit_fenced", commit)
+    service, consumer = harness.service, _GroupConsumer()
+    service._consumer = consumer  # type: ignore[assignment]
+    tp = TopicPartition(TOPIC, 0)
+    service._opened_at[0] = 0.0
+
+    async def run() -> None:
+        await service._flush(0, wait=False)
+        await service.on_assigned([tp])
+        await asyncio.to_thread(service.committer.shutdown)
+
+    asyncio.run(run())
+
+    assert service.pipelines[0] is not harness.pipeline
+    assert service._membership[0] == Membership(8, "m-8")
+    assert consumer.positions == {tp: 0}
