@@ -69,6 +69,16 @@ class RangeCommitter:
     def shutdown(self) -> None:
         self._thread.shutdown(wait=True)
 
+    async def wait_idle(self) -> None:
+        """Wait until the writer thread has done every job handed to it so far.
+
+        Cancelling a write (a revocation or a stop that could not wait for it) does not
+        stop its job on the thread (staging its files, publishing its marker, its keys going
+        into the store): no one may close that partition's store or recover its files
+        before the job ends. The thread takes jobs in order, so a no-op runs after them.
+        """
+        await asyncio.get_running_loop().run_in_executor(self._thread, _nothing)
+
     async def commit(
         self,
         consumer: AIOKafkaConsumer,
@@ -155,19 +165,24 @@ class RangeCommitter:
             member_id=membership.member_id,
         )
         attempt = 0
-        while True:
-            try:
-                staged = await loop.run_in_executor(self._thread, stage)
-            except OSError as error:
-                if error.errno != errno.ENOSPC:
-                    raise
-                self._disk_full(partition, error)
-                await asyncio.sleep(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)])
-                attempt += 1
-                continue
-            if self.disk_full_since is not None:
-                self._disk_writable(attempt)
-            return staged
+        try:
+            while True:
+                try:
+                    staged = await loop.run_in_executor(self._thread, stage)
+                except OSError as error:
+                    if error.errno != errno.ENOSPC:
+                        raise
+                    self._disk_full(partition, error)
+                    attempt += 1
+                    await asyncio.sleep(BACKOFF_S[min(attempt, len(BACKOFF_S)) - 1])
+                    continue
+                if self.disk_full_since is not None:
+                    self._disk_writable(attempt)
+                return staged
+        except asyncio.CancelledError:
+            if attempt and self.disk_full_since is not None:
+                self._disk_wait_abandoned(partition)
+            raise
 
     def _disk_full(self, partition: int, error: OSError) -> None:
         if self.disk_full_since is not None:
@@ -179,6 +194,19 @@ class RangeCommitter:
             error.strerror or error,
         )
         self._pause(True)
+
+    def _disk_wait_abandoned(self, partition: int) -> None:
+        # A revocation or a stop gave up on a range waiting for the disk. Only a write that
+        # goes through resumes consumption, and consumption paused cuts no range to write:
+        # left paused, the worker would poll for good without consuming. The next range
+        # tries the disk again (and pauses consumption again if it is still full).
+        self.disk_full_since = None
+        logger.warning(
+            "partition %s: the range waiting for the full disk was abandoned; consumption"
+            " resumed, the next range tries the disk again",
+            partition,
+        )
+        self._pause(False)
 
     def _disk_writable(self, attempts: int) -> None:
         assert self.disk_full_since is not None
@@ -196,6 +224,10 @@ def _apply_committed(
     pipeline.range_committed(pending, marker)
     # After every range, so RSS follows what the worker holds (streams.worker.memory).
     release_free_memory()
+
+
+def _nothing() -> None:
+    return None
 
 
 async def _still_ours(

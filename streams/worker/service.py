@@ -129,6 +129,7 @@ class RawTopicService(Service):
         self._producer: AIOKafkaProducer | None = None
         self._sender: DeadLetterSender | None = None
         self.assigned_event = asyncio.Event()
+        self._disk_full = asyncio.Event()  # set while consumption is paused for the disk
         super().__init__(**kwargs)  # type: ignore[arg-type]
 
     async def on_start(self) -> None:
@@ -232,6 +233,8 @@ class RawTopicService(Service):
                 # the range must never be committed (a restart replays it).
                 pipeline.broken = True
                 raise
+            if self.pipelines.get(partition) is not pipeline:
+                return  # dropped while its letters were sent (a refused commit): as above
             self._letters.setdefault(partition, []).extend(sent)
         self._opened_at.setdefault(partition, time.monotonic())
         self.metrics.batch_processed(partition, messages, time.perf_counter() - started)
@@ -292,11 +295,18 @@ class RawTopicService(Service):
     async def _flush(self, partition: int, *, wait: bool) -> None:
         """Cut the partition's range and write it (in the background unless ``wait``)."""
         pipeline = self.pipelines.get(partition)
-        self._opened_at.pop(partition, None)
+        opened = self._opened_at.pop(partition, None)
         if pipeline is None:
             return
         # One range in flight per partition: its marker and offset commit must come first.
-        await self._finish_write(partition, settle=wait)
+        if not await self._finish_write(partition, settle=wait):
+            # Not ``wait``: the range in flight waits for a full disk; this one is cut later.
+            # ``wait`` (a stop, a revocation): given up on, and the ranges after it must not
+            # be committed either (a marker after a gap, keys the store cannot take); the
+            # partition is dropped and its next owner processes them again.
+            if not wait and opened is not None and self.pipelines.get(partition) is pipeline:
+                self._opened_at[partition] = opened  # still due
+            return
         if self.pipelines.get(partition) is not pipeline:
             return  # the group took the partition away meanwhile (a refused commit)
         pending = pipeline.take_range()
@@ -336,16 +346,16 @@ class RawTopicService(Service):
             if write.done() and not write.cancelled() and write.exception() is not None:
                 write.result()
 
-    async def _finish_write(self, partition: int, *, settle: bool = False) -> None:
-        """Wait for the partition's range in flight. ``settle`` (a stop, a revocation):
-        abandon it after SETTLE_TIMEOUT_S (a broker away, a full disk) rather than hold up
-        the stop or the group's rebalance."""
+    async def _finish_write(self, partition: int, *, settle: bool = False) -> bool:
+        """Wait for the partition's range in flight; False if it is not done. ``settle`` (a
+        stop, a revocation): abandon it after SETTLE_TIMEOUT_S (a broker away, a full disk)
+        rather than hold up the stop or the group's rebalance. Otherwise (the consume loop)
+        stop waiting once the disk is full: the range stays in flight."""
+        if not settle:
+            return await self._finished_unless_disk_full(partition)
         write = self._writes.pop(partition, None)
         if write is None:
-            return
-        if not settle:
-            await write  # a failed write raises here and stops the worker, nothing committed
-            return
+            return True
         timeout = 0.0 if self.committer.disk_full_since is not None else SETTLE_TIMEOUT_S
         try:
             await asyncio.wait_for(write, timeout)
@@ -356,10 +366,40 @@ class RawTopicService(Service):
                 partition,
                 timeout,
             )
+            # Its job on the writer thread, if any, runs on: the caller drops the partition
+            # next (closing its store), and may recover it again at once.
+            await self.committer.wait_idle()
+            return False
+        return True
+
+    async def _finished_unless_disk_full(self, partition: int) -> bool:
+        """Wait for the partition's range in flight (a failed write raises here and stops
+        the worker, nothing committed), unless the disk is or becomes full: False then, and
+        the range stays in flight. The consume loop waits here holding the lock; waiting
+        for a full disk, it would stop polling (the group evicts a worker that does) and
+        hold up revocations for as long as the disk stays full."""
+        write = self._writes.get(partition)
+        if write is None:
+            return True
+        if not write.done() and self.committer.disk_full_since is None:
+            disk_full = asyncio.ensure_future(self._disk_full.wait())
+            try:
+                await asyncio.wait((write, disk_full), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                disk_full.cancel()
+        if not write.done():
+            return False
+        del self._writes[partition]
+        write.result()
+        return True
 
     def _set_paused(self, paused: bool) -> None:
         # Paused partitions return nothing, but the consumer keeps polling: the group does
         # not take a worker that waits for its disk for one that stopped polling.
+        if paused:
+            self._disk_full.set()
+        else:
+            self._disk_full.clear()
         assert self._consumer is not None
         partitions = [TopicPartition(self.options.topic, p) for p in self.pipelines]
         with contextlib.suppress(IllegalStateError):
@@ -401,9 +441,10 @@ class RawTopicService(Service):
         ours = [tp for tp in assigned if tp.topic == self.options.topic]
         log_starts = await self._log_starts(ours)
         for tp in ours:
-            if tp.partition in self.pipelines:  # never after an eager revocation; be safe
+            stale = self.pipelines.get(tp.partition)
+            if stale is not None:  # never after an eager revocation; be safe
                 await self._finish_write(tp.partition, settle=True)
-                self._drop(tp.partition, self.pipelines[tp.partition])
+                self._drop(tp.partition, stale)  # unless its range's refusal dropped it
             log_start = log_starts[tp]
             recovered = await asyncio.to_thread(
                 recover_partition, self.filesystem, self.root, tp.topic, tp.partition, log_start
@@ -473,6 +514,10 @@ class RawTopicService(Service):
             try:
                 position = await consumer.position(tp)
             except KafkaError:
+                continue
+            if tp.partition not in self.pipelines:
+                # Dropped (and its lag forgotten), maybe while the broker answered: the lag of a
+                # partition this worker does not process is not its to report.
                 continue
             self.metrics.lag[tp.partition] = max(0, highwater - position)
 

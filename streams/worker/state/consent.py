@@ -41,6 +41,12 @@ class ConsentTracker:
         distinct = list(dict.fromkeys([*person_keys, *account_keys]))
         if not distinct:
             return ConsentState()
+        # The uncommitted changes are taken before the store is read: the writer thread puts
+        # a committed range into the store, then forgets its changes here (``applied``), so
+        # taken after the read they could miss a range that is in neither. A range seen in
+        # both is harmless: its changes set or clear bits, and applying them again gives the
+        # same state.
+        uncommitted = (*self._sealed, self._open, earlier)
         status = dict.fromkeys(distinct, 0)
         words = key_words(distinct)
         maybe = self._restricted.might_contain(words, lane_masks(words)).nonzero()[0].tolist()
@@ -48,7 +54,7 @@ class ConsentTracker:
             stored = self._store.consent_statuses(raw_keys(words[maybe]))
             for i, value in zip(maybe, stored, strict=True):
                 status[distinct[i]] = value
-        for changes in (*self._sealed, self._open, earlier):
+        for changes in uncommitted:
             for key, change in changes:
                 if key in status:
                     status[key] = next_status(status[key], change)
