@@ -7,6 +7,7 @@ The raw topic's hot path is the :class:`~streams.worker.service.RawTopicService`
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import version as package_version
 
@@ -88,10 +89,13 @@ def create_app(
     outage_log: OutageLog | None = None,
     metrics: WorkerMetrics | None = None,
     status: StatusReporter | None = None,
+    after_stop: Callable[[RawTopicService], object] | None = None,
 ) -> Worker:
     """A faust app hosting the raw-topic service, a /metrics page and a lag timer (and the
     timer that reports the end of a broker outage, given ``outage_log``, and the one that
-    shows the worker's status, given ``status``: it must report on ``metrics``)."""
+    shows the worker's status, given ``status``: it must report on ``metrics``).
+    ``after_stop`` is called once the raw-topic service has stopped, before faust stops the
+    rest (streams.worker.stop_watchdog)."""
     metrics = WorkerMetrics() if metrics is None else metrics
     service = build_service(settings, keyring, metrics, dead_letter_max_bytes=dead_letter_max_bytes)
     app = faust.App(
@@ -121,6 +125,11 @@ def create_app(
 
         async def on_start(self) -> None:
             await self.add_runtime_dependency(service)
+
+        async def on_shutdown(self) -> None:
+            # The raw-topic service, a runtime dependency, is stopped by now.
+            if after_stop is not None:
+                after_stop(service)
 
     @app.page(METRICS_PATH)
     async def metrics_page(view: faust.web.View, request: faust.web.Request) -> faust.web.Response:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any, NoReturn, TextIO
 
@@ -20,8 +21,10 @@ from streams.topics import DeadLetterTopic, prepare_dead_letter_topic
 from streams.worker.app import create_app
 from streams.worker.metrics import WorkerMetrics
 from streams.worker.outage_log import OutageLog, install_outage_filter
+from streams.worker.service import RawTopicService
 from streams.worker.startup import broker_away, wait_for_broker
 from streams.worker.status_line import LIVE_INTERVAL_S, StatusReporter, is_terminal
+from streams.worker.stop_watchdog import exit_if_stop_hangs
 
 
 def run_worker(
@@ -48,6 +51,11 @@ def run_worker(
     install_outage_filter(outage)
     metrics = WorkerMetrics()
     status = status_reporter(settings, metrics, sys.stderr)
+    watchdogs: list[threading.Timer] = []
+
+    def arm_watchdog(service: RawTopicService) -> None:
+        watchdogs.append(exit_if_stop_hangs(clean=service.stopped_cleanly))
+
     worker = create_app(
         settings,
         keyring,
@@ -55,11 +63,14 @@ def run_worker(
         outage_log=outage,
         metrics=metrics,
         status=status,
+        after_stop=arm_watchdog,
     )
     runner = _Worker(worker.app, loglevel=loglevel, quiet=True)
     try:
         runner.execute_from_commandline()
     except SystemExit as exiting:
+        for watchdog in watchdogs:  # faust's stop did finish
+            watchdog.cancel()
         if status is not None:
             status.finish()
         if not exiting.code or not broker_away(runner.start_error):

@@ -129,6 +129,7 @@ class RawTopicService(Service):
         self._producer: AIOKafkaProducer | None = None
         self._sender: DeadLetterSender | None = None
         self.assigned_event = asyncio.Event()
+        self.stopped_cleanly = False  # every range committed or abandoned, consumer closed
         self._disk_full = asyncio.Event()  # set while consumption is paused for the disk
         super().__init__(**kwargs)  # type: ignore[arg-type]
 
@@ -181,6 +182,7 @@ class RawTopicService(Service):
         if self._producer is not None:
             await self._producer.stop()
         self.committer.shutdown()
+        self.stopped_cleanly = self.crash_reason is None
 
     @Service.task
     async def _consume(self) -> None:

@@ -17,17 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import aiokafka.errors as kafka_errors
-import pyarrow.fs as pafs
 import pytest
 
 import streams.worker.committer as committer_module
 from schemas.commits import read_markers
 from schemas.decode import Rejection
 from schemas.events import BACKFILL_HEADER
-from streams.encryption import ParquetEncryption
 from streams.errors import TransientError
 from streams.privacy.keyring import Keyring
-from streams.storage import open_data_root
 from streams.worker.deadletter import (
     DROPPED_HEADERS_HEADER,
     TRUNCATED_HEADER,
@@ -36,18 +33,14 @@ from streams.worker.deadletter import (
     fit_to_size,
     record_size,
 )
-from streams.worker.delivery import DeadLetterDeliveryError, DeadLetterSender, SentLetter
+from streams.worker.delivery import DeadLetterDeliveryError, DeadLetterSender
 from streams.worker.fencing import FencedError, Membership
-from streams.worker.metrics import WorkerMetrics
 from streams.worker.outage_log import OutageLog
-from streams.worker.pipeline import PartitionPipeline, PipelineContext, RawRecord
-from streams.worker.service import ConsumerOptions, RawTopicService
-from streams.worker.sink import RangeWriter
+from streams.worker.pipeline import PipelineContext, RawRecord
 from streams.worker.startup import wait_for_broker
 from tests.fixtures.pipeline_context import default_context
 from tests.fixtures.pipeline_truth import TRAFFIC_ARRIVAL_MS, traffic_config
-
-TOPIC = "raw"
+from tests.fixtures.service_harness import TOPIC, FakeProducer, ServiceHarness
 
 # --- dead letters cut to fit -----------------------------------------------------------------
 
@@ -86,27 +79,6 @@ def test_headers_too_large_for_the_topic_are_dropped_and_counted() -> None:
 # --- dead letters confirmed one by one --------------------------------------------------------
 
 
-class _Producer:
-    """Fails the first ``failures`` deliveries with ``error``, then delivers."""
-
-    def __init__(self, error: Exception | None = None, failures: int = 0) -> None:
-        self.error = error
-        self.failures = failures
-        self.sent: list[tuple[str, bytes, list[tuple[str, bytes]]]] = []
-
-    async def send(
-        self, topic: str, value: bytes, key: bytes, headers: list[tuple[str, bytes]]
-    ) -> asyncio.Future[Any]:
-        self.sent.append((topic, value, headers))
-        delivery: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        if self.error is not None and self.failures > 0:
-            self.failures -= 1
-            delivery.set_exception(self.error)
-        else:
-            delivery.set_result(None)
-        return delivery
-
-
 @pytest.fixture
 def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     import streams.worker.delivery as delivery
@@ -116,7 +88,7 @@ def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_a_delivery_the_broker_refuses_fails_the_range(no_backoff: None) -> None:
-    producer = _Producer(kafka_errors.MessageSizeTooLargeError(), failures=1)
+    producer = FakeProducer(kafka_errors.MessageSizeTooLargeError(), failures=1)
     sender = DeadLetterSender(producer, "dead", 1_000_000)
 
     async def run() -> None:
@@ -133,7 +105,7 @@ def test_a_delivery_the_broker_refuses_fails_the_range(no_backoff: None) -> None
 def test_a_delivery_that_failed_while_the_broker_was_away_is_sent_again(
     no_backoff: None, error: Exception
 ) -> None:
-    producer = _Producer(error, failures=3)
+    producer = FakeProducer(error, failures=3)
     sender = DeadLetterSender(producer, "dead", 1_000_000)
 
     async def run() -> None:
@@ -144,7 +116,7 @@ def test_a_delivery_that_failed_while_the_broker_was_away_is_sent_again(
 
 
 def test_the_sender_cuts_a_letter_too_large_for_its_topic() -> None:
-    producer = _Producer()
+    producer = FakeProducer()
     sender = DeadLetterSender(producer, "dead", 5_000)
 
     async def run() -> None:
@@ -159,17 +131,6 @@ def test_the_sender_cuts_a_letter_too_large_for_its_topic() -> None:
 # --- the write path of a range: confirm, stage, commit in the generation, publish --------------
 
 
-class _Consumer:
-    def __init__(self) -> None:
-        self.paused: set[Any] = set()
-
-    def pause(self, *partitions: Any) -> None:
-        self.paused.update(partitions)
-
-    def resume(self, *partitions: Any) -> None:
-        self.paused.difference_update(partitions)
-
-
 @pytest.fixture(scope="module")
 def keyring() -> Keyring:
     return Keyring.generate()
@@ -180,67 +141,9 @@ def context(keyring: Keyring) -> PipelineContext:
     return default_context(keyring)
 
 
-class _Harness:
-    def __init__(self, root: Path, keyring: Keyring, context: PipelineContext) -> None:
-        from streams.generate.model import TrafficModel
-
-        opened = open_data_root(str(root), create=True)
-        filesystem, base = opened.fs, opened.path
-        self.filesystem, self.base = filesystem, base
-        self.writer = RangeWriter(
-            filesystem, base, ParquetEncryption(*keyring.encryption_keys()), "test"
-        )
-        options = ConsumerOptions("unused", TOPIC, "dead", "g", 10_000, 200_000, 5.0)
-        self.metrics = WorkerMetrics()
-        self.service = RawTopicService(
-            options, context, filesystem, base, self.writer, self.metrics
-        )
-        self.consumer = _Consumer()
-        self.producer = _Producer()
-        self.service._consumer = self.consumer  # type: ignore[assignment]
-        self.sender = self.service._sender = DeadLetterSender(self.producer, "dead", 1_000_000)
-        config = traffic_config(300, seed=4, malformed_share=0.05)
-        records = [
-            RawRecord(i, TRAFFIC_ARRIVAL_MS + i, r.value)
-            for i, r in enumerate(TrafficModel(config))
-        ]
-        self.pipeline = PartitionPipeline(TOPIC, 0, context, next_offset=0)
-        self.letters = self.pipeline.process(records)
-        self.service.pipelines[0] = self.pipeline
-
-    def write(self, sent: list[SentLetter]) -> None:
-        pending = self.pipeline.take_range()
-        assert pending is not None
-
-        async def run() -> None:
-            await self.service.committer.commit(
-                self.consumer,  # type: ignore[arg-type]
-                self.sender,
-                0,
-                self.pipeline,
-                pending,
-                sent,
-                Membership(7, "m-7"),
-            )
-
-        asyncio.run(run())
-
-    def send_letters(self) -> list[SentLetter]:
-        async def run() -> list[SentLetter]:
-            return await self.sender.send(self.letters)
-
-        return asyncio.run(run())
-
-    def files(self) -> list[str]:
-        selector = pafs.FileSelector(self.base, recursive=True)
-        return [
-            i.path for i in self.filesystem.get_file_info(selector) if i.type == pafs.FileType.File
-        ]
-
-
 @pytest.fixture
-def harness(tmp_path: Path, keyring: Keyring, context: PipelineContext) -> Iterator[_Harness]:
-    yield _Harness(tmp_path, keyring, context)
+def harness(tmp_path: Path, keyring: Keyring, context: PipelineContext) -> Iterator[ServiceHarness]:
+    yield ServiceHarness(tmp_path, keyring, context)
 
 
 def _commit_answering(outcome: Exception | None) -> Any:
@@ -256,7 +159,7 @@ def _commit_answering(outcome: Exception | None) -> Any:
 
 
 def test_an_accepted_commit_publishes_the_marker_with_its_generation(
-    harness: _Harness, monkeypatch: pytest.MonkeyPatch
+    harness: ServiceHarness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     commit = _commit_answering(None)
     monkeypatch.setattr(committer_module, "commit_fenced", commit)
@@ -271,7 +174,7 @@ def test_an_accepted_commit_publishes_the_marker_with_its_generation(
 
 
 def test_a_refused_commit_abandons_the_range_and_drops_the_partition(
-    harness: _Harness, monkeypatch: pytest.MonkeyPatch
+    harness: ServiceHarness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(committer_module, "commit_fenced", _commit_answering(FencedError("gone")))
     harness.write(harness.send_letters())
@@ -283,7 +186,7 @@ def test_a_refused_commit_abandons_the_range_and_drops_the_partition(
 
 
 def test_a_commit_refused_while_the_next_batch_is_processed_drops_that_batch_too(
-    harness: _Harness, monkeypatch: pytest.MonkeyPatch
+    harness: ServiceHarness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The committer drops a fenced partition without the service's lock, so the drop can
     land while the consume loop processes the partition's next batch on a thread. Its store
@@ -329,7 +232,7 @@ def test_a_commit_refused_while_the_next_batch_is_processed_drops_that_batch_too
 
 @pytest.mark.parametrize("still_ours", [False, True])
 def test_a_range_whose_staged_marker_vanished_never_counts(
-    harness: _Harness, monkeypatch: pytest.MonkeyPatch, still_ours: bool
+    harness: ServiceHarness, monkeypatch: pytest.MonkeyPatch, still_ours: bool
 ) -> None:
     """The worker stalled between an accepted commit and its marker (SIGSTOP, a frozen VM)
     long enough for the next owner to recover the partition: no marker may appear. If the
@@ -360,7 +263,7 @@ def test_a_range_whose_staged_marker_vanished_never_counts(
 
 
 def test_a_failed_dead_letter_delivery_commits_nothing(
-    harness: _Harness, monkeypatch: pytest.MonkeyPatch, no_backoff: None
+    harness: ServiceHarness, monkeypatch: pytest.MonkeyPatch, no_backoff: None
 ) -> None:
     commit = _commit_answering(None)
     monkeypatch.setattr(committer_module, "commit_fenced", commit)
@@ -376,7 +279,7 @@ def test_a_failed_dead_letter_delivery_commits_nothing(
 
 
 def test_a_full_disk_pauses_consumption_and_is_retried(
-    harness: _Harness,
+    harness: ServiceHarness,
     monkeypatch: pytest.MonkeyPatch,
     no_backoff: None,
     caplog: pytest.LogCaptureFixture,
@@ -404,7 +307,7 @@ def test_a_full_disk_pauses_consumption_and_is_retried(
 
 
 def test_another_write_error_stops_with_nothing_committed(
-    harness: _Harness, monkeypatch: pytest.MonkeyPatch
+    harness: ServiceHarness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(committer_module, "commit_fenced", _commit_answering(None))
 

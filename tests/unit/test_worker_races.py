@@ -30,7 +30,7 @@ from streams.worker.state.folder import StateFolder
 from streams.worker.state.store import AppliedRange, PartitionStore, StoreUpdate
 from tests.fixtures.pipeline_context import default_context
 from tests.fixtures.pipeline_truth import TRAFFIC_ARRIVAL_MS, traffic_config
-from tests.unit.test_worker_faults import TOPIC, _Consumer, _Harness
+from tests.fixtures.service_harness import TOPIC, FakeConsumer, ServiceHarness
 
 MEMBERSHIP = Membership(7, "m-7")
 
@@ -49,8 +49,8 @@ def context(keyring: Keyring) -> Iterator[PipelineContext]:
 
 
 @pytest.fixture
-def harness(tmp_path: Path, keyring: Keyring, context: PipelineContext) -> _Harness:
-    harness = _Harness(tmp_path, keyring, context)
+def harness(tmp_path: Path, keyring: Keyring, context: PipelineContext) -> ServiceHarness:
+    harness = ServiceHarness(tmp_path, keyring, context)
     harness.service._membership[0] = MEMBERSHIP
     return harness
 
@@ -72,7 +72,7 @@ def _accepting_commits() -> Any:
 
 
 def test_a_revocation_that_gives_up_on_a_write_closes_the_store_after_its_writer_thread_job(
-    harness: _Harness, monkeypatch: pytest.MonkeyPatch
+    harness: ServiceHarness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Interleaving: a range's marker is published and its keys are going into the store on
     the writer thread (``_apply_committed``) when a revocation's wait for it runs out
@@ -136,7 +136,7 @@ def test_a_revocation_that_gives_up_on_a_write_closes_the_store_after_its_writer
     assert store.applied is not None and store.applied.last_offset == marker.last_offset == 299
 
 
-def _reopened(harness: _Harness) -> PartitionStore:
+def _reopened(harness: ServiceHarness) -> PartitionStore:
     """The partition's store as its next pipeline in this process opens it (the harness's
     pipeline was never restored: its store is the one a pipeline opens without a root)."""
     context = harness.service.context
@@ -149,7 +149,7 @@ def _reopened(harness: _Harness) -> PartitionStore:
 
 
 def test_no_range_is_committed_after_one_a_revocation_gave_up_on(
-    harness: _Harness, monkeypatch: pytest.MonkeyPatch
+    harness: ServiceHarness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Interleaving: range 300-399 waits for its offset commit (a broker away) when the
     partition is revoked; the revocation gives up on it (SETTLE_TIMEOUT_S) and, with the
@@ -249,7 +249,7 @@ def _no_arrivals() -> Any:
     return np.empty(0, np.int64)
 
 
-class _GroupConsumer(_Consumer):
+class _GroupConsumer(FakeConsumer):
     """The consumer calls an assignment makes (generation, log start, position)."""
 
     def __init__(self) -> None:
@@ -271,7 +271,7 @@ class _GroupConsumer(_Consumer):
 
 
 def test_a_revocation_that_gives_up_on_a_range_waiting_for_a_full_disk_resumes_consumption(
-    harness: _Harness, monkeypatch: pytest.MonkeyPatch
+    harness: ServiceHarness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Interleaving: a range waits for a full disk (consumption paused, the write retried
     with backoff) when its partition is revoked; the revocation gives up on it at once.
@@ -314,7 +314,7 @@ def test_a_revocation_that_gives_up_on_a_range_waiting_for_a_full_disk_resumes_c
 
 
 def test_a_partition_dropped_while_a_batch_s_dead_letters_are_sent_keeps_nothing_of_it(
-    harness: _Harness, monkeypatch: pytest.MonkeyPatch
+    harness: ServiceHarness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Interleaving: a batch is processed and its dead letters are being sent (the loop
     awaits the producer) when a refused commit of the range in flight drops the partition.
@@ -341,7 +341,7 @@ def test_a_partition_dropped_while_a_batch_s_dead_letters_are_sent_keeps_nothing
     assert 0 not in harness.metrics._arrivals
 
 
-def test_a_partition_dropped_while_its_lag_is_read_reports_no_lag(harness: _Harness) -> None:
+def test_a_partition_dropped_while_its_lag_is_read_reports_no_lag(harness: ServiceHarness) -> None:
     """Interleaving: the lag timer awaits a partition's position from the broker when a
     refused commit (or a revocation) drops the partition. Broke: the lag was written after
     the drop had forgotten it, so the worker reported lag for a partition it no longer has,
@@ -349,7 +349,7 @@ def test_a_partition_dropped_while_its_lag_is_read_reports_no_lag(harness: _Harn
     service, pipeline = harness.service, harness.pipeline
     tp = TopicPartition(TOPIC, 0)
 
-    class LagConsumer(_Consumer):
+    class LagConsumer(FakeConsumer):
         def assignment(self) -> set[Any]:
             return {tp}
 
@@ -367,7 +367,7 @@ def test_a_partition_dropped_while_its_lag_is_read_reports_no_lag(harness: _Harn
 
 
 def test_the_consume_loop_stops_waiting_for_a_range_once_the_disk_fills(
-    harness: _Harness, monkeypatch: pytest.MonkeyPatch
+    harness: ServiceHarness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Interleaving: the next range of a partition is due, so the consume loop waits (holding
     the service's lock) for the range in flight, which then meets a full disk. Broke: the
@@ -406,7 +406,7 @@ def test_the_consume_loop_stops_waiting_for_a_range_once_the_disk_fills(
 
 
 def test_an_assignment_of_a_partition_whose_range_in_flight_is_refused_recovers_it(
-    harness: _Harness, monkeypatch: pytest.MonkeyPatch
+    harness: ServiceHarness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Interleaving: a partition is assigned while it still has a pipeline and a range in
     flight (an assignment with no revocation before it: not aiokafka's eager protocol, the

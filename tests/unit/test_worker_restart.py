@@ -102,3 +102,23 @@ def test_waiting_for_the_broker_logs_its_start_and_end_not_each_retry(
     from_kafka_python = [r for r in caplog.records if r.name.split(".")[0] == "kafka"]
     assert from_kafka_python == []
     assert logging.getLogger("kafka").level == logging.NOTSET  # put back after the wait
+
+
+def test_the_stop_watchdog_exits_with_1_after_a_failed_stop_and_never_once_cancelled() -> None:
+    import threading
+
+    from streams.worker.stop_watchdog import exit_if_stop_hangs
+
+    codes: list[int] = []
+    exited = threading.Event()
+
+    def exit_process(code: int) -> None:
+        codes.append(code)
+        exited.set()
+
+    exit_if_stop_hangs(clean=False, grace_s=0.01, exit_process=exit_process)
+    assert exited.wait(10)
+    cancelled = exit_if_stop_hangs(clean=True, grace_s=0.5, exit_process=exit_process)
+    cancelled.cancel()
+    cancelled.join(10)
+    assert codes == [1]
