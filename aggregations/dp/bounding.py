@@ -239,6 +239,12 @@ def _people(
     events (ties: the lower index): an array (ndays, size)."""
     pairs, events = np.unique(unit.astype(np.int64) * size + value, return_counts=True)
     of_unit, of_value = pairs // size, pairs % size
+    if len(pairs) and bounds.values_per_unit == 1:
+        # The pairs are sorted by unit: a unit's top value is its segment's maximum of one
+        # score, by events then by the lower index (no sort of the pairs).
+        starts = np.flatnonzero(np.r_[True, of_unit[1:] != of_unit[:-1]])
+        best = np.maximum.reduceat(events * size + (size - 1 - of_value), starts)
+        return _per_day(day_of_unit[of_unit[starts]], size - 1 - best % size, size, ndays)
     order = np.lexsort((of_value, -events, of_unit))
     top = order[_segment_positions(of_unit[order]) < bounds.values_per_unit]
     return _per_day(day_of_unit[of_unit[top]], of_value[top], size, ndays)
