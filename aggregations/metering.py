@@ -218,17 +218,6 @@ def changes(
     connection.register("new_meters", pa.table({"meter": pa.array(list(new_meters), pa.string())}))
     keys = ", ".join(KEY)
     window = ", ".join(WINDOW)
-    if not connection.execute("SELECT EXISTS (SELECT 1 FROM published)").fetchall()[0][0]:
-        # Nothing published for these days (a first publish): every recomputed row is a base
-        # row as it is, what the query below gives it, without its joins and copies.
-        connection.execute(
-            f"""
-            CREATE OR REPLACE TEMP TABLE changes AS
-            SELECT {keys}, value, false AS is_correction, false AS window_published
-            FROM recomputed
-            """  # noqa: S608 - constant fragments
-        )
-        return _counts(connection)
     connection.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE current AS
@@ -269,11 +258,6 @@ def changes(
         ANTI JOIN published_hours p ON {_same("r", "p", _HOURS)}
         """  # noqa: S608 - constant fragments and checked identifiers
     )
-    return _counts(connection)
-
-
-def _counts(connection: duckdb.DuckDBPyConnection) -> Changes:
-    """The account-windows of temp table ``changes``, newly published and corrected."""
     counts = {
         grain: (int(new), int(fixed))
         for grain, new, fixed in connection.execute(

@@ -123,24 +123,3 @@ def test_changes_are_the_contracts_key_by_key(
     recomputed = _recomputed(now, FAR, FAR.date())
     names = tuple(sorted(new_meters))
     assert _changes(now, _published(earlier), names) == _model(recomputed, earlier, names)
-
-
-@settings(max_examples=30, deadline=None)
-@given(rows=_facts, new_meters=st.sets(st.sampled_from([m.name for m in METERS]), max_size=2))
-def test_a_first_publish_takes_the_short_way_to_the_same_changes(
-    rows: list[tuple[int, str, int, int, str]], new_meters: set[str]
-) -> None:
-    """With nothing published, ``changes`` skips its comparison; with only another day
-    published (a key no recomputed window shares, so nothing to compare either) it takes the
-    comparison: both give the same rows, and the model's."""
-    facts = usage_facts(START, rows)
-    names = tuple(sorted(new_meters))
-    elsewhere = [
-        {**r, "date": r["date"] - timedelta(days=30)}
-        | ({"hour": r["hour"] - timedelta(days=30)} if r["hour"] is not None else {})
-        for r in _recomputed(facts, FAR, FAR.date())
-    ]
-    short = _changes(facts, METERING.empty_table(), names)
-    assert short == _changes(facts, _published(elsewhere), names)
-    assert short == _model(_recomputed(facts, FAR, FAR.date()), [], names)
-    assert short  # facts always give rows (an account's row of zeros at least)
