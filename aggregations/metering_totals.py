@@ -23,13 +23,12 @@ then the catalog pivots its day files itself (:mod:`aggregations.catalog`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import date
 from typing import Final
 
 import duckdb
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from aggregations.schemas import METERING_DIR
 
@@ -85,28 +84,35 @@ def pivot_sql(source: str, meters: Sequence[str], types: Mapping[str, str]) -> s
 
 def rewrite_months(
     connection: duckdb.DuckDBPyConnection,
-    rewritten: pa.Table,
+    days: Collection[date],
     metering: Mapping[str, str],
     types: Mapping[str, str],
     location: Callable[[str], str],
 ) -> dict[str, pa.Table]:
-    """The new rollup of every month with a day file in ``rewritten`` (the new content of
-    the day files a run rewrote, METERING rows).
+    """The new rollup of every month of ``days`` (the days whose day file a run rewrote).
+
+    Called once per run, after all its day files are written (not once per chunk of days:
+    a month spans chunks, and rewriting it per chunk rewrote it up to a dozen times). The
+    rewritten days are pivoted from their new day files, read back from disk, so a run of
+    any length holds none of them in memory.
 
     ``metering``: the manifest's files with the run's new ones; ``types``: the declared
     meters' SQL types, stored as such (a reader then casts nothing: casting the long rows'
     decimals was most of what a read cost); ``location``: a relative path -> what DuckDB
     reads."""
-    day_rows = rewritten.filter(pc.equal(rewritten["grain"], "day"))
-    days = sorted(set(day_rows["date"].to_pylist()))
     if not days:
         return {}
-    connection.register("rewritten_days", day_rows)
-    present = connection.execute("SELECT DISTINCT meter FROM rewritten_days").fetchall()
+    changed_files = [location(metering[f"day/{day.isoformat()}"]) for day in sorted(days)]
+    connection.read_parquet(changed_files, hive_partitioning=False).create_view(
+        "rewritten_days", replace=True
+    )
+    present = connection.execute(
+        "SELECT DISTINCT meter FROM rewritten_days WHERE grain = 'day'"
+    ).fetchall()
     columns = sorted({m for (m,) in present} | set(types))
     previous = totals_files(metering)
     months: dict[str, list[date]] = {}
-    for day in days:
+    for day in sorted(days):
         months.setdefault(month_of(day), []).append(day)
     result = {}
     for month, changed in months.items():
@@ -137,5 +143,4 @@ def rewrite_months(
             f"SELECT * FROM ({query}) ORDER BY date, account_id",  # noqa: S608 - constants
             params=params,
         ).to_arrow_table()
-    connection.unregister("rewritten_days")
     return result

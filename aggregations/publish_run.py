@@ -100,6 +100,9 @@ class Run:
     batches: list[ledger.Entry] = field(default_factory=list)
     analytics_rows: int = 0
     refused: list[Refusal] = field(default_factory=list)
+    # Days whose day file the run rewrote: their months' rollups are written once, at the
+    # end of the run (write_totals).
+    rewritten_days: set[date] = field(default_factory=set)
 
     def rows(self, files: Sequence[str]) -> int:
         for name in files:
@@ -153,6 +156,7 @@ def work(
                 refused_days |= release_days(run, connection, to_release, entries)
             finally:
                 connection.close()
+        write_totals(run, memory_limit_mb, spill)
     waiting = (set(manifest.waiting_days) - set(in_play)) | set(plan_due.waiting_days)
     return waiting, manifest.unreleased_facts + plan_due.unreleased_facts, refused_days
 
@@ -236,7 +240,6 @@ def meter_days(run: Run, connection: duckdb.DuckDBPyConnection, days: list[date]
     run.metering_rows += connection.execute("SELECT count(*) FROM changes").fetchall()[0][0]
     rewritten = conform(table, METERING)
     write_days(run, rewritten)
-    write_totals(run, connection, rewritten)
     for name in (
         "recomputed",
         "current",
@@ -280,6 +283,8 @@ def write_days(run: Run, table: pa.Table) -> None:
         if previous is not None and previous != name:
             run.retired.append(previous)
         run.metering_files[key] = name
+        if grain == "day":
+            run.rewritten_days.add(date.fromisoformat(day))
         start = end
     write_files(run.root, files)
 
@@ -292,18 +297,23 @@ def write_files(root: Root, files: Mapping[str, pa.Table]) -> None:
     )
 
 
-def write_totals(run: Run, connection: duckdb.DuckDBPyConnection, rewritten: pa.Table) -> None:
-    """The month rollups of the day files just rewritten (aggregations.metering_totals)."""
+def write_totals(run: Run, memory_limit_mb: int, spill: str) -> None:
+    """The month rollups of every day file the run rewrote (aggregations.metering_totals),
+    once per run: after the last chunk's day files, before the manifest lists any of them."""
     run_id = run.plan.run
-    if rewritten.num_rows == 0 or run_id is None:
+    if not run.rewritten_days or run_id is None:
         return
-    months = metering_totals.rewrite_months(
-        connection,
-        rewritten,
-        run.metering_files,
-        {m.name: m.sql_type for m in run.meters},
-        run.root.join,
-    )
+    connection = connect(memory_limit_mb=memory_limit_mb, temp_directory=spill)
+    try:
+        months = metering_totals.rewrite_months(
+            connection,
+            run.rewritten_days,
+            run.metering_files,
+            {m.name: m.sql_type for m in run.meters},
+            run.root.join,
+        )
+    finally:
+        connection.close()
     files: dict[str, pa.Table] = {}
     for month, table in months.items():
         name = metering_totals.totals_path(month, run_id)

@@ -8,8 +8,8 @@ COMPACT 1: publish as ``sieve publish`` does, compacting the closed days after t
 time is in the total and in the stage "compaction").
 
 Prints one JSON object. The stage times come from wrapping the publish module's own steps
-(metering of a chunk, bounding of the due days, the noise and post-processing of the batches):
-the same calls, timed.
+(metering of a chunk, the month totals of the run, bounding of the due days, the noise and
+post-processing of the batches): the same calls, timed.
 """
 
 from __future__ import annotations
@@ -46,6 +46,8 @@ def main(data_root: str, now: datetime, memory_mb: int, compact: bool = False) -
     stages: dict[str, float] = {}
     publish_module._compact = _timed(stages, "compaction", publish_module._compact)  # type: ignore[assignment]
     publish_run.meter_days = _timed(stages, "metering", publish_run.meter_days)  # type: ignore[assignment]
+    # Written once per run since issue 10 (inside "metering" per chunk before).
+    publish_run.write_totals = _timed(stages, "month totals", publish_run.write_totals)  # type: ignore[assignment]
     analytics.bound_days = _timed(stages, "dp bounding", analytics.bound_days)  # type: ignore[assignment]
     analytics.draw_noise = _timed(stages, "dp noise", analytics.draw_noise)  # type: ignore[assignment]
     privacy = privacy_of(Settings())  # the caller's settings: not the publish's cost

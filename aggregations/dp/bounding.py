@@ -1,4 +1,4 @@
-"""Contribution bounding and the exact aggregates of each batch, in DuckDB.
+"""Contribution bounding and the exact aggregates of each batch (DuckDB reads, numpy counts).
 
 The privacy unit is one person's day. In the facts a person is a ``subject_key`` (an HMAC of
 account and user under a per-day key, so one unit per person and day and key); an event
@@ -36,14 +36,14 @@ from datetime import date
 from typing import Literal
 
 import duckdb
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from aggregations.dp.domains import Domain
 from aggregations.engine import connect
 
 HOURS = 24
-# Ranks a unit's values by events then index as one number (_histograms): above any domain's size.
-_RANK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -91,18 +91,6 @@ class BoundedBatch:
     keys_per_person: int
 
 
-def _register_domain(connection: duckdb.DuckDBPyConnection, domain: Domain) -> str:
-    name = f"domain_{domain.dimension}"
-    table = pa.table(
-        {
-            "value": pa.array(domain.values, pa.string()),
-            "idx": pa.array(range(len(domain.values)), pa.int32()),
-        }
-    )
-    connection.register(name, table)
-    return name
-
-
 def bound_days(
     connection: duckdb.DuckDBPyConnection,
     source: str,
@@ -111,135 +99,155 @@ def bound_days(
     bounds: Bounds,
 ) -> dict[date, BoundedBatch]:
     """The bounded aggregates of each of ``days`` (one batch per day) over the FACTS rows of
-    the view or table ``source`` (rows of other days are ignored), in one set of queries.
-
-    Units with at most ``events_per_unit`` events keep them all; only the others are ranked
-    by ``event_key`` (a sort of the heavy units' events, not of the whole batch). A kept
-    event names its unit by a number (one per day and unit): every histogram groups by unit,
-    and a number groups several times faster than a key of 64 characters.
-    """
+    the view or table ``source`` (rows of other days are ignored): DuckDB reads the columns
+    bounding needs, :func:`bound_rows` bounds and counts them."""
     connection.register("bound_days", pa.table({"day": pa.array(sorted(days), pa.date32())}))
-    dimensions = ", ".join(f'"{d}"' for d in domains)
+    dimensions = "".join(f', "{d}"' for d in domains)
     unit = bounds.unit_expression
-    connection.execute(
+    rows = connection.sql(
         f"""
-        CREATE OR REPLACE TEMP TABLE unit_facts AS
         SELECT CAST(occurred_hour AS DATE) AS day,
                coalesce({unit}, 'account:' || account_id) AS unit,
-               event_key, hour(occurred_hour) AS h, key_id, {unit} IS NOT NULL AS named,
+               event_key, hour(occurred_hour) AS h, key_id, {unit} IS NOT NULL AS named
                {dimensions}
-        FROM {source} WHERE CAST(occurred_hour AS DATE) IN (SELECT day FROM bound_days);
-        CREATE OR REPLACE TEMP TABLE unit_sizes AS
-        SELECT day, unit, count(*) AS n, row_number() OVER () AS id FROM unit_facts GROUP BY ALL;
-        CREATE OR REPLACE TEMP TABLE kept AS
-        SELECT * EXCLUDE (event_key, unit, id), id AS unit FROM unit_facts
-        JOIN (SELECT day, unit, id FROM unit_sizes WHERE n <= $cap) USING (day, unit)
-        UNION ALL BY NAME
-        SELECT * EXCLUDE (event_key, unit, id), id AS unit FROM (
-            SELECT * FROM unit_facts
-            JOIN (SELECT day, unit, id FROM unit_sizes WHERE n > $cap) USING (day, unit))
-        QUALIFY row_number() OVER (PARTITION BY day, unit ORDER BY event_key) <= $cap;
-        """,  # noqa: S608 - the source and dimensions are constants of the caller
-        {"cap": bounds.events_per_unit},
+        FROM {source} WHERE CAST(occurred_hour AS DATE) IN (SELECT day FROM bound_days)
+        """  # noqa: S608 - the source and dimensions are constants of the caller
+    ).to_arrow_table()
+    connection.unregister("bound_days")
+    return bound_rows(rows, domains, bounds)
+
+
+def bound_rows(
+    rows: pa.Table, domains: Mapping[str, Domain], bounds: Bounds
+) -> dict[date, BoundedBatch]:
+    """The bounded aggregates of each day of ``rows`` (columns ``day``, ``unit``,
+    ``event_key``, ``h``, ``key_id``, ``named`` and one per dimension of ``domains``).
+
+    Written with numpy rather than in SQL: every step is a sort or a count over integer
+    codes (a unit, a day, a domain index), which numpy does in one pass where DuckDB grouped
+    by 64-character keys and joined them back (most of a first publish's bounding time).
+    Units with at most ``events_per_unit`` events keep them all; only the others' events are
+    ranked by ``event_key``.
+    """
+    if rows.num_rows == 0:
+        return {}
+    day_of_row, day_values = _codes(rows["day"])
+    unit_of_row, unit_values = _codes(rows["unit"])
+    # One unit per day and unit key (a user-less account's key repeats across days).
+    pairs = day_of_row.astype(np.int64) * len(unit_values) + unit_of_row
+    _, first_row, unit_of_row, unit_sizes = np.unique(
+        pairs, return_index=True, return_inverse=True, return_counts=True
     )
-    totals = {
-        day: (int(facts), int(units))
-        for day, facts, units in connection.execute(
-            "SELECT day, sum(n), count(*) FROM unit_sizes GROUP BY day"
-        ).fetchall()
-    }
-    kept = {
-        day: (int(events), int(keys))
-        for day, events, keys in connection.execute(
-            """
-            SELECT day, count(*), count(DISTINCT key_id) FILTER (WHERE named)
-            FROM kept GROUP BY day
-            """
-        ).fetchall()
-    }
-    hours: dict[date, list[int]] = {day: [0] * HOURS for day in totals}
-    for day, hour, events in connection.execute(
-        "SELECT day, h, count(*) FROM kept GROUP BY ALL"
-    ).fetchall():
-        hours[day][hour] = int(events)
-    events_by: dict[date, dict[str, tuple[int, ...]]] = {day: {} for day in totals}
-    people_by: dict[date, dict[str, tuple[int, ...]]] = {day: {} for day in totals}
+    day_of_unit = day_of_row[first_row]
+    kept = _kept(rows["event_key"], unit_of_row, unit_sizes, bounds.events_per_unit)
+    ndays = len(day_values)
+    kept_day, kept_unit = day_of_row[kept], unit_of_row[kept]
+    facts = np.bincount(day_of_row, minlength=ndays)
+    units = np.bincount(day_of_unit, minlength=ndays)
+    events = np.bincount(kept_day, minlength=ndays)
+    hours = _per_day(kept_day, rows["h"].to_numpy()[kept], HOURS, ndays)
+    keys = _keys_per_day(rows, kept, kept_day, ndays)
+    events_by: dict[str, np.ndarray] = {}
+    people_by: dict[str, np.ndarray] = {}
     for dimension, domain in domains.items():
-        events, people = _histograms(connection, dimension, domain, bounds, list(totals))
-        for day in totals:
-            events_by[day][dimension] = events[day]
-            people_by[day][dimension] = people[day]
-    for name in ("unit_facts", "unit_sizes", "kept", "unit_values"):
-        connection.execute(f"DROP TABLE IF EXISTS {name}")
-    return {
-        day: BoundedBatch(
+        value = _domain_indices(rows[dimension], domain)[kept]
+        size = len(domain.values)
+        events_by[dimension] = _per_day(kept_day, value, size, ndays)
+        people_by[dimension] = _people(kept_unit, value, size, day_of_unit, ndays, bounds)
+    batches = {}
+    for index, day in enumerate(day_values.to_pylist()):
+        batches[day] = BoundedBatch(
             day=day,
-            facts=facts,
-            units=units,
-            events_total=kept[day][0],
-            events_by_hour=tuple(hours[day]),
-            events_by_value=events_by[day],
-            people_by_value=people_by[day],
-            keys_per_person=max(1, kept[day][1]),
+            facts=int(facts[index]),
+            units=int(units[index]),
+            events_total=int(events[index]),
+            events_by_hour=tuple(hours[index].tolist()),
+            events_by_value={d: tuple(h[index].tolist()) for d, h in events_by.items()},
+            people_by_value={d: tuple(h[index].tolist()) for d, h in people_by.items()},
+            keys_per_person=max(1, int(keys[index])),
         )
-        for day, (facts, units) in sorted(totals.items())
-    }
+    return dict(sorted(batches.items()))
 
 
-def _histograms(
-    connection: duckdb.DuckDBPyConnection,
-    dimension: str,
-    domain: Domain,
+def _codes(column: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
+    """Each row's index in the column's distinct values (null one of them), and the values."""
+    encoded = pc.dictionary_encode(column.combine_chunks(), null_encoding="encode")
+    return encoded.indices.to_numpy(zero_copy_only=False), encoded.dictionary
+
+
+def _segment_positions(sorted_keys: np.ndarray) -> np.ndarray:
+    """Each element's position among the equal keys before it (``sorted_keys`` sorted)."""
+    if len(sorted_keys) == 0:
+        return np.zeros(0, np.int64)
+    starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
+    lengths = np.diff(np.r_[starts, len(sorted_keys)])
+    return np.arange(len(sorted_keys)) - np.repeat(starts, lengths)
+
+
+def _kept(
+    event_keys: pa.ChunkedArray, unit_of_row: np.ndarray, unit_sizes: np.ndarray, cap: int
+) -> np.ndarray:
+    """The rows kept: every event of a unit with at most ``cap``, else its first ``cap`` by
+    ``event_key`` (byte order, as SQL's ORDER BY on text), in row order."""
+    keep = unit_sizes[unit_of_row] <= cap
+    heavy = np.flatnonzero(~keep)
+    if len(heavy):
+        rank = pc.rank(event_keys.take(pa.array(heavy)), sort_keys="ascending")
+        order = np.lexsort((rank.to_numpy(), unit_of_row[heavy]))
+        first = _segment_positions(unit_of_row[heavy][order]) < cap
+        keep[heavy[order[first]]] = True
+    return np.flatnonzero(keep)
+
+
+def _per_day(day: np.ndarray, index: np.ndarray, size: int, ndays: int) -> np.ndarray:
+    """Rows counted per day and ``index`` (0 <= index < size): an array (ndays, size)."""
+    counts = np.bincount(day.astype(np.int64) * size + index, minlength=ndays * size)
+    return counts.reshape(ndays, size)
+
+
+def _keys_per_day(rows: pa.Table, kept: np.ndarray, kept_day: np.ndarray, ndays: int) -> np.ndarray:
+    """Distinct ``key_id`` per day among the kept events that name a user."""
+    key_of_row, key_values = _codes(rows["key_id"])
+    named = rows["named"].to_numpy(zero_copy_only=False)[kept]
+    key = key_of_row[kept][named]
+    # count(DISTINCT key_id) skips a null key id.
+    not_null = key_values.is_valid().to_numpy(zero_copy_only=False)[key]
+    distinct = np.unique(
+        kept_day[named][not_null].astype(np.int64) * len(key_values) + key[not_null]
+    )
+    return np.bincount(distinct // len(key_values), minlength=ndays)
+
+
+def _domain_indices(column: pa.ChunkedArray, domain: Domain) -> np.ndarray:
+    """Each row's index in ``domain``: its value's, or the fallback's (null, unknown)."""
+    value_of_row, values = _codes(column)
+    position = {value: index for index, value in enumerate(domain.values)}
+    fallback = position[domain.fallback]
+    lookup = np.array([position.get(v, fallback) for v in values.to_pylist()], np.int64)
+    return lookup[value_of_row]
+
+
+def _people(
+    unit: np.ndarray,
+    value: np.ndarray,
+    size: int,
+    day_of_unit: np.ndarray,
+    ndays: int,
     bounds: Bounds,
-    days: Sequence[date],
-) -> tuple[dict[date, tuple[int, ...]], dict[date, tuple[int, ...]]]:
-    """Events and people per value of one dimension, per day (kept events only)."""
-    table = _register_domain(connection, domain)
-    fallback = domain.values.index(domain.fallback)
-    # Each fact in exactly one domain value: its own, or the fallback. Grouped before the
-    # join, so the join sees each unit's values once.
-    connection.execute(
-        f"""
-        CREATE OR REPLACE TEMP TABLE unit_values AS
-        SELECT u.day, u.unit, coalesce(d.idx, {fallback}) AS idx, sum(u.c) AS c
-        FROM (SELECT day, unit, "{dimension}" AS value, count(*) AS c FROM kept GROUP BY ALL) u
-        LEFT JOIN {table} d ON u.value = d.value
-        GROUP BY ALL
-        """  # noqa: S608 - dimension and table are constants, fallback an int
-    )
-    size = len(domain.values)
-    events = {day: [0] * size for day in days}
-    for day, idx, count in connection.execute(
-        "SELECT day, idx, sum(c) FROM unit_values GROUP BY ALL"
-    ).fetchall():
-        events[day][idx] = int(count)
-    people = {day: [0] * size for day in days}
-    # A unit counts under its values_per_unit values with most events (ties: the first).
-    if bounds.values_per_unit == 1:
-        # Its top value by one aggregate, not a sort of every unit's values: c * _RANK - idx
-        # orders by events, then by index (a domain has fewer than _RANK values).
-        if size >= _RANK:
-            raise ValueError(f"{dimension}: a domain too large to rank its values")
-        top = f"""
-            SELECT day, arg_max(idx, c * {_RANK} - idx) AS idx FROM unit_values
-            GROUP BY day, unit
-        """  # noqa: S608 - an int constant
-        params: list[int] = []
-    else:
-        top = """
-            SELECT day, idx FROM unit_values
-            QUALIFY row_number() OVER (PARTITION BY day, unit ORDER BY c DESC, idx) <= ?
-        """
-        params = [bounds.values_per_unit]
-    for day, idx, count in connection.execute(
-        f"SELECT day, idx, count(*) FROM ({top}) GROUP BY ALL",  # noqa: S608 - constants
-        params,
-    ).fetchall():
-        people[day][idx] = int(count)
-    return (
-        {day: tuple(values) for day, values in events.items()},
-        {day: tuple(values) for day, values in people.items()},
-    )
+) -> np.ndarray:
+    """Units per day and value, each under its ``values_per_unit`` values with most kept
+    events (ties: the lower index): an array (ndays, size)."""
+    pairs, events = np.unique(unit.astype(np.int64) * size + value, return_counts=True)
+    of_unit, of_value = pairs // size, pairs % size
+    if len(pairs) and bounds.values_per_unit == 1:
+        # The pairs are sorted by unit: a unit's top value is its segment's maximum of one
+        # score, by events then by the lower index (no sort of the pairs).
+        starts = np.flatnonzero(np.r_[True, of_unit[1:] != of_unit[:-1]])
+        best = np.maximum.reduceat(events * size + (size - 1 - of_value), starts)
+        return _per_day(day_of_unit[of_unit[starts]], size - 1 - best % size, size, ndays)
+    order = np.lexsort((of_value, -events, of_unit))
+    top = order[_segment_positions(of_unit[order]) < bounds.values_per_unit]
+    return _per_day(day_of_unit[of_unit[top]], of_value[top], size, ndays)
 
 
 def bound_batch(

@@ -15,6 +15,7 @@ import duckdb
 import pyarrow as pa
 import pytest
 
+from aggregations import publish_run
 from aggregations.catalog import open_catalog
 from aggregations.manifest import metering_files, read_manifest, write_manifest
 from aggregations.metering_totals import totals_files
@@ -112,10 +113,14 @@ def _invoices(root: Path, usage: dict[tuple[date, str], dict[str, Decimal]]) -> 
         catalog.close()
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize(("seed", "day_chunks"), [(1, False), (2, False), (3, False), (4, True)])
 def test_rollups_give_the_usage_of_the_day_files_and_of_the_facts(
-    tmp_path: Path, seed: int
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int, day_chunks: bool
 ) -> None:
+    """``day_chunks``: a chunk of one day each (a budget of one fact), so a month's days are
+    metered in several chunks and its rollup, written once per run, covers them all."""
+    if day_chunks:
+        monkeypatch.setattr(publish_run, "BYTES_PER_FACT", 10**12)
     rng = random.Random(seed)
     facts = _random_facts(rng, 400, days=5)
     # Four ranges, the later ones with late events for days published already: corrections.
