@@ -78,21 +78,24 @@ def range_is_due(
     age_seconds: float,
     caught_up: bool,
     buffered_bytes: int = 0,
+    after_burst: bool = False,
 ) -> bool:
     """Whether a partition's buffered range should be cut and written now.
 
     Big enough (in rows, or in bytes: rows vary in size, and what a range costs in memory
     while it is buffered and written is its bytes), or old enough; or done for now:
-    ``caught_up`` means the last fetch returned nothing for any partition, and a range of at
-    least a batch is then cut at once instead of after the roll interval. A burst that ended
-    is committed without waiting, while a trickle (small ranges) still rolls on the timer and
-    does not make a file per fetch.
+    ``caught_up`` means the last fetch returned nothing for any partition. A range is then
+    cut at once, instead of after the roll interval, if it holds at least a batch or if the
+    partition was part of a full fetch since the worker was last caught up (``after_burst``:
+    it had records waiting). A burst that ended is committed without waiting, its tail
+    however small, while a trickle (small ranges, never a full fetch) still rolls on the
+    timer and does not make a file per fetch.
     """
     return (
         buffered_rows >= options.roll_max_records
         or buffered_bytes >= options.roll_max_bytes
         or age_seconds >= options.roll_interval_seconds
-        or (caught_up and buffered_records >= options.batch_max_records)
+        or (caught_up and (after_burst or buffered_records >= options.batch_max_records))
     )
 
 
@@ -119,6 +122,8 @@ class RawTopicService(Service):
         self._membership: dict[int, Membership] = {}  # the generation each partition is ours in
         self._letters: dict[int, list[SentLetter]] = {}  # dead letters of the open range
         self._opened_at: dict[int, float] = {}
+        # Partitions in a full fetch since the worker was last caught up (range_is_due).
+        self._behind: set[int] = set()
         self._writes: dict[int, asyncio.Future[None]] = {}  # the range in flight, per partition
         self._processing: PartitionPipeline | None = None  # whose batch is on a thread now
         self.committer = RangeCommitter(
@@ -196,6 +201,8 @@ class RawTopicService(Service):
                 self._raise_failed_write()
                 batches = await fetch
                 fetch = self._fetch()
+                if sum(map(len, batches.values())) >= self.options.batch_max_records:
+                    self._behind.update(tp.partition for tp in batches)
                 async with self._lock:
                     for tp, messages in batches.items():
                         messages = self._in_sequence(tp, messages)
@@ -203,6 +210,8 @@ class RawTopicService(Service):
                             continue
                         await self._process(tp.partition, messages)
                     await self._flush_due(caught_up=not batches)
+                if not batches:
+                    self._behind.clear()
         finally:
             fetch.cancel()
             if fetch.done() and not fetch.cancelled():
@@ -291,6 +300,7 @@ class RawTopicService(Service):
                 buffered_bytes=pipeline.buffered_bytes,
                 age_seconds=now - opened,
                 caught_up=caught_up,
+                after_burst=partition in self._behind,
             ):
                 await self._flush(partition, wait=False)
 

@@ -214,18 +214,22 @@ def _roll_options(**overrides: Any) -> ConsumerOptions:
 def test_a_range_is_cut_when_big_old_or_caught_up_with_a_batch() -> None:
     options = _roll_options()
 
-    def due(rows: int, records: int, age: float, caught_up: bool) -> bool:
+    def due(rows: int, records: int, age: float, caught_up: bool, burst: bool = False) -> bool:
         return range_is_due(
             options,
             buffered_rows=rows,
             buffered_records=records,
             age_seconds=age,
             caught_up=caught_up,
+            after_burst=burst,
         )
 
     assert due(200_000, 210_000, 0.1, caught_up=False)  # big enough
     assert due(10, 10, 5.0, caught_up=False)  # old enough
     assert due(9_000, 10_000, 0.1, caught_up=True)  # a burst ended
+    # The tail of a burst, however small: its partition was in a full fetch.
+    assert due(300, 300, 0.1, caught_up=True, burst=True)
+    assert not due(300, 300, 0.1, caught_up=False, burst=True)  # the burst goes on
     # A trickle waits for the timer, caught up or not: no file per fetch.
     assert not due(9_999, 9_999, 4.9, caught_up=True)
     assert not due(199_999, 210_000, 4.9, caught_up=False)
