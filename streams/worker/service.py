@@ -176,17 +176,23 @@ class RawTopicService(Service):
     async def on_stop(self) -> None:
         # Commit what is buffered on a clean stop; on a kill the buffer is simply replayed.
         # After a crash, a partition whose batch failed half way hands out no range.
-        if self._consumer is not None:
-            async with self._lock:
-                for partition in list(self.pipelines):
-                    await self._flush(partition, wait=True)
-                    pipeline = self.pipelines.get(partition)
-                    if pipeline is not None:  # None: dropped meanwhile (and closed then)
-                        self._drop(partition, pipeline)  # closing it saves its dedup filters
-            await self._consumer.stop()
-        if self._producer is not None:
-            await self._producer.stop()
-        self.committer.shutdown()
+        try:
+            if self._consumer is not None:
+                async with self._lock:
+                    for partition in list(self.pipelines):
+                        await self._flush(partition, wait=True)
+                        pipeline = self.pipelines.get(partition)
+                        if pipeline is not None:  # None: dropped meanwhile (and closed then)
+                            self._drop(partition, pipeline)  # closing it saves its filters
+        finally:
+            # Even after a failed write (which raises above, and the worker exits non-zero):
+            # the group learns at once that this member left, instead of after the session
+            # timeout, and nothing half-sent stays in the producer.
+            if self._consumer is not None:
+                await self._consumer.stop()
+            if self._producer is not None:
+                await self._producer.stop()
+            self.committer.shutdown()
         self.stopped_cleanly = self.crash_reason is None
 
     @Service.task

@@ -320,6 +320,26 @@ def test_another_write_error_stops_with_nothing_committed(
     assert read_markers(harness.filesystem, harness.base, TOPIC) == []
 
 
+def test_a_stop_after_a_failed_write_still_stops_the_consumer_and_the_producer(
+    harness: ServiceHarness,
+) -> None:
+    service = harness.service
+    service._producer = harness.producer  # type: ignore[assignment]
+
+    async def stop() -> None:
+        failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        failed.set_exception(OSError(errno.EIO, "Input/output error"))
+        service._writes[0] = failed  # the partition's range in flight failed
+        with pytest.raises(OSError, match="Input/output"):
+            await service.on_stop()
+
+    asyncio.run(stop())
+    # Stopped all the same: the group hears at once that the member left.
+    assert harness.consumer.stopped and harness.producer.stopped
+    assert not service.stopped_cleanly
+    assert read_markers(harness.filesystem, harness.base, TOPIC) == []
+
+
 # --- start and outages ---------------------------------------------------------------------
 
 
