@@ -47,3 +47,12 @@ def test_workers_get_a_key_file_made_once() -> None:
     worker = _service("worker")
     assert "keys:\n        condition: service_completed_successfully" in worker
     assert "- sieve-keys:/secrets:ro" in worker
+
+
+def test_every_sieve_variable_the_compose_file_sets_is_a_setting() -> None:
+    from streams.settings import Settings
+
+    known = {f"SIEVE_{name.upper()}" for name in Settings.model_fields}
+    variables = set(re.findall(r"^\s+(SIEVE_[A-Z0-9_]+):", COMPOSE, re.MULTILINE))
+    assert "SIEVE_INTERNAL_REFERRER_HOSTS" in variables  # the facts' referrer class needs it
+    assert variables <= known, sorted(variables - known)
