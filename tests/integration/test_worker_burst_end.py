@@ -12,9 +12,8 @@ from tests.fixtures.kafka import KafkaBroker
 from tests.fixtures.worker_harness import (
     WorkerProcess,
     assert_exactly_once,
-    drained,
+    drain_then_stop,
     prepared,
-    wait_until,
 )
 
 # Far beyond the drain timeout: a range committed within it was cut because the burst
@@ -39,12 +38,7 @@ def test_the_small_tail_of_a_burst_is_committed_once_the_worker_is_caught_up(
         SIEVE_ROLL_INTERVAL_SECONDS=str(ROLL_INTERVAL_S),
     )
     worker = WorkerProcess(setup, "worker").start()
-    try:
-        wait_until(
-            drained(setup, count), DRAIN_TIMEOUT_S, f"{count} records committed", workers=[worker]
-        )
-    finally:
-        worker.stop()
+    drain_then_stop(setup, worker, count, DRAIN_TIMEOUT_S)
     assert worker.process is not None and worker.process.returncode == 0, worker.exit_report()
     assert_exactly_once(setup, Counter(truth.by_kind), count)
     opened = open_data_root(str(setup.data_root))

@@ -26,6 +26,7 @@ from tests.fixtures.worker_harness import (
     WorkerSetup,
     assert_exactly_once,
     committed_offsets,
+    drain_then_stop,
     drained,
     prepared,
     wait_until,
@@ -124,12 +125,7 @@ def test_kill_between_offset_commit_and_marker(
     assert setup.totals().get("ranges", 0) == commits - 1
     assert sum(committed_offsets(setup).values()) > setup.committed_raw()
     worker = WorkerProcess(setup, "worker").start()
-    try:
-        wait_until(
-            drained(setup, count), DRAIN_TIMEOUT_S, f"{count} records committed", workers=[worker]
-        )
-    finally:
-        worker.stop()
+    drain_then_stop(setup, worker, count, DRAIN_TIMEOUT_S)
     assert_exactly_once(setup, Counter(truth.by_kind), count)
 
 
