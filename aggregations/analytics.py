@@ -139,8 +139,24 @@ def days_in_play(
     came, or a due batch is still unreleased (refused by the accountant)."""
     # The watermark did not move: no slot fell due (and no need to look at every day).
     still = before is not None and after <= before
-    due = set() if still else {day for day in days if newly_due(day, budget, before, after, grace)}
+    due = set() if still else newly_due_days(days, budget, before, after, grace)
     return due | set(touched) | set(pending)
+
+
+def newly_due_days(
+    days: Iterable[date], budget: Budget, before: datetime | None, after: datetime, grace: timedelta
+) -> set[date]:
+    """The days of ``days`` that :func:`newly_due` holds for, looked at newest first up to
+    the first day whose last slot was already due under ``before``: a slot falls due a fixed
+    time after its day ends, so every older day's slots were due too. A run with one more day
+    then looks at the last few days, not at every day of the history."""
+    due = set()
+    for day in sorted(set(days), reverse=True):
+        if before is not None and budget.due(budget.slots - 1, day, before, grace):
+            break
+        if newly_due(day, budget, before, after, grace):
+            due.add(day)
+    return due
 
 
 # --- the published and recorded batches, by name -----------------------------------------------
