@@ -188,9 +188,15 @@ class BatchListing:
 
 def batch_listing(root: Root) -> BatchListing:
     """List both folders (names only). A Parquet file under ``published/analytics`` that is
-    not a batch's is opened: a k-anonymous file of an earlier Sieve is refused."""
-    recorded, _ = batch_names(root, LEDGER_DIR)
-    published, others = batch_names(root, ANALYTICS_DIR)
+    not a batch's is opened: a k-anonymous file of an earlier Sieve is refused.
+
+    The two folders are listed side by side: each holds a folder per day, so their listing
+    is the part of a run's fixed cost that grows with history, and most of it is waiting on
+    the filesystem (pyarrow releases the GIL)."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sieve-listing") as pool:
+        ledger_names = pool.submit(batch_names, root, LEDGER_DIR)
+        published, others = batch_names(root, ANALYTICS_DIR)
+        recorded, _ = ledger_names.result()
     for path in others:
         metadata = pq.read_schema(path, filesystem=root.fs).metadata or {}
         if metadata.get(b"sieve.dataset") == b"analytics" and entry_of(path, root) is None:
