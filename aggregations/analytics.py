@@ -139,8 +139,24 @@ def days_in_play(
     came, or a due batch is still unreleased (refused by the accountant)."""
     # The watermark did not move: no slot fell due (and no need to look at every day).
     still = before is not None and after <= before
-    due = set() if still else {day for day in days if newly_due(day, budget, before, after, grace)}
+    due = set() if still else newly_due_days(days, budget, before, after, grace)
     return due | set(touched) | set(pending)
+
+
+def newly_due_days(
+    days: Iterable[date], budget: Budget, before: datetime | None, after: datetime, grace: timedelta
+) -> set[date]:
+    """The days of ``days`` that :func:`newly_due` holds for, looked at newest first up to
+    the first day whose last slot was already due under ``before``: a slot falls due a fixed
+    time after its day ends, so every older day's slots were due too. A run with one more day
+    then looks at the last few days, not at every day of the history."""
+    due = set()
+    for day in sorted(set(days), reverse=True):
+        if before is not None and budget.due(budget.slots - 1, day, before, grace):
+            break
+        if newly_due(day, budget, before, after, grace):
+            due.add(day)
+    return due
 
 
 # --- the published and recorded batches, by name -----------------------------------------------
@@ -172,9 +188,15 @@ class BatchListing:
 
 def batch_listing(root: Root) -> BatchListing:
     """List both folders (names only). A Parquet file under ``published/analytics`` that is
-    not a batch's is opened: a k-anonymous file of an earlier Sieve is refused."""
-    recorded, _ = batch_names(root, LEDGER_DIR)
-    published, others = batch_names(root, ANALYTICS_DIR)
+    not a batch's is opened: a k-anonymous file of an earlier Sieve is refused.
+
+    The two folders are listed side by side: each holds a folder per day, so their listing
+    is the part of a run's fixed cost that grows with history, and most of it is waiting on
+    the filesystem (pyarrow releases the GIL)."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sieve-listing") as pool:
+        ledger_names = pool.submit(batch_names, root, LEDGER_DIR)
+        published, others = batch_names(root, ANALYTICS_DIR)
+        recorded, _ = ledger_names.result()
     for path in others:
         metadata = pq.read_schema(path, filesystem=root.fs).metadata or {}
         if metadata.get(b"sieve.dataset") == b"analytics" and entry_of(path, root) is None:

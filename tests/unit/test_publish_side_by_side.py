@@ -15,6 +15,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pyarrow.parquet as pq
 import pytest
 
@@ -23,7 +24,6 @@ from aggregations.analytics import Privacy, Scheduled
 from aggregations.dp.bounding import Bounds
 from aggregations.dp.budget import Budget
 from aggregations.dp.ledger import Entry, read_ledger
-from aggregations.engine import connect
 from aggregations.publish import PublishReport, publish
 from aggregations.schemas import METERING_DIR
 from tests.fixtures.facts import fact, facts_table, write_committed_facts
@@ -55,19 +55,14 @@ def _day_of_facts(day: int, offset: int) -> Any:
 
 def _sequential(
     run: publish_run.Run,
+    connection: duckdb.DuckDBPyConnection,
     metered: list[date],
     to_release: list[Scheduled],
     entries: Any,
-    memory_limit_mb: int,
-    spill: str,
 ) -> set[date]:
     """The chunk one step after the other in one connection (the path of a large chunk)."""
-    connection = connect(memory_limit_mb=memory_limit_mb, temp_directory=spill)
-    try:
-        publish_run.meter_days(run, connection, metered)
-        return publish_run.release_days(run, connection, to_release, entries)
-    finally:
-        connection.close()
+    publish_run.meter_days(run, connection, metered)
+    return publish_run.release_days(run, connection, to_release, entries)
 
 
 def _metering(root: Path) -> list[dict[str, Any]]:
