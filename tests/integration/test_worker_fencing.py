@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -37,6 +38,8 @@ SESSION_TIMEOUT_S = 6  # the harness's SIEVE_SESSION_TIMEOUT_SECONDS (the broker
 # through on resume, before the broker expires anyone.
 BROKER_PAUSE_S = 45
 CHUNK = 20_000
+# A chunk over about 10 s, while a worker is frozen and the other takes its partitions over.
+TRICKLE_PER_S = 2_000
 
 
 def _later(days: int) -> datetime:
@@ -55,10 +58,11 @@ def test_two_workers_through_a_broker_pause_and_a_stalled_worker(tmp_path: Path)
         by_kind: Counter[str] = Counter()
         produced = 0
 
-        def produce(seed: int, days_later: int) -> None:
+        def produce(seed: int, days_later: int, rate: float = 0.0) -> None:
             nonlocal produced
             config = traffic_config(CHUNK, seed=seed, end=_later(days_later))
-            by_kind.update(generate_to_topic(config, broker.bootstrap_servers, raw).truth.by_kind)
+            report = generate_to_topic(config, broker.bootstrap_servers, raw, rate=rate)
+            by_kind.update(report.truth.by_kind)
             produced += CHUNK
 
         produce(41, 0)
@@ -79,21 +83,26 @@ def test_two_workers_through_a_broker_pause_and_a_stalled_worker(tmp_path: Path)
                 "progress after the pause",
                 workers=workers,
             )
-            # The zombie: the first worker frozen while it holds ranges it cut. Whether it
-            # had one in hand when frozen is timing, so the fault is repeated (at most three
-            # times) until a range was refused or superseded; outputs are checked after all.
+            # The zombie: the first worker frozen while it holds a range. The input trickles
+            # in meanwhile, as in a live stream, so the workers are never caught up (a
+            # caught-up worker commits its range at once and holds nothing). Whether it had
+            # one in hand when frozen is still timing, so the fault is repeated (at most
+            # three times) until a range was refused or superseded; outputs are checked
+            # after all.
             for cycle in range(3):
                 before = setup.committed_raw()
-                produce(44 + cycle, 9 + 3 * cycle)
-                wait_until(
-                    lambda before=before: setup.committed_raw() > before,
-                    180,
-                    "the new input under way",
-                    workers=workers,
-                )
-                first.pause()
-                keep_running_for(2 * SESSION_TIMEOUT_S, [second])
-                first.resume()
+                with ThreadPoolExecutor(max_workers=1) as feeder:
+                    fed = feeder.submit(produce, 44 + cycle, 9 + 3 * cycle, TRICKLE_PER_S)
+                    wait_until(
+                        lambda before=before: setup.committed_raw() > before,
+                        180,
+                        "the new input under way",
+                        workers=workers,
+                    )
+                    first.pause()
+                    keep_running_for(2 * SESSION_TIMEOUT_S, [second])
+                    first.resume()
+                    fed.result()
                 wait_until(
                     lambda: setup.committed_raw() >= produced,
                     300,
