@@ -175,11 +175,16 @@ def _codes(column: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
     return encoded.indices.to_numpy(zero_copy_only=False), encoded.dictionary
 
 
+def _segment_starts(sorted_keys: np.ndarray) -> np.ndarray:
+    """Where each run of equal keys begins (``sorted_keys`` sorted, not empty)."""
+    return np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
+
+
 def _segment_positions(sorted_keys: np.ndarray) -> np.ndarray:
     """Each element's position among the equal keys before it (``sorted_keys`` sorted)."""
     if len(sorted_keys) == 0:
         return np.zeros(0, np.int64)
-    starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
+    starts = _segment_starts(sorted_keys)
     lengths = np.diff(np.r_[starts, len(sorted_keys)])
     return np.arange(len(sorted_keys)) - np.repeat(starts, lengths)
 
@@ -242,7 +247,7 @@ def _people(
     if len(pairs) and bounds.values_per_unit == 1:
         # The pairs are sorted by unit: a unit's top value is its segment's maximum of one
         # score, by events then by the lower index (no sort of the pairs).
-        starts = np.flatnonzero(np.r_[True, of_unit[1:] != of_unit[:-1]])
+        starts = _segment_starts(of_unit)
         best = np.maximum.reduceat(events * size + (size - 1 - of_value), starts)
         return _per_day(day_of_unit[of_unit[starts]], size - 1 - best % size, size, ndays)
     order = np.lexsort((of_value, -events, of_unit))
